@@ -14,7 +14,7 @@ def seed_everything(seed: int, deterministic: bool = True) -> torch.Generator:
     few CPU ops have no deterministic variant and we would rather run than crash).
     """
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002  (seeds legacy global users, e.g. libraries)
     torch.manual_seed(seed)
     os.environ["PL_GLOBAL_SEED"] = str(seed)
     if deterministic:

@@ -109,21 +109,22 @@ def make_trainer(
     all_callbacks: list[L.Callback] = [ckpt, *(callbacks or [])]
     if monitor and patience:
         all_callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience))
-    return L.Trainer(
-        accelerator=flags.accelerator,
-        devices=_devices(flags.devices),
-        strategy=flags.strategy,
-        precision=flags.precision,
-        max_time=flags.max_time,
-        max_epochs=max_epochs,
-        default_root_dir=str(default_root_dir),
-        callbacks=all_callbacks,
-        plugins=[SafetensorsCheckpointIO()],
-        enable_progress_bar=enable_progress_bar,
-        logger=kwargs.pop("logger", False),
-        enable_model_summary=kwargs.pop("enable_model_summary", False),
-        **{**flags.extra, **kwargs},
-    )
+    options: dict[str, Any] = {
+        "accelerator": flags.accelerator,
+        "devices": _devices(flags.devices),
+        "strategy": flags.strategy,
+        "precision": flags.precision,
+        "max_time": flags.max_time,
+        "max_epochs": max_epochs,
+        "default_root_dir": str(default_root_dir),
+        "callbacks": all_callbacks,
+        "plugins": [SafetensorsCheckpointIO()],
+        "enable_progress_bar": enable_progress_bar,
+        "logger": False,
+        "enable_model_summary": False,
+    }
+    # explicit keyword arguments win over the flags (tests and benchmarks pin accelerator="cpu")
+    return L.Trainer(**{**options, **flags.extra, **kwargs})
 
 
 def best_checkpoint(trainer: L.Trainer) -> Path | None:
