@@ -94,3 +94,12 @@ def test_version():
 
     result = CliRunner().invoke(cli.app, ["--version"])
     assert result.exit_code == 0 and triptych.__version__ in result.output
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+
+    path = write_text(tmp_path / "p.txt", "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~umask)

@@ -121,7 +121,11 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     with open(path, "rb") as handle:
         head = handle.read(8)
-        if head[:1] == _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]:
+        # A safetensors header (JSON) starts with "{" right after its 8-byte length, whose
+        # first byte may legitimately be 0x80; only call it a pickle when that "{" is absent.
+        is_safetensors = handle.read(1) == b"{"
+        handle.seek(8)
+        if not is_safetensors and (head[:1] == _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]):
             raise CheckpointError(
                 f"checkpoint {path} is a pickle (torch.save) file; triptych refuses to unpickle "
                 "checkpoints. Re-save the weights with safetensors"
