@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-
-_UMASK = os.umask(0)
+_UMASK = os.umask(0)  # read the umask once; os.umask has no getter
 os.umask(_UMASK)
 
 

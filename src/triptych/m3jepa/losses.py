@@ -1,0 +1,77 @@
+"""M3-JEPA losses: symmetric InfoNCE, latent regression, their α mix, and gate load balancing.
+
+    L = α · L_contrastive + (1 − α) · L_regression  (+ λ · L_balance)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from triptych.core.errors import InputError
+
+
+class Temperature(nn.Module):
+    """τ of InfoNCE: fixed (the paper's 0.03) or learnable, stored as log τ and clamped."""
+
+    def __init__(self, init: float = 0.03, learnable: bool = False, minimum: float = 0.01) -> None:
+        super().__init__()
+        log_tau = torch.tensor(math.log(init))
+        if learnable:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+        self.minimum = minimum
+
+    def forward(self) -> Tensor:
+        return self.log_tau.exp().clamp_min(self.minimum)
+
+
+def positives_from_ids(query_ids: Tensor, key_ids: Tensor) -> Tensor:
+    """B×B boolean: pair i's query and pair j's key belong together (same source or same target item).
+
+    With several captions per image, or many images per label, a batch can hold the same
+    item twice; those pairs are positives, not negatives.
+    """
+    return query_ids.unsqueeze(1).eq(query_ids.unsqueeze(0)) | key_ids.unsqueeze(1).eq(key_ids.unsqueeze(0))
+
+
+def info_nce(a: Tensor, b: Tensor, tau: Tensor | float, positives: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE: ½[CE(â b̂ᵀ/τ) + CE(b̂ âᵀ/τ)] on L2-normalised rows of a, b (B×P).
+
+    ``positives`` (B×B bool, diagonal true) spreads the target over every positive; the
+    default is the identity.
+    """
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+    if positives is None:
+        target = torch.arange(a.shape[0], device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    pos = positives.to(logits.dtype)
+    return 0.5 * (
+        F.cross_entropy(logits, pos / pos.sum(1, keepdim=True))
+        + F.cross_entropy(logits.T, pos.T / pos.T.sum(1, keepdim=True))
+    )
+
+
+def latent_regression(pred: Tensor, target: Tensor, kind: Literal["smooth_l1", "mse"] = "smooth_l1") -> Tensor:
+    """L_regression between the predicted and the real pooled target embedding (B×D)."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise InputError(f"regression loss {kind!r}: use 'smooth_l1' or 'mse'")
+
+
+def load_balancing(probs: Tensor, index: Tensor, experts: int) -> Tensor:
+    """Switch-Transformer balance E · Σ_e f_e P_e (f_e: share of top-k assignments, P_e: mean gate prob); 1 when uniform."""
+    f = torch.bincount(index.reshape(-1), minlength=experts).to(probs.dtype) / index.numel()
+    return experts * (f * probs.mean(0)).sum()
+
+
+def alpha_mix(contrastive: Tensor, regression: Tensor, alpha: float = 0.5) -> Tensor:
+    """L = α · L_contrastive + (1 − α) · L_regression."""
+    return alpha * contrastive + (1.0 - alpha) * regression

@@ -1,0 +1,276 @@
+"""Cross-modal search: an index of aligned image (and caption) vectors, queried by text or by image.
+
+An index folder holds ``index.json`` (format, the aligner checkpoint, the encoders behind
+the vectors, image paths, captions and each caption's image), ``image_keys.npy`` (N x P)
+and, when captions were indexed, ``text_keys.npy`` (M x P). Keys are the aligner's
+L2-normalised target vectors (``embed_key``); a query is the aligner's prediction of the
+other modality (``embed_query``), so a score is the cosine s(q, k) = q . k.
+
+Anything with ``embed_query(src, tgt, batch)``, ``embed_key(tgt, batch)`` and an
+``encoders`` dict (modality -> encoder name, fingerprint, dim) can serve as the aligner:
+:func:`triptych.m3jepa.train.load_aligner` gives one from a training checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from triptych.core.errors import InputError
+from triptych.core.io import atomic_output_dir
+from triptych.m3jepa.features import EncodedBatch, Features, check_compatible
+
+FORMAT = "triptych.m3jepa.index/1"
+
+
+@dataclass
+class Hit:
+    """One search result: its rank (1 = best), the item (image path or caption), cosine score, row."""
+
+    rank: int
+    item: str
+    score: float
+    row: int
+
+
+@dataclass
+class SearchIndex:
+    """Image keys (N x P) for text queries and optional caption keys (M x P) for image queries."""
+
+    images: list[str]
+    image_keys: torch.Tensor
+    encoders: dict[str, dict[str, Any]]
+    checkpoint: str = ""
+    captions: list[str] = field(default_factory=list)
+    caption_image: np.ndarray | None = None
+    text_keys: torch.Tensor | None = None
+
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write the index folder atomically (an interrupted run leaves the old index intact)."""
+        with atomic_output_dir(out) as staging:
+            np.save(staging / "image_keys.npy", self.image_keys.numpy().astype(np.float32))
+            if self.text_keys is not None:
+                np.save(staging / "text_keys.npy", self.text_keys.numpy().astype(np.float32))
+            meta = {"format": FORMAT, "checkpoint": self.checkpoint, "encoders": self.encoders,
+                    "images": self.images, "captions": self.captions,
+                    "caption_image": None if self.caption_image is None else self.caption_image.tolist()}
+            (staging / "index.json").write_text(json.dumps(meta, indent=1))
+        return Path(out)
+
+
+def load_index(path: str | os.PathLike) -> SearchIndex:
+    """Read an index folder written by :meth:`SearchIndex.save` (``triptych m3jepa index``)."""
+    path = Path(path)
+    if not (path / "index.json").is_file():
+        raise InputError(f"{path} is not a search index (no index.json); build one with `triptych m3jepa index`")
+    meta = json.loads((path / "index.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise InputError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}; rebuild the index")
+    text = path / "text_keys.npy"
+    return SearchIndex(meta["images"], torch.from_numpy(np.load(path / "image_keys.npy")), meta["encoders"],
+                       meta.get("checkpoint", ""), meta.get("captions") or [],
+                       None if meta.get("caption_image") is None else np.asarray(meta["caption_image"]),
+                       torch.from_numpy(np.load(text)) if text.is_file() else None)
+
+
+@torch.no_grad()
+def embed_keys(aligner: Any, modality: str, features: Features, rows: np.ndarray | None = None,
+               batch_size: int = 256) -> torch.Tensor:
+    """k = normalise(embed_key(modality, x)) for the given cache rows, in batches (N x P)."""
+    rows = np.arange(len(features)) if rows is None else np.asarray(rows)
+    out = [F.normalize(aligner.embed_key(modality, features.batch(rows[s:s + batch_size])), dim=-1)
+           for s in range(0, len(rows), batch_size)]
+    return torch.cat(out).float().cpu() if out else torch.zeros(0, 0)
+
+
+def encoder_record(features: Features) -> dict[str, Any]:
+    """What an index keeps about the encoder behind a cache, to rebuild it for queries."""
+    m = features.manifest
+    return {"encoder": m["encoder"], "fingerprint": m["fingerprint"], "dim": int(m["dim"]),
+            "length": int(m["length"])}
+
+
+def build_index(aligner: Any, image_features: Features, image_paths: Sequence[str],
+                image_rows: np.ndarray | None = None, text_features: Features | None = None,
+                captions: Sequence[str] = (), caption_rows: np.ndarray | None = None,
+                caption_image: np.ndarray | None = None, checkpoint: str = "") -> SearchIndex:
+    """Embed cached image (and caption) features with the aligner into a :class:`SearchIndex`."""
+    encoders = {"image": encoder_record(image_features)}
+    _check(aligner, "image", image_features)
+    index = SearchIndex([str(p) for p in image_paths], embed_keys(aligner, "image", image_features, image_rows),
+                        encoders, str(checkpoint))
+    if text_features is not None:
+        _check(aligner, "text", text_features)
+        encoders["text"] = encoder_record(text_features)
+        index.captions = list(captions)
+        index.caption_image = np.asarray(caption_image)
+        index.text_keys = embed_keys(aligner, "text", text_features, caption_rows)
+    return index
+
+
+def _check(aligner: Any, modality: str, features: Features) -> None:
+    """The cache must come from the encoder the aligner was trained on (same name, config, width)."""
+    info = (getattr(aligner, "encoders", None) or {}).get(modality)
+    if info:
+        check_compatible(features.manifest, features.path, encoder=info.get("encoder"),
+                         fingerprint=info.get("fingerprint"), dim=info.get("dim"))
+
+
+def top_k(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine scores S = Q K^T (both L2-normalised) and the k best keys per query: (Q x k, Q x k)."""
+    scores = queries @ keys.T
+    return scores.topk(min(k, keys.shape[0]), dim=1)
+
+
+class Searcher:
+    """Queries an index: text -> images, image -> captions; query encoders are built on first use."""
+
+    def __init__(self, index: SearchIndex, aligner: Any, encoders: dict[str, Any] | None = None,
+                 device: str = "cpu"):
+        self.index, self.aligner, self.device = index, aligner, device
+        self.encoders = dict(encoders or {})
+        self.timings: dict[str, float] = {}
+
+    def encoder(self, modality: str) -> Any:
+        """The query encoder for ``modality``: the same encoder (and config) that made the index keys."""
+        if modality not in self.encoders:
+            from triptych.m3jepa.encoders import make_encoder
+
+            info = self.index.encoders.get(modality) or (getattr(self.aligner, "encoders", {}) or {}).get(modality)
+            if not info:
+                raise InputError(f"the index does not say which {modality} encoder the aligner was trained on; "
+                                 "rebuild it with `triptych m3jepa index`")
+            enc = make_encoder(info["encoder"], modality=modality, length=info.get("length"), device=self.device)
+            if info.get("fingerprint") and enc.fingerprint() != info["fingerprint"]:
+                raise InputError(f"{modality} encoder {info['encoder']!r} here differs from the one the index was "
+                                 "built with (another version or configuration); rebuild the index")
+            self.encoders[modality] = enc
+        return self.encoders[modality]
+
+    @torch.no_grad()
+    def query_vectors(self, src: str, tgt: str, items: Sequence[Any]) -> torch.Tensor:
+        """q = normalise(embed_query(src -> tgt, encode(items))): Q x P; timings in ``self.timings``."""
+        enc = self.encoder(src)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = enc.encode(items)
+        batch = EncodedBatch(out.tokens.float().cpu(), out.mask.cpu(), out.pooled.float().cpu())
+        middle = time.perf_counter()
+        q = F.normalize(self.aligner.embed_query(src, tgt, batch), dim=-1).float().cpu()
+        self.timings = {"encode_s": middle - start, "predict_s": time.perf_counter() - middle}
+        return q
+
+    def _hits(self, q: torch.Tensor, keys: torch.Tensor, names: Sequence[str], k: int) -> list[list[Hit]]:
+        start = time.perf_counter()
+        scores, rows = top_k(q, keys, k)
+        self.timings["score_s"] = time.perf_counter() - start
+        return [[Hit(r + 1, names[int(j)], float(s), int(j)) for r, (s, j) in enumerate(zip(srow, jrow, strict=True))]
+                for srow, jrow in zip(scores.tolist(), rows.tolist(), strict=True)]
+
+    def text_to_images(self, texts: Sequence[str], k: int = 5) -> list[list[Hit]]:
+        """For each text, the k indexed images with the highest cosine score."""
+        texts = [t.strip() for t in texts]
+        if not all(texts):
+            raise InputError("--text is empty; give a caption to search for")
+        return self._hits(self.query_vectors("text", "image", texts), self.index.image_keys, self.index.images, k)
+
+    def image_to_captions(self, images: Sequence[Any], k: int = 5) -> list[list[Hit]]:
+        """For each image (PIL), the k indexed captions with the highest cosine score."""
+        if self.index.text_keys is None:
+            raise InputError("this index has no captions; build it with captions (--cache, or --captions FILE) "
+                             "to search by image")
+        return self._hits(self.query_vectors("image", "text", images), self.index.text_keys, self.index.captions, k)
+
+
+def self_test(searcher: Searcher, queries: int = 200, k: int = 5) -> dict[str, Any]:
+    """Each of ``queries`` indexed captions (evenly spaced), searched alone: is its own image in the top k?
+
+    Returns the hit rate (%) and per-query latency percentiles (ms) of the encode, predict
+    and score steps and of their sum, over an index of N images.
+    """
+    index = searcher.index
+    if index.caption_image is None or not index.captions:
+        raise InputError("--self-test needs an index with captions (build it with --cache or --captions)")
+    rows = np.unique(np.linspace(0, len(index.captions) - 1, min(queries, len(index.captions))).astype(int))
+    hits, times = [], []
+    for j in rows:
+        found = searcher.text_to_images([index.captions[j]], k)[0]
+        hits.append(any(h.row == index.caption_image[j] for h in found))
+        times.append({**searcher.timings, "total_s": sum(searcher.timings.values())})
+    latency = {key.removesuffix("_s"): {f"p{q}": float(1000 * np.percentile([t[key] for t in times], q))
+                                       for q in (50, 95)} for key in times[0]}
+    return {"queries": len(rows), "images": len(index.images), "k": k,
+            "hit_rate": 100.0 * float(np.mean(hits)), "latency_ms": latency}
+
+
+def index_cache(aligner: Any, cache: str | os.PathLike, split: str | None = None, checkpoint: str = "") -> SearchIndex:
+    """An index over an encoded dataset (``triptych m3jepa encode``), optionally one split: images and captions."""
+    from triptych.m3jepa.features import load_cache
+
+    paired = load_cache(cache)
+    if split:
+        image_rows, caption_rows, caption_image = paired.split(split)
+    else:
+        image_rows, caption_rows = np.arange(len(paired.image)), np.arange(len(paired.text))
+        caption_image = paired.data.caption_image
+    paths = [str(paired.data.image_path(int(i))) for i in image_rows]
+    return build_index(aligner, paired.image, paths, image_rows, paired.text,
+                       [paired.data.captions[int(j)] for j in caption_rows], caption_rows, caption_image, checkpoint)
+
+
+def index_images(aligner: Any, data: Any, work: str | os.PathLike, image_encoder: Any, text_encoder: Any = None,
+                 checkpoint: str = "", batch_size: int = 32) -> SearchIndex:
+    """Encode a dataset's images (and captions, given a text encoder) into ``work`` (resumable), then index."""
+    from triptych.m3jepa.features import encode_dataset, load_features
+
+    encoders = [image_encoder] + ([text_encoder] if text_encoder is not None and data.captions else [])
+    encode_dataset(data, work, encoders, batch_size=batch_size)
+    images = load_features(Path(work) / "image")
+    paths = [str(data.image_path(i)) for i in range(len(data.images))]
+    if len(encoders) == 1:
+        return build_index(aligner, images, paths, checkpoint=checkpoint)
+    return build_index(aligner, images, paths, text_features=load_features(Path(work) / "text"),
+                       captions=data.captions, caption_image=data.caption_image, checkpoint=checkpoint)
+
+
+def image_folder(folder: str | os.PathLike) -> Any:
+    """All images in a folder (recursively) as an ImageCaptions without captions."""
+    from triptych.m3jepa.data import IMAGE_SUFFIXES, ImageCaptions
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"--images {folder} is not a folder")
+    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise InputError(f"--images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return ImageCaptions(folder.name, folder, names, [], np.zeros(0, dtype=np.int64))
+
+
+def write_results_page(path: str | os.PathLike, query: str, hits: Sequence[Hit], kind: str,
+                       query_image: str | None = None, timings: dict[str, float] | None = None) -> Path:
+    """One HTML page (core.report) with the query and its ranked results (images or captions)."""
+    from triptych.core.report import Report
+
+    report = Report(f"M3-JEPA search: {query}")
+    section = report.section("Query")
+    if query_image:
+        section.figure(query_image, caption=Path(query_image).name)
+    else:
+        section.text(query)
+    if timings:
+        section.text("Latency: " + ", ".join(f"{k.removesuffix('_s')} {1000 * v:.1f} ms" for k, v in timings.items()))
+    results = report.section(f"Top {len(hits)} {kind}")
+    results.table([{"rank": h.rank, "score": round(h.score, 4), kind.rstrip("s"): h.item} for h in hits])
+    if kind == "images":
+        for h in hits:
+            results.figure(h.item, caption=f"#{h.rank}  score {h.score:.3f}  {Path(h.item).name}")
+    return report.write(path)

@@ -1,0 +1,71 @@
+"""Baselines beside the graph models: a Morgan-fingerprint random forest per task, and chemprop when installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from rdkit import Chem
+from rdkit.Chem import rdFingerprintGenerator
+from sklearn.ensemble import RandomForestClassifier
+
+from triptych.matic.data import MolTable, Splits
+
+
+def morgan_fingerprints(smiles: list[str], radius: int = 2, n_bits: int = 2048) -> np.ndarray:
+    """``(n, n_bits)`` uint8 Morgan (ECFP4 for radius 2) bit vectors; zero rows for unparsable SMILES."""
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s)
+        if mol is not None:
+            out[i] = gen.GetFingerprintAsNumPy(mol)
+    return out
+
+
+def random_forest_probs(train: MolTable, test: MolTable, seed: int, n_trees: int = 500) -> np.ndarray:
+    """Fit one random forest per task on the molecules labelled for it; ``(n_test, T)`` probabilities."""
+    x_train, x_test = morgan_fingerprints(train.smiles), morgan_fingerprints(test.smiles)
+    probs = np.full((len(test), len(train.tasks)), np.nan)
+    for j in range(len(train.tasks)):
+        keep = ~np.isnan(train.labels[:, j])
+        y = train.labels[keep, j].astype(int)
+        if len(np.unique(y)) < 2:
+            continue
+        rf = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=1)
+        rf.fit(x_train[keep], y)
+        probs[:, j] = rf.predict_proba(x_test)[:, 1]
+    return probs
+
+
+def chemprop_available() -> bool:
+    """Whether chemprop (the ``[bench]`` extra) and its CLI are installed."""
+    return importlib.util.find_spec("chemprop") is not None and shutil.which("chemprop") is not None
+
+
+def chemprop_probs(splits: Splits, seed: int, epochs: int = 50) -> np.ndarray:
+    """Train chemprop's multi-task D-MPNN (defaults) on the same train/val/test; test probabilities."""
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = []
+        for name, table in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+            df = pd.DataFrame(table.labels, columns=table.tasks)
+            df.insert(0, "smiles", table.smiles)
+            paths.append(tmp / f"{name}.csv")
+            df.to_csv(paths[-1], index=False)
+        subprocess.run(["chemprop", "train", "--data-path", *map(str, paths), "--task-type", "classification",
+                        "--epochs", str(epochs), "--data-seed", str(seed), "--pytorch-seed", str(seed),
+                        "--save-dir", str(tmp / "model"), "--smiles-columns", "smiles",
+                        "--target-columns", *splits.tasks], check=True, capture_output=True)
+        model = next((tmp / "model").rglob("best*.pt"))
+        subprocess.run(["chemprop", "predict", "--test-path", str(paths[2]), "--model-paths", str(model),
+                        "--preds-path", str(tmp / "preds.csv"), "--smiles-columns", "smiles"],
+                       check=True, capture_output=True)
+        preds = pd.read_csv(tmp / "preds.csv")
+        return preds[splits.tasks].to_numpy(dtype=float)

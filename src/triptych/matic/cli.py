@@ -1,0 +1,257 @@
+"""``triptych matic``: train, evaluate, screen, explain and benchmark multi-task molecule predictors.
+
+Heavy libraries (RDKit, PyG, torch) are imported inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from triptych.core.training import (
+    AcceleratorOpt,
+    DevicesOpt,
+    MaxTimeOpt,
+    PrecisionOpt,
+    ResumeOpt,
+    StrategyOpt,
+)
+
+app = typer.Typer(
+    help="MATIC: multi-task Attentive FP (PLE) for target-inhibitory and cell-active molecules.\n\n"
+    "Example: triptych matic train --data ncats --out runs/matic",
+    no_args_is_help=True,
+)
+
+DataOpt = Annotated[str, typer.Option(
+    help="'ncats' (embedded 3CLpro + CPE table), 'matic:DIR' (multi_{train,val,test}.csv) or a CSV file.")]
+SplitOpt = Annotated[str, typer.Option(help="given (files), random or scaffold (80/10/10, seeded).")]
+SmilesColOpt = Annotated[str | None, typer.Option(help="SMILES column (default: the one called smiles).")]
+TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns (default: all but SMILES).")]
+
+
+def _tasks(tasks: str | None) -> list[str] | None:
+    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+
+
+@app.command()
+def train(
+    data: DataOpt = "ncats",
+    out: Annotated[Path, typer.Option(help="Output folder (model.safetensors, metrics.json, checkpoints/).")] = Path(
+        "runs/matic"),
+    val: Annotated[str | None, typer.Option(help="Validation CSV (with --test: the given split).")] = None,
+    test: Annotated[str | None, typer.Option(help="Test CSV.")] = None,
+    split: SplitOpt = "given",
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batches.")] = 0,
+    smiles_col: SmilesColOpt = None,
+    tasks: TasksOpt = None,
+    conflict: Annotated[str, typer.Option(help="Duplicates with conflicting labels: drop, max, min, first, mean.")] = "drop",
+    strict: Annotated[bool, typer.Option(help="Fail on any unparsable SMILES instead of skipping it.")] = False,
+    arch: Annotated[str, typer.Option(help="ple (MATIC), mmoe or single (one expert per task).")] = "ple",
+    gate: Annotated[str, typer.Option(help="full (an Attentive FP per gate, as the paper) or light (linear).")] = "full",
+    loss: Annotated[str, typer.Option(help="focal (alpha 0.5, gamma 2) or bce.")] = "focal",
+    task_weights: Annotated[str | None, typer.Option(help="Comma-separated loss weight per task (default equal).")] = None,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(help="Molecules per batch.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss (epochs).")] = 15,
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    strategy: StrategyOpt = "auto",
+    precision: PrecisionOpt = "32-true",
+    max_time: MaxTimeOpt = None,
+    resume: ResumeOpt = None,
+) -> None:
+    """Train a multi-task Attentive FP predictor; keep the best checkpoint and report test metrics.
+
+    Example: triptych matic train --data matic:../shared/data/matic --out runs/matic_ple --epochs 60
+    """
+    from triptych.core.training import TrainerFlags
+    from triptych.matic.data import load_splits
+    from triptych.matic.evaluation import evaluate_checkpoint
+    from triptych.matic.train import TrainConfig, train_predictor, write_json
+
+    splits = load_splits(data, split, seed, val=val, test=test, smiles_col=smiles_col, tasks=_tasks(tasks),
+                         strict=strict, conflict=conflict)
+    weights = [float(w) for w in task_weights.split(",")] if task_weights else []
+    config = TrainConfig(tasks=splits.tasks, arch=arch, gate=gate, loss=loss, task_weights=weights, lr=lr,
+                         batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+    config.weights()  # validate before any work
+    for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        typer.echo(f"{name}: {t.summary()}")
+    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
+    model_path = train_predictor(splits, config, out, flags)
+    metrics = evaluate_checkpoint(model_path, splits.test)
+    write_json(out / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
+    for task, m in metrics.items():
+        typer.echo(f"test {task}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  MCC {m['mcc']:.3f} (n={m['n']})")
+    typer.echo(f"model: {model_path}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
+    data: Annotated[Path, typer.Option(help="CSV with SMILES and the checkpoint's label columns.")],
+    smiles_col: SmilesColOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+) -> None:
+    """Per-task ROC-AUC, PR-AUC, accuracy, precision, recall and MCC of a checkpoint on a labelled CSV.
+
+    Example: triptych matic evaluate --checkpoint runs/matic_ple/model.safetensors --data test.csv
+    """
+    from triptych.matic.evaluation import evaluate_checkpoint
+    from triptych.matic.predictor import load_predictor
+    from triptych.matic.train import write_json
+
+    predictor = load_predictor(checkpoint)
+    table = _table_for(data, smiles_col, predictor.tasks, checkpoint)
+    metrics = evaluate_checkpoint(predictor, table)
+    for task, m in metrics.items():
+        typer.echo(f"{task}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+    if out:
+        write_json(out, metrics)
+
+
+def _table_for(path: Path, smiles_col: str | None, tasks: list[str], checkpoint: Path):
+    """Load ``path`` with the checkpoint's task columns, with a clear error when they are absent."""
+    import pandas as pd
+
+    from triptych.core.errors import InputError
+    from triptych.matic.data import load_table
+
+    if path.is_file() and path.stat().st_size:
+        cols = list(pd.read_csv(path, nrows=0).columns)
+        missing = [t for t in tasks if t not in cols]
+        if missing:
+            raise InputError(f"checkpoint {checkpoint} was trained for tasks {tasks}, but {path} lacks "
+                             f"{missing} (columns: {', '.join(cols)}); use a checkpoint for these tasks")
+    return load_table(path, smiles_col, tasks)
+
+
+@app.command()
+def benchmark(
+    data: Annotated[str | None, typer.Option(
+        help="matic:DIR (the paper split) or a CSV with --split; the NCATS scaffold split always runs too.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for results.json and results.md.")] = Path("bench/matic"),
+    seeds: Annotated[int, typer.Option(help="Seeds on --data.")] = 5,
+    first_seed: Annotated[int, typer.Option(help="First seed (to run seeds in parallel processes).")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs per graph model on --data.")] = 8,
+    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 3,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    gate: Annotated[str, typer.Option(help="PLE/MMoE gate: light (CPU budget) or full (the paper's).")] = "light",
+    ncats_seeds: Annotated[int, typer.Option(help="Seeds of the NCATS scaffold split (0 skips it).")] = 1,
+    ncats_epochs: Annotated[int, typer.Option(help="Maximum epochs on the NCATS split (4.7x larger).")] = 3,
+    models: Annotated[str, typer.Option(help="Comma-separated subset of ple,mmoe,single,rf,chemprop.")] =
+        "ple,mmoe,single,rf,chemprop",
+    merge: Annotated[list[Path] | None, typer.Option(
+        help="Instead of running: merge these earlier --out folders (e.g. one per seed) into --out.")] = None,
+) -> None:
+    """Benchmark PLE, MMoE, single-task Attentive FP, a Morgan random forest (and chemprop) over seeds.
+
+    Example: triptych matic benchmark --data matic:../shared/data/matic --seeds 5 --out bench/matic
+    """
+    from triptych.core.errors import InputError
+    from triptych.matic.benchmark import BenchConfig, run_benchmark
+
+    chosen = [m.strip() for m in models.split(",") if m.strip()]
+    unknown = set(chosen) - {"ple", "mmoe", "single", "rf", "chemprop"}
+    if unknown:
+        raise InputError(f"--models {sorted(unknown)} unknown; choose from ple,mmoe,single,rf,chemprop")
+    cfg = BenchConfig(seeds, first_seed, epochs, patience, lr, gate, ncats_seeds, ncats_epochs, models=chosen)
+    if merge:
+        import json
+
+        from triptych.core.results import write_results
+        from triptych.matic.benchmark import merge_results, results_markdown
+
+        parts = []
+        for folder in merge:
+            try:
+                parts.append(json.loads((folder / "results.json").read_text()))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise InputError(f"--merge {folder}: no readable results.json ({exc.__class__.__name__})") from None
+        merged = merge_results(parts)
+        write_results(out, merged, results_markdown(merged, cfg).replace(
+            "Settings:", f"Merged from {', '.join(map(str, merge))}. Settings:"))
+    else:
+        run_benchmark(data, out, cfg, log=lambda s: typer.echo(s, err=True))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+@app.command()
+def screen(
+    checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
+    input: Annotated[Path, typer.Option("--input", help=".csv (with a smiles column) or .smi (SMILES [name]); .gz ok.")],
+    out: Annotated[Path, typer.Option(help="Ranked predictions CSV; invalid lines go to <stem>.invalid.csv.")] = Path(
+        "preds.csv"),
+    smiles_col: SmilesColOpt = None,
+    tasks: Annotated[str | None, typer.Option(
+        help="Comma-separated tasks you expect the checkpoint to predict (checked).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 256,
+    chunk: Annotated[int, typer.Option(help="Molecules read and featurised at a time (bounds memory).")] = 2048,
+    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+) -> None:
+    """Score a SMILES library: each task's probability and the dual-activity score, ranked.
+
+    Example: triptych matic screen --checkpoint runs/matic/model.safetensors --input library.smi --out preds.csv
+    """
+    import torch
+
+    from triptych.core.device import choose_device
+    from triptych.matic.predictor import load_predictor
+    from triptych.matic.screen import screen as run_screen
+
+    if threads:
+        torch.set_num_threads(threads)
+    predictor = load_predictor(checkpoint, _tasks(tasks), str(choose_device(device)))
+    result = run_screen(predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col)
+    if result.invalid:
+        shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (" ..." if len(result.invalid) > 10 else "")
+        typer.echo(f"warning: {len(result.invalid)} invalid SMILES skipped ({shown}); "
+                   f"see {out.with_name(out.stem + '.invalid.csv')}", err=True)
+    typer.echo(f"screened {result.n_valid}/{result.n_total} molecules in {result.seconds:.1f} s "
+               f"({result.throughput:.0f} mol/s); ranked by dual score -> {out}")
+
+
+@app.command()
+def explain(
+    checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
+    smiles: Annotated[list[str], typer.Option(help="Molecule(s) to explain; repeat the option for several.")],
+    out: Annotated[Path, typer.Option(help="Folder for PNG/SVG maps, CSV tables and report.html.")] = Path(
+        "matic_explain"),
+    reference: Annotated[str, typer.Option(
+        help="Molecules for the property analysis: 'ncats' (embedded) or a CSV/.smi file.")] = "ncats",
+    n_reference: Annotated[int, typer.Option(help="Use at most this many reference molecules (seeded sample).")] = 1000,
+) -> None:
+    """Atom attention per task and expert, gate weights, and property correlations, in report.html.
+
+    Example: triptych matic explain --checkpoint runs/matic/model.safetensors --smiles 'O=C1N(c2ccccc2)[Se]c2ccccc12'
+    """
+    import numpy as np
+
+    from triptych.matic.data import EMBEDDED, load_embedded
+    from triptych.matic.explain import explain as run_explain
+    from triptych.matic.predictor import load_predictor
+    from triptych.matic.screen import read_chunks
+
+    predictor = load_predictor(checkpoint)
+    if reference == EMBEDDED:
+        ref = load_embedded().smiles
+    else:
+        ref = [s for rows in read_chunks(reference) for _, s, _ in rows]
+    if len(ref) > n_reference:
+        ref = [ref[i] for i in sorted(np.random.default_rng(0).choice(len(ref), n_reference, replace=False))]
+    run_explain(predictor, smiles, out, ref)
+    typer.echo(f"wrote {out / 'report.html'} (attention maps, gate weights, property correlations)")
+
+
+# ---------------------------------------------------------------- generator (MATIC part 2)
+from triptych.matic.generate import cli as _generate_cli  # noqa: E402  (Typer-only module; heavy imports inside)
+
+app.command("generate")(_generate_cli.generate_cmd)
+app.command("rationales")(_generate_cli.rationales_cmd)
+app.command("benchmark-generate")(_generate_cli.benchmark_generate_cmd)
+app.command("pretrain")(_generate_cli.pretrain_cmd)

@@ -1,0 +1,270 @@
+"""Command functions of the generator, registered on ``triptych matic`` by ``triptych/matic/cli.py``.
+
+``generate``, ``rationales``, ``benchmark-generate`` and ``pretrain``; each is a thin layer
+over the Python API and imports RDKit / torch inside the function.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from triptych.core.training import (
+    AcceleratorOpt,
+    DevicesOpt,
+    MaxTimeOpt,
+    PrecisionOpt,
+    ResumeOpt,
+    StrategyOpt,
+)
+
+CheckpointOpt = Annotated[Path, typer.Option(help="Trained MATIC predictor (model.safetensors from `triptych matic train`).")]
+ActivesOpt = Annotated[Path | None, typer.Option(
+    help="CSV of known molecules with the two label columns (1 = active); default: the embedded NCATS table.")]
+ActiveColsOpt = Annotated[str | None, typer.Option(
+    help="The two label columns of --actives, 'A,B', when they differ from the predictor's task names.")]
+TasksOpt = Annotated[str | None, typer.Option(help="The predictor's two tasks 'A,B' (default: its first two).")]
+CompletionOpt = Annotated[Path | None, typer.Option(
+    help="Completion model checkpoint from `triptych matic pretrain` (default: the embedded MOSES one).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for search, sampling and updates.")]
+MaxActivesOpt = Annotated[int, typer.Option(help="Actives per task searched by MCTS (best predicted first).")]
+MaxRationalesOpt = Annotated[int, typer.Option(help="Dual rationales used as starting points.")]
+RolloutsOpt = Annotated[int, typer.Option(help="MCTS rollouts per molecule.")]
+CPuctOpt = Annotated[float, typer.Option(help="MCTS exploration constant.")]
+MinAtomsOpt = Annotated[int, typer.Option(help="A rollout stops at fragments of this many atoms or fewer.")]
+MaxAtomsOpt = Annotated[int, typer.Option(help="Largest single-task rationale kept (atoms).")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Rationale cache (JSON; default OUT/rationale_cache.json).")]
+RoundsOpt = Annotated[int, typer.Option(help="RL rounds.")]
+SamplesOpt = Annotated[int, typer.Option(help="Completions sampled (and scored) per RL round.")]
+PoolOpt = Annotated[int, typer.Option(help="Random actives per task scored to pick the --max-actives best.")]
+ThreadsOpt = Annotated[int, typer.Option(help="Torch CPU threads (1 is fastest for these small models on busy cores).")]
+
+
+def _config(n: int, max_actives: int, max_rationales: int, rollouts: int, c_puct: float, min_atoms: int,
+            max_atoms: int, rounds: int, samples_per_round: int, method: str, alpha: float, p_a: float, p_b: float,
+            qed: float, sa: float, seed: int):
+    from triptych.core.errors import InputError
+    from triptych.matic.generate.finetune import FinetuneConfig
+    from triptych.matic.generate.pipeline import GenerateConfig
+    from triptych.matic.generate.rationale import MCTSConfig
+    from triptych.matic.generate.scoring import Thresholds
+
+    if method not in ("filtered", "pg"):
+        raise InputError(f"--method {method!r}: choose filtered (property-filtered MLE) or pg (policy gradient)")
+    if n < 1 or rounds < 0 or samples_per_round < 1:
+        raise InputError("--n and --samples-per-round must be >= 1 and --rounds >= 0")
+    return GenerateConfig(
+        n=n, max_actives=max_actives, max_rationales=max_rationales,
+        mcts=MCTSConfig(c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms, threshold=min(p_a, p_b)),
+        finetune=FinetuneConfig(method=method, rounds=rounds, samples_per_round=samples_per_round, alpha=alpha,
+                                thresholds=Thresholds(p_a, p_b, qed, sa)),
+        seed=seed,
+    )
+
+
+def _completion(path: Path | None):
+    from triptych.core.errors import InputError
+    from triptych.matic.generate.completion import CompletionModel, default_checkpoint
+
+    path = path or default_checkpoint()
+    if not Path(path).is_file():
+        raise InputError(f"completion model {path} not found; make one with `triptych matic pretrain --out {path}`")
+    return CompletionModel.load(path)
+
+
+def _setup(checkpoint: Path, tasks: str | None, actives: Path | None, active_columns: str | None):
+    from triptych.matic.generate.pipeline import load_actives
+    from triptych.matic.generate.scoring import load_oracle, resolve_tasks
+
+    predictor, oracle_id = load_oracle(checkpoint)
+    idx = resolve_tasks(predictor, tasks)
+    names = (predictor.tasks[idx[0]], predictor.tasks[idx[1]])
+    cols = tuple(c.strip() for c in active_columns.split(",")) if active_columns else None
+    if cols is not None and len(cols) != 2:
+        from triptych.core.errors import InputError
+
+        raise InputError(f"--active-columns {active_columns!r}: give two column names 'A,B'")
+    return predictor, oracle_id, idx, names, load_actives(actives, names, cols)
+
+
+def generate_cmd(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/matic_generate"),
+    n: Annotated[int, typer.Option(help="Molecules to generate.")] = 1000,
+    actives: ActivesOpt = None,
+    active_columns: ActiveColsOpt = None,
+    tasks: TasksOpt = None,
+    completion: CompletionOpt = None,
+    method: Annotated[str, typer.Option(help="RL update: filtered (property-filtered MLE, the paper) or pg.")] = "filtered",
+    rounds: RoundsOpt = 4,
+    samples_per_round: SamplesOpt = 400,
+    max_actives: MaxActivesOpt = 40,
+    pool: PoolOpt = 300,
+    max_rationales: MaxRationalesOpt = 40,
+    rollouts: RolloutsOpt = 20,
+    c_puct: CPuctOpt = 10.0,
+    min_atoms: MinAtomsOpt = 15,
+    max_atoms: MaxAtomsOpt = 20,
+    alpha: Annotated[float, typer.Option(help="Drop rationales whose success rate stays below this.")] = 0.5,
+    p_a: Annotated[float, typer.Option(help="Success needs p(task A) >= this.")] = 0.5,
+    p_b: Annotated[float, typer.Option(help="Success needs p(task B) >= this.")] = 0.5,
+    qed: Annotated[float, typer.Option(help="Success needs QED >= this.")] = 0.6,
+    sa: Annotated[float, typer.Option(help="Success needs SA score <= this.")] = 4.0,
+    cache: CacheOpt = None,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Generate molecules predicted active on both tasks: MCTS rationales, completion, RL fine-tuning.
+
+    Writes molecules.csv (smiles, p_a, p_b, qed, sa, success, novel, rationale), metrics.json,
+    top_molecules.png, completion_finetuned.safetensors and report.html.
+
+    Example: triptych matic generate --checkpoint runs/matic_ple/model.safetensors --actives ../shared/data/matic/multi_train.csv --n 1000 --out runs/matic_gen
+    """
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from triptych.core.io import atomic_output_dir
+    from triptych.matic.generate.pipeline import config_dict, generate
+    from triptych.matic.generate.report import write_generation
+    from triptych.matic.generate.scoring import CountingOracle
+
+    cfg = _config(n, max_actives, max_rationales, rollouts, c_puct, min_atoms, max_atoms, rounds, samples_per_round,
+                  method, alpha, p_a, p_b, qed, sa, seed)
+    cfg = replace(cfg, pool=pool)
+    torch.set_num_threads(threads)
+    predictor, oracle_id, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
+    model = _completion(completion)
+    oracle = CountingOracle(predictor)
+    result = generate(model, oracle, idx, known, cfg, cache=cache or out / "rationale_cache.json", oracle_id=oracle_id)
+    metrics = {**result.metrics, "tasks": list(names), "stage_seconds": result.seconds, "config": config_dict(cfg),
+               "predictor": str(checkpoint)}
+    with atomic_output_dir(out) as stage:
+        model.save(stage / "completion_finetuned.safetensors", extra={"rounds": cfg.finetune.rounds})
+        write_generation(stage, result.table, metrics, names, [asdict(r) for r in result.rounds], result.dual,
+                         "triptych matic generate " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else []))
+    m = result.metrics
+    typer.echo(f"{m['n']} molecules: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity "
+               f"{m['diversity']:.3f}  validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  "
+               f"oracle calls {m['oracle_calls']}  ({m['seconds']:.0f} s)")
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def rationales_cmd(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("runs/matic_rationales"),
+    actives: ActivesOpt = None,
+    active_columns: ActiveColsOpt = None,
+    tasks: TasksOpt = None,
+    max_actives: MaxActivesOpt = 20,
+    pool: PoolOpt = 300,
+    rollouts: RolloutsOpt = 20,
+    c_puct: CPuctOpt = 10.0,
+    min_atoms: MinAtomsOpt = 15,
+    max_atoms: MaxAtomsOpt = 20,
+    threshold: Annotated[float, typer.Option(help="A rationale keeps predicted probability >= this.")] = 0.5,
+    cache: CacheOpt = None,
+    seed: SeedOpt = 0,
+) -> None:
+    """Extract MCTS rationales per task, merge them into dual rationales, draw each inside its source molecule.
+
+    Writes rationales.csv, rationales.json, rationales_*.png and report.html.
+
+    Example: triptych matic rationales --checkpoint runs/matic_ple/model.safetensors --actives ../shared/data/matic/multi_train.csv --out runs/matic_rationales
+    """
+    from triptych.core.io import atomic_output_dir
+    from triptych.matic.generate.pipeline import GenerateConfig, dual_rationales
+    from triptych.matic.generate.rationale import MCTSConfig
+    from triptych.matic.generate.report import write_rationales
+    from triptych.matic.generate.scoring import CountingOracle
+
+    cfg = GenerateConfig(max_actives=max_actives, pool=pool, seed=seed,
+                         mcts=MCTSConfig(c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms,
+                                         threshold=threshold))
+    predictor, oracle_id, idx, _, known = _setup(checkpoint, tasks, actives, active_columns)
+    oracle = CountingOracle(predictor)
+    single, dual = dual_rationales(known, oracle, idx, cfg, cache or out / "rationale_cache.json", oracle_id)
+    with atomic_output_dir(out) as stage:
+        write_rationales(stage, single, dual)
+    typer.echo(f"rationales: {len(single[0])} + {len(single[1])} single-task, {len(dual)} dual "
+               f"({oracle.calls} oracle calls); report: {out / 'report.html'}")
+
+
+def benchmark_generate_cmd(
+    checkpoint: CheckpointOpt,
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md).")] = Path("runs/matic_bench_generate"),
+    actives: ActivesOpt = None,
+    active_columns: ActiveColsOpt = None,
+    tasks: TasksOpt = None,
+    completion: CompletionOpt = None,
+    n: Annotated[int, typer.Option(help="Molecules per method.")] = 1000,
+    rounds: RoundsOpt = 4,
+    samples_per_round: SamplesOpt = 400,
+    max_actives: MaxActivesOpt = 40,
+    pool: PoolOpt = 300,
+    max_rationales: MaxRationalesOpt = 40,
+    rollouts: RolloutsOpt = 20,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Compare MATIC (filtered MLE and policy gradient) with a graph GA and best-of-dataset at equal oracle calls.
+
+    Example: triptych matic benchmark-generate --checkpoint runs/matic_ple/model.safetensors --actives ../shared/data/matic/multi_train.csv --out runs/matic_bench_generate
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from triptych.matic.generate.benchmark import run_benchmark
+
+    cfg = _config(n, max_actives, max_rationales, rollouts, 10.0, 15, 20, rounds, samples_per_round, "filtered",
+                  0.5, 0.5, 0.5, 0.6, 4.0, seed)
+    cfg = replace(cfg, pool=pool)
+    torch.set_num_threads(threads)
+    predictor, oracle_id, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
+    results = run_benchmark(predictor, oracle_id, idx, names, known, completion, cfg, out)
+    for name, m in results["methods"].items():
+        typer.echo(f"{name:>24}: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity {m['diversity']:.3f}  "
+                   f"validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  calls {m['oracle_calls']}  "
+                   f"{m['seconds']:.0f} s")
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+def pretrain_cmd(
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/matic_completion.safetensors"),
+    corpus: Annotated[Path | None, typer.Option(
+        help="SMILES file (.csv/.csv.gz with a SMILES column, or .smi); default: the embedded 50k MOSES subset.")] = None,
+    n_molecules: Annotated[int, typer.Option(help="Molecules used (train + 5% validation).")] = 40000,
+    vocab_size: Annotated[int, typer.Option(help="Fragment vocabulary size.")] = 1000,
+    hidden: Annotated[int, typer.Option(help="Hidden width of the policy.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
+    seed: SeedOpt = 0,
+    accelerator: AcceleratorOpt = "cpu",
+    devices: DevicesOpt = "1",
+    strategy: StrategyOpt = "auto",
+    precision: PrecisionOpt = "32-true",
+    max_time: MaxTimeOpt = "00:00:20:00",
+    resume: ResumeOpt = None,
+) -> None:
+    """Pretrain the fragment-attachment completion model on drug-like molecules (MOSES by default).
+
+    Example: triptych matic pretrain --out runs/matic_completion.safetensors --n-molecules 40000 --epochs 8
+    """
+    import json
+
+    from triptych.core.seed import seed_everything
+    from triptych.core.training import TrainerFlags
+    from triptych.matic.generate.completion import embedded_corpus, pretrain, read_corpus
+
+    seed_everything(seed)
+    smiles = embedded_corpus() if corpus is None else read_corpus(corpus)
+    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
+    _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden, epochs=epochs,
+                       seed=seed, flags=flags, root_dir=out.parent / (out.stem + "_training"))
+    typer.echo(json.dumps(info))
+    typer.echo(f"completion model: {out}")

@@ -1,0 +1,130 @@
+"""Multi-task Attentive FP predictors: PLE/CGC (MATIC), MMoE and single-task, on PyG's ``AttentiveFP``.
+
+Every expert is a PyG ``AttentiveFP`` encoder (hidden 150, 3 layers, T = 1, dropout 0.1)
+whose output is a 150-d molecule embedding. One CGC level (Tang et al. 2020):
+
+    e_t = sum_k g_{t,k}(G) * E_k(G),  k over task t's private experts and the shared ones   (CGC mix)
+    g_t = softmax(Gate_t(G))                                                                   (gate)
+    logit_t = Tower_t(e_t),  Tower: 150 -> 32 -> 1                                             (tower)
+
+``gate="full"`` makes each gate an Attentive FP of its own (the paper's choice);
+``gate="light"`` a linear layer on the concatenated expert embeddings. MMoE is the same
+with only shared experts; single-task uses one private expert per task and no gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn.models import AttentiveFP
+
+from triptych.matic.featurize import ATOM_DIM, BOND_DIM
+
+ARCHS = ("ple", "mmoe", "single")
+GATES = ("full", "light")
+
+
+class Expert(nn.Module):
+    """An Attentive FP encoder that also keeps its readout atom attention.
+
+    The attention is the softmax of the virtual super node over a molecule's atoms in
+    the last readout step (PyG's ``mol_conv``), caught with a PyG edge-update hook.
+    """
+
+    def __init__(self, out_channels: int, hidden: int = 150, layers: int = 3, timesteps: int = 1,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = AttentiveFP(ATOM_DIM, hidden, out_channels, BOND_DIM, layers, timesteps, dropout)
+        self.attention: Tensor | None = None  # [atoms] after each forward
+        self.net.mol_conv.register_edge_update_forward_hook(self._keep_attention)
+
+    def _keep_attention(self, module: nn.Module, inputs: tuple, alpha: Tensor) -> None:
+        self.attention = alpha.detach().mean(dim=-1)  # [atoms, heads] -> [atoms]
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
+        """Atoms ``x [N, 39]``, bonds ``edge_attr [E, 10]`` -> ``[B, out_channels]``."""
+        return self.net(x, edge_index, edge_attr, batch)
+
+
+@dataclass
+class Output:
+    """What a forward pass exposes for training and interpretation."""
+
+    logits: Tensor  # [B, T]
+    gates: list[Tensor]  # per task [B, n_experts_t] softmax weights (ones for single-task)
+    gate_experts: list[list[int]]  # per task: indices into the expert list, in gate order
+    expert_embeddings: Tensor  # [B, K, H] each expert's molecule embedding
+    task_embeddings: Tensor  # [B, T, H] gated mixture fed to each tower
+    attention: Tensor  # [N atoms, K] readout attention per expert
+
+
+class MultiTaskAttentiveFP(nn.Module):
+    """PLE/CGC, MMoE or single-task Attentive FP for ``n_tasks`` binary tasks (see module docstring)."""
+
+    def __init__(self, n_tasks: int, arch: str = "ple", gate: str = "full", n_shared: int | None = None, n_private: int = 1,
+                 hidden: int = 150, layers: int = 3, timesteps: int = 1, dropout: float = 0.1,
+                 tower_hidden: int = 32) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch {arch!r} not in {ARCHS}")
+        if gate not in GATES:
+            raise ValueError(f"gate {gate!r} not in {GATES}")
+        if n_shared is None:
+            n_shared = 3 if arch == "mmoe" else 1  # the reference's MMoE has three shared experts
+        if arch == "mmoe":
+            n_private = 0
+        if arch == "single":
+            n_shared, n_private = 0, 1
+        if n_shared + n_private < 1:
+            raise ValueError("need at least one expert per task")
+        self.arch, self.gate_kind, self.n_tasks = arch, gate, n_tasks
+        self.n_shared, self.n_private = n_shared, n_private
+        n_experts = n_shared + n_private * n_tasks
+        self.experts = nn.ModuleList(
+            Expert(hidden, hidden, layers, timesteps, dropout) for _ in range(n_experts)
+        )
+        shared = list(range(n_shared))
+        # Task t's gate ranks its private experts first, then the shared ones.
+        self.gate_experts = [
+            [n_shared + t * n_private + k for k in range(n_private)] + shared for t in range(n_tasks)
+        ]
+        self.gates = nn.ModuleList()
+        if arch != "single":
+            for members in self.gate_experts:
+                k = len(members)
+                self.gates.append(
+                    Expert(k, hidden, layers, timesteps, dropout) if gate == "full" else nn.Linear(k * hidden, k)
+                )
+        self.towers = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1))
+            for _ in range(n_tasks)
+        )
+
+    def forward(self, data) -> Output:
+        """A PyG batch (``x, edge_index, edge_attr, batch``) -> :class:`Output`."""
+        args = (data.x, data.edge_index, data.edge_attr, data.batch)
+        emb = torch.stack([e(*args) for e in self.experts], dim=1)  # [B, K, H]
+        gates, mixed = [], []
+        for t, members in enumerate(self.gate_experts):
+            e_t = emb[:, members]  # [B, k, H]
+            if not self.gates:
+                g = torch.ones(e_t.shape[:2], device=e_t.device)
+            elif self.gate_kind == "full":
+                g = torch.softmax(self.gates[t](*args), dim=-1)
+            else:
+                g = torch.softmax(self.gates[t](e_t.flatten(1)), dim=-1)
+            gates.append(g)
+            mixed.append((g.unsqueeze(-1) * e_t).sum(dim=1))  # CGC mix
+        task_emb = torch.stack(mixed, dim=1)  # [B, T, H]
+        logits = torch.cat([tower(task_emb[:, t]) for t, tower in enumerate(self.towers)], dim=1)
+        attention = torch.stack([e.attention for e in self.experts], dim=1)
+        return Output(logits, gates, [list(m) for m in self.gate_experts], emb, task_emb, attention)
+
+    def expert_names(self, tasks: list[str]) -> list[str]:
+        """Human names of the experts: ``shared``/``shared-k`` or ``<task>-private``/``<task>-private-k``."""
+        names = [f"shared-{k}" if self.n_shared > 1 else "shared" for k in range(self.n_shared)]
+        for t in range(self.n_tasks):
+            names += [f"{tasks[t]}-private" + (f"-{k}" if self.n_private > 1 else "") for k in range(self.n_private)]
+        return names

@@ -1,0 +1,197 @@
+"""Training: masked focal / BCE loss, the Lightning module, and the ``train`` entry point.
+
+Loss (per task t, over the molecules labelled for t only, then weighted):
+
+    FL(p_t) = -alpha_t (1 - p_t)^gamma log p_t          (binary focal loss, Lin et al. 2017)
+    L = sum_t w_t * mean_{i: y_it observed} FL_it        (masked multi-task loss)
+
+``gamma = 0`` and ``alpha = 0.5`` is BCE up to a factor of 1/2, so ``loss="bce"`` uses
+plain BCE instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from triptych.core.checkpoint import save_checkpoint
+from triptych.core.errors import InputError
+from triptych.core.seed import seed_everything
+from triptych.core.training import TrainerFlags, best_checkpoint, fit, make_trainer
+from triptych.matic.data import MolTable, Splits
+from triptych.matic.featurize import featurize
+from triptych.matic.model import MultiTaskAttentiveFP
+
+KIND = "matic.predictor"
+
+
+def masked_focal_loss(logits: Tensor, targets: Tensor, task_weights: Tensor, alpha: float = 0.5,
+                      gamma: float = 2.0, kind: str = "focal") -> Tensor:
+    """Masked multi-task binary focal loss (or BCE); ``logits, targets [B, T]``, NaN targets are ignored.
+
+    Each task's loss is the mean over its labelled molecules; tasks with none in the
+    batch contribute zero. Returns a scalar.
+    """
+    mask = ~torch.isnan(targets)
+    y = torch.where(mask, targets, torch.zeros_like(targets))
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    if kind == "focal":
+        p = torch.sigmoid(logits)
+        p_t = p * y + (1 - p) * (1 - y)
+        alpha_t = alpha * y + (1 - alpha) * (1 - y)
+        per = alpha_t * (1 - p_t) ** gamma * bce
+    elif kind == "bce":
+        per = bce
+    else:
+        raise ValueError(f"loss {kind!r} not in ('focal', 'bce')")
+    per = per * mask
+    count = mask.sum(dim=0)
+    per_task = per.sum(dim=0) / count.clamp(min=1)
+    return (per_task * task_weights).sum()
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to rebuild and retrain a predictor."""
+
+    tasks: list[str]
+    arch: str = "ple"
+    gate: str = "full"
+    n_shared: int | None = None
+    n_private: int = 1
+    hidden: int = 150
+    layers: int = 3
+    timesteps: int = 1
+    dropout: float = 0.1
+    loss: str = "focal"
+    alpha: float = 0.5
+    gamma: float = 2.0
+    task_weights: list[float] = field(default_factory=list)  # default: equal, summing to 1
+    lr: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 100
+    patience: int = 15
+    seed: int = 0
+
+    def weights(self) -> list[float]:
+        w = self.task_weights or [1.0] * len(self.tasks)
+        if len(w) != len(self.tasks):
+            raise InputError(f"--task-weights has {len(w)} values for {len(self.tasks)} tasks {self.tasks}")
+        total = float(sum(w))
+        return [float(v) / total for v in w]
+
+    def build_model(self) -> MultiTaskAttentiveFP:
+        return MultiTaskAttentiveFP(len(self.tasks), self.arch, self.gate, self.n_shared, self.n_private,
+                                    self.hidden, self.layers, self.timesteps, self.dropout)
+
+
+class MaticModule(L.LightningModule):
+    """Lightning wrapper: masked focal/BCE loss, Adam, validation loss for early stopping."""
+
+    def __init__(self, config: dict[str, Any], kind: str = KIND) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # kind + config: typed checkpoints that rebuild the model
+        self.config = TrainConfig(**config)
+        self.model = self.config.build_model()
+        self.register_buffer("task_weights", torch.tensor(self.config.weights()), persistent=False)
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def _loss(self, batch) -> Tensor:
+        out = self.model(batch)
+        return masked_focal_loss(out.logits, batch.y, self.task_weights, self.config.alpha, self.config.gamma,
+                                 self.config.loss)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, batch_size=batch.num_graphs, prog_bar=True, on_epoch=True, on_step=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), batch_size=batch.num_graphs, prog_bar=True, on_epoch=True)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+
+def graphs_with_labels(table: MolTable, cache_dir: Path | None = None) -> list[Data]:
+    """PyG graphs for a table, each with ``y [1, T]`` (NaN = missing)."""
+    graphs = featurize(table.smiles, cache_dir)
+    out = []
+    for g, y in zip(graphs, table.labels, strict=True):
+        if g is None:  # tables hold canonical SMILES, so this only guards against RDKit oddities
+            continue
+        g = g.clone()
+        g.y = torch.tensor(y, dtype=torch.float32).view(1, -1)
+        out.append(g)
+    return out
+
+
+def labelled_only(table: MolTable) -> MolTable:
+    """Rows with at least one label (single-task models train only on their task's molecules)."""
+    keep = np.flatnonzero(~np.isnan(table.labels).all(axis=1))
+    return table.subset(keep)
+
+
+def train_predictor(splits: Splits, config: TrainConfig, out_dir: str | Path, flags: TrainerFlags | None = None,
+                    progress: bool = True, cache_dir: Path | None = None) -> Path:
+    """Train on ``splits.train``, early-stop on ``splits.val``; write ``out_dir/model.safetensors``.
+
+    Returns the path of the exported best model (weights + config, no optimiser state).
+    """
+    out_dir = Path(out_dir)
+    seed_everything(config.seed)
+    train_t, val_t = labelled_only(splits.train), labelled_only(splits.val)
+    if len(train_t) == 0:
+        raise InputError("the training data has no labelled molecules; give 1/0 labels for at least one task")
+    if len(val_t) == 0:
+        raise InputError("the validation data has no labelled molecules; give a --val file or a bigger table")
+    gen = torch.Generator().manual_seed(config.seed)
+    train_dl = DataLoader(graphs_with_labels(train_t, cache_dir), batch_size=config.batch_size, shuffle=True,
+                          generator=gen)
+    val_dl = DataLoader(graphs_with_labels(val_t, cache_dir), batch_size=256)
+    module = MaticModule(asdict(config))
+    trainer = make_trainer(flags, max_epochs=config.max_epochs, default_root_dir=out_dir, monitor="val_loss",
+                           patience=config.patience, enable_progress_bar=progress, deterministic=False,
+                           log_every_n_steps=10, gradient_clip_val=1.0)
+    fit(trainer, module, train_dl, val_dl, resume=flags.resume if flags else None)
+    best = best_checkpoint(trainer)
+    if best is None or not best.is_file():
+        raise InputError(f"training wrote no checkpoint under {out_dir}")
+    return export_model(best, out_dir / "model.safetensors",
+                        extra={"epochs_run": trainer.current_epoch, "best_val_loss": _best_score(trainer)})
+
+
+def _best_score(trainer: L.Trainer) -> float | None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.best_model_score is not None:
+            return float(cb.best_model_score)
+    return None
+
+
+def export_model(training_checkpoint: Path, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Strip a training checkpoint to ``{state_dict, hyper_parameters}`` of kind ``matic.predictor``."""
+    from triptych.core.training import load_module_state
+
+    state_dict, hparams = load_module_state(training_checkpoint, KIND)
+    return save_checkpoint(out, {"state_dict": state_dict, "hyper_parameters": hparams}, kind=KIND,
+                           config=hparams, extra=extra or {})
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from triptych.core.io import write_text
+
+    write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -1,0 +1,70 @@
+"""PdCR: causal (ATE) explanations of segmentation models, for input regions and network components.
+
+API overview (each name lives in the module given; import from there or from here)::
+
+    from triptych.pdcr import build_model, load_model, RoI, make_outcome, PatchBank
+
+    model = load_model("runs/drive/checkpoints/best.safetensors")  # models.SegmentationModel
+    model.probabilities(x)          # (B, C, *S) probabilities; output activation is explicit
+    roi = RoI.box(x=96, y=96, w=32, h=32, shape=(256, 256))      # roi.RoI (box, mask, pixel)
+    outcome = make_outcome("dice_gt", model, image, roi, ground_truth)  # roi: dice_gt/dice_self/soft_mass
+    bank = PatchBank.from_images(images, 8, exclude=0)              # interventions: patch bank,
+    bank.save("bank.safetensors")                                   #   Zero, DatasetMean, Blur
+    exp = explain_regions(model, image, roi, outcome="dice_gt", ground_truth=gt,
+                          intervention=bank, block=8, estimator="adaptive")   # regions.Explanation
+    exp.ate, exp.se, exp.blocks, exp.base, exp.forward_passes, exp.seconds
+    table = explain_components(model, image, roi, components="stages",      # components.ComponentExplanation
+                               intervention="swap", dataset=images)         #   .rows: ranked, with 95% CIs
+
+Modules: ``roi`` (RoI, outcomes, Dice), ``models`` (SegmentationModel, MONAI nets by
+name, checkpoints), ``interventions`` (do(·) on blocks and activations), ``estimate``
+(reference and adaptive ATE estimators), ``regions`` (input-region ATE maps),
+``components`` (network-component ATE via forward hooks), ``data`` (DRIVE, folders,
+synthetic), ``train`` (Lightning training), ``explain`` (the CLI pipeline and its
+outputs), ``plots``, ``toy`` (constructed models with known effects), ``cli``, ``demo``.
+"""
+
+from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
+from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
+from triptych.pdcr.interventions import (
+    ActivationIntervention,
+    Blur,
+    DatasetMean,
+    PatchBank,
+    Zero,
+    apply_block,
+    make_intervention,
+)
+from triptych.pdcr.models import ModelSpec, SegmentationModel, build_model, load_model, save_model, wrap_model
+from triptych.pdcr.regions import Explanation, explain_regions
+from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
+
+__all__ = [
+    "ActivationIntervention",
+    "Component",
+    "ComponentExplanation",
+    "Explanation",
+    "SequentialRule",
+    "explain_components",
+    "explain_regions",
+    "list_components",
+    "reference_estimate",
+    "save_model",
+    "sequential_estimate",
+    "Blur",
+    "DatasetMean",
+    "ModelSpec",
+    "PatchBank",
+    "RoI",
+    "RoIDice",
+    "SegmentationModel",
+    "SoftMass",
+    "Zero",
+    "apply_block",
+    "build_model",
+    "dice",
+    "load_model",
+    "make_intervention",
+    "make_outcome",
+    "wrap_model",
+]

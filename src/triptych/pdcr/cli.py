@@ -1,0 +1,270 @@
+"""``triptych pdcr``: train segmentation models and explain them causally (ATE maps and component rankings).
+
+A thin layer over :mod:`triptych.pdcr`; heavy imports happen inside commands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from triptych.core.training import (
+    AcceleratorOpt,
+    DevicesOpt,
+    MaxTimeOpt,
+    PrecisionOpt,
+    ResumeOpt,
+    StrategyOpt,
+)
+
+app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
+
+
+def _ints(text: str, name: str) -> tuple[int, ...]:
+    from triptych.core.errors import InputError
+
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{name} {text!r}: give comma-separated integers") from None
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="DRIVE root, a folder with images/ and masks/, or 'synthetic'.")] = "synthetic",
+    out: Annotated[Path, typer.Option(help="Run folder (checkpoints/best.safetensors, metrics.json).")] = Path("runs/pdcr"),
+    arch: Annotated[str, typer.Option(help="unet, attention_unet, unetpp, segresnet or swin_unetr.")] = "unet",
+    patch: Annotated[int, typer.Option(help="Training patch side at the working resolution.")] = 128,
+    image_size: Annotated[int | None, typer.Option(help="Resize images to this side first (default: native).")] = None,
+    features: Annotated[str, typer.Option(help="Channels per level, comma-separated.")] = "16,32,64,128,256",
+    res_units: Annotated[int, typer.Option(help="Residual units per U-Net level (unet only).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 8,
+    patches_per_epoch: Annotated[int, typer.Option(help="Random patches per epoch.")] = 160,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (see also --max-time).")] = 200,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
+    val_fraction: Annotated[float, typer.Option(help="Share of training images held out for validation.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    spatial_dims: Annotated[int, typer.Option(help="2 for images, 3 for volumes.")] = 2,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    strategy: StrategyOpt = "auto",
+    precision: PrecisionOpt = "32-true",
+    max_time: MaxTimeOpt = None,
+    max_cpu_time: Annotated[float | None, typer.Option(help="Stop after this many CPU minutes of this process "
+                                                             "(all threads): 30 = 15 min on 2 cores.")] = None,
+    resume: ResumeOpt = None,
+) -> None:
+    """Train a MONAI segmentation network (Dice + BCE) on random patches; keep the best validation checkpoint.
+
+    Example: triptych pdcr train --data ../shared/data/drive --arch unet --out runs/drive_unet --max-time 00:00:15:00
+    """
+    import torch
+
+    from triptych.core.training import TrainerFlags
+    from triptych.pdcr.train import train_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    flags = TrainerFlags(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
+                         max_time=max_time, resume=resume)
+    result = train_model(data, out, arch=arch, patch=patch, image_size=image_size,
+                         features=_ints(features, "--features"), batch_size=batch_size,
+                         patches_per_epoch=patches_per_epoch, epochs=epochs, lr=lr, val_fraction=val_fraction,
+                         seed=seed, flags=flags, spatial_dims=spatial_dims, res_units=res_units,
+                         max_cpu_minutes=max_cpu_time)
+    typer.echo(f"checkpoint: {result.checkpoint}")
+    typer.echo(f"validation Dice: {result.val_dice:.4f}")
+    if result.test_dice is not None:
+        typer.echo(f"test Dice: {result.test_dice:.4f} ({result.metrics['test_images']} images)")
+    typer.echo(f"training: {result.metrics['train_wall_seconds']:.0f} s wall, "
+               f"{result.metrics['train_cpu_seconds'] / 60:.1f} CPU-min; metrics: {out / 'metrics.json'}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
+    data: Annotated[str, typer.Option(help="DRIVE root, images/masks folder or 'synthetic'.")] = "synthetic",
+    split: Annotated[str, typer.Option(help="Which split to score (test, training).")] = "test",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """Dice of a trained model on a split (inside the field of view when the data has one).
+
+    Example: triptych pdcr evaluate --checkpoint runs/drive/checkpoints/best.safetensors --data ../shared/data/drive
+    """
+    import numpy as np
+    import torch
+
+    from triptych.pdcr.data import load_dataset, resize_sample
+    from triptych.pdcr.models import load_model
+    from triptych.pdcr.train import evaluate as score
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(checkpoint)
+    samples = [s for s in load_dataset(data, split, spatial_dims=model.spatial_dims) if s.mask is not None]
+    if model.spec.input_size:
+        samples = [resize_sample(s, model.spec.input_size) for s in samples]
+    scores = score(model, samples)
+    typer.echo(f"{split} Dice (FOV): {np.mean(scores):.4f} ± {np.std(scores):.4f} over {len(scores)} images")
+
+
+@app.command()
+def explain(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
+    image: Annotated[Path, typer.Option(help="Image to explain (PNG/JPEG/TIFF/GIF, or .npy for a volume).")],
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    roi: Annotated[str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")] = None,
+    roi_mask: Annotated[Path | None, typer.Option(help="RoI as a binary mask file (instead of --roi).")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Ground-truth mask of the image (enables --outcome dice_gt).")] = None,
+    data: Annotated[str | None, typer.Option(help="Dataset for the patch bank and activation swaps: DRIVE root, "
+                                                   "images/masks folder or 'synthetic'.")] = None,
+    bank: Annotated[Path | None, typer.Option(help="A saved patch bank (.safetensors) instead of --data.")] = None,
+    save_bank: Annotated[bool, typer.Option(help="Also write the patch bank to OUT for reuse.")] = False,
+    outcome: Annotated[str | None, typer.Option(help="dice_gt (default with --mask), dice_self or soft_mass.")] = None,
+    intervention: Annotated[str, typer.Option(help="patch_bank, zero, mean or blur.")] = "patch_bank",
+    block: Annotated[int, typer.Option(help="Finest block side in pixels (8 at 256² as the paper).")] = 8,
+    coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 4·block).")] = None,
+    estimator: Annotated[str, typer.Option(help="adaptive (default) or reference (the paper's S=3, N=50, τ=0.02).")] = "adaptive",
+    components: Annotated[str, typer.Option(help="stages, blocks, skips, channels, none, or comma-separated names.")] = "stages",
+    component_intervention: Annotated[str, typer.Option(help="swap (another input's activation), mean or zero.")] = "swap",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same result).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Perturbed images per forward batch.")] = 32,
+    full_image: Annotated[bool, typer.Option(help="Patch-trained models: explain the whole image (tiled), not "
+                                                  "the model's window around the RoI.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+) -> None:
+    """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
+
+    Example: triptych pdcr explain --checkpoint runs/drive/checkpoints/best.safetensors --image im.tif --mask gt.gif --roi 200,200,32,32 --data ../shared/data/drive --out expl
+    """
+    import torch
+
+    from triptych.pdcr.explain import explain_to_folder, load_inputs
+    from triptych.pdcr.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(checkpoint)
+    inputs = load_inputs(model, image, mask, roi, roi_mask)
+    summary = explain_to_folder(model, inputs, out, data=data, bank=bank, save_bank=save_bank, outcome=outcome,
+                                intervention=intervention, block=block, coarse_block=coarse_block, estimator=estimator,
+                                seed=seed, batch_size=batch_size, components=components,
+                                component_intervention=component_intervention, title=f"PdCR: {image.name}",
+                                full_image=full_image)
+    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks +{summary['positive_blocks']} "
+               f"-{summary['negative_blocks']} 0:{summary['zero_blocks']}; {summary['forward_passes']} forward passes "
+               f"in {summary['seconds']:.1f} s")
+    typer.echo(f"outputs: {out}/ (ate.npy, se.npy, summary.json, overlay.png, report.html)")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo_out/pdcr")) -> None:
+    """Train a small U-Net on MONAI's synthetic images and explain one RoI (also run by `triptych demo`).
+
+    Example: triptych pdcr demo --out demo_out/pdcr
+    """
+    from triptych.pdcr.demo import run_demo
+
+    run_demo(out)
+    typer.echo(f"Report: {out / 'report.html'}")
+
+
+@app.command("components")
+def list_components_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
+    granularity: Annotated[str, typer.Option(help="blocks, skips, stages or channels.")] = "stages",
+) -> None:
+    """List the candidate network components of a model (names usable in `explain --components`).
+
+    Example: triptych pdcr components --checkpoint runs/drive/checkpoints/best.safetensors --granularity stages
+    """
+    import torch
+
+    from triptych.pdcr.components import list_components
+    from triptych.pdcr.models import load_model
+
+    model = load_model(checkpoint)
+    side = model.spec.patch_size or model.spec.input_size or (64,) * model.spatial_dims
+    probe = torch.zeros((model.spec.in_channels, *side))
+    for comp in list_components(model, probe, granularity):
+        typer.echo(f"{comp.name}\t{comp.kind}")
+
+
+# ---------------------------------------------------------------- part 2: evaluation (benchmark, compare)
+
+
+@app.command()
+def benchmark(
+    data: Annotated[str, typer.Option(help="drive:PATH (DRIVE layout) or folder:PATH (training/ and test/ with "
+                                           "images/ and masks/).")],
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, details.json, maps_*.npz).")],
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = "unet,attention_unet,segresnet",
+    rois: Annotated[int, typer.Option(help="RoIs sampled on test-image foreground (the same for every model).")] = 20,
+    models_dir: Annotated[Path, typer.Option(help="Reuse <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors; "
+                                                  "train there when missing.")] = Path("runs"),
+    train_time: MaxTimeOpt = "00:00:15:00",
+    crop: Annotated[int, typer.Option(help="Side of the native-resolution crop explained around each RoI.")] = 64,
+    roi_size: Annotated[int, typer.Option(help="Side of each RoI box.")] = 12,
+    block: Annotated[int, typer.Option(help="PdCR's finest block = the faithfulness unit.")] = 8,
+    max_draws: Annotated[int, typer.Option(help="Cap on PdCR's sequential draws per block.")] = 20,
+    steps: Annotated[int, typer.Option(help="Points per deletion/insertion curve (+1).")] = 8,
+    rise_masks: Annotated[int, typer.Option(help="RISE masks per explanation.")] = 200,
+    misure_steps: Annotated[int, typer.Option(help="MiSuRe optimisation steps.")] = 40,
+    workers: Annotated[int, typer.Option(help="Architectures run at once, one process each.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed for RoIs, patch banks and random draws.")] = 0,
+) -> None:
+    """Faithfulness of PdCR against Seg-Grad-CAM, occlusion, RISE, IG and MiSuRe (deletion/insertion AUC).
+
+    Example: triptych pdcr benchmark --data drive:../shared/data/drive --archs unet,attention_unet,segresnet --rois 20 --out bench_out/pdcr
+    """
+    from triptych.pdcr.benchmark import BenchConfig, run_benchmark
+
+    config = BenchConfig(crop=crop, roi=roi_size, block=block, coarse_block=2 * block, max_draws=max_draws, seed=seed,
+                         steps=steps, rise_masks=rise_masks, misure_steps=misure_steps)
+    names = [a.strip() for a in archs.split(",") if a.strip()]
+    results = run_benchmark(data, names, rois, out, models_dir=models_dir, train_time=train_time, config=config,
+                            workers=workers)
+    for arch, entry in results["models"].items():
+        pd = entry["methods"]["pdcr"]["deletion_auc"]
+        typer.echo(f"{arch}: test Dice {entry['test_dice']:.3f}; PdCR deletion AUC "
+                   + ", ".join(f"{op} {v:.3f}" for op, v in pd.items()))
+    typer.echo(f"results: {out}/results.json, {out}/results.md")
+
+
+@app.command()
+def compare(
+    out: Annotated[Path, typer.Option(help="Output folder (report.html, results.json, results.md).")],
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures (models) to compare.")] = "unet,attention_unet,segresnet",
+    maps: Annotated[Path | None, typer.Option(help="Reuse the PdCR maps of a `triptych pdcr benchmark` output folder.")] = None,
+    data: Annotated[str | None, typer.Option(help="Without --maps: drive:PATH or folder:PATH to explain.")] = None,
+    rois: Annotated[int, typer.Option(help="Without --maps: RoIs sampled on test-image foreground.")] = 20,
+    models_dir: Annotated[Path, typer.Option(help="Without --maps: <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors.")] = Path("runs"),
+    distance: Annotated[float, typer.Option(help="d of 'share of |ATE| within d px of the RoI'.")] = 16.0,
+    quantile: Annotated[float, typer.Option(help="Share of |ATE| that the support radius holds.")] = 0.9,
+    outcome: Annotated[str, typer.Option(help="Without --maps: dice_gt (the paper's), dice_self or soft_mass.")] = "dice_gt",
+    seed: Annotated[int, typer.Option(help="Seed for RoIs and draws (without --maps).")] = 0,
+) -> None:
+    """Compare the perceptual strategies of several models: locality, sign and concentration of their ATEs, with tests.
+
+    Example: triptych pdcr compare --maps bench_out/pdcr --archs unet,attention_unet,segresnet --out bench_out/pdcr_compare
+    """
+    from triptych.core.errors import InputError
+    from triptych.pdcr.compare import compute_maps, load_maps, run_compare
+
+    names = [a.strip() for a in archs.split(",") if a.strip()]
+    if maps is not None:
+        all_maps, source = load_maps(maps, names), f"maps of {maps}"
+    elif data is not None:
+        from triptych.pdcr.benchmark import BenchConfig
+
+        all_maps = compute_maps(data, names, rois, models_dir, BenchConfig(seed=seed), outcome=outcome)
+        source = f"{data}, outcome {outcome}"
+    else:
+        raise InputError("give --maps (a benchmark output folder) or --data drive:PATH|folder:PATH")
+    results = run_compare(all_maps, out, d=distance, q=quantile, source=source)
+    for t in results["between_models"]:
+        typer.echo(f"{t['statistic']}: {t['test']} p = {t['p']:.3g}")
+    typer.echo(f"report: {out}/report.html")

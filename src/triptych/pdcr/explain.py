@@ -1,0 +1,185 @@
+"""The ``explain`` pipeline: read and validate inputs, explain regions and components, write every output.
+
+Outputs (written through :func:`atomic_output_dir`, so a bad input leaves nothing):
+``ate.npy``, ``se.npy``, ``blocks.json``, ``summary.json``, ``components.json``,
+``overlay.png``, ``pie_histogram.png``, ``components.png`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from triptych.core.errors import InputError
+from triptych.core.io import atomic_output_dir
+from triptych.core.report import Report, Section
+from triptych.pdcr.components import ComponentExplanation, explain_components
+from triptych.pdcr.data import Sample, load_dataset, read_image, read_mask, resize_sample
+from triptych.pdcr.estimate import SequentialRule
+from triptych.pdcr.interventions import PatchBank, RegionIntervention, make_intervention
+from triptych.pdcr.models import SegmentationModel
+from triptych.pdcr.regions import Explanation, explain_regions
+from triptych.pdcr.roi import RoI
+
+
+@dataclass
+class ExplainInputs:
+    """A validated image (C, *S) at the model's working size, its optional mask and the RoI."""
+
+    image: torch.Tensor
+    mask: np.ndarray | None
+    roi: RoI
+
+
+def load_inputs(model: SegmentationModel, image_path: Path, mask_path: Path | None, roi_text: str | None,
+                roi_mask_path: Path | None) -> ExplainInputs:
+    """Read, check and resize the inputs; every problem is one clear line naming the input."""
+    image = read_image(image_path, model.spatial_dims, "--image")
+    mask = read_mask(mask_path, "--mask") if mask_path else None
+    if mask is not None and tuple(mask.shape) != tuple(image.shape[1:]):
+        raise InputError(f"--mask {mask_path} has shape {tuple(mask.shape)} but --image {image_path} has "
+                         f"{tuple(image.shape[1:])}; give the mask of this image")
+    if image.shape[0] != model.spec.in_channels:
+        if model.spec.in_channels == 1:
+            image = image.mean(0, keepdim=True)
+        else:
+            raise InputError(f"--image {image_path} has {image.shape[0]} channel(s); the model expects "
+                             f"{model.spec.in_channels}")
+    if model.spec.input_size:
+        resized = resize_sample(Sample(image, mask, image_path.stem), model.spec.input_size)
+        image, mask = resized.image, resized.mask
+    shape = tuple(image.shape[1:])
+    if (roi_text is None) == (roi_mask_path is None):
+        raise InputError("give exactly one of --roi x,y,w,h and --roi-mask FILE")
+    if roi_text is not None:
+        roi = RoI.parse(roi_text, shape)
+    else:
+        roi = RoI.from_mask(read_mask(roi_mask_path, "--roi-mask"), shape)
+    if roi.area == 0:
+        raise InputError("--roi-mask is empty (zero area); mark at least one pixel")
+    return ExplainInputs(image, mask, roi)
+
+
+def dataset_images(data: str | None, model: SegmentationModel, image: torch.Tensor) -> tuple[list[torch.Tensor], int | None]:
+    """Training images of ``data`` at the working size, and the index of the explained image if present."""
+    if data is None:
+        return [], None
+    samples = load_dataset(data, "training", spatial_dims=model.spatial_dims, size=int(image.shape[1]))
+    if model.spec.input_size:
+        samples = [resize_sample(s, model.spec.input_size) for s in samples]
+    images = [s.image if s.image.shape[0] == image.shape[0] else s.image.mean(0, keepdim=True) for s in samples]
+    same = next((i for i, im in enumerate(images) if im.shape == image.shape and torch.equal(im, image)), None)
+    return images, same
+
+
+def model_window(model: SegmentationModel, image: torch.Tensor, roi: RoI) -> tuple[slice, ...]:
+    """The model's window (training patch) centred on the RoI: one forward pass sees all of it."""
+    patch = model.spec.patch_size
+    if not patch or all(s <= p for s, p in zip(image.shape[1:], patch, strict=True)):
+        return tuple(slice(0, s) for s in image.shape[1:])
+    box = roi.bounding_box()
+    start = [min(max((a + b) // 2 - p // 2, 0), s - p) for (a, b), p, s in zip(box, patch, image.shape[1:], strict=True)]
+    if any(a < s0 or b > s0 + p for (a, b), s0, p in zip(box, start, patch, strict=True)):
+        raise InputError(f"--roi does not fit in the model's {patch} window; use a smaller RoI or --full-image")
+    return tuple(slice(s0, s0 + p) for s0, p in zip(start, patch, strict=True))
+
+
+def write_outputs(out: Path, image: torch.Tensor, exp: Explanation, comps: ComponentExplanation | None,
+                  title: str, notes: list[str] | None = None) -> Section:
+    """Write arrays, JSON, figures and report.html into ``out`` (a staging folder); return the report section."""
+    from triptych.pdcr.plots import ate_overlay, component_bars, pie_histogram
+
+    exp.save(out)
+    summary = exp.summary()
+    section = Section(title)
+    for note in notes or []:
+        section.text(note)
+    section.text(f"Base outcome {summary['outcome']} = {exp.base:.2f}; {summary['estimated_units']} units estimated "
+                 f"with {exp.forward_passes} forward passes in {exp.seconds:.1f} s ({summary['estimator']}, "
+                 f"{summary['intervention']}).")
+    fig = ate_overlay(image, exp.ate, exp.roi, title)
+    fig.savefig(out / "overlay.png", dpi=110, bbox_inches="tight")
+    section.figure(out / "overlay.png", "ATE map: red = the block's content hurt the RoI outcome, blue = it supported it")
+    fig = pie_histogram(summary)
+    fig.savefig(out / "pie_histogram.png", dpi=110, bbox_inches="tight")
+    section.figure(out / "pie_histogram.png", "Block shares by sign, and the paper's histogram bins")
+    section.table([{k: summary[k] for k in ("base_outcome", "positive_blocks", "negative_blocks", "zero_blocks",
+                                            "forward_passes", "seconds")}])
+    if comps is not None:
+        (out / "components.json").write_text(json.dumps({"rows": comps.rows, "base": comps.base,
+                                                          "forward_passes": comps.forward_passes,
+                                                          "seconds": comps.seconds, **comps.config}, indent=2) + "\n")
+        fig = component_bars(comps.rows)
+        fig.savefig(out / "components.png", dpi=110, bbox_inches="tight")
+        section.figure(out / "components.png", "Network components ranked by |ATE|, with 95% CIs")
+        section.table(comps.rows[:20], caption=f"component ranking ({comps.config['intervention']} intervention)")
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+    report = Report("PdCR explanation", intro="Causal (ATE) explanation of a segmentation model for one RoI.")
+    report.add(section)
+    report.write(out / "report.html")
+    return section
+
+
+def in_window(model: SegmentationModel, inputs: ExplainInputs) -> tuple[ExplainInputs, tuple[slice, ...]]:
+    """The inputs cut to the model's window around the RoI (unchanged for models without one)."""
+    win = model_window(model, inputs.image, inputs.roi)
+    mask = inputs.mask[win] if inputs.mask is not None else None
+    return ExplainInputs(inputs.image[(slice(None), *win)], mask, RoI(inputs.roi.mask[win], inputs.roi.description)), win
+
+
+def explain_to_folder(model: SegmentationModel, inputs: ExplainInputs, out: Path, *, data: str | None = None,
+                      bank: Path | None = None, save_bank: bool = False, outcome: str | None = None,
+                      intervention: str = "patch_bank", block: int = 8, coarse_block: int | None = None,
+                      estimator: str = "adaptive", seed: int = 0, batch_size: int = 32, components: str | None = "stages",
+                      component_intervention: str = "swap", title: str = "PdCR explanation",
+                      full_image: bool = False, rule: SequentialRule | None = None) -> dict[str, Any]:
+    """Explain one RoI end to end and write every output atomically into ``out``; return the summary.
+
+    A model trained on patches is explained on its window around the RoI (its working
+    input) unless ``full_image``: every forward pass then costs one pass, not one per tile.
+    """
+    outcome = outcome or ("dice_gt" if inputs.mask is not None else "dice_self")
+    images, same = dataset_images(data, model, inputs.image)
+    notes = []
+    full_shape = tuple(inputs.image.shape[1:])
+    window = tuple(slice(0, n) for n in full_shape)
+    if not full_image:
+        inputs, window = in_window(model, inputs)
+        if tuple(inputs.image.shape[1:]) != full_shape:
+            notes.append(f"Explained on the model's {tuple(inputs.image.shape[1:])} window around the RoI "
+                         f"(rows/cols {[(w.start, w.stop) for w in window]} of {full_shape}).")
+    patch = block if estimator == "reference" else (coarse_block or 4 * block)
+    iv: RegionIntervention = make_intervention(intervention, dataset=images, exclude=same, bank=bank,
+                                               patch_size=patch, seed=seed)
+    with atomic_output_dir(out) as stage:
+        exp = explain_regions(model, inputs.image, inputs.roi, outcome=outcome, ground_truth=inputs.mask,
+                              intervention=iv, block=block, coarse_block=coarse_block, estimator=estimator, seed=seed,
+                              batch_size=batch_size, rule=rule)
+        comps = None
+        if components and components != "none":
+            comp_inputs, _ = in_window(model, inputs)
+            if comp_inputs.image.shape != inputs.image.shape:
+                notes.append(f"Components were explained on the model's {tuple(comp_inputs.image.shape[1:])} window.")
+            pool = [im for i, im in enumerate(images) if i != same]
+            comp_iv = component_intervention if pool or component_intervention == "zero" else "zero"
+            if comp_iv != component_intervention:
+                notes.append("No dataset was given (--data), so components were intervened on with zero.")
+            spec = components if components in ("blocks", "skips", "stages", "channels") else components.split(",")
+            comps = explain_components(model, comp_inputs.image, comp_inputs.roi, components=spec, outcome=outcome,
+                                       ground_truth=comp_inputs.mask,
+                                       intervention=comp_iv, dataset=pool, estimator=estimator, seed=seed,
+                                       batch_size=batch_size, rule=rule)
+        if isinstance(iv, PatchBank) and save_bank:
+            iv.save(stage / "patch_bank.safetensors")
+        exp.config["window"] = [[w.start, w.stop] for w in window]
+        write_outputs(stage, inputs.image, exp, comps, title, notes)
+        summary = exp.summary()
+    return summary
+

@@ -1,0 +1,174 @@
+"""The region of interest (RoI) and the outcomes M(x) measured on it.
+
+A RoI is a boolean mask over the image's spatial axes, made from a box, a mask or a
+pixel and validated against the image. Outcomes map the model's probabilities for a
+batch of (perturbed) images to one number per image:
+
+- ``dice_gt``:   M(x) = 100 · Dice(ŷ(x)[R], y[R]), y the ground truth (the paper's);
+- ``dice_self``: the same with y = ŷ(x₀), the model's own unperturbed prediction, so M(x₀) = 100;
+- ``soft_mass``: M(x) = 100 · mean_{i∈R} p_target(x)_i, the soft probability mass in R
+  (×100 so that it is on the Dice-point scale the dead zone τ is stated in).
+
+Dice of two empty sets is 1 (perfect agreement), unlike the reference's 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from triptych.core.errors import InputError
+
+OUTCOMES = ("dice_gt", "dice_self", "soft_mass")
+
+
+@dataclass(frozen=True)
+class RoI:
+    """A region of interest: ``mask`` is a boolean array of the image's spatial shape."""
+
+    mask: np.ndarray
+    description: str = "mask"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.mask.shape)
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    def bounding_box(self) -> tuple[tuple[int, int], ...]:
+        """Per axis (first, last+1) of the RoI."""
+        idx = np.nonzero(self.mask)
+        return tuple((int(i.min()), int(i.max()) + 1) for i in idx)
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.mask)
+
+    @classmethod
+    def box(cls, x: int, y: int, w: int, h: int, shape: Sequence[int], name: str = "--roi") -> RoI:
+        """A 2D box: columns x..x+w, rows y..y+h of an image of spatial ``shape`` (H, W)."""
+        return cls.box_nd((y, x), (h, w), shape, name=name, text=f"box x={x} y={y} w={w} h={h}")
+
+    @classmethod
+    def box_nd(cls, start: Sequence[int], size: Sequence[int], shape: Sequence[int], name: str = "--roi",
+               text: str | None = None) -> RoI:
+        """A box in array-axis order (start and size per spatial axis), 2D or 3D."""
+        shape = tuple(int(s) for s in shape)
+        if len(start) != len(shape) or len(size) != len(shape):
+            raise InputError(f"{name}: a box for a {len(shape)}D image needs {len(shape)} starts and {len(shape)} sizes")
+        if any(int(s) <= 0 for s in size):
+            raise InputError(f"{name}: the box has zero area (size {tuple(size)}); give positive widths")
+        for a, (s0, n, lim) in enumerate(zip(start, size, shape, strict=True)):
+            if s0 < 0 or s0 + n > lim:
+                raise InputError(f"{name}: the box leaves the image on axis {a} ({s0}..{s0 + n} vs size {lim}); "
+                                 "move or shrink it")
+        mask = np.zeros(shape, dtype=bool)
+        mask[tuple(slice(int(s0), int(s0) + int(n)) for s0, n in zip(start, size, strict=True))] = True
+        return cls(mask, text or f"box start={tuple(start)} size={tuple(size)}")
+
+    @classmethod
+    def pixel(cls, x: int, y: int, shape: Sequence[int], name: str = "--roi") -> RoI:
+        """A single pixel at column x, row y."""
+        return cls.box(x, y, 1, 1, shape, name=name)
+
+    @classmethod
+    def from_mask(cls, mask: np.ndarray | torch.Tensor, shape: Sequence[int], name: str = "--roi-mask") -> RoI:
+        """A RoI from a binary mask of the image's spatial shape (values 0/1 or 0/255 or bool)."""
+        mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
+        if tuple(mask.shape) != tuple(shape):
+            raise InputError(f"{name}: mask shape {tuple(mask.shape)} differs from the image's {tuple(shape)}")
+        return cls(binary_mask(mask, name), "mask")
+
+    @classmethod
+    def parse(cls, text: str, shape: Sequence[int], name: str = "--roi") -> RoI:
+        """``x,y,w,h`` (2D), ``x,y`` (a pixel) or ``a,b,c,da,db,dc`` (3D, array-axis order)."""
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise InputError(f"{name} {text!r}: give integers 'x,y,w,h' (2D), 'x,y' (pixel) or 6 for 3D") from None
+        if len(shape) == 2 and len(values) == 4:
+            return cls.box(*values, shape=shape, name=name)
+        if len(shape) == 2 and len(values) == 2:
+            return cls.pixel(*values, shape=shape, name=name)
+        if len(shape) == 3 and len(values) == 6:
+            return cls.box_nd(values[:3], values[3:], shape, name=name)
+        raise InputError(f"{name} {text!r}: a {len(shape)}D image needs {'x,y,w,h or x,y' if len(shape) == 2 else '6 values'}")
+
+
+def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    """Validate a binary mask (bool, {0,1} or {0,255}) and return it as bool."""
+    values = np.unique(mask)
+    if mask.dtype == bool:
+        return mask
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
+        shown = ", ".join(str(v) for v in values[:5])
+        raise InputError(f"{name}: the mask is not binary (values {shown}{'...' if values.size > 5 else ''}); "
+                         "give a 0/1 or 0/255 mask")
+    return mask > 0
+
+
+def dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Dice(a, b) = 2|a∩b| / (|a|+|b|) over the last axis of boolean (B, n) tensors; 1 when both are empty."""
+    a, b = a.float(), b.float()
+    inter = (a * b).sum(-1)
+    total = a.sum(-1) + b.sum(-1)
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.ones_like(total))
+
+
+Binarise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class RoIDice:
+    """M(x) = 100 · Dice(ŷ(x)[R], y[R]) for probabilities (B, C, *spatial) -> (B,)."""
+
+    roi: torch.Tensor  # bool, spatial shape
+    reference: torch.Tensor  # bool, spatial shape: ground truth or ŷ(x₀)
+    binarise: Binarise  # probabilities (B, C, *S) -> bool (B, *S)
+    name: str = "dice_gt"
+
+    def __call__(self, prob: torch.Tensor) -> torch.Tensor:
+        pred = self.binarise(prob)[:, self.roi]
+        ref = self.reference.to(pred.device)[self.roi].expand_as(pred)
+        return 100.0 * dice(pred, ref)
+
+
+@dataclass
+class SoftMass:
+    """M(x) = 100 · mean_{i∈R} p_c(x)_i for probabilities (B, C, *spatial) -> (B,)."""
+
+    roi: torch.Tensor
+    target_class: int = 0
+    name: str = "soft_mass"
+
+    def __call__(self, prob: torch.Tensor) -> torch.Tensor:
+        return 100.0 * prob[:, self.target_class][:, self.roi].mean(-1)
+
+
+Outcome = RoIDice | SoftMass
+
+
+def make_outcome(kind: str, model, image: torch.Tensor, roi: RoI, ground_truth: np.ndarray | torch.Tensor | None = None,
+                 ) -> Outcome:
+    """Build outcome ``kind`` (dice_gt, dice_self, soft_mass) for ``model`` on ``image`` (C, *spatial)."""
+    if kind not in OUTCOMES:
+        raise InputError(f"--outcome {kind!r} is not known; choose from {', '.join(OUTCOMES)}")
+    if tuple(image.shape[1:]) != roi.shape:
+        raise InputError(f"RoI shape {roi.shape} differs from the image's spatial shape {tuple(image.shape[1:])}")
+    roi_t = roi.tensor()
+    if kind == "soft_mass":
+        return SoftMass(roi_t, model.spec.target_class)
+    if kind == "dice_gt":
+        if ground_truth is None:
+            raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
+        gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
+        if tuple(gt.shape) != roi.shape:
+            raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
+        return RoIDice(roi_t, torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt")
+    with torch.no_grad():
+        own = model.predict(image[None])[0].cpu()
+    return RoIDice(roi_t, own, model.binarise, "dice_self")

@@ -1,0 +1,73 @@
+"""Synthetic image–caption features for the M3-JEPA tests: a shared latent seen by both 'encoders'.
+
+Image tokens (6 × 32) and caption tokens (5 × 24, last one sometimes padding) are noisy
+non-linear functions of one latent per image, so alignment is learnable but not trivial.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from triptych.m3jepa.data import ImageCaptions
+from triptych.m3jepa.features import Features, PairedCache, ShardedArray
+
+DIMS = {"image": 32, "text": 24}
+
+
+def features(tokens: np.ndarray, mask: np.ndarray, ids: list[str], modality: str, encoder: str = "synthetic") -> Features:
+    tokens = np.where(mask[..., None], tokens, 0).astype(np.float16)
+    pooled = (tokens.astype(np.float32) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    manifest = {"format": "test", "modality": modality, "encoder": encoder, "fingerprint": "f0",
+                "dim": tokens.shape[-1], "length": tokens.shape[1], "count": len(ids)}
+    return Features(ShardedArray([tokens]), ShardedArray([mask]), ShardedArray([pooled.astype(np.float32)]),
+                    ids, manifest, None)
+
+
+def caption_set(n_images: int = 120, captions_per_image: int = 2, seed: int = 0, noise: float = 0.6):
+    """A cache of a dataset with 60/20/20 splits: image and text Features, rows in dataset order."""
+    g = np.random.default_rng(seed)
+    fixed = np.random.default_rng(1234)
+    w_img, w_txt = fixed.normal(size=(8, DIMS["image"])), fixed.normal(size=(8, DIMS["text"]))
+    latent = g.normal(size=(n_images, 8))
+    img = np.tanh(latent @ w_img)[:, None, :] + noise * g.normal(size=(n_images, 6, DIMS["image"]))
+    cap_img = np.repeat(np.arange(n_images), captions_per_image)
+    txt = np.tanh(latent[cap_img] @ w_txt)[:, None, :] + noise * g.normal(size=(len(cap_img), 5, DIMS["text"]))
+    txt_mask = np.ones((len(cap_img), 5), bool)
+    txt_mask[:, 4] = g.random(len(cap_img)) > 0.5
+    names = [f"img{i:04d}.png" for i in range(n_images)]
+    a, b = int(0.6 * n_images), int(0.8 * n_images)
+    data = ImageCaptions("synthetic", None, names, [f"caption {j}" for j in range(len(cap_img))], cap_img,
+                         {"train": names[:a], "dev": names[a:b], "test": names[b:]})
+    return PairedCache(data, features(img, np.ones((n_images, 6), bool), names, "image"),
+                       features(txt, txt_mask, data.caption_ids, "text"))
+
+
+class _ArrayEncoder:
+    """A stand-in encoder that returns precomputed rows (its batch items are row numbers)."""
+
+    def __init__(self, features: Features, modality: str):
+        self.features, self.modality, self.name = features, modality, "synthetic"
+        self.dim, self.length = features.tokens.shape[-1], features.tokens.shape[1]
+
+    def fingerprint(self) -> str:
+        return "f0"
+
+    def encode(self, batch):
+        return self.features.batch(np.asarray(batch))
+
+
+def write_cache(root, cache: PairedCache) -> None:
+    """Write an in-memory synthetic cache to disk in the `triptych m3jepa encode` layout."""
+    import json
+    from pathlib import Path
+
+    from triptych.m3jepa.features import write_features
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    record = cache.data.to_json()
+    record["root"] = str(root)
+    (root / "dataset.json").write_text(json.dumps(record))
+    write_features(root / "image", cache.data.images, lambda i: i, _ArrayEncoder(cache.image, "image"), shard_size=64)
+    write_features(root / "text", cache.data.caption_ids, lambda i: i, _ArrayEncoder(cache.text, "text"),
+                   shard_size=64)

@@ -1,0 +1,50 @@
+import json
+
+from m3jepa_synth import caption_set
+
+from triptych.m3jepa.benchmark import BenchmarkConfig, run_benchmark
+
+
+def test_benchmark_writes_the_results_schema(tmp_path):
+    cache = caption_set(n_images=100)
+    cfg = BenchmarkConfig(hidden=16, contrastive_dim=16, experts=4, top_k=2, max_epochs=2, batch_size=30,
+                          temperature=0.1)
+    run_benchmark(cache, tmp_path / "out", seeds=[0, 1], methods=["m3jepa", "clip_linear"], config=cfg,
+                  work_dir=tmp_path / "work", enable_progress_bar=False)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["methods"]) == {"m3jepa", "clip_linear"}
+    for r in results["methods"].values():
+        for way in ("i2t", "t2i"):
+            assert set(r[way]) == {"r1", "r5", "r10"}
+            assert len(r[way]["r1"]) == 2 and all(0 <= v <= 100 for v in r[way]["r10"])
+            assert all(a <= b <= c for a, b, c in zip(r[way]["r1"], r[way]["r5"], r[way]["r10"], strict=True))
+        assert r["train_seconds"] > 0 and r["params"] > 0
+    assert results["protocol"]["test_images"] == 20 and results["protocol"]["test_captions"] == 40
+    assert results["encoders"]["image"]["encoder"] == "synthetic"
+    assert len(results["diagnostics"]["m3jepa"]["expert_usage_last_epoch"][0]) == 4
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "CLIP-style linear heads" in md and "±" in md
+    # finished runs are kept: a rerun with the same work folder resumes without training again
+    again = run_benchmark(cache, tmp_path / "out2", seeds=[0, 1], methods=["m3jepa", "clip_linear"], config=cfg,
+                          work_dir=tmp_path / "work", enable_progress_bar=False)
+    assert again["methods"] == results["methods"]
+
+
+def test_benchmark_command_in_parallel_workers(tmp_path):
+    from m3jepa_synth import write_cache
+    from typer.testing import CliRunner
+
+    from triptych.m3jepa.cli import app
+
+    write_cache(tmp_path / "cache", caption_set(n_images=60))
+    captions = tmp_path / "caps.csv"  # --data names the same dataset as the cache
+    captions.write_text("image,caption\n" + "".join(f"img{i:04d}.png,caption {i}\n" for i in range(60)))
+    for i in range(60):
+        (tmp_path / f"img{i:04d}.png").write_bytes(b"")
+    res = CliRunner().invoke(app, ["benchmark", "--data", f"captions:{captions}", "--cache", str(tmp_path / "cache"),
+                                   "--out", str(tmp_path / "out"), "--seeds", "2", "--methods", "mlp,clip_linear",
+                                   "--hidden", "16", "--epochs", "1", "--grid-pool", "0", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["methods"]) == {"mlp", "clip_linear"} and results["protocol"]["parallel_jobs"] == 2
+    assert len(results["methods"]["mlp"]["t2i"]["r5"]) == 2

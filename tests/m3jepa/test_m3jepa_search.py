@@ -1,0 +1,157 @@
+"""Search: index building, text -> image and image -> caption queries, the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from triptych.core.errors import InputError
+from triptych.m3jepa.features import EncodedBatch, Features, ShardedArray
+from triptych.m3jepa.search import Searcher, build_index, load_index, top_k
+
+torch.set_num_threads(1)
+N, D_IMG, D_TXT, P = 12, 6, 5, 4
+G = np.random.default_rng(0)
+LATENT = G.normal(size=(N, P))
+W_IMG, W_TXT = G.normal(size=(P, D_IMG)), G.normal(size=(P, D_TXT))
+
+
+def feats(x: np.ndarray, modality: str, encoder: str) -> Features:
+    tokens = x[:, None, :].astype(np.float16)
+    manifest = {"modality": modality, "encoder": encoder, "fingerprint": f"{encoder}-v1", "dim": x.shape[1],
+                "length": 1}
+    return Features(ShardedArray([tokens]), ShardedArray([np.ones((len(x), 1), bool)]),
+                    ShardedArray([tokens[:, 0].astype(np.float32)]), [str(i) for i in range(len(x))], manifest, None)
+
+
+class ExactAligner:
+    """Undoes the 'encoders' exactly: both modalities map back to the shared latent."""
+
+    encoders = {"image": {"encoder": "img", "fingerprint": "img-v1", "dim": D_IMG},
+                "text": {"encoder": "txt", "fingerprint": "txt-v1", "dim": D_TXT}}
+    inverse = {"image": torch.tensor(np.linalg.pinv(W_IMG), dtype=torch.float32),
+               "text": torch.tensor(np.linalg.pinv(W_TXT), dtype=torch.float32)}
+
+    def embed_key(self, tgt: str, batch: EncodedBatch) -> torch.Tensor:
+        return batch.pooled @ self.inverse[tgt]
+
+    def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> torch.Tensor:
+        return batch.pooled @ self.inverse[src]
+
+
+class RowEncoder:
+    """Query 'encoder': item i -> the modality's features of latent i (plus a little noise)."""
+
+    def __init__(self, w: np.ndarray):
+        self.w = w
+
+    def encode(self, rows):
+        rows = [int(r) for r in rows]
+        x = torch.tensor(LATENT[rows] @ self.w + 0.01 * G.normal(size=(len(rows), self.w.shape[1])),
+                         dtype=torch.float32)
+        return EncodedBatch(x[:, None], torch.ones(len(rows), 1, dtype=torch.bool), x)
+
+
+def make_index():
+    captions = [f"caption {i} {k}" for i in range(N) for k in range(2)]
+    caption_image = np.repeat(np.arange(N), 2)
+    return build_index(ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
+                       text_features=feats(LATENT[caption_image] @ W_TXT, "text", "txt"), captions=captions,
+                       caption_image=caption_image, checkpoint="ckpt")
+
+
+def test_text_and_image_queries_find_their_match(tmp_path):
+    index = make_index()
+    assert index.image_keys.shape == (N, P) and index.text_keys.shape == (2 * N, P)
+    torch.testing.assert_close(index.image_keys.norm(dim=1), torch.ones(N))
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
+    torch.testing.assert_close(loaded.image_keys, index.image_keys)
+    assert loaded.captions == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
+
+    searcher = Searcher(loaded, ExactAligner(), encoders={"text": RowEncoder(W_TXT), "image": RowEncoder(W_IMG)})
+    for i in (0, 5, 11):
+        hits = searcher.text_to_images([str(i)], k=3)[0]
+        assert [h.rank for h in hits] == [1, 2, 3] and hits[0].item == f"img{i}.png" and hits[0].row == i
+        assert hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[0].score >= hits[1].score >= hits[2].score
+        caps = searcher.image_to_captions([i], k=2)[0]
+        assert {h.item for h in caps} == {f"caption {i} 0", f"caption {i} 1"}
+    assert set(searcher.timings) == {"encode_s", "predict_s", "score_s"}
+
+
+def test_top_k_matches_a_full_sort():
+    q, keys = torch.randn(3, 8), torch.randn(50, 8)
+    scores, rows = top_k(q, keys, 5)
+    full = (q @ keys.T).argsort(dim=1, descending=True)[:, :5]
+    assert torch.equal(rows, full) and scores.shape == (3, 5)
+    assert top_k(q, keys[:2], 5)[1].shape == (3, 2)  # k larger than the index
+
+
+def test_wrong_inputs_are_refused(tmp_path):
+    images = feats(LATENT @ W_IMG, "image", "other-encoder")
+    with pytest.raises(InputError, match="made with encoder 'other-encoder', not 'img'"):
+        build_index(ExactAligner(), images, [f"img{i}.png" for i in range(N)])
+    images_only = build_index(ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [str(i) for i in range(N)])
+    with pytest.raises(InputError, match="no captions"):
+        Searcher(images_only, ExactAligner(), encoders={"image": RowEncoder(W_IMG)}).image_to_captions([0])
+    with pytest.raises(InputError, match="not a search index"):
+        load_index(tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_encode_train_index_search(tmp_path, monkeypatch):
+    """The real pipeline on the embedded shapes: encode, train (1 epoch), index, search both ways."""
+    import re
+
+    from triptych.cli import app
+
+    monkeypatch.setenv("TRIPTYCH_QUIET", "1")
+    hit = re.compile(r"^\s*(\d+)\s+(-?[\d.]+)\s+(\S.*)$")
+
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["m3jepa", *args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    cache, runs, idx = tmp_path / "cache", tmp_path / "runs", tmp_path / "idx"
+    run("encode", "--data", "shapes:20", "--out", str(cache), "--text-length", "16", "--batch-size", "20")
+    run("train", "--cache", str(cache), "--out", str(runs), "--hidden", "16", "--epochs", "1", "--experts", "4",
+        "--top-k", "2", "--batch-size", "8")
+    ckpt = json.loads((runs / "train_summary.json").read_text())["checkpoint"]
+    run("index", "--checkpoint", ckpt, "--cache", str(cache), "--split", "test", "--out", str(idx))
+    index = load_index(idx)
+    assert len(index.images) == 4 and len(index.captions) == 8
+    out = run("search", "--index", str(idx), "--text", "a large red circle on the left", "-k", "3",
+              "--html", str(tmp_path / "t.html"))
+    lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
+    assert [int(x[0]) for x in lines] == [1, 2, 3], repr(out)
+    assert all(x[2] in index.images for x in lines)
+    assert float(lines[0][1]) >= float(lines[1][1]) >= float(lines[2][1])
+    assert "latency (ms)" in out and (tmp_path / "t.html").read_text().count("data:image/png;base64") == 3
+    out = run("search", "--index", str(idx), "--image", index.images[0], "-k", "2", "--html", str(tmp_path / "i.html"))
+    lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
+    assert len(lines) == 2 and all(x[2] in index.captions for x in lines)
+
+    report = json.loads(run("search", "--index", str(idx), "--self-test", "8", "-k", "4"))
+    assert report["queries"] == 8 and report["images"] == 4 and report["hit_rate"] == 100.0  # k = all images
+    assert report["latency_ms"]["total"]["p50"] > 0
+
+    folder_idx = tmp_path / "folder_idx"
+    result = runner.invoke(app, ["m3jepa", "index", "--checkpoint", ckpt, "--images", str(tmp_path / "nope"),
+                                 "--out", str(folder_idx)])
+    assert isinstance(result.exception, InputError) and "is not a folder" in str(result.exception)
+    images_dir = index.images[0].rsplit("/", 1)[0]
+    run("index", "--checkpoint", ckpt, "--images", images_dir, "--out", str(folder_idx))
+    assert len(load_index(folder_idx).images) == 20 and load_index(folder_idx).text_keys is None
+    captions = tmp_path / "mine.csv"  # a caption file kept elsewhere than the images
+    captions.write_text("image,caption\nshape0001.png,a thing\nshape0003.png,another thing\n")
+    run("index", "--checkpoint", ckpt, "--images", images_dir, "--captions", str(captions), "--out",
+        str(tmp_path / "cap_idx"))
+    with_captions = load_index(tmp_path / "cap_idx")
+    assert with_captions.captions == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2

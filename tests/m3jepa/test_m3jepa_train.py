@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+import torch
+from m3jepa_synth import DIMS, caption_set
+
+from triptych.core.checkpoint import CheckpointError, save_checkpoint
+from triptych.core.errors import InputError
+from triptych.m3jepa.benchmark import split_tasks
+from triptych.m3jepa.retrieval import evaluate_task
+from triptych.m3jepa.train import (
+    AlignmentModule,
+    TrainConfig,
+    cosine_ramp,
+    load_aligner,
+    train_aligner,
+    warmup_cosine,
+)
+
+PREDICTOR = {"type": "predictor", "dims": DIMS, "hidden": 32, "contrastive_dim": 16, "experts": 4, "top_k": 2,
+             "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    cache = caption_set(n_images=150)
+    return {s: split_tasks(cache, s) for s in ("train", "dev", "test")}
+
+
+def _train(tasks, tmp_path, **kw):
+    cfg = TrainConfig(**{"max_epochs": 6, "batch_size": 30, "patience": 10, "temperature": 0.1, **kw})
+    return train_aligner(tasks["train"], tasks["dev"], PREDICTOR, cfg, out_dir=tmp_path, enable_progress_bar=False)
+
+
+def test_agd_training_learns_the_alignment_and_reloads(tasks, tmp_path):
+    torch.manual_seed(0)
+    untrained = AlignmentModule(PREDICTOR, {}, ["image->text", "text->image"]).model
+    before = evaluate_task(untrained, tasks["test"][0])
+    result = _train(tasks, tmp_path)
+    after = [evaluate_task(result.model, t) for t in tasks["test"]]
+    # 30 test images / 60 captions: chance R@5 is ~17 %
+    assert after[0]["r5"] > before["r5"] + 20 and after[0]["r5"] > 50, (before, after)
+    assert after[1]["r5"] > 50
+    # cyclic AGD: one optimiser step per task per batch (90 images / batch 30 = 3 batches, 2 tasks)
+    assert result.module.trainer.global_step == 6 * 3 * 2
+    assert len(result.val_history) == 6 and result.checkpoint.is_file()
+    usage = result.module.expert_usage
+    assert usage is not None and len(usage) == 4 and abs(sum(usage) - 1) < 1e-5
+    # the best checkpoint, reloaded for search, embeds exactly like the selected model
+    aligner = load_aligner(result.checkpoint)
+    batch = tasks["test"][0].src_features.batch(np.arange(4))
+    torch.testing.assert_close(aligner.embed_query("image", "text", batch),
+                               torch.nn.functional.normalize(result.model.embed_query("image", "text", batch), dim=-1))
+    best = max(h["val_recall"] for h in result.val_history)
+    dev = [evaluate_task(aligner.model, t) for t in tasks["dev"]]
+    assert abs(np.mean([np.mean(list(r.values())) for r in dev]) - best) < 1e-3
+
+
+def test_summed_and_sampled_schedules(tasks, tmp_path):
+    summed = _train(tasks, tmp_path / "summed", schedule="summed", max_epochs=2)
+    assert summed.module.trainer.global_step == 2 * 3  # one step per batch on the summed loss
+    sampled = _train(tasks, tmp_path / "sampled", schedule="sampled", max_epochs=2)
+    assert sampled.module.trainer.global_step == 2 * 3 * 2
+    probs = sampled.module.task_probs
+    assert torch.isclose(probs.sum(), torch.tensor(1.0)) and not torch.allclose(probs, torch.full_like(probs, 0.5))
+
+
+def test_sampling_probabilities_favour_the_worse_task():
+    module = AlignmentModule(PREDICTOR, {"schedule": "sampled", "sample_floor": 0.0}, ["a", "b"])
+    module.adapt_probabilities({"a": 90.0, "b": 60.0})
+    torch.testing.assert_close(module.task_probs, torch.tensor([0.2, 0.8]))
+
+
+def test_schedules():
+    assert warmup_cosine(0, 100, 1e-3, 1.5e-3, 5e-6, 0.1) == pytest.approx(1e-3)
+    assert warmup_cosine(10, 100, 1e-3, 1.5e-3, 5e-6, 0.1) == pytest.approx(1.5e-3)
+    assert warmup_cosine(100, 100, 1e-3, 1.5e-3, 5e-6, 0.1) == pytest.approx(5e-6)
+    assert cosine_ramp(0, 10, 0.005, 0.2) == pytest.approx(0.005)
+    assert cosine_ramp(5, 10, 0.005, 0.2) == pytest.approx(0.1025)
+    assert cosine_ramp(10, 10, 0.005, 0.2) == pytest.approx(0.2)
+
+
+def test_dimension_mismatch_and_wrong_checkpoint_are_clear_errors(tasks, tmp_path):
+    wrong = {**PREDICTOR, "dims": {"image": 33, "text": 24}}
+    with pytest.raises(InputError, match="are 32-d but the predictor expects 33-d"):
+        train_aligner(tasks["train"], tasks["dev"], wrong, TrainConfig(max_epochs=1), out_dir=tmp_path)
+    other = save_checkpoint(tmp_path / "other.safetensors", {"state_dict": {}}, kind="pdcr.segmentation")
+    with pytest.raises(CheckpointError, match="not 'm3jepa.aligner'"):
+        load_aligner(other)
+
+
+def test_train_and_evaluate_commands(tmp_path):
+    import json
+
+    from m3jepa_synth import write_cache
+    from typer.testing import CliRunner
+
+    from triptych.m3jepa.cli import app
+
+    write_cache(tmp_path / "cache", caption_set(n_images=60))
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                              "--hidden", "16", "--experts", "4", "--top-k", "2", "--epochs", "2", "--grid-pool", "0",
+                              "--batch-size", "16", "--accelerator", "cpu", "--devices", "1"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert len(summary["val_history"]) == 2 and len(summary["expert_usage_last_epoch"]) == 4
+    res = runner.invoke(app, ["evaluate", "--checkpoint", summary["checkpoint"], "--cache", str(tmp_path / "cache"),
+                              "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert set(results) == {"image->text", "text->image"} and 0 <= results["image->text"]["r1"] <= 100

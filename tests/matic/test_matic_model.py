@@ -1,0 +1,154 @@
+"""Models, training, the predictor API, screening, explanation and checkpoint errors, on tiny data."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from triptych.core.errors import InputError
+from triptych.matic.data import MolTable, Splits
+from triptych.matic.featurize import featurize
+from triptych.matic.model import MultiTaskAttentiveFP
+from triptych.matic.predictor import load_predictor
+from triptych.matic.screen import screen
+from triptych.matic.train import TrainConfig, train_predictor
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CCNCC1", "c1ccncc1", "CCN(CC)CC", "O=C(O)c1ccccc1",
+          "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "c1ccc2[nH]ccc2c1", "CCCCCCO", "Clc1ccc(Cl)cc1", "N#Cc1ccccc1"]
+NAN = np.nan
+
+
+@pytest.mark.parametrize(("arch", "gate", "n_experts", "gate_width"),
+                         [("ple", "full", 3, 2), ("ple", "light", 3, 2), ("mmoe", "light", 3, 3), ("single", "full", 2, 1)])
+def test_architectures_expose_attention_gates_embeddings(arch, gate, n_experts, gate_width):
+    torch.manual_seed(0)
+    model = MultiTaskAttentiveFP(2, arch, gate, hidden=16).eval()
+    batch = Batch.from_data_list(featurize(SMILES[:3]))
+    out = model(batch)
+    assert out.logits.shape == (3, 2)
+    assert out.expert_embeddings.shape == (3, n_experts, 16) and out.task_embeddings.shape == (3, 2, 16)
+    assert out.attention.shape == (batch.num_nodes, n_experts)
+    # readout attention is a softmax over each molecule's atoms
+    per_mol = torch.zeros(3, n_experts).index_add_(0, batch.batch, out.attention)
+    torch.testing.assert_close(per_mol, torch.ones(3, n_experts))
+    for g in out.gates:
+        assert g.shape == (3, gate_width)
+        torch.testing.assert_close(g.sum(dim=1), torch.ones(3))
+    # the task embedding is the gate-weighted mix of that task's experts (CGC)
+    t0 = out.gate_experts[0]
+    mix = (out.gates[0].unsqueeze(-1) * out.expert_embeddings[:, t0]).sum(1)
+    torch.testing.assert_close(out.task_embeddings[:, 0], mix)
+
+
+def test_ple_structure_and_paper_size():
+    model = MultiTaskAttentiveFP(2, "ple", "full")
+    assert model.gate_experts == [[1, 0], [2, 0]]
+    assert model.expert_names(["a", "b"]) == ["shared", "a-private", "b-private"]
+    n = sum(p.numel() for p in model.parameters())
+    assert 3.0e6 < n < 3.6e6  # the paper reports about 3.25 M
+
+
+def _table(smiles, labels, tasks=("a", "b")):
+    return MolTable(list(smiles), np.array(labels, dtype=float), list(tasks))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    labels = [[1, 0], [0, NAN], [1, 1], [0, 0], [NAN, 1], [0, 0], [1, NAN], [1, 1], [0, 1], [0, 0], [1, 0], [NAN, 0]]
+    t = _table(SMILES, labels)
+    splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
+    config = TrainConfig(tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=2, patience=2, batch_size=4)
+    return train_predictor(splits, config, out, progress=False)
+
+
+def test_train_predict_and_reload(trained):
+    p = load_predictor(trained)
+    assert p.tasks == ["a", "b"]
+    probs = p.predict_proba(["CCO", "xx", "c1ccccc1O"], batch_size=2)
+    assert probs.shape == (3, 2) and np.isnan(probs[1]).all() and np.isfinite(probs[[0, 2]]).all()
+    assert ((probs[[0, 2]] > 0) & (probs[[0, 2]] < 1)).all()
+    np.testing.assert_allclose(p.predict_proba(["CCO"]), probs[:1], rtol=1e-5)  # batching does not matter
+    assert (trained.parent / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_checkpoint_for_other_tasks_fails_clearly(trained, tmp_path):
+    with pytest.raises(InputError, match=r"trained for tasks \['a', 'b'\], not \['x'\]"):
+        load_predictor(trained, tasks=["x"])
+    from triptych.core.checkpoint import save_checkpoint
+
+    other = save_checkpoint(tmp_path / "other.safetensors", {"w": torch.zeros(1)}, kind="pdcr.segmentation")
+    with pytest.raises(InputError, match="'pdcr.segmentation' checkpoint, not 'matic.predictor'"):
+        load_predictor(other)
+
+
+def test_screen_ranks_reports_invalid_and_keeps_old_output(trained, tmp_path):
+    lib = tmp_path / "lib.csv"
+    lib.write_text("id,smiles\n" + "".join(f"m{i},{s}\n" for i, s in enumerate(SMILES)) + "bad,C1CC((\n")
+    out = tmp_path / "preds.csv"
+    res = screen(load_predictor(trained), lib, out, chunk=5, batch_size=3)
+    assert (res.n_total, res.n_valid) == (13, 12) and res.invalid == [(14, "C1CC((")]
+    rows = list(csv.DictReader(out.open()))
+    dual = [float(r["dual_score"]) for r in rows]
+    assert dual == sorted(dual, reverse=True) and [int(r["rank"]) for r in rows] == list(range(1, 13))
+    r = rows[0]
+    assert float(r["dual_score"]) == pytest.approx(float(r["p_a"]) * float(r["p_b"]), abs=2e-4)
+    assert (tmp_path / "preds.invalid.csv").read_text().splitlines()[1] == "14,C1CC(("
+    before = out.read_text()
+    for content, match in [("", "empty"), ("smiles\nxx\nyy\n", "none of the 2 SMILES"), ("mol\nCCO\n", "no SMILES")]:
+        bad = tmp_path / "bad.csv"
+        bad.write_text(content)
+        with pytest.raises(InputError, match=match):
+            screen(load_predictor(trained), bad, out)
+    assert out.read_text() == before  # a failed screen leaves the earlier output intact
+
+
+def test_explain_writes_maps_gates_and_correlations(trained, tmp_path):
+    from triptych.matic.explain import explain
+
+    explain(load_predictor(trained), ["c1ccccc1O"], tmp_path / "x", SMILES)
+    names = {p.name for p in (tmp_path / "x").iterdir()}
+    for stem in ("mol1_expert_shared", "mol1_expert_a-private", "mol1_task_a", "mol1_task_b"):
+        assert f"{stem}.png" in names and f"{stem}.svg" in names
+    assert {"report.html", "gate_weights.csv", "property_correlations.csv", "property_correlations.png"} <= names
+    rows = list(csv.DictReader((tmp_path / "x" / "gate_weights.csv").open()))
+    assert len(rows) == 2 and float(rows[0]["a-private"]) + float(rows[0]["shared"]) == pytest.approx(1, abs=1e-6)
+    corr = list(csv.DictReader((tmp_path / "x" / "property_correlations.csv").open()))
+    assert corr[0]["quantity"] == "gate a: shared weight" and -1 <= float(corr[0]["logP"]) <= 1
+
+
+def _invoke(args):
+    from typer.testing import CliRunner
+
+    from triptych.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_bad_inputs_give_clear_errors_and_write_nothing(trained, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("smiles,label_x\nCCO,1\n")
+    res = _invoke(["matic", "evaluate", "--checkpoint", str(trained), "--data", str(other)])
+    assert isinstance(res.exception, InputError) and "trained for tasks ['a', 'b']" in str(res.exception)
+    res = _invoke(["matic", "screen", "--checkpoint", str(trained), "--input", str(other), "--tasks", "x",
+                   "--out", str(tmp_path / "p.csv")])
+    assert isinstance(res.exception, InputError) and not (tmp_path / "p.csv").exists()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("smiles,a\nCCO,yes\n")
+    res = _invoke(["matic", "train", "--data", str(bad), "--out", str(tmp_path / "run")])
+    assert isinstance(res.exception, InputError) and "non-numeric label 'yes'" in str(res.exception)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_evaluate_reports_metrics(trained, tmp_path):
+    data = tmp_path / "t.csv"
+    data.write_text("smiles,a,b\n" + "".join(f"{s},{i % 2},{(i // 2) % 2}\n" for i, s in enumerate(SMILES)))
+    res = _invoke(["matic", "evaluate", "--checkpoint", str(trained), "--data", str(data),
+                   "--out", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    import json
+
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert set(m) == {"a", "b"} and m["a"]["n"] == 12 and 0 <= m["a"]["roc_auc"] <= 1
