@@ -1,0 +1,87 @@
+"""Rerun every benchmark quoted in the README, on ../shared/data, into bench_out/.
+
+Usage: python benchmarks/run_all.py [--only pdcr,matic,m3jepa] [--list]
+
+Each step is the exact command the README quotes; steps whose data is absent are skipped.
+Expect hours on 2 CPU cores: models are trained, datasets encoded and explanations estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLI = [sys.executable, "-m", "triptych.cli"]
+
+# (system, name, data folder it needs, command)
+STEPS: list[tuple[str, str, str, list[str]]] = [
+    ("pdcr", "pdcr_train_unet", "drive", CLI + ["pdcr", "train", "--data", f"{DATA}/drive", "--arch", "unet",
+     "--features", "16,32,64,128", "--res-units", "1", "--patch", "128", "--batch-size", "8",
+     "--patches-per-epoch", "400", "--val-fraction", "0.15", "--threads", "2", "--max-cpu-time", "30",
+     "--out", "runs/pdcr_drive_unet"]),
+    *[("pdcr", f"pdcr_train_small_{arch}", "drive", CLI + ["pdcr", "train", "--data", f"{DATA}/drive", "--arch", arch,
+       "--features", "8,16,32,64", "--patch", "128", "--threads", "1", "--max-time", "00:00:12:00",
+       "--out", f"runs/small/pdcr_drive_{arch}"]) for arch in ("unet", "attention_unet", "segresnet")],
+    ("pdcr", "pdcr", "drive", CLI + ["pdcr", "benchmark", "--data", f"drive:{DATA}/drive", "--archs",
+     "unet,attention_unet,segresnet", "--rois", "20", "--models-dir", "runs/small", "--out", "bench_out/pdcr",
+     "--workers", "3", "--rise-masks", "150", "--misure-steps", "30", "--max-draws", "16"]),
+    ("pdcr", "pdcr_compare_gt", "drive", CLI + ["pdcr", "compare", "--data", f"drive:{DATA}/drive", "--archs",
+     "unet,attention_unet,segresnet", "--rois", "20", "--models-dir", "runs/small", "--outcome", "dice_gt",
+     "--out", "bench_out/pdcr_compare_gt"]),
+    ("pdcr", "pdcr_speed", "drive", [sys.executable, "benchmarks/pdcr_speed.py", "--checkpoint",
+     "runs/small/pdcr_drive_unet/checkpoints/best.safetensors", "--data", f"drive:{DATA}/drive",
+     "--out", "bench_out/pdcr_speed", "--crop", "96", "--roi", "16", "--profile"]),
+    ("matic", "matic", "matic", CLI + ["matic", "benchmark", "--data", f"matic:{DATA}/matic", "--seeds", "5",
+     "--epochs", "5", "--patience", "2", "--out", "bench_out/matic"]),
+    ("matic", "matic_generate", "matic", CLI + ["matic", "benchmark-generate", "--out", "bench_out/matic_generate"]),
+    ("m3jepa", "m3jepa_encode", "flickr8k", CLI + ["m3jepa", "encode", "--data", f"flickr8k:{DATA}/flickr8k",
+     "--split", "train,dev,test", "--out", "cache/flickr8k"]),
+    ("m3jepa", "m3jepa", "flickr8k", CLI + ["m3jepa", "benchmark", "--data", f"flickr8k:{DATA}/flickr8k",
+     "--cache", "cache/flickr8k", "--seeds", "3", "--epochs", "3", "--patience", "1", "--jobs", "2",
+     "--out", "bench_out/m3jepa"]),
+    ("m3jepa", "m3jepa_speed", "", [sys.executable, "benchmarks/m3jepa_speed.py", "--hidden", "256", "--batch", "64",
+     "--steps", "2", "--rounds", "3", "--out", "bench_out/m3jepa_speed"]),
+]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="pdcr,matic,m3jepa", help="comma-separated systems")
+    parser.add_argument("--list", action="store_true", help="print the commands and exit")
+    args = parser.parse_args()
+    systems = set(args.only.split(","))
+    failed = []
+    for system, name, needs, cmd in STEPS:
+        if system not in systems:
+            continue
+        printable = " ".join(cmd).replace(sys.executable, "python")
+        if args.list:
+            print(f"[{name}] {printable}", flush=True)
+            continue
+        if needs and not (DATA / needs).is_dir():
+            print(f"[{name}] skipped: {DATA / needs} is absent")
+            continue
+        print(f"[{name}] {printable}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call(cmd, cwd=ROOT)
+        print(f"[{name}] exit {code} after {time.perf_counter() - start:.0f} s", flush=True)
+        if code:
+            failed.append(name)
+        elif (ROOT / "bench_out" / name / "results.json").exists():
+            dest = ROOT / "benchmarks" / "results" / name
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in ("results.json", "results.md"):
+                shutil.copy2(ROOT / "bench_out" / name / f, dest / f)
+    if failed:
+        print("failed: " + ", ".join(failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
