@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "triptych.cli"]
 STEPS: list[tuple[str, str, str, list[str]]] = [
     ("pdcr", "pdcr_train_unet", "drive", CLI + ["pdcr", "train", "--data", f"{DATA}/drive", "--arch", "unet",
      "--features", "16,32,64,128", "--res-units", "1", "--patch", "128", "--batch-size", "8",
-     "--patches-per-epoch", "400", "--val-fraction", "0.15", "--threads", "2", "--max-cpu-time", "30",
+     "--patches-per-epoch", "400", "--val-fraction", "0.15", "--threads", "2", "--max-time", "00:00:15:00",
      "--out", "runs/pdcr_drive_unet"]),
     *[("pdcr", f"pdcr_train_small_{arch}", "drive", CLI + ["pdcr", "train", "--data", f"{DATA}/drive", "--arch", arch,
        "--features", "8,16,32,64", "--patch", "128", "--threads", "1", "--max-time", "00:00:12:00",
