@@ -71,3 +71,58 @@ def write_cache(root, cache: PairedCache) -> None:
     write_features(root / "image", cache.data.images, lambda i: i, _ArrayEncoder(cache.image, "image"), shard_size=64)
     write_features(root / "text", cache.data.caption_ids, lambda i: i, _ArrayEncoder(cache.text, "text"),
                    shard_size=64)
+
+
+CLASSES = ["cat", "dog", "hot_dog"]
+LABELS = [f"a photo of a {c.replace('_', ' ')}." for c in CLASSES]  # read_label_folder's template
+
+
+def label_set(per_class: int = 5, wrong: dict[int, int] | None = None, noise: float = 0.05, seed: int = 0):
+    """A cache of an image-label dataset (as ``labels:DIR`` gives): 3 classes, per-class 60/20/20 splits.
+
+    Image c's features are one-hot(c) + noise in 3 dims (one token); every caption is its
+    label's text with features one-hot(label) in 3 dims, as one text encoder gives for one
+    text. ``wrong`` moves image rows' features onto another class's one-hot (misclassified).
+    """
+    g = np.random.default_rng(seed)
+    names, classes, splits = [], [], {"train": [], "dev": [], "test": []}
+    for c in range(len(CLASSES)):
+        ids = [f"{CLASSES[c]}/{k}.png" for k in range(per_class)]
+        a, b = int(0.6 * per_class), int(0.8 * per_class)
+        splits["train"] += ids[:a]
+        splits["dev"] += ids[a:b]
+        splits["test"] += ids[b:]
+        names += ids
+        classes += [c] * per_class
+    classes = np.array(classes)
+    look = classes.copy()
+    for row, c in (wrong or {}).items():
+        look[row] = c
+    img = np.eye(3)[look][:, None, :] + noise * g.normal(size=(len(names), 1, 3))
+    txt = np.eye(3)[classes][:, None, :]
+    data = ImageCaptions("labels", None, names, [LABELS[c] for c in classes], np.arange(len(names)), splits,
+                         labels=list(LABELS))
+    return PairedCache(data, features(img, np.ones((len(names), 1), bool), names, "image"),
+                       features(txt, np.ones((len(names), 1), bool), data.caption_ids, "text"))
+
+
+def cli_train_evaluate(tmp_path, *train_args: str) -> tuple[dict, str, dict]:
+    """``triptych m3jepa train`` on ``tmp_path/cache``, then ``evaluate`` its checkpoint.
+
+    Returns (train summary, evaluate's printed output, evaluate's results).
+    """
+    import json
+
+    from typer.testing import CliRunner
+
+    from triptych.m3jepa.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
+                              "--accelerator", "cpu", "--devices", "1", *train_args])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    res = runner.invoke(app, ["evaluate", "--checkpoint", summary["checkpoint"], "--cache", str(tmp_path / "cache"),
+                              "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    return summary, res.output, json.loads((tmp_path / "eval" / "results.json").read_text())["results"]

@@ -75,6 +75,31 @@ def test_flickr_layout_and_label_folder(tmp_path):
     assert image_labels(data).tolist() == [0, 0, 1]
 
 
+def test_label_folder_splits(tmp_path):
+    labels = tmp_path / "labels"
+    images(labels / "cat", [f"{k}.png" for k in range(5)])
+    images(labels / "dog", [f"{k}.png" for k in range(10)])
+    data = load_dataset(f"labels:{labels}")
+    # per class, in file-name order: 60% train, 20% dev, 20% test
+    assert data.splits == {"train": ["cat/0.png", "cat/1.png", "cat/2.png"] + [f"dog/{k}.png" for k in range(6)],
+                           "dev": ["cat/3.png", "dog/6.png", "dog/7.png"],
+                           "test": ["cat/4.png", "dog/8.png", "dog/9.png"]}
+    assert image_labels(data.subset("test")).tolist() == [0, 1, 1]
+
+    folders = tmp_path / "imagenet_style"
+    images(folders / "train" / "cat", ["a.png", "b.png"])
+    images(folders / "train" / "dog", ["c.png"])
+    images(folders / "val" / "dog", ["d.png"])
+    data = load_dataset(str(folders))  # a folder without captions.csv is an image-label folder
+    assert data.splits == {"train": ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png"],
+                           "dev": ["val/dog/d.png"]}
+    assert data.labels == ["a photo of a cat.", "a photo of a dog."]
+    assert image_labels(data).tolist() == [0, 0, 1, 1]
+    images(folders / "bird", ["e.png"])
+    with pytest.raises(InputError, match=r"split folders \['train', 'val'\] and other folders \['bird'\]"):
+        load_dataset(f"labels:{folders}")
+
+
 def test_bad_inputs_give_one_clear_error(tmp_path):
     images(tmp_path / "images", ["a.png"])
     (tmp_path / "missing.csv").write_text("image,caption\na.png,fine\nnope.png,a caption\n")

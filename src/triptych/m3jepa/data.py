@@ -9,7 +9,10 @@ captions). Supported layouts, chosen by :func:`load_dataset` from a ``KIND:PATH`
 - ``captions:FILE`` a CSV (``image,caption[,split]``) or JSON (list of ``{"image", "caption"}`` or
   ``{"image", "captions": [...]}``) file; images beside it, or in ``images/`` beside it;
 - ``coco:FILE``     COCO caption JSON (``images[].file_name``, ``annotations[].image_id/caption``);
-- ``labels:DIR``    an image-label folder ``DIR/<label>/<image>``; the label text is the caption;
+- ``labels:DIR``    an image-label folder ``DIR/<label>/<image>`` (or ``DIR/<split>/<label>/<image>``); the
+                    label text is the caption;
+- ``audio:FILE``    an audio-caption CSV (``audio,caption[,split]``) of WAV files beside it or in ``audio/``
+                    beside it: the same structure with ``modality == "audio"`` (``images`` holds the clips);
 - ``shapes[:N]``    the embedded default: N procedurally rendered coloured shapes with template captions.
 """
 
@@ -43,6 +46,7 @@ class ImageCaptions:
     caption_image: np.ndarray
     splits: dict[str, list[str]] = field(default_factory=dict)
     labels: list[str] | None = None  # for image-label data: the class names, one caption each
+    modality: str = "image"  # what ``images`` holds: image files, or audio clips ("audio")
 
     def __post_init__(self) -> None:
         self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
@@ -64,6 +68,10 @@ class ImageCaptions:
         """Image ``i`` as an RGB PIL image; an InputError names the file if it cannot be read."""
         return read_image(self.image_path(i))
 
+    def load_item(self, i: int) -> Any:
+        """Item ``i`` of the non-text modality: an RGB PIL image, or a mono 16 kHz float32 waveform."""
+        return read_audio(self.image_path(i)) if self.modality == "audio" else self.load_image(i)
+
     def subset(self, split: str) -> ImageCaptions:
         """Only the images of ``split`` (in the split file's order) and their captions."""
         if split not in self.splits:
@@ -84,26 +92,30 @@ class ImageCaptions:
         splits = {s: [img for img in ids if img in kept] for s, ids in self.splits.items()}
         return ImageCaptions(name or self.name, self.root, list(image_ids),
                              [c for c, k in zip(self.captions, keep, strict=True) if k],
-                             new_row[self.caption_image[keep]], {s: v for s, v in splits.items() if v}, self.labels)
+                             new_row[self.caption_image[keep]], {s: v for s, v in splits.items() if v}, self.labels,
+                             self.modality)
 
     def check_files(self) -> None:
         """Raise an InputError naming the first image file that does not exist."""
         for i in range(len(self.images)):
             if not self.image_path(i).is_file():
-                raise InputError(f"dataset {self.name}: image file {self.image_path(i)} does not exist; "
-                                 "fix the image column or put the file there")
+                raise InputError(f"dataset {self.name}: {self.modality} file {self.image_path(i)} does not exist; "
+                                 f"fix the {self.modality} column or put the file there")
 
     def to_json(self) -> dict[str, Any]:
         root = str(Path(self.root).resolve()) if self.root is not None else None
-        return {"name": self.name, "root": root, "images": self.images, "captions": self.captions,
-                "caption_ids": self.caption_ids, "caption_image": self.caption_image.tolist(),
-                "splits": self.splits, "labels": self.labels}
+        record = {"name": self.name, "root": root, "images": self.images, "captions": self.captions,
+                  "caption_ids": self.caption_ids, "caption_image": self.caption_image.tolist(),
+                  "splits": self.splits, "labels": self.labels}
+        if self.modality != "image":  # image caches written before this field keep their exact record
+            record["modality"] = self.modality
+        return record
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ImageCaptions:
         root = Path(obj["root"]) if obj.get("root") else None
         return cls(obj["name"], root, obj["images"], obj["captions"], np.asarray(obj["caption_image"]),
-                   obj.get("splits", {}), obj.get("labels"))
+                   obj.get("splits", {}), obj.get("labels"), obj.get("modality", "image"))
 
 
 def read_image(path: str | os.PathLike) -> Any:
@@ -121,8 +133,38 @@ def read_image(path: str | os.PathLike) -> Any:
                          "replace or remove it") from None
 
 
+AUDIO_RATE = 16000  # what Whisper's feature extractor expects
+
+
+def read_audio(path: str | os.PathLike, sampling_rate: int = AUDIO_RATE) -> np.ndarray:
+    """A WAV file as a mono float32 waveform in [-1, 1] at ``sampling_rate`` (channels averaged, resampled)."""
+    from math import gcd
+
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"audio file {path} does not exist; fix the audio column or put the file there")
+    try:
+        rate, wave = wavfile.read(path)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"audio file {path} cannot be read as a WAV file ({type(exc).__name__}); "
+                         "convert it to WAV (PCM or float) or remove it") from None
+    if np.issubdtype(wave.dtype, np.integer):  # PCM: scale by the type's full range (uint8 is offset)
+        info = np.iinfo(wave.dtype)
+        wave = (wave.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
+    wave = wave.astype(np.float64)
+    if wave.ndim == 2:
+        wave = wave.mean(1)
+    if rate != sampling_rate:
+        g = gcd(int(rate), sampling_rate)
+        wave = resample_poly(wave, sampling_rate // g, int(rate) // g)
+    return wave.astype(np.float32)
+
+
 def _from_pairs(name: str, root: Path, pairs: Sequence[tuple[str, str]], source: str,
-                splits: dict[str, list[str]] | None = None) -> ImageCaptions:
+                splits: dict[str, list[str]] | None = None, modality: str = "image") -> ImageCaptions:
     """Build a dataset from (image, caption) pairs, images in order of first appearance."""
     row_of: dict[str, int] = {}
     captions, caption_image = [], []
@@ -130,14 +172,16 @@ def _from_pairs(name: str, root: Path, pairs: Sequence[tuple[str, str]], source:
         image = str(image).strip()
         caption = "" if caption is None else str(caption).strip()
         if not image:
-            raise InputError(f"{source}: entry {n} has no image name; fill it in or remove the entry")
+            raise InputError(f"{source}: entry {n} has no {modality} name; fill it in or remove the entry")
         if not caption:
-            raise InputError(f"{source}: entry {n} (image {image!r}) has an empty caption; write one or remove it")
+            raise InputError(f"{source}: entry {n} ({modality} {image!r}) has an empty caption; write one or "
+                             "remove it")
         captions.append(caption)
         caption_image.append(row_of.setdefault(image, len(row_of)))
     if not captions:
         raise InputError(f"{source}: no image-caption pairs found; it needs columns/keys image and caption")
-    data = ImageCaptions(name, root, list(row_of), captions, np.asarray(caption_image), splits or {})
+    data = ImageCaptions(name, root, list(row_of), captions, np.asarray(caption_image), splits or {},
+                         modality=modality)
     data.check_files()
     return data
 
@@ -163,19 +207,33 @@ def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | 
             caps = entry.get("captions", [entry.get("caption")])
             pairs += [(entry.get("image", ""), c) for c in (caps if isinstance(caps, list) else [caps])]
         return _from_pairs(file.stem, root, pairs, str(file))
+    rows, splits = _read_csv_table(file, "image")
+    return _from_pairs(file.stem, root, [(r["image"], r["caption"]) for r in rows], str(file), splits)
+
+
+def _read_csv_table(file: Path, item: str) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
+    """Rows of an ``<item>,caption[,split]`` CSV, and the items of each named split (first-seen order)."""
     with open(file, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"image", "caption"} <= set(reader.fieldnames):
-            raise InputError(f"{file}: needs a header with columns image,caption (found {reader.fieldnames})")
+        if reader.fieldnames is None or not {item, "caption"} <= set(reader.fieldnames):
+            raise InputError(f"{file}: needs a header with columns {item},caption (found {reader.fieldnames})")
         rows = list(reader)
     splits: dict[str, list[str]] = {}
     for row in rows:
         if row.get("split"):
-            ids = splits.setdefault(row["split"].strip(), [])
-            if not ids or ids[-1] != row["image"].strip():
-                ids.append(row["image"].strip())
-    splits = {s: list(dict.fromkeys(v)) for s, v in splits.items()}
-    return _from_pairs(file.stem, root, [(r["image"], r["caption"]) for r in rows], str(file), splits)
+            splits.setdefault(row["split"].strip(), []).append((row[item] or "").strip())
+    return rows, {s: list(dict.fromkeys(v)) for s, v in splits.items()}
+
+
+def read_audio_table(file: str | os.PathLike, audio_root: str | os.PathLike | None = None) -> ImageCaptions:
+    """An audio-caption CSV (``audio,caption[,split]``) of WAV files; several captions per clip allowed."""
+    file = Path(file)
+    if not file.is_file():
+        raise InputError(f"caption file {file} does not exist")
+    root = Path(audio_root) if audio_root else (file.parent / "audio" if (file.parent / "audio").is_dir()
+                                                 else file.parent)
+    rows, splits = _read_csv_table(file, "audio")
+    return _from_pairs(file.stem, root, [(r["audio"] or "", r["caption"]) for r in rows], str(file), splits, "audio")
 
 
 def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
@@ -205,17 +263,51 @@ def read_flickr(root: str | os.PathLike) -> ImageCaptions:
 
 
 def read_label_folder(root: str | os.PathLike, template: str = "a photo of a {label}.") -> ImageCaptions:
-    """An image-label folder ``root/<label>/<image>``; each image's caption is ``template`` of its label."""
+    """An image-label folder ``root/<label>/<image>``; each image's caption is ``template`` of its label.
+
+    Splits: ``root/{train,dev|val,test}/<label>/<image>`` (ImageNet-style split folders) are
+    used as they are; otherwise each class's images, in file-name order, are split 60/20/20
+    into train/dev/test, so that train and evaluate work on any label folder.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"image-label folder {root} does not exist")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    pairs = [(f"{label}/{f.name}", template.format(label=label.replace("_", " ")))
-             for label in classes for f in sorted((root / label).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+
+    def class_dirs(folder: Path) -> list[str]:
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+    def images_of(folder: Path) -> list[str]:
+        return [f.name for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+
+    split_dirs = {name: ("dev" if name == "val" else name) for name in class_dirs(root) if name in (*SPLITS, "val")}
+    pairs: list[tuple[str, str]] = []
+    splits: dict[str, list[str]] = {}
+    caption = {}  # class folder -> label text
+    if split_dirs:
+        others = set(class_dirs(root)) - set(split_dirs)
+        if others:
+            raise InputError(f"{root}: has split folders {sorted(split_dirs)} and other folders {sorted(others)}; "
+                             "put every class folder inside train/, dev/ (or val/) and test/")
+        for folder, split in split_dirs.items():
+            for label in class_dirs(root / folder):
+                text = caption.setdefault(label, template.format(label=label.replace("_", " ")))
+                ids = [f"{folder}/{label}/{name}" for name in images_of(root / folder / label)]
+                pairs += [(i, text) for i in ids]
+                splits.setdefault(split, []).extend(ids)
+    else:
+        for label in class_dirs(root):
+            text = caption.setdefault(label, template.format(label=label.replace("_", " ")))
+            ids = [f"{label}/{name}" for name in images_of(root / label)]
+            pairs += [(i, text) for i in ids]
+            # per class, so that every split sees every class with at least 5 images
+            a, b = int(0.6 * len(ids)), int(0.8 * len(ids))
+            for split, part in (("train", ids[:a]), ("dev", ids[a:b]), ("test", ids[b:])):
+                if part:
+                    splits.setdefault(split, []).extend(part)
     if not pairs:
         raise InputError(f"{root}: no images found in class sub-folders; expected {root}/<label>/<image>.jpg")
-    data = _from_pairs(root.name, root, pairs, str(root))
-    data.labels = [template.format(label=c.replace("_", " ")) for c in classes]
+    data = _from_pairs(root.name, root, pairs, str(root), splits)
+    data.labels = [caption[c] for c in sorted(caption)]
     return data
 
 
@@ -242,7 +334,8 @@ def load_dataset(spec: str) -> ImageCaptions:
         else:
             kind = "captions"
     readers = {"flickr8k": read_flickr, "flickr30k": read_flickr, "flickr": read_flickr,
-               "captions": read_caption_table, "coco": read_coco, "labels": read_label_folder}
+               "captions": read_caption_table, "coco": read_coco, "labels": read_label_folder,
+               "audio": read_audio_table}
     if kind not in readers:
         raise InputError(f"--data {spec!r}: unknown kind {kind!r}; use one of {sorted(readers)} or shapes, "
                          "as KIND:PATH")

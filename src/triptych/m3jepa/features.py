@@ -300,12 +300,19 @@ class PairedCache:
     """An encoded image-caption dataset: ``<root>/dataset.json`` + ``<root>/image/`` + ``<root>/text/``.
 
     ``image`` rows follow ``data.images`` and ``text`` rows follow ``data.captions``, so
-    ``data.caption_image[j]`` is the image row of caption row ``j`` in both.
+    ``data.caption_image[j]`` is the image row of caption row ``j`` in both. For an
+    audio-caption set, ``image`` holds the clips' features (folder ``<root>/audio/``) and
+    :attr:`modality` is ``"audio"``.
     """
 
     data: Any  # triptych.m3jepa.data.ImageCaptions
     image: Features
     text: Features
+
+    @property
+    def modality(self) -> str:
+        """The non-text modality: "image", or "audio" for an audio-caption set."""
+        return getattr(self.data, "modality", "image")
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows of split ``name``: image rows, caption rows, and each caption's image as an index into the first."""
@@ -327,16 +334,17 @@ def encode_dataset(data: Any, out: str | os.PathLike, encoders: Sequence[Cachabl
     if (out / DATASET).is_file() and json.loads((out / DATASET).read_text()) != record:
         raise InputError(f"{out} already holds the cache of another dataset; pass a new --out folder")
     write_text(out / DATASET, json.dumps(record))
+    media = getattr(data, "modality", "image")
     for encoder in encoders:
-        if encoder.modality == "image":
-            write_features(out / "image", data.images, data.load_image, encoder, shard_size=shard_size,
+        if encoder.modality == media:
+            write_features(out / media, data.images, data.load_item, encoder, shard_size=shard_size,
                            batch_size=batch_size)
         elif encoder.modality == "text":
             write_features(out / "text", data.caption_ids, data.captions.__getitem__, encoder,
                            shard_size=shard_size, batch_size=batch_size)
         else:
-            raise InputError(f"encoder {encoder.name} is a {encoder.modality} encoder; an image-caption dataset "
-                             "needs image and text encoders")
+            raise InputError(f"encoder {encoder.name} is a {encoder.modality} encoder; a {media}-caption dataset "
+                             f"needs {media} and text encoders")
     return out
 
 
@@ -349,7 +357,7 @@ def load_cache(root: str | os.PathLike, *, image_dim: int | None = None, text_di
     if not (root / DATASET).is_file():
         raise InputError(f"{root} is not an encoded dataset (no {DATASET}); create it with `triptych m3jepa encode`")
     data = ImageCaptions.from_json(json.loads((root / DATASET).read_text()))
-    image = load_features(root / "image", encoder=image_encoder, dim=image_dim, modality="image")
+    image = load_features(root / data.modality, encoder=image_encoder, dim=image_dim, modality=data.modality)
     text = load_features(root / "text", encoder=text_encoder, dim=text_dim, modality="text")
     if image.ids != data.images or text.ids != data.caption_ids:
         raise InputError(f"{root}: the image/text caches do not match {DATASET}; encode the dataset again")

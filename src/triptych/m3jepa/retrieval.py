@@ -102,6 +102,10 @@ def zero_shot_accuracy(image_vectors: Tensor, label_vectors: Tensor, labels: Seq
                        ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-K accuracy (%) of classifying images by their nearest label text (N×P, C×P, N labels)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (image_vectors.shape[0],) or labels.numel() and not 0 <= int(labels.min()) <= int(
+            labels.max()) < label_vectors.shape[0]:
+        raise ValueError(f"need one label in 0..{label_vectors.shape[0] - 1} per image ({image_vectors.shape[0]}), "
+                         f"got labels of shape {tuple(labels.shape)}")
     relevant = F.one_hot(labels, label_vectors.shape[0]).bool()
     scores = F.normalize(image_vectors, dim=-1) @ F.normalize(label_vectors, dim=-1).T
     out = recall_at_k(scores, relevant, [k for k in ks if k <= label_vectors.shape[0]])
@@ -130,23 +134,35 @@ def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]
     """Zero-shot classification of a split's images of an image-label cache: label texts as the keys.
 
     Each label's text is one of the cached captions (image-label folders caption every
-    image with its label's text), so the label keys are read from the text cache.
+    image with its label's text), so a label's key is read from the text-cache row of its
+    first caption. Labels that caption no image in the cache cannot be keys and are left out.
     """
-    from triptych.m3jepa.train import Task
+    from triptych.core.errors import InputError
 
     data = cache.data
+    if not data.labels:
+        raise InputError(f"dataset {data.name} has no labels; zero-shot classification needs an image-label "
+                         "dataset (labels:DIR)")
     image_rows, caption_rows, caption_image = cache.split(split)
-    first_row = {}
+    first_row: dict[str, int] = {}
     for j, text in enumerate(data.captions):
         first_row.setdefault(text, j)
-    label_rows = np.array([first_row[label] for label in data.labels if label in first_row])
-    label_of = {text: c for c, text in enumerate(t for t in data.labels if t in first_row)}
-    targets = np.empty(len(image_rows), dtype=np.int64)
-    targets[caption_image] = [label_of[data.captions[j]] for j in caption_rows]
-    pairs = np.stack([image_rows, label_rows[targets]], 1)
-    task = Task("image", "text", cache.image, cache.text, pairs)
-    q = embed_rows(lambda b: model.embed_query("image", "text", b), cache.image, image_rows,
-                   next(model.parameters()).device)
-    k = embed_rows(lambda b: model.embed_key("text", b), cache.text, label_rows, next(model.parameters()).device)
-    del task
+    # dict.fromkeys: two class folders may give the same text ("hot_dog", "hot dog"); one key each
+    present = [t for t in dict.fromkeys(data.labels) if t in first_row]
+    label_of = {text: c for c, text in enumerate(present)}
+    targets = np.full(len(image_rows), -1, dtype=np.int64)
+    for j, i in zip(caption_rows.tolist(), caption_image.tolist(), strict=True):
+        if data.captions[j] in label_of:
+            targets[i] = label_of[data.captions[j]]
+    if (targets < 0).any():
+        bad = data.images[image_rows[int(np.flatnonzero(targets < 0)[0])]]
+        raise InputError(f"dataset {data.name}: image {bad!r} has no caption that is a label text; "
+                         "zero-shot classification needs an image-label dataset (labels:DIR)")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # no dropout in the embeddings
+    q = embed_rows(lambda b: model.embed_query("image", "text", b), cache.image, image_rows, device)
+    k = embed_rows(lambda b: model.embed_key("text", b), cache.text,
+                   np.array([first_row[t] for t in present], dtype=np.int64), device)
+    model.train(was_training)
     return zero_shot_accuracy(q, k, targets)

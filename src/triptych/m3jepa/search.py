@@ -217,6 +217,9 @@ def index_cache(aligner: Any, cache: str | os.PathLike, split: str | None = None
     from triptych.m3jepa.features import load_cache
 
     paired = load_cache(cache)
+    if paired.modality != "image":
+        raise InputError(f"cache {cache} holds {paired.modality} clips; index and search work on images only "
+                         "(use `triptych m3jepa evaluate` for audio-text retrieval)")
     if split:
         image_rows, caption_rows, caption_image = paired.split(split)
     else:

@@ -79,8 +79,9 @@ def caption_tasks(
     image_rows: np.ndarray | None = None,
     caption_rows: np.ndarray | None = None,
     dataset: str = "",
+    media: str = "image",
 ) -> list[Task]:
-    """image→text and text→image tasks for an image–caption set.
+    """image→text and text→image tasks for an image–caption set (``media="audio"``: audio→text, text→audio).
 
     ``caption_image[j]`` is caption j's image (positions in ``image_rows`` / ``caption_rows``,
     the rows of these items in the two caches; default: the caches' own order).
@@ -90,8 +91,8 @@ def caption_tasks(
     caption_rows = np.arange(len(captions)) if caption_rows is None else np.asarray(caption_rows)
     pairs = np.stack([image_rows[caption_image], caption_rows], 1)
     return [
-        Task("image", "text", images, captions, pairs, group_by="src", dataset=dataset),
-        Task("text", "image", captions, images, pairs[:, ::-1], group_by="tgt", dataset=dataset),
+        Task(media, "text", images, captions, pairs, group_by="src", dataset=dataset),
+        Task("text", media, captions, images, pairs[:, ::-1], group_by="tgt", dataset=dataset),
     ]
 
 

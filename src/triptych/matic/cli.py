@@ -10,14 +10,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import (
-    AcceleratorOpt,
-    DevicesOpt,
-    MaxTimeOpt,
-    PrecisionOpt,
-    ResumeOpt,
-    StrategyOpt,
-)
+from triptych.core.training import TrainerFlags, trainer_options
 
 app = typer.Typer(
     help="MATIC: multi-task Attentive FP (PLE) for target-inhibitory and cell-active molecules.\n\n"
@@ -37,6 +30,7 @@ def _tasks(tasks: str | None) -> list[str] | None:
 
 
 @app.command()
+@trainer_options()
 def train(
     data: DataOpt = "ncats",
     out: Annotated[Path, typer.Option(help="Output folder (model.safetensors, metrics.json, checkpoints/).")] = Path(
@@ -57,18 +51,12 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Molecules per batch.")] = 64,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
     patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss (epochs).")] = 15,
-    accelerator: AcceleratorOpt = "auto",
-    devices: DevicesOpt = "auto",
-    strategy: StrategyOpt = "auto",
-    precision: PrecisionOpt = "32-true",
-    max_time: MaxTimeOpt = None,
-    resume: ResumeOpt = None,
+    flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train a multi-task Attentive FP predictor; keep the best checkpoint and report test metrics.
 
     Example: triptych matic train --data matic:../shared/data/matic --out runs/matic_ple --epochs 60
     """
-    from triptych.core.training import TrainerFlags
     from triptych.matic.data import load_splits
     from triptych.matic.evaluation import evaluate_checkpoint
     from triptych.matic.train import TrainConfig, train_predictor, write_json
@@ -81,7 +69,6 @@ def train(
     config.weights()  # validate before any work
     for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         typer.echo(f"{name}: {t.summary()}")
-    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
     model_path = train_predictor(splits, config, out, flags)
     metrics = evaluate_checkpoint(model_path, splits.test)
     write_json(out / "metrics.json", {"data": data, "split": splits.name, "test": metrics})

@@ -10,14 +10,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import (
-    AcceleratorOpt,
-    DevicesOpt,
-    MaxTimeOpt,
-    PrecisionOpt,
-    ResumeOpt,
-    StrategyOpt,
-)
+from triptych.core.training import MaxTimeOpt, TrainerFlags, trainer_options
 
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
 
@@ -32,6 +25,7 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 
 
 @app.command()
+@trainer_options()
 def train(
     data: Annotated[str, typer.Option(help="DRIVE root, a folder with images/ and masks/, or 'synthetic'.")] = "synthetic",
     out: Annotated[Path, typer.Option(help="Run folder (checkpoints/best.safetensors, metrics.json).")] = Path("runs/pdcr"),
@@ -48,14 +42,9 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     spatial_dims: Annotated[int, typer.Option(help="2 for images, 3 for volumes.")] = 2,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
-    accelerator: AcceleratorOpt = "auto",
-    devices: DevicesOpt = "auto",
-    strategy: StrategyOpt = "auto",
-    precision: PrecisionOpt = "32-true",
-    max_time: MaxTimeOpt = None,
     max_cpu_time: Annotated[float | None, typer.Option(help="Stop after this many CPU minutes of this process "
                                                              "(all threads): 30 = 15 min on 2 cores.")] = None,
-    resume: ResumeOpt = None,
+    flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train a MONAI segmentation network (Dice + BCE) on random patches; keep the best validation checkpoint.
 
@@ -63,13 +52,10 @@ def train(
     """
     import torch
 
-    from triptych.core.training import TrainerFlags
     from triptych.pdcr.train import train_model
 
     if threads:
         torch.set_num_threads(threads)
-    flags = TrainerFlags(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision,
-                         max_time=max_time, resume=resume)
     result = train_model(data, out, arch=arch, patch=patch, image_size=image_size,
                          features=_ints(features, "--features"), batch_size=batch_size,
                          patches_per_epoch=patches_per_epoch, epochs=epochs, lr=lr, val_fraction=val_fraction,

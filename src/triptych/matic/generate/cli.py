@@ -13,14 +13,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import (
-    AcceleratorOpt,
-    DevicesOpt,
-    MaxTimeOpt,
-    PrecisionOpt,
-    ResumeOpt,
-    StrategyOpt,
-)
+from triptych.core.training import TrainerFlags, trainer_options
 
 CheckpointOpt = Annotated[Path, typer.Option(help="Trained MATIC predictor (model.safetensors from `triptych matic train`).")]
 ActivesOpt = Annotated[Path | None, typer.Option(
@@ -235,6 +228,7 @@ def benchmark_generate_cmd(
     typer.echo(f"results: {out / 'results.json'}")
 
 
+@trainer_options(accelerator="cpu", devices="1", max_time="00:00:20:00")
 def pretrain_cmd(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/matic_completion.safetensors"),
     corpus: Annotated[Path | None, typer.Option(
@@ -244,12 +238,7 @@ def pretrain_cmd(
     hidden: Annotated[int, typer.Option(help="Hidden width of the policy.")] = 128,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = 8,
     seed: SeedOpt = 0,
-    accelerator: AcceleratorOpt = "cpu",
-    devices: DevicesOpt = "1",
-    strategy: StrategyOpt = "auto",
-    precision: PrecisionOpt = "32-true",
-    max_time: MaxTimeOpt = "00:00:20:00",
-    resume: ResumeOpt = None,
+    flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Pretrain the fragment-attachment completion model on drug-like molecules (MOSES by default).
 
@@ -258,12 +247,10 @@ def pretrain_cmd(
     import json
 
     from triptych.core.seed import seed_everything
-    from triptych.core.training import TrainerFlags
     from triptych.matic.generate.completion import embedded_corpus, pretrain, read_corpus
 
     seed_everything(seed)
     smiles = embedded_corpus() if corpus is None else read_corpus(corpus)
-    flags = TrainerFlags(accelerator, devices, strategy, precision, max_time, resume)
     _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden, epochs=epochs,
                        seed=seed, flags=flags, root_dir=out.parent / (out.stem + "_training"))
     typer.echo(json.dumps(info))
