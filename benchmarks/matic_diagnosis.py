@@ -34,6 +34,8 @@ CONFIGS: dict[str, dict] = {
     "ple_bench_budget": {"max_epochs": 8, "patience": 3, "gate": "light"},  # what the 5-seed benchmark ran
     "ple_focal_long": {"max_epochs": 60, "patience": 15},  # the paper's loss, patient early stopping
     "ple_bce_long": {"max_epochs": 60, "patience": 15, "loss": "bce"},
+    # one private Attentive FP per task, no sharing: two single-task models (early-stopped on their summed loss)
+    "single_long": {"arch": "single", "max_epochs": 60, "patience": 15},
 }
 
 

@@ -50,15 +50,27 @@ def paper_loop(model, image, outcome, bank, blocks, seed: int, tau: float) -> tu
     return np.array(ates), problem.forward_passes, time.perf_counter() - start
 
 
-def truth_map(model, image, outcome, bank, blocks, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """Mean and SE of ``draws`` effect draws for every block: the high-sample truth."""
-    gen = torch.Generator().manual_seed(seed + 1000)
+def truth_map(model, image, outcome, bank, blocks, draws: int, seed: int, cache: Path | None = None
+              ) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Mean and SE of ``draws`` effect draws for every block: the high-sample truth.
+
+    With ``cache``, the raw draws ``[blocks, draws]`` are kept there and reused by a later run
+    with the same blocks and draws (the truth costs far more than the methods compared).
+    """
     start = time.perf_counter()
-    problem = RegionProblem(model, image, outcome, bank, batch_size=256, show_progress=False)
-    d = problem.draw(blocks, [draws] * len(blocks), gen)
-    mean = np.array([x.mean() for x in d])
-    se = np.array([x.std(ddof=1) / np.sqrt(x.size) for x in d])
-    return mean, se, problem.forward_passes, time.perf_counter() - start
+    if cache is not None and cache.is_file():
+        with np.load(cache) as f:
+            d, passes, secs = f["draws"], int(f["passes"]), float(f["seconds"])
+        if d.shape != (len(blocks), draws):
+            raise SystemExit(f"--truth-cache {cache} holds {d.shape} draws, not {(len(blocks), draws)}")
+    else:
+        gen = torch.Generator().manual_seed(seed + 1000)
+        problem = RegionProblem(model, image, outcome, bank, batch_size=256, show_progress=False)
+        d = np.stack(problem.draw(blocks, [draws] * len(blocks), gen))
+        passes, secs = problem.forward_passes, time.perf_counter() - start
+        if cache is not None:
+            np.savez_compressed(cache, draws=d, passes=passes, seconds=secs)
+    return d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(draws), passes, secs
 
 
 def min_passes_for_mae(sd: np.ndarray, mae: float) -> float:
@@ -87,6 +99,7 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=8)
     ap.add_argument("--truth-draws", type=int, default=200)
     ap.add_argument("--outcome", default="dice_gt")
+    ap.add_argument("--truth-cache", type=Path, help="keep (or reuse) the truth's raw draws in this .npz file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--profile", action="store_true", help="also profile (a) and (c) and write the top calls")
@@ -109,7 +122,8 @@ def main() -> None:
     blocks = [b for b in block_grid(image.shape[1:], args.block) if not overlaps(b, roi.mask)]
     tau = 0.02
 
-    truth, truth_se, truth_passes, truth_s = truth_map(model, image, outcome, bank, blocks, args.truth_draws, args.seed)
+    truth, truth_se, truth_passes, truth_s = truth_map(model, image, outcome, bank, blocks, args.truth_draws, args.seed,
+                                                            args.truth_cache)
     rows, profiles = [], {}
 
     def run_a():

@@ -155,3 +155,67 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
         str(tmp_path / "cap_idx"))
     with_captions = load_index(tmp_path / "cap_idx")
     assert with_captions.captions == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+
+
+class CaptionEncoder:
+    """'caption i 0' -> text features of latent i (its image ranks first); 'caption i 1' -> of −latent i (last)."""
+
+    def encode(self, texts):
+        rows = [int(t.split()[1]) for t in texts]
+        signs = np.array([1.0 - 2.0 * int(t.split()[2]) for t in texts])[:, None]
+        x = torch.tensor(signs * LATENT[rows] @ W_TXT, dtype=torch.float32)
+        return EncodedBatch(x[:, None], torch.ones(len(rows), 1, dtype=torch.bool), x)
+
+
+def test_self_test_reports_hit_rate_and_the_own_image_rank():
+    from triptych.m3jepa.search import self_test
+
+    searcher = Searcher(make_index(), ExactAligner(), encoders={"text": CaptionEncoder()})
+    report = self_test(searcher, queries=2 * N, k=1)
+    ranks = [1] * N + [N] * N  # cosine −1 is the lowest there is
+    assert report["queries"] == 2 * N and report["images"] == N
+    assert report["hit_rate"] == pytest.approx(50.0)  # every first caption hits at k=1, no second one does
+    assert report["median_rank"] == pytest.approx((1 + N) / 2)
+    assert report["rank_quartiles"] == pytest.approx(np.percentile(ranks, [25, 75]).tolist())
+    assert set(report["latency_ms"]) == {"encode", "predict", "score", "total"}
+
+
+class ExactRowEncoder(RowEncoder):
+    """Item i -> exactly the modality's features of latent i (no noise)."""
+
+    def encode(self, rows):
+        x = torch.tensor(LATENT[[int(r) for r in rows]] @ self.w, dtype=torch.float32)
+        return EncodedBatch(x[:, None], torch.ones(len(rows), 1, dtype=torch.bool), x)
+
+
+class TwoWayAligner(ExactAligner):
+    """Queries and keys differ (as in a trained predictor), so the fused score is not a plain cosine."""
+
+    mix = {m: torch.tensor(np.random.default_rng(7).normal(size=(P, P)), dtype=torch.float32) for m in ("a", "b")}
+
+    def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> torch.Tensor:
+        return (batch.pooled @ self.inverse[src]) @ self.mix["a" if src == "text" else "b"]
+
+
+def test_search_ranks_by_the_fused_score_of_both_directions(tmp_path):
+    index = build_index(TwoWayAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
+                        text_features=feats(LATENT @ W_TXT, "text", "txt"), captions=[str(i) for i in range(N)],
+                        caption_image=np.arange(N))
+    index.save(tmp_path / "idx")
+    index = load_index(tmp_path / "idx")
+    assert index.fused and index.image_queries.shape == (N, P) and index.text_queries.shape == (N, P)
+    text_encoder = ExactRowEncoder(W_TXT)
+    searcher = Searcher(index, TwoWayAligner(), encoders={"text": text_encoder})
+    hits = searcher.text_to_images(["3"], k=N)[0]
+    # s(t, i) = q_{t→i}(t)·k(i) + q_{i→t}(i)·k(t), from the aligner directly
+    aligner, norm = TwoWayAligner(), torch.nn.functional.normalize
+    t = feats(LATENT[[3]] @ W_TXT, "text", "txt").batch(np.arange(1))
+    imgs = feats(LATENT @ W_IMG, "image", "img").batch(np.arange(N))
+    want = (norm(aligner.embed_query("text", "image", t), dim=-1) @ norm(aligner.embed_key("image", imgs), dim=-1).T
+            + norm(aligner.embed_key("text", t), dim=-1) @ norm(aligner.embed_query("image", "text", imgs), dim=-1).T)[0]
+    assert [h.row for h in hits] == want.argsort(descending=True).tolist()
+    assert [h.score for h in hits] == pytest.approx((want.sort(descending=True).values / 2).tolist(), abs=1e-3)  # fp16 cache
+    # an index without the query vectors (made before fusion) still searches, by the plain cosine
+    (tmp_path / "idx" / "image_queries.npy").unlink()
+    plain = Searcher(load_index(tmp_path / "idx"), TwoWayAligner(), encoders={"text": text_encoder})
+    assert not plain.index.fused and len(plain.text_to_images(["3"], k=4)[0]) == 4

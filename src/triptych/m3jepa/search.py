@@ -6,6 +6,14 @@ and, when captions were indexed, ``text_keys.npy`` (M x P). Keys are the aligner
 L2-normalised target vectors (``embed_key``); a query is the aligner's prediction of the
 other modality (``embed_query``), so a score is the cosine s(q, k) = q . k.
 
+An index built with captions also keeps each item's own prediction of the other modality
+(``image_queries.npy``, ``text_queries.npy``), and search then ranks by both directions'
+scores, as the benchmark does (``--fuse``): for a caption t and an image i,
+
+    s(t, i) = q_{t→i}(t) · k(i) + q_{i→t}(i) · k(t)                          (fused score)
+
+computed as one dot product of concatenated vectors; scores shown are s/2, a mean cosine.
+
 Anything with ``embed_query(src, tgt, batch)``, ``embed_key(tgt, batch)`` and an
 ``encoders`` dict (modality -> encoder name, fingerprint, dim) can serve as the aligner:
 :func:`triptych.m3jepa.train.load_aligner` gives one from a training checkpoint.
@@ -53,13 +61,20 @@ class SearchIndex:
     captions: list[str] = field(default_factory=list)
     caption_image: np.ndarray | None = None
     text_keys: torch.Tensor | None = None
+    image_queries: torch.Tensor | None = None  # N x P, q_{image→text}: for fused scores
+    text_queries: torch.Tensor | None = None  # M x P, q_{text→image}
+
+    @property
+    def fused(self) -> bool:
+        return self.image_queries is not None and self.text_queries is not None
 
     def save(self, out: str | os.PathLike) -> Path:
         """Write the index folder atomically (an interrupted run leaves the old index intact)."""
         with atomic_output_dir(out) as staging:
             np.save(staging / "image_keys.npy", self.image_keys.numpy().astype(np.float32))
-            if self.text_keys is not None:
-                np.save(staging / "text_keys.npy", self.text_keys.numpy().astype(np.float32))
+            for name in ("text_keys", "image_queries", "text_queries"):
+                if getattr(self, name) is not None:
+                    np.save(staging / f"{name}.npy", getattr(self, name).numpy().astype(np.float32))
             meta = {"format": FORMAT, "checkpoint": self.checkpoint, "encoders": self.encoders,
                     "images": self.images, "captions": self.captions,
                     "caption_image": None if self.caption_image is None else self.caption_image.tolist()}
@@ -75,20 +90,30 @@ def load_index(path: str | os.PathLike) -> SearchIndex:
     meta = json.loads((path / "index.json").read_text())
     if meta.get("format") != FORMAT:
         raise InputError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}; rebuild the index")
-    text = path / "text_keys.npy"
+    def optional(name: str) -> torch.Tensor | None:
+        return torch.from_numpy(np.load(path / f"{name}.npy")) if (path / f"{name}.npy").is_file() else None
+
     return SearchIndex(meta["images"], torch.from_numpy(np.load(path / "image_keys.npy")), meta["encoders"],
                        meta.get("checkpoint", ""), meta.get("captions") or [],
                        None if meta.get("caption_image") is None else np.asarray(meta["caption_image"]),
-                       torch.from_numpy(np.load(text)) if text.is_file() else None)
+                       optional("text_keys"), optional("image_queries"), optional("text_queries"))
 
 
 @torch.no_grad()
 def embed_keys(aligner: Any, modality: str, features: Features, rows: np.ndarray | None = None,
-               batch_size: int = 256) -> torch.Tensor:
-    """k = normalise(embed_key(modality, x)) for the given cache rows, in batches (N x P)."""
+               batch_size: int = 256, query_for: str | None = None) -> torch.Tensor:
+    """k = normalise(embed_key(modality, x)) for the given cache rows, in batches (N x P).
+
+    With ``query_for``, the item's prediction of that modality instead, normalise(embed_query).
+    """
     rows = np.arange(len(features)) if rows is None else np.asarray(rows)
-    out = [F.normalize(aligner.embed_key(modality, features.batch(rows[s:s + batch_size])), dim=-1)
-           for s in range(0, len(rows), batch_size)]
+
+    def embed(batch: EncodedBatch) -> torch.Tensor:
+        if query_for:
+            return aligner.embed_query(modality, query_for, batch)
+        return aligner.embed_key(modality, batch)
+
+    out = [F.normalize(embed(features.batch(rows[s:s + batch_size])), dim=-1) for s in range(0, len(rows), batch_size)]
     return torch.cat(out).float().cpu() if out else torch.zeros(0, 0)
 
 
@@ -114,6 +139,8 @@ def build_index(aligner: Any, image_features: Features, image_paths: Sequence[st
         index.captions = list(captions)
         index.caption_image = np.asarray(caption_image)
         index.text_keys = embed_keys(aligner, "text", text_features, caption_rows)
+        index.image_queries = embed_keys(aligner, "image", image_features, image_rows, query_for="text")
+        index.text_queries = embed_keys(aligner, "text", text_features, caption_rows, query_for="image")
     return index
 
 
@@ -139,6 +166,7 @@ class Searcher:
         self.index, self.aligner, self.device = index, aligner, device
         self.encoders = dict(encoders or {})
         self.timings: dict[str, float] = {}
+        self._key_cache: dict[str, torch.Tensor] = {}
 
     def encoder(self, modality: str) -> Any:
         """The query encoder for ``modality``: the same encoder (and config) that made the index keys."""
@@ -166,12 +194,28 @@ class Searcher:
         batch = EncodedBatch(out.tokens.float().cpu(), out.mask.cpu(), out.pooled.float().cpu())
         middle = time.perf_counter()
         q = F.normalize(self.aligner.embed_query(src, tgt, batch), dim=-1).float().cpu()
+        if self.index.fused:  # the query's own key, for the reverse direction's term of the fused score
+            q = torch.cat([q, F.normalize(self.aligner.embed_key(src, batch), dim=-1).float().cpu()], dim=1)
         self.timings = {"encode_s": middle - start, "predict_s": time.perf_counter() - middle}
         return q
 
+    def _keys(self, modality: str) -> torch.Tensor:
+        """The index side of a score: keys, or [keys, own predictions] for fused scores (built once)."""
+        if modality not in self._key_cache:
+            keys = self.index.image_keys if modality == "image" else self.index.text_keys
+            if self.index.fused:
+                keys = torch.cat([keys, self.index.image_queries if modality == "image" else self.index.text_queries], 1)
+            self._key_cache[modality] = keys
+        return self._key_cache[modality]
+
     def _hits(self, q: torch.Tensor, keys: torch.Tensor, names: Sequence[str], k: int) -> list[list[Hit]]:
         start = time.perf_counter()
+        if q.shape[1] != keys.shape[1]:
+            raise InputError(f"query vectors ({q.shape[1]}-d) do not match the index ({keys.shape[1]}-d); rebuild "
+                             "the index with this checkpoint")
         scores, rows = top_k(q, keys, k)
+        if self.index.fused:
+            scores = scores / 2  # a mean of the two directions' cosines
         self.timings["score_s"] = time.perf_counter() - start
         return [[Hit(r + 1, names[int(j)], float(s), int(j)) for r, (s, j) in enumerate(zip(srow, jrow, strict=True))]
                 for srow, jrow in zip(scores.tolist(), rows.tolist(), strict=True)]
@@ -181,35 +225,38 @@ class Searcher:
         texts = [t.strip() for t in texts]
         if not all(texts):
             raise InputError("--text is empty; give a caption to search for")
-        return self._hits(self.query_vectors("text", "image", texts), self.index.image_keys, self.index.images, k)
+        return self._hits(self.query_vectors("text", "image", texts), self._keys("image"), self.index.images, k)
 
     def image_to_captions(self, images: Sequence[Any], k: int = 5) -> list[list[Hit]]:
         """For each image (PIL), the k indexed captions with the highest cosine score."""
         if self.index.text_keys is None:
             raise InputError("this index has no captions; build it with captions (--cache, or --captions FILE) "
                              "to search by image")
-        return self._hits(self.query_vectors("image", "text", images), self.index.text_keys, self.index.captions, k)
+        return self._hits(self.query_vectors("image", "text", images), self._keys("text"), self.index.captions, k)
 
 
 def self_test(searcher: Searcher, queries: int = 200, k: int = 5) -> dict[str, Any]:
     """Each of ``queries`` indexed captions (evenly spaced), searched alone: is its own image in the top k?
 
-    Returns the hit rate (%) and per-query latency percentiles (ms) of the encode, predict
-    and score steps and of their sum, over an index of N images.
+    Returns the hit rate (%), the own image's rank (median and quartiles: the median is the
+    "typical caption"), and per-query latency percentiles (ms) of the encode, predict and
+    score steps and of their sum, over an index of N images.
     """
     index = searcher.index
     if index.caption_image is None or not index.captions:
         raise InputError("--self-test needs an index with captions (build it with --cache or --captions)")
     rows = np.unique(np.linspace(0, len(index.captions) - 1, min(queries, len(index.captions))).astype(int))
-    hits, times = [], []
+    ranks, times = [], []
     for j in rows:
-        found = searcher.text_to_images([index.captions[j]], k)[0]
-        hits.append(any(h.row == index.caption_image[j] for h in found))
+        found = searcher.text_to_images([index.captions[j]], len(index.images))[0]  # full ranking: sorting is ~free
+        ranks.append(1 + next(r for r, h in enumerate(found) if h.row == index.caption_image[j]))
         times.append({**searcher.timings, "total_s": sum(searcher.timings.values())})
+    hits = np.asarray(ranks) <= k
     latency = {key.removesuffix("_s"): {f"p{q}": float(1000 * np.percentile([t[key] for t in times], q))
                                        for q in (50, 95)} for key in times[0]}
     return {"queries": len(rows), "images": len(index.images), "k": k,
-            "hit_rate": 100.0 * float(np.mean(hits)), "latency_ms": latency}
+            "hit_rate": 100.0 * float(np.mean(hits)), "median_rank": float(np.median(ranks)),
+            "rank_quartiles": [float(q) for q in np.percentile(ranks, [25, 75])], "latency_ms": latency}
 
 
 def index_cache(aligner: Any, cache: str | os.PathLike, split: str | None = None, checkpoint: str = "") -> SearchIndex:

@@ -7,9 +7,12 @@ across units and draws.
 
 - :func:`reference_estimate`: screen with S draws (ATE_k = 0 if max_s |d_s| < τ), else
   ATE_k = mean of N fresh draws; dead zone |ATE_k| < τ → 0 (S=3, N=50, τ=0.02).
-- :func:`sequential_estimate`: draws in rounds until the 95% CI is tight (z·SE < tol),
-  clearly excludes zero, or lies inside the dead zone; one draw for a deterministic
-  intervention.
+- :func:`sequential_estimate`: draws in rounds until the 95% CI is tight (z·SE < tol) or
+  lies inside the dead zone; one draw for a deterministic intervention. Effects of
+  patch draws on a thresholded Dice are sparse and lumpy (on a DRIVE crop, 61% of draws
+  change no pixel at all), so a unit whose draws are all identical is called zero only
+  after ``zero_draws`` of them: the paper's 3-draw screen wrongly zeroes about a quarter of the
+  blocks there (``benchmarks/pdcr_speed.py``).
 - :func:`coarse_to_fine`: a quadtree/octree over units; a coarse unit is split only where
   its screen shows an effect (or where it must be, e.g. a coarse block over the RoI), and
   the finest units are estimated sequentially.
@@ -110,28 +113,34 @@ class SequentialRule:
     """Stopping rule for :func:`sequential_estimate` (effects in outcome units, e.g. Dice points)."""
 
     tau: float = 0.02  # dead zone, as the reference
-    tol: float = 0.1  # stop when the 95% CI half-width z·SE < tol
-    first: int = 3  # first round (also the screen: all |d| < τ → 0)
-    min_draws: int = 6  # before "clearly excludes zero" may stop
+    tol: float = 0.2  # stop when the 95% CI half-width z·SE < tol
+    first: int = 3  # first round, and the coarse-to-fine screen of coarse units
+    min_draws: int = 6  # before a CI may stop a unit
     max_draws: int = 50
     growth: float = 2.0  # each round multiplies the draws so far by this
     z: float = Z95
-    clear: float = 2.0  # "clearly excludes zero": |mean| > clear · z · SE
+    # all draws identical and below τ: zero only after this many (rule of three: < 3/12 of draws move it, 95%)
+    zero_draws: int = 12
+    clear: float = 2.0  # "clearly excludes zero" also stops: |mean| > clear · z · SE (inf turns it off)
 
 
 def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
     """Stopping status for draws ``d``, or None to keep drawing."""
-    if d.size == rule.first and np.max(np.abs(d)) < rule.tau:
-        return "screened"
+    n = d.size
+    if np.max(np.abs(d)) < rule.tau:
+        # draws that vary below τ show a small effect (the paper's screen); identical ones (a Dice
+        # that no draw has moved yet) say nothing about the spread, so wait for ``zero_draws``
+        enough = rule.first if np.ptp(d) > 0 else min(rule.zero_draws, rule.max_draws)
+        return "screened" if n >= enough else None
     mean, se = _mean_se(d)
     half = rule.z * se
+    if n < rule.min_draws:
+        return None
     if abs(mean) + half < rule.tau:
         return "dead_zone"
-    if d.size >= rule.min_draws and abs(mean) > rule.clear * half and abs(mean) >= rule.tau:
+    if abs(mean) > rule.clear * half and abs(mean) >= rule.tau:
         return "significant"
-    if d.size >= rule.min_draws and half < rule.tol:
-        return "significant" if abs(mean) > half and abs(mean) >= rule.tau else "not_significant"
-    if d.size >= rule.max_draws:
+    if half < rule.tol or n >= rule.max_draws:
         return "significant" if abs(mean) > half and abs(mean) >= rule.tau else "not_significant"
     return None
 
@@ -171,13 +180,23 @@ def sequential_estimate(problem: Problem, units: Sequence[Hashable], generator: 
 
 def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torch.Generator,
                     rule: SequentialRule, level: int = 0) -> list[UnitResult]:
-    """The screen alone: ``rule.first`` draws; "relevant" if any |d| ≥ τ (then the unit is split)."""
+    """The screen alone: "relevant" if any |d| ≥ τ (then the unit is split).
+
+    ``rule.first`` draws, topped up to ``rule.zero_draws`` for units whose draws are all
+    identical and below τ (as in :func:`sequential_estimate`: they show no spread yet).
+    """
     n = rule.first if problem.stochastic else 1
+    draws = problem.draw(units, [n] * len(units), generator)
+    if problem.stochastic and rule.zero_draws > n:
+        quiet = [i for i, d in enumerate(draws) if np.max(np.abs(d)) < rule.tau and np.ptp(d) == 0]
+        more = problem.draw([units[i] for i in quiet], [rule.zero_draws - n] * len(quiet), generator) if quiet else []
+        for i, d in zip(quiet, more, strict=True):
+            draws[i] = np.concatenate([draws[i], d])
     out = []
-    for u, d in zip(units, problem.draw(units, [n] * len(units), generator), strict=True):
+    for u, d in zip(units, draws, strict=True):
         mean, se = _mean_se(d)
-        out.append(UnitResult(u, 0.0, mean, se, n, "relevant" if np.max(np.abs(d)) >= rule.tau else "screened",
-                              d.tolist(), level))
+        out.append(UnitResult(u, 0.0, mean, se, int(d.size), "relevant" if np.max(np.abs(d)) >= rule.tau
+                              else "screened", d.tolist(), level))
     return out
 
 

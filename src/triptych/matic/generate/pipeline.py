@@ -23,7 +23,7 @@ from triptych.matic.generate.completion import CompletionModel
 from triptych.matic.generate.finetune import FinetuneConfig, RoundLog, finetune, sample_scored, spread
 from triptych.matic.generate.metrics import generation_metrics, novel_flags
 from triptych.matic.generate.rationale import MCTSConfig, Rationale, extract_rationales, merge_rationales
-from triptych.matic.generate.scoring import CountingOracle, Scores, Thresholds
+from triptych.matic.generate.scoring import CountingOracle, Scores, Thresholds, qed_sa
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,20 @@ def pick_actives(actives: Sequence[str], oracle: CountingOracle, tasks: tuple[in
     return [actives[i] for i in np.argsort(-joint, kind="stable")[:n]]
 
 
+def feasible_first(rationales: Sequence[Rationale], thresholds: Thresholds) -> list[str]:
+    """Rationale SMILES ranked for seeding: those already within the SA limit first, then by p_A · p_B · QED.
+
+    Completion only adds atoms, so a rationale's synthetic-accessibility score is roughly a
+    floor for its completions: seeding with complex, dual-active but hard-to-make cores
+    (polycyclic natural-product fragments) gives the filtered-MLE update no survivors at all.
+    """
+    smiles = [r.smiles for r in rationales]
+    qed, sa = qed_sa(smiles)
+    joint = np.array([np.prod(r.proba[:2]) for r in rationales]) * np.nan_to_num(qed)
+    order = sorted(range(len(smiles)), key=lambda i: (not sa[i] <= thresholds.sa, -joint[i], smiles[i]))
+    return [smiles[i] for i in order]
+
+
 def diverse_top(ranked: Sequence[str], k: int, max_similarity: float = 0.7) -> list[str]:
     """Greedily the first ``k`` of ``ranked`` whose Tanimoto to every one already taken is <= ``max_similarity``."""
     from rdkit import DataStructs
@@ -168,7 +182,7 @@ def generate(
     single, dual = rationales
     seconds["rationales"] = time.perf_counter() - start
     search_calls = oracle.calls
-    seeds = diverse_top([r.smiles for r in dual], cfg.max_rationales)
+    seeds = diverse_top(feasible_first(dual, cfg.finetune.thresholds), cfg.max_rationales)
     if not seeds:  # no dual rationale: fall back on the best single-task ones, and say so in the metrics
         best = sorted([*single[0], *single[1]], key=lambda r: -r.proba[0])
         seeds = diverse_top([r.smiles for r in best], cfg.max_rationales)
