@@ -115,3 +115,20 @@ def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
     other = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(32), block=8,
                             estimator="adaptive", seed=1, show_progress=False)
     assert not np.array_equal(ada.ate, other.ate)
+
+
+def test_sequential_rule_ends_when_max_draws_is_below_min_draws():
+    from triptych.pdcr.estimate import SequentialRule, sequential_estimate
+
+    class Lumpy:
+        """Draws 0 or 1 at random: never identical for long, never a tight CI."""
+
+        stochastic, forward_passes = True, 0
+
+        def draw(self, units, counts, generator):
+            self.forward_passes += sum(counts)
+            return [np.arange(c) % 2 * 1.0 for c in counts]
+
+    problem = Lumpy()
+    res = sequential_estimate(problem, ["a", "b"], torch.Generator(), SequentialRule(max_draws=4))
+    assert [r.n for r in res] == [4, 4] and problem.forward_passes == 8

@@ -134,7 +134,7 @@ def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
         return "screened" if n >= enough else None
     mean, se = _mean_se(d)
     half = rule.z * se
-    if n < rule.min_draws:
+    if n < min(rule.min_draws, rule.max_draws):  # max_draws below min_draws must still end the loop
         return None
     if abs(mean) + half < rule.tau:
         return "dead_zone"
