@@ -124,13 +124,18 @@ class SequentialRule:
     clear: float = 2.0  # "clearly excludes zero" also stops: |mean| > clear · z · SE (inf turns it off)
 
 
+def _unmoved(d: np.ndarray, tau: float) -> bool:
+    """All draws identical and below τ: no draw has moved the outcome yet, so nothing is known of its spread."""
+    return bool(np.max(np.abs(d)) < tau and np.ptp(d) == 0)
+
+
 def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
     """Stopping status for draws ``d``, or None to keep drawing."""
     n = d.size
     if np.max(np.abs(d)) < rule.tau:
         # draws that vary below τ show a small effect (the paper's screen); identical ones (a Dice
         # that no draw has moved yet) say nothing about the spread, so wait for ``zero_draws``
-        enough = rule.first if np.ptp(d) > 0 else min(rule.zero_draws, rule.max_draws)
+        enough = min(rule.zero_draws, rule.max_draws) if _unmoved(d, rule.tau) else rule.first
         return "screened" if n >= enough else None
     mean, se = _mean_se(d)
     half = rule.z * se
@@ -188,7 +193,7 @@ def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torc
     n = rule.first if problem.stochastic else 1
     draws = problem.draw(units, [n] * len(units), generator)
     if problem.stochastic and rule.zero_draws > n:
-        quiet = [i for i, d in enumerate(draws) if np.max(np.abs(d)) < rule.tau and np.ptp(d) == 0]
+        quiet = [i for i, d in enumerate(draws) if _unmoved(d, rule.tau)]
         more = problem.draw([units[i] for i in quiet], [rule.zero_draws - n] * len(quiet), generator) if quiet else []
         for i, d in zip(quiet, more, strict=True):
             draws[i] = np.concatenate([draws[i], d])
