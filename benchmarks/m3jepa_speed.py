@@ -53,22 +53,29 @@ def agd_step(model: M3Predictor, opt: torch.optim.Optimizer, data: dict) -> None
 
 
 def measure(hidden: int, experts: int, top_k: int, batch: int, steps: int, rounds: int,
-            seed: int = 0) -> dict[str, dict]:
+            seed: int = 0, device: str = "cpu") -> dict[str, dict]:
     gen = torch.Generator().manual_seed(seed)
-    data = {m: fake_batch(m, batch, gen) for m in DIMS}
+    data = {m: tuple(t.to(device) for t in fake_batch(m, batch, gen)) for m in DIMS}
+
+    def sync() -> None:  # GPU work is asynchronous: wait for it before reading the clock
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     models, opts = {}, {}
     for mode in ("sparse", "dense"):
         torch.manual_seed(seed)
         models[mode] = M3Predictor(PredictorConfig(DIMS, hidden=hidden, contrastive_dim=hidden, experts=experts,
-                                                   top_k=top_k, dispatch=mode))
+                                                   top_k=top_k, dispatch=mode)).to(device)
         opts[mode] = torch.optim.AdamW(models[mode].parameters(), lr=1e-4)
         agd_step(models[mode], opts[mode], data)  # warm-up
     times: dict[str, list[float]] = {"sparse": [], "dense": []}
     for _ in range(rounds):
         for mode in ("sparse", "dense"):
+            sync()
             start = time.perf_counter()
             for _ in range(steps):
                 agd_step(models[mode], opts[mode], data)
+            sync()
             times[mode].append(time.perf_counter() - start)
     pairs = steps * batch * len(models["sparse"].config.directions)  # pairs seen per round
     out = {}
@@ -89,14 +96,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="AGD steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = measure(args.hidden, args.experts, args.top_k, args.batch, args.steps, args.rounds)
+    result = measure(args.hidden, args.experts, args.top_k, args.batch, args.steps, args.rounds, device=args.device)
+    where = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+             else f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)")
     ratio = result["sparse"]["pairs_per_s"] / result["dense"]["pairs_per_s"]
     results = {
         "config": {"hidden": args.hidden, "experts": args.experts, "top_k": args.top_k, "batch": args.batch,
                    "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-                   "device": "cpu", "machine": platform.processor() or platform.machine(),
+                   "device": args.device, "machine": where,
                    "torch": torch.__version__},
         "sparse": result["sparse"], "dense": result["dense"], "speedup_sparse_over_dense": ratio,
         "expert_share_computed": args.top_k / args.experts,
@@ -104,8 +114,8 @@ def main() -> None:
     rows = [{"dispatch": mode, "pairs/s (median of rounds)": result[mode]["pairs_per_s"],
              "params": result[mode]["params"]} for mode in ("sparse", "dense")]
     md = (f"# M3-JEPA predictor training throughput: sparse vs dense dispatch\n\n"
-          f"E = {args.experts}, k = {args.top_k}, H = {args.hidden}, batch {args.batch}, CPU, "
-          f"{args.threads} thread(s); one step = one AGD update per direction.\n\n"
+          f"E = {args.experts}, k = {args.top_k}, H = {args.hidden}, batch {args.batch}, {where}; "
+          f"one step = one AGD update per direction.\n\n"
           + markdown_table(rows, floatfmt="{:.1f}")
           + f"\nSparse / dense throughput: **{ratio:.2f}×** (experts computed per token: {args.top_k}/{args.experts}).\n")
     write_results(args.out, results, md)

@@ -102,14 +102,17 @@ def main() -> None:
     ap.add_argument("--truth-cache", type=Path, help="keep (or reuse) the truth's raw draws in this .npz file")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="where the forward passes run: cpu or cuda")
     ap.add_argument("--profile", action="store_true", help="also profile (a) and (c) and write the top calls")
     ap.add_argument("--loose", action="store_true",
                     help="also run (d): adaptive with a looser rule (CI tolerance 0.5, at most 12 draws per block)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
+    where = (f"{torch.cuda.get_device_name(0)} (CUDA)" if args.device.startswith("cuda")
+             else f"the CPU, {args.threads} torch thread(s)")
     kind, root = parse_data(args.data)
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint).to(args.device)
     test = load_split(kind, root, "test")
     case = sample_cases(test, 1, args.crop, args.roi, args.seed)[0]
     sample = next(s for s in test if s.name == case.image_name)
@@ -162,7 +165,7 @@ def main() -> None:
         "config": {"checkpoint": str(args.checkpoint), "data": args.data, "image": case.image_name,
                    "crop_origin": list(case.origin), "crop": args.crop, "roi": roi.description, "block": args.block,
                    "blocks": len(blocks), "outcome": args.outcome, "tau": tau, "truth_draws": args.truth_draws,
-                   "threads": args.threads, "seed": args.seed},
+                   "threads": args.threads, "seed": args.seed, "device": where},
         "truth": {"forward_passes": truth_passes, "seconds": truth_s, "mean_abs_ate": float(np.abs(truth).mean()),
                   "mean_se": float(truth_se.mean()), "share_abs_ate_ge_tau": float((np.abs(truth) >= tau).mean())},
         "methods": rows, "ratios": ratios,
@@ -173,7 +176,7 @@ def main() -> None:
         f"{roi.description}, {len(blocks)} blocks of {args.block} px outside the RoI, outcome {args.outcome}. Truth: "
         f"{args.truth_draws} draws per block ({truth_passes} passes, {truth_s:.0f} s; mean |ATE| "
         f"{results['truth']['mean_abs_ate']:.3f}, mean SE {results['truth']['mean_se']:.3f}). "
-        f"{args.threads} torch thread(s) on a shared, loaded CPU.\n",
+        f"Forward passes on {where}.\n",
         markdown_table(rows),
         f"\n(a)/(c): {ratios['passes_a_over_c']:.1f}× forward passes, {ratios['seconds_a_over_c']:.1f}× wall time; "
         f"MAE (c) − (a) = {ratios['mae_c_minus_a']:+.4f}.\n",

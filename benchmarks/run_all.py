@@ -67,6 +67,14 @@ STEPS: list[tuple[str, str, str, list[str]]] = [
      "--patience", "3", "--out", "bench_out/m3jepa_h256"]),
     ("m3jepa", "m3jepa_speed", "", [sys.executable, "benchmarks/m3jepa_speed.py", "--hidden", "256", "--batch", "64",
      "--steps", "2", "--rounds", "3", "--out", "bench_out/m3jepa_speed"]),
+    *[("m3jepa", f"m3jepa_alpha{tag}", "flickr8k", CLI + ["m3jepa", "benchmark", "--data", f"flickr8k:{DATA}/flickr8k",
+       "--cache", "cache/flickr8k", "--seeds", "3", "--methods", "m3jepa", "--epochs", "16", "--patience", "3",
+       "--alpha", alpha, "--jobs", "2", "--out", f"bench_out/m3jepa_alpha{tag}"]) for tag, alpha in (("025", "0.25"),
+                                                                                                     ("1", "1.0"))],
+    ("m3jepa", "m3jepa_search_qb", "flickr8k", [sys.executable, "benchmarks/m3jepa_search.py", "--cache",
+     "cache/flickr8k", *[a for s in (1, 0, 2) for a in ("--checkpoint",
+                                                      f"bench_out/m3jepa_e16/runs/m3jepa/seed{s}/checkpoints/best.safetensors")],
+     "--out", "bench_out/m3jepa_search_qb"]),
 ]
 
 

@@ -20,6 +20,7 @@ def _inputs(seed=0):
 
 def _pair(**kw):
     torch.manual_seed(0)
+    kw.setdefault("dispatch", "sparse")
     sparse = M3Predictor(PredictorConfig(DIMS, hidden=16, contrastive_dim=8, experts=6, top_k=3, dropout=0.0, **kw))
     dense = copy.deepcopy(sparse)
     dense.mixer.dispatch = "dense"
@@ -53,15 +54,17 @@ def test_sparse_and_dense_dispatch_give_same_outputs_and_gradients(renormalize):
 
 def test_sparse_dispatch_computes_only_selected_experts():
     sparse, dense = _pair()
+    auto, _ = _pair(dispatch="auto")  # on the CPU, auto is sparse
     x, mask = _inputs()
-    seen = {"sparse": 0, "dense": 0}
-    for name, model in (("sparse", sparse), ("dense", dense)):
+    seen = {"sparse": 0, "dense": 0, "auto": 0}
+    for name, model in (("sparse", sparse), ("dense", dense), ("auto", auto)):
         for expert in model.mixer.experts:
             expert.register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, seen[name] + a[0].shape[0]))
         out = model("image", "text", x, mask)
     n_routed = 2 * int(mask.sum())  # both branches, valid tokens only
     assert seen["sparse"] == n_routed * 3  # k = 3
     assert seen["dense"] == n_routed * 6  # every one of E = 6
+    assert seen["auto"] == seen["sparse"]
     usage = sparse.expert_usage(out.routings)
     assert usage.shape == (6,) and torch.isclose(usage.sum(), torch.tensor(1.0))
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from triptych.core.errors import InputError
 from triptych.m3jepa.features import EncodedBatch, Features, ShardedArray
-from triptych.m3jepa.search import Searcher, build_index, load_index, top_k
+from triptych.m3jepa.search import Searcher, build_index, load_index
 
 torch.set_num_threads(1)
 N, D_IMG, D_TXT, P = 12, 6, 5, 4
@@ -61,7 +61,7 @@ def make_index():
     caption_image = np.repeat(np.arange(N), 2)
     return build_index(ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
                        text_features=feats(LATENT[caption_image] @ W_TXT, "text", "txt"), captions=captions,
-                       caption_image=caption_image, checkpoint="ckpt")
+                       caption_image=caption_image, checkpoints=["ckpt"])
 
 
 def test_text_and_image_queries_find_their_match(tmp_path):
@@ -83,14 +83,6 @@ def test_text_and_image_queries_find_their_match(tmp_path):
     assert set(searcher.timings) == {"encode_s", "predict_s", "score_s"}
 
 
-def test_top_k_matches_a_full_sort():
-    q, keys = torch.randn(3, 8), torch.randn(50, 8)
-    scores, rows = top_k(q, keys, 5)
-    full = (q @ keys.T).argsort(dim=1, descending=True)[:, :5]
-    assert torch.equal(rows, full) and scores.shape == (3, 5)
-    assert top_k(q, keys[:2], 5)[1].shape == (3, 2)  # k larger than the index
-
-
 def test_wrong_inputs_are_refused(tmp_path):
     images = feats(LATENT @ W_IMG, "image", "other-encoder")
     with pytest.raises(InputError, match="made with encoder 'other-encoder', not 'img'"):
@@ -110,7 +102,7 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
     from triptych.cli import app
 
     monkeypatch.setenv("TRIPTYCH_QUIET", "1")
-    hit = re.compile(r"^\s*(\d+)\s+(-?[\d.]+)\s+(\S.*)$")
+    hit = re.compile(r"^\s*(\d+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(\S.*)$")
 
     runner = CliRunner()
 
@@ -124,19 +116,24 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
     run("train", "--cache", str(cache), "--out", str(runs), "--hidden", "16", "--epochs", "1", "--experts", "4",
         "--top-k", "2", "--batch-size", "8")
     ckpt = json.loads((runs / "train_summary.json").read_text())["checkpoint"]
-    run("index", "--checkpoint", ckpt, "--cache", str(cache), "--split", "test", "--out", str(idx))
+    # two members (the same run twice) and, by default, a querybank from the cache's train split
+    run("index", "--checkpoint", ckpt, "--checkpoint", ckpt, "--cache", str(cache), "--split", "test", "--out",
+        str(idx))
     index = load_index(idx)
-    assert len(index.images) == 4 and len(index.captions) == 8
+    assert len(index.images) == 4 and len(index.captions) == 8 and len(index.checkpoints) == 2
+    assert index.querybank["beta"] == 20.0 and index.querybank["captions"] == 24  # 12 train images x 2 captions
+    assert index.image_bias.shape == (4,) and index.text_bias.shape == (8,)
     out = run("search", "--index", str(idx), "--text", "a large red circle on the left", "-k", "3",
               "--html", str(tmp_path / "t.html"))
     lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
     assert [int(x[0]) for x in lines] == [1, 2, 3], repr(out)
-    assert all(x[2] in index.images for x in lines)
+    assert all(x[3] in index.images for x in lines)
     assert float(lines[0][1]) >= float(lines[1][1]) >= float(lines[2][1])
+    assert "querybank bias" in out
     assert "latency (ms)" in out and (tmp_path / "t.html").read_text().count("data:image/png;base64") == 3
     out = run("search", "--index", str(idx), "--image", index.images[0], "-k", "2", "--html", str(tmp_path / "i.html"))
     lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
-    assert len(lines) == 2 and all(x[2] in index.captions for x in lines)
+    assert len(lines) == 2 and all(x[3] in index.captions for x in lines)
 
     report = json.loads(run("search", "--index", str(idx), "--self-test", "8", "-k", "4"))
     assert report["queries"] == 8 and report["images"] == 4 and report["hit_rate"] == 100.0  # k = all images
@@ -219,3 +216,98 @@ def test_search_ranks_by_the_fused_score_of_both_directions(tmp_path):
     (tmp_path / "idx" / "image_queries.npy").unlink()
     plain = Searcher(load_index(tmp_path / "idx"), TwoWayAligner(), encoders={"text": text_encoder})
     assert not plain.index.fused and len(plain.text_to_images(["3"], k=4)[0]) == 4
+
+
+def test_querybank_bias_is_the_inverted_softmax_and_demotes_a_hub():
+    """b_i = (1/β) log Σ_c exp(β s(c, i)); an image close to every bank caption stops taking others' queries."""
+    from triptych.m3jepa.search import add_querybank, bank_queries, index_ranks, query_vectors
+
+    rng = np.random.default_rng(3)
+    centre = np.full(P, 3.0)
+    latent = centre + rng.normal(size=(N, P))  # crowded in a cone, as real embeddings are
+    latent[0] = centre  # image 0 is a hub: the centre of everything
+    caption_image = np.arange(N)
+    text_latent = latent + 0.7 * rng.normal(size=latent.shape)
+    index = build_index(ExactAligner(), feats(latent @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
+                        text_features=feats(text_latent @ W_TXT, "text", "txt"), captions=[str(i) for i in range(N)],
+                        caption_image=caption_image)
+    def hub_wins() -> int:  # captions of other images whose top result is the hub
+        queries = torch.cat([index.text_queries, index.text_keys], 1)[1:]
+        return int((index.scores(queries, "image")[0].argmax(1) == 0).sum())
+
+    plain_wins, plain_ranks = hub_wins(), index_ranks(index)
+
+    class Bank:  # a PairedCache look-alike: 200 bank captions and images drawn around the same latents
+        rng = np.random.default_rng(5)
+        lat = latent[rng.integers(0, N, 200)] + 0.7 * rng.normal(size=(200, P))
+        text, image = feats(lat @ W_TXT, "text", "txt"), feats(lat @ W_IMG, "image", "img")
+
+    beta = 10.0
+    add_querybank(index, bank_queries(ExactAligner(), Bank(), split=None, size=150), beta, source="bank")
+    assert index.querybank == {"beta": beta, "source": "bank", "captions": 150, "images": 150}
+    rows = np.unique(np.linspace(0, 199, 150).astype(int))
+    bank_q = query_vectors(ExactAligner(), "text", "image", Bank.text.batch(rows), fused=True)
+    _, cosine = index.scores(bank_q, "image")
+    want = torch.log(torch.exp(beta * cosine).sum(0)) / beta
+    torch.testing.assert_close(index.image_bias, want)
+    assert int(index.image_bias.argmax()) == 0  # the hub has the largest bias
+    assert plain_wins >= 1 and hub_wins() == 0  # the hub no longer takes other images' captions
+    assert np.mean(index_ranks(index)[1:]) < np.mean(plain_ranks[1:])
+    # search ranks by s' = s - b and reports both
+    searcher = Searcher(index, ExactAligner(), encoders={"text": ExactRowEncoder(W_TXT)})
+    hits = searcher.text_to_images(["4"], k=N)[0]
+    cos = torch.tensor([h.cosine for h in hits])
+    torch.testing.assert_close(torch.tensor([h.score for h in hits]), cos - index.image_bias[[h.row for h in hits]])
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    with pytest.raises(InputError, match="beta must be > 0"):
+        add_querybank(index, bank_queries(ExactAligner(), Bank(), split=None), beta=0.0)
+
+
+def test_an_ensemble_scores_by_the_members_mean_cosine():
+    from triptych.m3jepa.train import AlignerEnsemble
+
+    class Scaled(TwoWayAligner):
+        def __init__(self, seed: int):
+            self.turn = torch.tensor(np.random.default_rng(seed).normal(size=(P, P)), dtype=torch.float32)
+            self.path = f"m{seed}"
+
+        def embed_query(self, src, tgt, batch):
+            return torch.nn.functional.normalize(super().embed_query(src, tgt, batch) @ self.turn, dim=-1)
+
+        def embed_key(self, tgt, batch):
+            return torch.nn.functional.normalize(super().embed_key(tgt, batch) @ self.turn, dim=-1)
+
+    members = [Scaled(1), Scaled(2), Scaled(3)]
+    ensemble = AlignerEnsemble(members)
+    t = feats(LATENT @ W_TXT, "text", "txt").batch(np.arange(N))
+    imgs = feats(LATENT @ W_IMG, "image", "img").batch(np.arange(N))
+    got = ensemble.embed_query("text", "image", t) @ ensemble.embed_key("image", imgs).T
+    want = sum(m.embed_query("text", "image", t) @ m.embed_key("image", imgs).T for m in members) / 3
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(ensemble.embed_key("image", imgs).norm(dim=1), torch.ones(N))
+    other = Scaled(4)
+    other.encoders = {"image": {"encoder": "another"}, "text": ExactAligner.encoders["text"]}
+    with pytest.raises(InputError, match="different encoders"):
+        AlignerEnsemble([members[0], other])
+
+
+def test_offline_ranks_match_the_live_self_test():
+    from triptych.m3jepa.search import index_ranks, self_test
+
+    rng = np.random.default_rng(11)
+    caption_image = np.repeat(np.arange(N), 2)
+    noisy = LATENT[caption_image] + 0.8 * rng.normal(size=(2 * N, P))
+    index = build_index(TwoWayAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
+                        text_features=feats(noisy @ W_TXT, "text", "txt"), captions=[str(j) for j in range(2 * N)],
+                        caption_image=caption_image)
+
+    class Noisy:
+        def encode(self, texts):
+            x = torch.tensor(noisy[[int(t) for t in texts]] @ W_TXT, dtype=torch.float32)
+            return EncodedBatch(x[:, None], torch.ones(len(texts), 1, dtype=torch.bool), x)
+
+    ranks = index_ranks(index)
+    assert 1 < np.median(ranks) < N  # neither trivial nor hopeless
+    report = self_test(Searcher(index, TwoWayAligner(), encoders={"text": Noisy()}), queries=2 * N, k=3)
+    assert report["median_rank"] == pytest.approx(float(np.median(ranks)))
+    assert report["hit_rate"] == pytest.approx(100.0 * float(np.mean(ranks <= 3)))

@@ -80,7 +80,9 @@ def encode(
 
 @app.command()
 def index(
-    checkpoint: Annotated[Path, typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`.")],
+    checkpoint: Annotated[list[Path], typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`; "
+                                                        "repeat it to index with an ensemble (e.g. several seeds: "
+                                                        "their mean cosine ranks).")],
     out: Annotated[Path, typer.Option(help="Index folder (index.json, image_keys.npy, text_keys.npy).")],
     images: Annotated[Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, "
                                                      "resumable).")] = None,
@@ -90,41 +92,65 @@ def index(
     cache: Annotated[Path | None, typer.Option(help="Instead of --images: an encoded dataset "
                                                     "(`triptych m3jepa encode`).")] = None,
     split: Annotated[str | None, typer.Option(help="With --cache: index only this split (e.g. test).")] = None,
+    querybank: Annotated[Path | None, typer.Option(help="An encoded dataset whose captions (and images) form the "
+                                                        "querybank for QB-norm (default: --cache itself, when "
+                                                        "--split is not the bank split).")] = None,
+    querybank_split: Annotated[str, typer.Option(help="The querybank's split; 'all' for every row.")] = "train",
+    querybank_size: Annotated[int, typer.Option(help="At most this many bank captions (and images), evenly "
+                                                     "spaced.")] = 10000,
+    qb_beta: Annotated[float, typer.Option(help="QB-norm inverse temperature β (20 was best on the Flickr8k dev "
+                                                "split); 0 turns querybank normalisation off.")] = 20.0,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Embed a folder of images (or an encoded dataset's split, with its captions) into a search index.
 
+    With a querybank (captions that will not be queries, such as the training split's), each
+    image's hubness is measured and subtracted at search time (QB-norm).
+
     Example: triptych m3jepa index --checkpoint runs/m3jepa/checkpoints/best.safetensors --images photos/ --out idx
+
+    Example: triptych m3jepa index --checkpoint s0/best.safetensors --checkpoint s1/best.safetensors
+    --cache cache/flickr8k --split test --out idx   (querybank: the cache's train split)
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.m3jepa.encoders import make_encoder
-    from triptych.m3jepa.search import image_folder, index_cache, index_images
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.search import add_querybank, bank_queries, image_folder, index_cache, index_images
+    from triptych.m3jepa.train import load_aligners
 
     _threads()
     if (images is None) == (cache is None):
         raise InputError("give exactly one of --images DIR or --cache DIR")
-    aligner = load_aligner(checkpoint)
+    aligner = load_aligners(checkpoint)
+    checkpoints = [str(c.resolve()) for c in checkpoint]
     if cache is not None:
-        built = index_cache(aligner, cache, split, checkpoint=str(checkpoint.resolve()))
+        built = index_cache(aligner, cache, split, checkpoints=checkpoints)
     else:
         from triptych.m3jepa.data import read_caption_table
 
         dev = str(choose_device(device))
         info = aligner.encoders
         if "image" not in info:
-            raise InputError(f"checkpoint {checkpoint} does not record its image encoder; retrain it with this "
+            raise InputError(f"checkpoint {checkpoint[0]} does not record its image encoder; retrain it with this "
                              "version of triptych")
         data = read_caption_table(captions, images) if captions else image_folder(images)
         image_enc = make_encoder(info["image"]["encoder"], modality="image", device=dev)
         text_enc = (make_encoder(info["text"]["encoder"], modality="text", length=info["text"].get("length"),
                                  device=dev) if captions else None)
         built = index_images(aligner, data, out / "features", image_enc, text_enc,
-                             checkpoint=str(checkpoint.resolve()), batch_size=batch_size)
+                             checkpoints=checkpoints, batch_size=batch_size)
+    bank_path = querybank or (cache if cache is not None and split != querybank_split else None)
+    note = "no querybank"
+    if qb_beta > 0 and bank_path is not None:
+        bank_split = None if querybank_split == "all" else querybank_split
+        queries = bank_queries(aligner, load_cache(bank_path), bank_split, querybank_size, built.fused)
+        add_querybank(built, queries, qb_beta, source=str(bank_path), split=querybank_split)
+        note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
     built.save(out)
-    typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out}")
+    typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
+               f"{len(checkpoints)} checkpoint(s); {note}")
 
 
 @app.command()
@@ -134,8 +160,8 @@ def search(
     image: Annotated[Path | None, typer.Option(help="An image file: find the indexed captions that describe "
                                                     "it.")] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 5,
-    checkpoint: Annotated[Path | None, typer.Option(help="Aligner checkpoint (default: the one the index was "
-                                                         "built with).")] = None,
+    checkpoint: Annotated[list[Path] | None, typer.Option(help="Aligner checkpoint(s) (default: those the index "
+                                                               "was built with).")] = None,
     html: Annotated[Path, typer.Option(help="HTML page showing the results.")] = Path("search.html"),
     self_test: Annotated[int, typer.Option(help="Instead of one query: search N of the indexed captions one by "
                                                 "one, report how often each finds its own image in the top k, "
@@ -150,14 +176,16 @@ def search(
     from triptych.core.errors import InputError
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.train import load_aligners
 
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
         raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
     idx = load_index(index)
-    ckpt = checkpoint or Path(idx.checkpoint)
-    searcher = Searcher(idx, load_aligner(ckpt), device=str(choose_device(device)))
+    checkpoints = checkpoint or [Path(c) for c in idx.checkpoints]
+    if not checkpoints:
+        raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
+    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)))
     if self_test:
         import json
 
@@ -169,8 +197,10 @@ def search(
         hits, kind, query = searcher.text_to_images([text], k)[0], "images", text
     else:
         hits, kind, query = searcher.image_to_captions([read_image(image)], k)[0], "captions", str(image)
+    if idx.querybank:
+        typer.echo(f"rank  score (cosine - querybank bias, β {idx.querybank['beta']:g})  cosine  item")
     for h in hits:
-        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.item}")
+        typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.cosine:.4f}  {h.item}")
     ms = {key: round(1000 * v, 1) for key, v in searcher.timings.items()}
     typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind}")
     write_results_page(html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings)

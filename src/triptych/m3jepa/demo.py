@@ -28,7 +28,14 @@ def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 12
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import encode_dataset, load_cache
     from triptych.m3jepa.retrieval import evaluate_task
-    from triptych.m3jepa.search import Searcher, encoder_record, index_cache, write_results_page
+    from triptych.m3jepa.search import (
+        Searcher,
+        add_querybank,
+        bank_queries,
+        encoder_record,
+        index_cache,
+        write_results_page,
+    )
     from triptych.m3jepa.train import TrainConfig, load_aligner, train_aligner
 
     out_dir = Path(out_dir)
@@ -58,7 +65,8 @@ def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 12
         if method == "m3jepa":
             checkpoint, usage = result.checkpoint, result.module.expert_usage
     aligner = load_aligner(checkpoint)
-    index = index_cache(aligner, cache_dir, split="test", checkpoint=str(checkpoint))
+    index = index_cache(aligner, cache_dir, split="test", checkpoints=[str(checkpoint)])
+    add_querybank(index, bank_queries(aligner, cache, "train"), source=str(cache_dir), split="train")
     searcher = Searcher(index, aligner, encoders={"text": text_encoder, "image": image_encoder})
     query = index.captions[DEMO_QUERY_INDEX]
     hits = searcher.text_to_images([query], k=5)[0]

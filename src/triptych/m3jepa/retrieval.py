@@ -47,13 +47,14 @@ def recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int] = KS) -> dic
 
 @torch.no_grad()
 def embed_rows(fn: Callable[[EncodedBatch], Tensor], features: Features, rows: np.ndarray,
-               device: torch.device | str = "cpu", batch_size: int = 256) -> Tensor:
-    """``fn`` over ``features`` rows in batches, L2-normalised, on the CPU (N×P)."""
+               device: torch.device | str = "cpu", batch_size: int = 256, normalise: bool = True) -> Tensor:
+    """``fn`` over ``features`` rows in batches, L2-normalised (unless ``normalise`` is off), on the CPU (N×P)."""
     out = []
     for start in range(0, len(rows), batch_size):
         b = features.batch(rows[start:start + batch_size])
         b = EncodedBatch(b.tokens.to(device), b.mask.to(device), b.pooled.to(device))
-        out.append(F.normalize(fn(b), dim=-1).cpu())
+        y = fn(b)
+        out.append((F.normalize(y, dim=-1) if normalise else y).cpu())
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 

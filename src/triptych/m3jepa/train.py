@@ -424,6 +424,49 @@ class Aligner:
         return torch.nn.functional.normalize(self.model.embed_key(tgt, batch), dim=-1)
 
 
+@dataclass
+class AlignerEnsemble:
+    """Several aligners on the same encoders, used as one: the mean of their cosine scores.
+
+    Each vector is the concatenation of the members' unit vectors scaled by 1/sqrt(n), so a
+    dot product of two ensemble vectors is the members' mean cosine (and stays in [-1, 1]).
+    """
+
+    members: list[Aligner]
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise InputError("an ensemble needs at least one checkpoint")
+        first = self.members[0]
+        for other in self.members[1:]:
+            if other.encoders != first.encoders:
+                raise InputError(f"checkpoints {first.path} and {other.path} were trained on different encoders; "
+                                 "an ensemble needs the same encoders")
+
+    @property
+    def encoders(self) -> dict[str, Any]:
+        return self.members[0].encoders
+
+    def _joined(self, parts: list[Tensor]) -> Tensor:
+        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
+
+    @torch.no_grad()
+    def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> Tensor:
+        """[q_1, ..., q_n] / sqrt(n): unit-norm query vectors (B × nP)."""
+        return self._joined([m.embed_query(src, tgt, batch) for m in self.members])
+
+    @torch.no_grad()
+    def embed_key(self, tgt: str, batch: EncodedBatch) -> Tensor:
+        """[k_1, ..., k_n] / sqrt(n): unit-norm key vectors (B × nP)."""
+        return self._joined([m.embed_key(tgt, batch) for m in self.members])
+
+
+def load_aligners(checkpoints: Sequence[str | Path]) -> Aligner | AlignerEnsemble:
+    """One checkpoint's aligner, or an ensemble of several (e.g. the benchmark's seeds)."""
+    aligners = [load_aligner(c) for c in checkpoints]
+    return aligners[0] if len(aligners) == 1 else AlignerEnsemble(aligners)
+
+
 def load_aligner(checkpoint: str | Path) -> Aligner:
     """The aligner saved by ``triptych m3jepa train`` (or any training run), ready for search."""
     from triptych.core.checkpoint import load_state_dict_into

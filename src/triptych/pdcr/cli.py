@@ -121,6 +121,8 @@ def explain(
     full_image: Annotated[bool, typer.Option(help="Patch-trained models: explain the whole image (tiled), not "
                                                   "the model's window around the RoI.")] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    device: Annotated[str, typer.Option(help="Where the forward passes run: cpu, cuda, mps or auto (the same "
+                                             "seed gives the same draws on any device).")] = "cpu",
 ) -> None:
     """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
 
@@ -128,12 +130,13 @@ def explain(
     """
     import torch
 
+    from triptych.core.device import choose_device
     from triptych.pdcr.explain import explain_to_folder, load_inputs
     from triptych.pdcr.models import load_model
 
     if threads:
         torch.set_num_threads(threads)
-    model = load_model(checkpoint)
+    model = load_model(checkpoint).to(choose_device(device))
     inputs = load_inputs(model, image, mask, roi, roi_mask)
     summary = explain_to_folder(model, inputs, out, data=data, bank=bank, save_bank=save_bank, outcome=outcome,
                                 intervention=intervention, block=block, coarse_block=coarse_block, estimator=estimator,

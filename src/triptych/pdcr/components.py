@@ -126,7 +126,7 @@ class ComponentProblem:
                     a, b = 0, _skip_width(module, args)
                 else:
                     a, b = comp.channels or (0, out.shape[1])
-                out[row, a:b] = value[a:b]
+                out[row, a:b] = value[a:b].to(out.device)
             return out
 
         return hook

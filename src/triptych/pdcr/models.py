@@ -106,6 +106,10 @@ class SegmentationModel(nn.Module):
     ``forward`` returns the raw network output (B, C, *spatial); ``probabilities`` maps
     it to probabilities using the recorded ``emits``/``activation``, with sliding-window
     inference when the model was trained on patches.
+
+    Move the model with ``.to("cuda")``: inputs go to the network's device and outputs come
+    back on the input's device, so explainers keep images, masks and outcomes on the CPU
+    while the forward passes (almost all of PdCR's time) run on the GPU.
     """
 
     def __init__(self, net: nn.Module, spec: ModelSpec) -> None:
@@ -121,17 +125,26 @@ class SegmentationModel(nn.Module):
     def threshold(self) -> float:
         return self.spec.threshold
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (the CPU for a network without parameters)."""
+        weight = next(self.net.parameters(), None)
+        return weight.device if weight is not None else torch.device("cpu")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(x.to(self.device)).to(x.device)
 
     def _raw(self, x: torch.Tensor) -> torch.Tensor:
         patch = self.spec.patch_size
+        on = x.to(self.device)
         if patch is not None and any(s > p for s, p in zip(x.shape[2:], patch, strict=True)):
             from monai.inferers import sliding_window_inference
 
-            return sliding_window_inference(x, patch, sw_batch_size=32, predictor=self.net, overlap=0.25,
-                                            mode="gaussian")
-        return self.net(x)
+            out = sliding_window_inference(on, patch, sw_batch_size=32, predictor=self.net, overlap=0.25,
+                                           mode="gaussian")
+        else:
+            out = self.net(on)
+        return out.to(x.device)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C, *spatial) for a batch (B, in_channels, *spatial)."""
