@@ -58,3 +58,46 @@ def test_auto_dispatch_is_dense_on_cuda():
     x = torch.randn(4, 5, DIMS["image"], device="cuda")
     model("image", "text", x, torch.ones(4, 5, dtype=torch.bool, device="cuda"))
     assert calls == [2 * 4 * 5] * 6  # every expert once, on every token of both branches
+
+
+def test_lora_finetuning_runs_on_cuda(tmp_path):
+    """`finetune-lora` is meant for GPU users: adapters and predictor train on the device, bases stay frozen."""
+    lora_on(tmp_path, "cuda")
+
+
+def lora_on(tmp_path, device: str) -> None:
+    import numpy as np
+    from test_m3jepa_lora import PREDICTOR, dataset
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizerFast,
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    from triptych.m3jepa.data import read_caption_table
+    from triptych.m3jepa.encoders import HFEncoder
+    from triptych.m3jepa.lora import finetune_lora
+
+    words = ["a", "plain", "square", "red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))  # no hub download
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64))
+    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                    image_size=28, patch_size=14))
+    processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    base = [p.detach().clone() for m in (bert, dino) for p in m.parameters()]
+    encoders = {"image": HFEncoder("tiny-dinov2", dino, processor),
+                "text": HFEncoder("tiny-bert", bert, tokenizer, length=12)}
+    data = read_caption_table(dataset(tmp_path / "data"))
+    result = finetune_lora(data, encoders, PREDICTOR, lora_layers=1, steps=12, batch_size=6, lr=3e-3, split="train",
+                           device=device)
+    assert next(result.predictor.parameters()).device.type == device
+    assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3]) - 0.05, result.losses
+    frozen = [p for m in (bert, dino) for n, p in m.named_parameters() if "lora_" not in n]
+    assert all(p.device.type == device for p in frozen)
+    assert all(torch.equal(p.cpu(), b) for p, b in zip(frozen, base, strict=True))
