@@ -86,6 +86,8 @@ class SearchIndex:
     image_bias: torch.Tensor | None = None  # N, querybank bias b_i for text queries
     text_bias: torch.Tensor | None = None  # M, querybank bias for image queries
     querybank: dict[str, Any] = field(default_factory=dict)  # beta, bank sizes and source
+    _joined: dict[str, tuple[tuple[int, int], torch.Tensor]] = field(default_factory=dict, repr=False,
+                                                                    compare=False)
 
     @property
     def fused(self) -> bool:
@@ -97,9 +99,14 @@ class SearchIndex:
         if keys is None:
             raise InputError("this index has no captions; build it with captions (--cache, or --captions FILE) "
                              "to search by image")
-        if self.fused:
-            keys = torch.cat([keys, self.image_queries if modality == "image" else self.text_queries], 1)
-        return keys
+        if not self.fused:
+            return keys
+        own = self.image_queries if modality == "image" else self.text_queries
+        # joined once per index, not per query (a query's scoring is one matrix product)
+        made = self._joined.get(modality)
+        if made is None or made[0] != (id(keys), id(own)):
+            made = self._joined[modality] = ((id(keys), id(own)), torch.cat([keys, own], 1))
+        return made[1]
 
     def bias(self, modality: str) -> torch.Tensor | None:
         return self.image_bias if modality == "image" else self.text_bias
