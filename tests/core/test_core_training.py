@@ -126,3 +126,30 @@ def test_trainer_options_declares_the_flags_once_and_passes_them_as_trainer_flag
                                         resume=Path("last.safetensors")))
     with pytest.raises(TypeError):
         trainer_options(gpus=2)
+
+
+class _Logged(_AdamTiny):
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+
+def test_a_rerun_into_the_same_folder_replaces_best_and_last(tmp_path):
+    """Readers open checkpoints/best.safetensors: a second run must not hide behind best-v1.safetensors."""
+
+    def run(epochs: int) -> _Logged:
+        seed_everything(0)
+        model = _Logged()
+        trainer = make_trainer(max_epochs=epochs, default_root_dir=tmp_path, monitor="train_loss",
+                               enable_progress_bar=False, accelerator="cpu")
+        fit(trainer, model, DataLoader(IndexedData(), batch_size=16, shuffle=False))
+        return model
+
+    run(1)
+    second = run(3)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best.safetensors", "last.safetensors"]
+    state, _ = load_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
+    assert state["epoch"] == 2  # the second run's
+    torch.testing.assert_close(state["state_dict"]["net.weight"], second.net.weight.detach())

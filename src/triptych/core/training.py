@@ -151,6 +151,9 @@ def make_trainer(
         every_n_epochs=every_n_epochs,
         filename="best" if monitor else "epoch{epoch}",
         auto_insert_metric_name=False,
+        # a rerun into the same folder replaces best/last: readers (benchmarks, the README's commands)
+        # open checkpoints/best.safetensors, and Lightning's best-v1 would leave them on the old run
+        enable_version_counter=False,
     )
     all_callbacks: list[L.Callback] = [ckpt, *(callbacks or [])]
     if monitor and patience:
