@@ -115,7 +115,7 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(tmp_path, ray_clus
 def test_a_worker_error_reaches_the_caller_as_itself_and_keeps_finished_shards(tmp_path, ray_cluster):
     shards = [{"id": f"s{i}"} for i in range(4)]
     with pytest.raises(InputError, match=r"^shard s3: unreadable input; fix the file\.$"):
-        run_sharded(partial(FailsOn, "s3"), shards, tmp_path, workers=2)
+        run_sharded(partial(FailsOn, "s3"), shards, tmp_path, workers=1)
     with pytest.raises(InputError, match=r"^shard s3: unreadable input"):
         run_sharded(partial(FailsOn, "s3"), shards, tmp_path / "local", workers=0)
     assert {p.stem for p in (tmp_path / "local" / "shards").glob("*.parquet")} == {"s0", "s1", "s2"}
@@ -156,7 +156,7 @@ def test_an_output_folder_of_other_shards_is_refused(tmp_path):
 
 def test_a_worker_that_cannot_start_reaches_the_caller_as_itself(tmp_path, ray_cluster):
     with pytest.raises(InputError, match=r"^model.safetensors: not found; train one first\.$"):
-        run_sharded(BrokenFactory, [{"id": "a"}, {"id": "b"}], tmp_path, workers=2)
+        run_sharded(BrokenFactory, [{"id": "a"}, {"id": "b"}], tmp_path, workers=1)
 
 
 def test_importing_the_option_types_does_not_import_ray():
