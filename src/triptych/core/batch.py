@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from triptych.core.errors import InputError, TriptychError
 from triptych.core.io import atomic_write
@@ -54,6 +54,20 @@ class ShardResult:
     reused: bool
 
 
+@overload
+def run_sharded(worker_factory: WorkerFactory, shards: Sequence[Shard], out_dir: str | os.PathLike, *,
+                workers: int | None = ..., ray_address: str | None = ..., progress_desc: str = ...,
+                return_paths: Literal[False] = ..., threads_per_worker: int = ...,
+                gpus_per_worker: float = ...) -> pd.DataFrame: ...
+
+
+@overload
+def run_sharded(worker_factory: WorkerFactory, shards: Sequence[Shard], out_dir: str | os.PathLike, *,
+                workers: int | None = ..., ray_address: str | None = ..., progress_desc: str = ...,
+                return_paths: Literal[True], threads_per_worker: int = ...,
+                gpus_per_worker: float = ...) -> list[Path]: ...
+
+
 def run_sharded(
     worker_factory: WorkerFactory,
     shards: Sequence[Shard],
@@ -74,11 +88,12 @@ def run_sharded(
         worker process.
     shards: JSON-able dicts, each with a unique string ``"id"`` (letters, digits, ``._-``).
     out_dir: ``out_dir/shards/<id>.parquet`` holds each finished shard; a rerun skips them.
-    workers: Ray worker processes (default: this machine's CPUs, or the cluster's CPUs when
-        joining one); 0 runs in this process without Ray.
+    workers: Ray worker processes (default: CPUs // threads_per_worker, on this machine or on
+        the cluster joined); 0 runs in this process without Ray.
     ray_address: None starts Ray on this machine (loopback only); ``"auto"``, ``"HOST:PORT"`` or
         ``"ray://HOST:PORT"`` joins a running cluster (workers there need triptych installed,
-        and the driver writes every shard file, so no shared file system is needed).
+        and the driver writes every shard file, so no shared file system is needed). A Ray
+        session already open in this process is used as it is.
     return_paths: return the shard files (in the order of ``shards``) instead of one table,
         so a million-row run never holds every shard in the driver's memory at once.
     threads_per_worker: torch/OpenMP/BLAS threads in each worker process (and the CPUs Ray
@@ -151,7 +166,7 @@ def read_shards(results: Sequence[ShardResult | str | os.PathLike]) -> pd.DataFr
 
 @contextlib.contextmanager
 def ray_session(workers: int | None = None, ray_address: str | None = None,
-                threads_per_worker: int = 1, gpus_per_worker: float = 0.0) -> Iterator[int]:
+                threads_per_worker: int = 1) -> Iterator[int]:
     """Use the Ray session already running in this process, or start/join one for the block.
 
     Yields the number of worker processes to use. A session this function started is shut down
@@ -224,7 +239,7 @@ def _run_in_process(worker_factory: WorkerFactory, todo: list[Shard],
 def _run_on_ray(worker_factory: WorkerFactory, todo: list[Shard], finish: Callable[[str, pd.DataFrame], None],
                 *, workers: int | None, ray_address: str | None, threads_per_worker: int,
                 gpus_per_worker: float) -> None:
-    with ray_session(workers, ray_address, threads_per_worker, gpus_per_worker) as n_workers:
+    with ray_session(workers, ray_address, threads_per_worker) as n_workers:
         import ray
         from ray import cloudpickle
         from ray.util import ActorPool
@@ -271,9 +286,11 @@ def init_ray(workers: int | None = None, ray_address: str | None = None, threads
 
     import ray
 
+    # Workers' own output goes to Ray's log folder (/tmp/ray/session_latest/logs), not the
+    # terminal; their exceptions still reach the caller.
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
     if ray_address is None:
-        n_workers = workers if workers is not None else _local_cpus()
+        n_workers = workers if workers is not None else max(1, _local_cpus() // threads_per_worker)
         ray.init(num_cpus=n_workers * threads_per_worker, **quiet)  # each worker reserves its threads
         return
     _check_reachable(ray_address)
