@@ -82,7 +82,9 @@ DRIVER = textwrap.dedent("""
     from triptych.core.batch import run_sharded
 
     out, log, address = sys.argv[1:]
-    run_sharded(partial(PolyWorker, log, delay=0.4), SHARDS, out, workers=2, ray_address=address)
+    # The second half of the shards never finishes: the run is killed with exactly half done.
+    stuck = tuple(s["id"] for s in SHARDS[5:])
+    run_sharded(partial(PolyWorker, log, block=stuck), SHARDS, out, workers=2, ray_address=address)
 """)
 
 
@@ -93,20 +95,23 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(tmp_path, ray_clus
     # The driver joins this file's cluster through its address (the --ray-address path).
     proc = subprocess.Popen([sys.executable, str(script), str(out), str(log), ray_cluster],
                             env={**os.environ, "TRIPTYCH_QUIET": "1"}, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 90
-    while len(list((out / "shards").glob("*.parquet"))) < 3:
+    deadline = time.monotonic() + 120
+    while len(list((out / "shards").glob("*.parquet"))) < 5:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-        assert time.monotonic() < deadline, "no shard finished in 90 s"
+        assert time.monotonic() < deadline, "the first half of the shards did not finish in 120 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = {p.stem for p in (out / "shards").glob("*.parquet")}
-    assert 3 <= len(finished) < len(SHARDS), finished
+    assert finished == {s["id"] for s in SHARDS[:5]}
+    before = {path.name for path in log.glob("call.*")}
 
     got = run_sharded(partial(PolyWorker, str(log)), SHARDS, out, workers=2)
-    calls = _calls(log)
-    assert all(len(calls[shard_id]) == 1 for shard_id in finished), calls  # none redone
-    assert sorted(calls) == sorted(s["id"] for s in SHARDS)
+    # The rerun called the worker once on each unfinished shard and never on a finished one.
+    rerun_calls = sorted(name.removeprefix("call.").rsplit(".", 2)[0]
+                         for name in {path.name for path in log.glob("call.*")} - before)
+    assert rerun_calls == [s["id"] for s in SHARDS[5:]]
+    assert all(len(_calls(log)[s["id"]]) == 1 for s in SHARDS[:5])
     assert not list((out / "shards").glob(".*.tmp"))
     reference = run_sharded(partial(PolyWorker, str(tmp_path / "log_ref")), SHARDS, tmp_path / "ref", workers=0)
     pd.testing.assert_frame_equal(got, reference, check_exact=True)
