@@ -152,6 +152,19 @@ def test_an_unreachable_ray_address_names_the_option_and_the_fix(address):
     assert "ray start --head" in str(err.value) and "\n" not in str(err.value)
 
 
+def test_workers_are_capped_to_what_the_cluster_holds(tmp_path, ray_cluster, capsys):
+    # An actor Ray cannot place would wait for ever: ask for 5 on 2 CPUs, get 2 and a note.
+    with batch.ray_session(workers=5) as n:
+        assert n == 2
+    assert "5 workers asked, the Ray cluster holds 2" in capsys.readouterr().err
+    with batch.ray_session() as n:
+        assert n == 2
+    for kwargs in ({"threads_per_worker": 3}, {"gpus_per_worker": 1000.0}):
+        with pytest.raises(InputError, match="too few for one worker"):
+            run_sharded(partial(PolyWorker, str(tmp_path / "log")), SHARDS, tmp_path, workers=1, **kwargs)
+    assert not (tmp_path / "log").exists()
+
+
 def test_an_output_folder_of_other_shards_is_refused(tmp_path):
     run_sharded(partial(PolyWorker, str(tmp_path / "log")), SHARDS[:2], tmp_path, workers=0)
     changed = [SHARDS[0], {**SHARDS[1], "size": 99}]

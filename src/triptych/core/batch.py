@@ -166,11 +166,13 @@ def read_shards(results: Sequence[ShardResult | str | os.PathLike]) -> pd.DataFr
 
 @contextlib.contextmanager
 def ray_session(workers: int | None = None, ray_address: str | None = None,
-                threads_per_worker: int = 1) -> Iterator[int]:
+                threads_per_worker: int = 1, gpus_per_worker: float = 0.0) -> Iterator[int]:
     """Use the Ray session already running in this process, or start/join one for the block.
 
-    Yields the number of worker processes to use. A session this function started is shut down
-    on exit; one that was already running is left alone (so tests and notebooks can reuse it).
+    Yields the number of worker processes to use: ``workers``, or as many as the cluster's CPUs
+    (and GPUs) hold, and never more (an actor Ray cannot place would wait for ever). A session
+    this function started is shut down on exit; one already running is left alone (so tests
+    and notebooks can reuse it).
     """
     started = False
     if "ray" not in sys.modules or not sys.modules["ray"].is_initialized():
@@ -179,8 +181,18 @@ def ray_session(workers: int | None = None, ray_address: str | None = None,
     import ray
 
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        yield workers if workers is not None else max(1, cpus // max(1, threads_per_worker))
+        resources = ray.cluster_resources()
+        capacity = int(resources.get("CPU", 0)) // threads_per_worker
+        if gpus_per_worker:
+            capacity = min(capacity, int(resources.get("GPU", 0) / gpus_per_worker))
+        if capacity < 1:
+            raise InputError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
+                             f"GPUs, too few for one worker ({threads_per_worker} threads, {gpus_per_worker:g} "
+                             "GPUs): lower the threads or GPUs per worker, or add nodes.")
+        if workers is not None and workers > capacity:
+            print(f"triptych: {workers} workers asked, the Ray cluster holds {capacity}; using {capacity}.",
+                  file=sys.stderr)
+        yield capacity if workers is None else min(workers, capacity)
     finally:
         if started:
             ray.shutdown()
@@ -239,7 +251,7 @@ def _run_in_process(worker_factory: WorkerFactory, todo: list[Shard],
 def _run_on_ray(worker_factory: WorkerFactory, todo: list[Shard], finish: Callable[[str, pd.DataFrame], None],
                 *, workers: int | None, ray_address: str | None, threads_per_worker: int,
                 gpus_per_worker: float) -> None:
-    with ray_session(workers, ray_address, threads_per_worker) as n_workers:
+    with ray_session(workers, ray_address, threads_per_worker, gpus_per_worker) as n_workers:
         import ray
         from ray import cloudpickle
         from ray.util import ActorPool
