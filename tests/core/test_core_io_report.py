@@ -73,26 +73,22 @@ def test_device_and_seed():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_demo_with_no_registered_system_says_so(monkeypatch, tmp_path):
-    from typer.testing import CliRunner
-
+def test_demo_with_no_registered_system_says_so(monkeypatch, tmp_path, invoke):
     import triptych.cli as cli
     import triptych.core.demo as demo
 
     monkeypatch.setattr(demo, "SYSTEMS", ())
     monkeypatch.setattr(demo, "_REGISTRY", {})
-    result = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path)])
+    result = invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0
     assert "No system demo is registered" in result.output
 
 
-def test_version():
-    from typer.testing import CliRunner
-
+def test_version(invoke):
     import triptych
     import triptych.cli as cli
 
-    result = CliRunner().invoke(cli.app, ["--version"])
+    result = invoke(cli.app, ["--version"])
     assert result.exit_code == 0 and triptych.__version__ in result.output
 
 
