@@ -25,7 +25,17 @@ _EXPORTS = {
     "seed_everything": "triptych.core.seed",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "TriptychError",
+    "atomic_output_dir",
+    "atomic_write",
+    "choose_device",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+]
 
 if TYPE_CHECKING:  # static tools see the real imports
     from triptych.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint

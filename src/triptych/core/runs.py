@@ -18,8 +18,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from triptych.core.errors import InputError
 from triptych.core import io
+from triptych.core.errors import InputError
 from triptych.core.io import check_replaceable, replace_dir, write_marker
 
 PARTIAL = ".partial"
@@ -97,10 +97,9 @@ def training_run_dir(out: str | os.PathLike, resume: str | os.PathLike | None = 
     partial = partial_dir(out)
     resume = Path(resume) if resume else None
     last = partial / LAST
-    if partial.exists() and not (resume is not None and _inside(resume, partial)):
-        if any(partial.iterdir()):
-            raise InputError(f"{partial} holds an interrupted run; resume it with --resume {last}, "
-                             "or delete that folder to start afresh")
+    if partial.exists() and not (resume is not None and _inside(resume, partial)) and any(partial.iterdir()):
+        raise InputError(f"{partial} holds an interrupted run; resume it with --resume {last}, "
+                         "or delete that folder to start afresh")
     partial.mkdir(parents=True, exist_ok=True)
     try:
         yield partial

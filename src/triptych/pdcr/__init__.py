@@ -54,7 +54,14 @@ if TYPE_CHECKING:  # static tools see the real imports
         apply_block,
         make_intervention,
     )
-    from triptych.pdcr.models import ModelSpec, SegmentationModel, build_model, load_model, save_model, wrap_model
+    from triptych.pdcr.models import (
+        ModelSpec,
+        SegmentationModel,
+        build_model,
+        load_model,
+        save_model,
+        wrap_model,
+    )
     from triptych.pdcr.regions import Explanation, explain_regions
     from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
 
