@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _secondary_rank() -> bool:
+    """True in the extra processes that Lightning's DDP launcher starts (local or node rank > 0)."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK"))
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
@@ -93,6 +99,15 @@ def training_run_dir(out: str | os.PathLike, resume: str | os.PathLike | None = 
     An existing partial folder is continued only when ``resume`` points into it; otherwise the
     command refuses rather than discard an interrupted run.
     """
+    if _secondary_rank():
+        # DDP re-runs the command once per extra process: Lightning broadcasts rank 0's checkpoint folder
+        # to them, and only rank 0 owns OUT.partial; what else they write goes to a private scratch folder
+        scratch = Path(tempfile.mkdtemp(prefix="triptych-rank-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     out = check_replaceable(out)
     partial = partial_dir(out)
     resume = Path(resume) if resume else None
