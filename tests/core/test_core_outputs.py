@@ -98,6 +98,42 @@ def test_replace_dir_swaps_folders(tmp_path):
     assert _names(tmp_path) == ["out"] and _names(old) == ["new.txt"]
 
 
+def test_replace_dir_without_an_atomic_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
+    monkeypatch.setattr("triptych.core.io._exchange", lambda a, b: False)
+    test_replace_dir_swaps_folders(tmp_path)
+
+
+def test_a_real_command_rerun_leaves_no_file_of_the_earlier_run(tmp_path):
+    """`matic benchmark --merge` (cheap: it only reads earlier results) into a folder of an earlier run."""
+    from typer.testing import CliRunner
+
+    from triptych.cli import app
+
+    parts = []
+    for seed in (0, 1):
+        part = tmp_path / f"seed{seed}"
+        part.mkdir()
+        (part / "results.json").write_text(json.dumps({
+            "datasets": {"toy": {"ple": {"a": {"roc_auc": [0.6 + seed / 10], "pr_auc": [0.5]}}}},
+            "seconds": {"toy": {"ple": 1.0}}}))
+        parts += ["--merge", str(part)]
+    out = tmp_path / "bench"
+    runner = CliRunner()
+    first = runner.invoke(app, ["matic", "benchmark", "--out", str(out), *parts])
+    assert first.exit_code == 0, first.output
+    (out / "components.json").write_text("{}")  # pretend the earlier run wrote more files
+    second = runner.invoke(app, ["matic", "benchmark", "--out", str(out), *parts[:2]])
+    assert second.exit_code == 0, second.output
+    assert _names(out) == [MARKER, "results.json", "results.md"]  # components.json is gone
+    assert json.loads((out / "results.json").read_text())["datasets"]["toy"]["ple"]["a"]["roc_auc"] == [0.6]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    refused = runner.invoke(app, ["matic", "benchmark", "--out", str(mine), *parts[:2]])
+    assert refused.exit_code != 0 and isinstance(refused.exception, InputError)
+    assert _names(mine) == ["notes.txt"]
+
+
 # ---------------------------------------------------------------- training: OUT.partial, resume, last every epoch
 
 
