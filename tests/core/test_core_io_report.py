@@ -34,7 +34,7 @@ def test_atomic_output_dir_leaves_no_partial_output(tmp_path):
     with pytest.raises(ValueError), atomic_output_dir(out) as stage:
         (stage / "second.txt").write_text("2")
         raise ValueError("bad input")
-    assert sorted(p.name for p in out.iterdir()) == ["first.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".triptych-run", "first.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

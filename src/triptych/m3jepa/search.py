@@ -121,9 +121,12 @@ class SearchIndex:
         bias = self.bias(modality)
         return (cosine if bias is None else cosine - bias), cosine
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write the index folder atomically (an interrupted run leaves the old index intact)."""
-        with atomic_output_dir(out) as staging:
+    def save(self, out: str | os.PathLike, keep: Sequence[str] = ()) -> Path:
+        """Write the index folder atomically, replacing it whole (an interrupted run leaves the old index intact).
+
+        ``keep`` names entries of ``out`` that move into the new folder (``features``, the images' encoding).
+        """
+        with atomic_output_dir(out, keep=keep) as staging:
             np.save(staging / "image_keys.npy", self.image_keys.numpy().astype(np.float32))
             for name in OPTIONAL_ARRAYS:
                 if getattr(self, name) is not None:
