@@ -121,15 +121,13 @@ class ImageCaptions:
 
 def read_image(path: str | os.PathLike) -> Any:
     """Open an image as RGB; a missing or unreadable file is an InputError that names it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file {path} does not exist; fix the image column or put the file there")
+    path = input_file(path, "image file", "fix the image column or put the file there")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # PIL raises many types for a bad file (OSError, SyntaxError, DecompressionBomb...)
         raise InputError(f"image file {path} cannot be read as an image ({type(exc).__name__}); "
                          "replace or remove it") from None
 
@@ -144,9 +142,7 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = AUDIO_RATE) -> np.n
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"audio file {path} does not exist; fix the audio column or put the file there")
+    path = input_file(path, "audio file", "fix the audio column or put the file there")
     try:
         rate, wave = wavfile.read(path)
     except (ValueError, OSError, EOFError) as exc:
