@@ -148,3 +148,39 @@ def test_images_load_or_raise_input_error(tmp_path, data):
     image = _only_user_errors(read_image, path)
     if image is not None:
         assert image.mode == "RGB"
+
+
+@pytest.fixture(scope="module")
+def aligner_bytes(tmp_path_factory):
+    """A small untrained aligner saved as training does (state_dict + hyper_parameters)."""
+    import torch
+
+    from triptych.core.checkpoint import save_checkpoint
+    from triptych.m3jepa.train import KIND, build_model
+
+    torch.manual_seed(0)
+    config = {"type": "predictor", "dims": {"image": 6, "text": 5}, "hidden": 8, "contrastive_dim": 8,
+              "experts": 2, "top_k": 1}
+    model = build_model(config)
+    hparams = {"model_config": config, "encoders": {}}
+    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams}
+    path = save_checkpoint(tmp_path_factory.mktemp("aligner") / "a.safetensors", state, kind=KIND, config=hparams)
+    return path.read_bytes()
+
+
+@PROPERTY
+@given(edits=EDITS)
+def test_mutated_aligner_checkpoints_load_or_raise(tmp_path, aligner_bytes, edits):
+    from triptych.m3jepa.train import load_aligner
+
+    header = int.from_bytes(aligner_bytes[:8], "little") + 8
+    path = tmp_path / "a.safetensors"
+    path.write_bytes(_mutate(aligner_bytes, [(8 + p % (header - 8), v) for p, v in edits]))
+    _only_user_errors(load_aligner, path)
+
+
+def test_valid_aligner_checkpoint_loads(tmp_path, aligner_bytes):
+    from triptych.m3jepa.train import load_aligner
+
+    (tmp_path / "a.safetensors").write_bytes(aligner_bytes)
+    assert load_aligner(tmp_path / "a.safetensors").model is not None

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from triptych.core.checkpoint import save_checkpoint
 from triptych.core.errors import TriptychError
 from triptych.matic.data import load_table
+from triptych.matic.generate.completion import read_corpus
 from triptych.matic.screen import read_chunks
 from triptych.matic.train import KIND, TrainConfig
 
@@ -210,6 +211,7 @@ def test_smiles_files_load_or_raise_input_error(tmp_path, data, name, gz):
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)
     _only_user_errors(_drain, path)
     _only_user_errors(load_table, path, quiet=True)
+    _only_user_errors(read_corpus, path)
 
 
 @PROPERTY
