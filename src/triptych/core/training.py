@@ -18,7 +18,7 @@ import lightning as L
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from triptych.core.checkpoint import load_checkpoint, save_checkpoint
+from triptych.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 # The flags and their Typer options live in a light module (CLI modules import them at top level);
 # re-exported here so library code keeps importing everything training-related from one place.
@@ -151,7 +151,11 @@ def best_checkpoint(trainer: L.Trainer) -> Path | None:
 def load_module_state(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state_dict, hyper_parameters)`` of a training checkpoint of ``kind``, for inference."""
     state, _ = load_checkpoint(path, kind=kind)
-    return state["state_dict"], dict(state.get("hyper_parameters") or {})
+    state_dict, hparams = state.get("state_dict"), state.get("hyper_parameters") or {}
+    if not isinstance(state_dict, dict) or not isinstance(hparams, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: it lacks a state_dict or hyper_parameters mapping; "
+                              "re-train or re-export it")
+    return state_dict, dict(hparams)
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, *args: Any, resume: Path | None = None, **kwargs: Any) -> None:

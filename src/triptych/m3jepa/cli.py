@@ -180,10 +180,12 @@ def search(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.inputs import at_least
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
     from triptych.m3jepa.train import load_aligners
 
+    at_least(k, 1, "-k")  # before any loading: -k 0 would silently return nothing
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
         raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
@@ -193,11 +195,10 @@ def search(
         raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
     searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)))
     if self_test:
-        import json
-
+        from triptych.core.results import json_text
         from triptych.m3jepa.search import self_test as run_self_test
 
-        typer.echo(json.dumps(run_self_test(searcher, self_test, k), indent=1))
+        typer.echo(json_text(run_self_test(searcher, self_test, k), indent=1), nl=False)
         return
     if text is not None:
         hits, kind, query = searcher.text_to_images([text], k)[0], "images", text
@@ -260,9 +261,8 @@ def train(
 
     Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
     """
-    import json
-
     from triptych.core.io import write_text
+    from triptych.core.results import json_text
     from triptych.core.runs import final_path, training_run_dir
     from triptych.m3jepa.baselines import method_configs
     from triptych.m3jepa.benchmark import split_tasks
@@ -292,7 +292,7 @@ def train(
         checkpoint = final_path(result.checkpoint, run, out)  # where it will be once the run is done
         summary = {"checkpoint": str(checkpoint), "train_seconds": result.train_seconds,
                    "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
-        write_text(run / "train_summary.json", json.dumps(summary, indent=1))
+        write_text(run / "train_summary.json", json_text(summary, indent=1))
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
                f"{best.get('epoch')}; checkpoint {checkpoint}")

@@ -106,13 +106,11 @@ def evaluate(
 
 def _table_for(path: Path, smiles_col: str | None, tasks: list[str], checkpoint: Path):
     """Load ``path`` with the checkpoint's task columns, with a clear error when they are absent."""
-    import pandas as pd
-
     from triptych.core.errors import InputError
-    from triptych.matic.data import load_table
+    from triptych.matic.data import load_table, read_csv_frame
 
     if path.is_file() and path.stat().st_size:
-        cols = list(pd.read_csv(path, nrows=0).columns)
+        cols = [str(c) for c in read_csv_frame(path).columns]
         missing = [t for t in tasks if t not in cols]
         if missing:
             raise InputError(f"checkpoint {checkpoint} was trained for tasks {tasks}, but {path} lacks "

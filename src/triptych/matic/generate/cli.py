@@ -248,8 +248,7 @@ def pretrain_cmd(
 
     Example: triptych matic pretrain --out runs/matic_completion.safetensors --n-molecules 40000 --epochs 8
     """
-    import json
-
+    from triptych.core.results import json_text
     from triptych.core.runs import training_run_dir
     from triptych.core.seed import seed_everything
     from triptych.matic.generate.completion import embedded_corpus, pretrain, read_corpus
@@ -261,5 +260,5 @@ def pretrain_cmd(
     with training_run_dir(out.parent / (out.stem + "_training"), flags.resume) as run:
         _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden,
                            epochs=epochs, seed=seed, flags=flags, root_dir=run)
-    typer.echo(json.dumps(info))
+    typer.echo(json_text(info, indent=None), nl=False)
     typer.echo(f"completion model: {out}")
