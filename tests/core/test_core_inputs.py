@@ -250,12 +250,17 @@ def test_random_bytes_are_not_checkpoints(tmp_path, data):
 
 JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                      max_size=3), max_leaves=6)
+                                                                                      max_size=3), max_leaves=4)
+
+
+TRICKY = st.sampled_from(['{"__dict__": 5}', '{"__dict__": [[1, 2, 3]]}', '{"__dict__": [[["k"], 1]]}',
+                          '{"__tuple__": 3}', '{"__tensor__": "w"}', '{"__tensor__": ["w"]}', '[[[[]]]]', "{",
+                          '{"__dict__": [["w", {"__tensor__": "nope"}]]}', '{"state_dict": {"__tensor__": 1}}'])
 
 
 @PROPERTY
 @given(fields=st.dictionaries(st.sampled_from(["format", "kind", "config", "extra", "tree", "x"]),
-                              JSON_VALUES | JSON_VALUES.map(json.dumps), max_size=6),
+                              JSON_VALUES | JSON_VALUES.map(json.dumps) | TRICKY, max_size=6),
        keep_format=st.booleans())
 def test_crafted_metadata_fields(tmp_path, fields, keep_format):
     if keep_format:
