@@ -1,4 +1,4 @@
-"""Write requirements/lock.txt: the exact versions pip resolves for ``.[dev,bench]`` (``make lock``).
+"""Write requirements/lock.txt: the exact versions pip resolves for the project with all its extras (``make lock``).
 
 pyproject.toml keeps the allowed ranges; the lock pins one tested set of them, and every
 ``make`` target installs with ``pip install -c requirements/lock.txt`` so that a dependency's
@@ -17,13 +17,16 @@ import platform
 import re
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "lock.txt"
 SCRATCH = ROOT / ".venv-lock"
-EXTRAS = "dev,bench"  # bench (chemprop) constrains shared packages such as RDKit: lock them together
+# Every extra, resolved together: one set of versions that any `pip install -c lock.txt -e ".[x]"` can use
+# (e.g. bench's chemprop constrains RDKit for all of them).
+EXTRAS = ",".join(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
 
 
 def canonical(name: str) -> str:

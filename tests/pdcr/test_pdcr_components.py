@@ -58,7 +58,7 @@ def test_unet_candidates_blocks_and_skips_and_parse(tiny_unet):
 @pytest.mark.shared_data
 @pytest.mark.slow
 def test_drive_component_ranking_stable_across_seeds(tmp_path, shared_dataset):
-    DRIVE = shared_dataset("drive", "training/images")
+    drive = shared_dataset("drive", "training/images")
     from triptych.core.training import TrainerFlags
     from triptych.pdcr.data import load_drive, resize_sample
     from triptych.pdcr.models import load_model
@@ -67,12 +67,12 @@ def test_drive_component_ranking_stable_across_seeds(tmp_path, shared_dataset):
     torch.set_num_threads(2)
     # a short in-test training: the ranking's stability is about the estimator, not the model's quality
     # a short in-test training at 128² (the ranking's stability is about the estimator, not the model's quality)
-    result = train_model(str(DRIVE), tmp_path / "run", patch=64, image_size=128, features=(8, 16, 32, 64),
+    result = train_model(str(drive), tmp_path / "run", patch=64, image_size=128, features=(8, 16, 32, 64),
                          batch_size=8, patches_per_epoch=64, epochs=4, res_units=1, seed=0, progress=False,
                          flags=TrainerFlags(accelerator="cpu", devices="1"), evaluate_test=False)
     model = load_model(result.checkpoint)
-    test = resize_sample(load_drive(DRIVE, "test")[0], (128, 128))
-    train = [resize_sample(s, (128, 128)).image for s in load_drive(DRIVE, "training")[:6]]
+    test = resize_sample(load_drive(drive, "test")[0], (128, 128))
+    train = [resize_sample(s, (128, 128)).image for s in load_drive(drive, "training")[:6]]
     image, mask = test.image[:, 48:112, 32:96], test.mask[48:112, 32:96]
     roi = RoI.box(16, 16, 32, 32, (64, 64))
     comps = list_components(model, image, "stages") + list_components(model, image, "channels",

@@ -76,7 +76,7 @@ def test_synthetic_is_deterministic_and_binary():
 
 @pytest.mark.shared_data
 def test_drive_loader(shared_dataset):
-    DRIVE = shared_dataset("drive", "test/images")
-    test = load_drive(DRIVE, "test")
+    drive = shared_dataset("drive", "test/images")
+    test = load_drive(drive, "test")
     assert len(test) == 20 and test[0].image.shape == (3, 584, 565)
     assert test[0].fov is not None and 0.5 < test[0].fov.mean() < 0.8 and 0.05 < test[0].mask.mean() < 0.2
