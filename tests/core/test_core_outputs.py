@@ -265,7 +265,8 @@ def _wait_for(proc: subprocess.Popen, line: str, timeout: float = 240) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path, sig, code):
     torch.set_num_threads(1)
     out = tmp_path / "run"
     with training_run_dir(out) as run:  # the earlier, finished run
@@ -274,9 +275,9 @@ def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path
 
     proc = _start(tmp_path, "toy-train", str(out), "--epochs", "5", "--pause", "30")
     _wait_for(proc, "epoch 1 saved")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     last = partial_dir(out) / "checkpoints" / "last.safetensors"
     want = (f"interrupted: {out} is unchanged; the run so far is in {partial_dir(out)}/; resume with: "
             f"triptych toy-train {out} --epochs 5 --pause 30 --resume {last}")
