@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from triptych.core.checkpoint import load_checkpoint
 from triptych.core.errors import InputError
-from triptych.core.io import MARKER, atomic_output_dir, replace_dir
+from triptych.core.io import MARKER, atomic_output_dir, output_dir_in_place, replace_dir
 from triptych.core.runs import Interrupted, partial_dir, resume_command, training_run_dir
 from triptych.core.seed import seed_everything
 from triptych.core.training import fit, make_trainer
@@ -86,6 +86,21 @@ def test_keep_moves_a_resumable_cache_into_the_new_folder(tmp_path):
         (stage / "index.json").write_text("{}")
     assert _names(out) == [MARKER, "features", "index.json"]
     assert (out / "features" / "shard.npy").read_text() == "encoded"
+
+
+def test_in_place_output_replaces_the_earlier_run_or_puts_it_back(tmp_path):
+    out = tmp_path / "lora"
+    with output_dir_in_place(out) as folder:
+        assert folder == out
+        (folder / "encoders").mkdir()
+        (folder / "encoders" / "text").write_text("first")
+    with pytest.raises(KeyboardInterrupt), output_dir_in_place(out) as folder:
+        (folder / "half").write_text("x")
+        raise KeyboardInterrupt
+    assert _names(out) == [MARKER, "encoders"] and _names(tmp_path) == ["lora"]  # put back, nothing aside
+    with output_dir_in_place(out) as folder:
+        (folder / "summary.json").write_text("second")
+    assert _names(out) == [MARKER, "summary.json"] and _names(tmp_path) == ["lora"]
 
 
 def test_replace_dir_swaps_folders(tmp_path):
@@ -250,7 +265,8 @@ def _wait_for(proc: subprocess.Popen, line: str, timeout: float = 240) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path, sig, code):
     torch.set_num_threads(1)
     out = tmp_path / "run"
     with training_run_dir(out) as run:  # the earlier, finished run
@@ -259,9 +275,9 @@ def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path
 
     proc = _start(tmp_path, "toy-train", str(out), "--epochs", "5", "--pause", "30")
     _wait_for(proc, "epoch 1 saved")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     last = partial_dir(out) / "checkpoints" / "last.safetensors"
     want = (f"interrupted: {out} is unchanged; the run so far is in {partial_dir(out)}/; resume with: "
             f"triptych toy-train {out} --epochs 5 --pause 30 --resume {last}")

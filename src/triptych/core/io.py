@@ -161,3 +161,34 @@ def atomic_output_dir(path: str | os.PathLike, keep: Iterable[str] = ()) -> Iter
         replace_dir(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def output_dir_in_place(path: str | os.PathLike) -> Iterator[Path]:
+    """Like :func:`atomic_output_dir`, for outputs that must be written where they will stay.
+
+    Some outputs record their own path (a merged encoder folder is named by its path in the
+    records that point to it), so they cannot be built in a staging folder. The earlier run is
+    moved aside into a hidden folder first: on success it is deleted (the folder holds exactly
+    this run), on failure or interruption the partial output is removed and the earlier run put
+    back. Only a hard kill (SIGKILL) can leave the earlier run in that hidden ``.old`` folder.
+    """
+    path = check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    earlier = aside / path.name
+    try:
+        if path.exists():
+            os.rename(path, earlier)
+        path.mkdir()
+        try:
+            yield path
+            write_marker(path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            if earlier.exists():
+                os.rename(earlier, path)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+

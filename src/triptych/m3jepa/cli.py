@@ -337,12 +337,14 @@ def finetune_lora(
     Example: triptych m3jepa finetune-lora --data flickr8k:../shared/data/flickr8k --image-encoder facebook/dinov2-small --text-encoder sentence-transformers/all-MiniLM-L6-v2 --lora-layers 3 --steps 500 --device cuda --out runs/lora
     """
     from triptych.core.device import choose_device
+    from triptych.core.io import check_replaceable, output_dir_in_place
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.lora import finetune_lora as run
     from triptych.m3jepa.lora import save_lora_run
 
     _threads()
+    check_replaceable(out)  # before the work
     dataset = load_dataset(data)
     if split is None:
         split = "train" if "train" in dataset.splits else None
@@ -352,7 +354,9 @@ def finetune_lora(
     result = run(dataset, encoders, _predictor_args(hidden, experts, top_k, dropout), lora_layers=lora_layers,
                  steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
                  rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
-    checkpoint = save_lora_run(out, result)
+    # written in place (the merged encoders are named by their final path), the earlier run moved aside
+    with output_dir_in_place(out) as folder:
+        checkpoint = save_lora_run(folder, result)
     first, last = (float(sum(result.losses[i]) / len(result.losses[i])) for i in (slice(0, 10), slice(-10, None)))
     typer.echo(f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10) in {result.seconds:.0f} s; "
                f"checkpoint {checkpoint}")
