@@ -36,7 +36,7 @@ from triptych.m3jepa.search import (
     index_ranks,
     self_test,
 )
-from triptych.m3jepa.train import load_aligners
+from triptych.m3jepa.aligner import load_aligners
 
 
 def summary(ranks: np.ndarray) -> dict[str, float]:

@@ -71,7 +71,8 @@ def test_text_and_image_queries_find_their_match(tmp_path):
     index.save(tmp_path / "idx")
     loaded = load_index(tmp_path / "idx")
     torch.testing.assert_close(loaded.image_keys, index.image_keys)
-    assert loaded.captions == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
+    assert list(loaded.captions) == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
+    assert loaded.images[3] == "img3.png" and loaded.captions[-1] == "caption 11 1" and len(loaded.images) == N
 
     searcher = Searcher(loaded, ExactAligner(), encoders={"text": RowEncoder(W_TXT), "image": RowEncoder(W_IMG)})
     for i in (0, 5, 11):
@@ -264,7 +265,7 @@ def test_querybank_bias_is_the_inverted_softmax_and_demotes_a_hub():
 
 
 def test_an_ensemble_scores_by_the_members_mean_cosine():
-    from triptych.m3jepa.train import AlignerEnsemble
+    from triptych.m3jepa.aligner import AlignerEnsemble
 
     class Scaled(TwoWayAligner):
         def __init__(self, seed: int):

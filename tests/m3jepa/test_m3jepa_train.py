@@ -6,12 +6,12 @@ from m3jepa_synth import DIMS, caption_set
 from triptych.core.checkpoint import CheckpointError, save_checkpoint
 from triptych.core.errors import InputError
 from triptych.m3jepa.benchmark import split_tasks
+from triptych.m3jepa.aligner import load_aligner
 from triptych.m3jepa.retrieval import evaluate_task
 from triptych.m3jepa.train import (
     AlignmentModule,
     TrainConfig,
     cosine_ramp,
-    load_aligner,
     train_aligner,
     warmup_cosine,
 )

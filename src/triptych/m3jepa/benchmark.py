@@ -24,7 +24,8 @@ from triptych.m3jepa.baselines import method_configs
 from triptych.m3jepa.features import PairedCache
 from triptych.m3jepa.retrieval import evaluate_tasks, over_seeds
 from triptych.m3jepa.search import encoder_record
-from triptych.m3jepa.train import Task, TrainConfig, caption_tasks, train_aligner
+from triptych.m3jepa.tasks import Task, caption_tasks
+from triptych.m3jepa.train import TrainConfig, train_aligner
 
 METHODS = ("m3jepa", "moe_summed", "mlp", "clip_linear")
 METHOD_TITLES = {

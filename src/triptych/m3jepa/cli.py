@@ -83,7 +83,7 @@ def index(
     checkpoint: Annotated[list[Path], typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`; "
                                                         "repeat it to index with an ensemble (e.g. several seeds: "
                                                         "their mean cosine ranks).")],
-    out: Annotated[Path, typer.Option(help="Index folder (index.json, image_keys.npy, text_keys.npy).")],
+    out: Annotated[Path, typer.Option(help="Index folder (index.json, metadata.sqlite, memory-mapped .npy vectors, ann_*.faiss).")],
     images: Annotated[Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, "
                                                      "resumable).")] = None,
     captions: Annotated[Path | None, typer.Option(help="With --images: also index the captions of a CSV / JSON / "
@@ -100,10 +100,20 @@ def index(
                                                      "spaced.")] = 10000,
     qb_beta: Annotated[float, typer.Option(help="QB-norm inverse temperature β (20 was best on the Flickr8k dev "
                                                 "split); 0 turns querybank normalisation off.")] = 20.0,
+    ann: Annotated[str, typer.Option(help="Approximate index (FAISS IVF, lists on disk, memory-mapped): auto "
+                                          "(when the index holds at least --ann-min items), on, or off.")] = "auto",
+    ann_min: Annotated[int, typer.Option(help="With --ann auto: the smallest collection that gets an approximate "
+                                              "index (below it exact search is fast anyway).")] = 50000,
+    nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
+    nprobe: Annotated[int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")] = 64,
+    ann_storage: Annotated[str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")] = "Flat",
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Embed a folder of images (or an encoded dataset's split, with its captions) into a search index.
+
+    Large collections also get an approximate (FAISS IVF) index over the same scores, searched
+    unless `search --exact` asks for the exact one.
 
     With a querybank (captions that will not be queries, such as the training split's), each
     image's hubness is measured and subtracted at search time (QB-norm).
@@ -115,10 +125,12 @@ def index(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.m3jepa.ann import AnnConfig
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.search import add_querybank, bank_queries, image_folder, index_cache, index_images
-    from triptych.m3jepa.train import load_aligners
+    from triptych.m3jepa.querybank import add_querybank, bank_queries
+    from triptych.m3jepa.search import image_folder, index_cache, index_images
+    from triptych.m3jepa.aligner import load_aligners
 
     _threads()
     if (images is None) == (cache is None):
@@ -148,9 +160,16 @@ def index(
         queries = bank_queries(aligner, load_cache(bank_path), bank_split, querybank_size, built.fused)
         add_querybank(built, queries, qb_beta, source=str(bank_path), split=querybank_split)
         note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
-    built.save(out)
+    if ann not in ("auto", "on", "off"):
+        raise InputError(f"--ann {ann!r}: choose auto, on or off")
+    if ann_storage not in ("Flat", "SQ8"):
+        raise InputError(f"--ann-storage {ann_storage!r}: choose Flat or SQ8")
+    approximate = ann == "on" or (ann == "auto" and len(built.images) >= ann_min)
+    config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
+    built.save(out, ann=config)
+    kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
     typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
-               f"{len(checkpoints)} checkpoint(s); {note}")
+               f"{len(checkpoints)} checkpoint(s); {note}; {kinds}")
 
 
 @app.command()
@@ -166,6 +185,9 @@ def search(
     self_test: Annotated[int, typer.Option(help="Instead of one query: search N of the indexed captions one by "
                                                 "one, report how often each finds its own image in the top k, "
                                                 "and the latency.")] = 0,
+    exact: Annotated[bool, typer.Option(help="Score every item exactly, even when the index has an approximate "
+                                             "(FAISS) index.")] = False,
+    nprobe: Annotated[int | None, typer.Option(help="IVF cells a query visits (default: the index's).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Search an index by text (-> top images) or by image (-> top captions); prints scores, writes an HTML page.
@@ -176,7 +198,7 @@ def search(
     from triptych.core.errors import InputError
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
-    from triptych.m3jepa.train import load_aligners
+    from triptych.m3jepa.aligner import load_aligners
 
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
@@ -185,7 +207,8 @@ def search(
     checkpoints = checkpoint or [Path(c) for c in idx.checkpoints]
     if not checkpoints:
         raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
-    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)))
+    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)), exact=exact,
+                        nprobe=nprobe)
     if self_test:
         import json
 
@@ -202,7 +225,9 @@ def search(
     for h in hits:
         typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.cosine:.4f}  {h.item}")
     ms = {key: round(1000 * v, 1) for key, v in searcher.timings.items()}
-    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind}")
+    how = "exact" if searcher.approximate("image" if kind == "images" else "text") is None else "approximate"
+    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind} "
+               f"({how} search)")
     write_results_page(html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings)
     typer.echo(f"page: {html}")
 
@@ -368,14 +393,14 @@ def evaluate(
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.retrieval import evaluate_task, zero_shot_task
-    from triptych.m3jepa.search import _check
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.search import check_encoder
+    from triptych.m3jepa.aligner import load_aligner
 
     _threads()
     aligner = load_aligner(checkpoint)
     paired = load_cache(cache)
-    _check(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
-    _check(aligner, "text", paired.text)
+    check_encoder(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
+    check_encoder(aligner, "text", paired.text)
     tasks = split_tasks(paired, split)
     results = {f"{t.src}->{t.tgt}": evaluate_task(aligner.model, t) for t in tasks}
     if paired.data.labels:

@@ -36,7 +36,8 @@ def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 12
         index_cache,
         write_results_page,
     )
-    from triptych.m3jepa.train import TrainConfig, load_aligner, train_aligner
+    from triptych.m3jepa.aligner import load_aligner
+    from triptych.m3jepa.train import TrainConfig, train_aligner
 
     out_dir = Path(out_dir)
     if os.environ.get("OMP_NUM_THREADS"):

@@ -8,7 +8,7 @@ with each label's text as the other modality: accuracy = Recall@1 of image→lab
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,7 @@ from torch import Tensor, nn
 
 from triptych.core.results import mean_sd
 from triptych.m3jepa.features import EncodedBatch, Features
-
-if TYPE_CHECKING:
-    from triptych.m3jepa.train import Task
+from triptych.m3jepa.tasks import Task
 
 KS = (1, 5, 10)
 
