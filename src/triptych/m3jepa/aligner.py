@@ -11,7 +11,7 @@ encoders made the features it expects); :func:`load_aligner` gives one from a ch
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,6 +62,7 @@ class CheckpointAligner:
     model_config: dict[str, Any]
     encoders: dict[str, Any]
     path: Path | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)  # how it was trained (fuse_directions, ...)
 
     @torch.no_grad()
     def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> Tensor:
@@ -127,4 +128,5 @@ def load_aligner(checkpoint: str | Path) -> CheckpointAligner:
     prefix = "model."
     load_state_dict_into(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, checkpoint)
     model.eval()
-    return CheckpointAligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint))
+    return CheckpointAligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint),
+                             hparams.get("train_config") or {})

@@ -125,12 +125,12 @@ def index(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.m3jepa.aligner import load_aligners
     from triptych.m3jepa.ann import AnnConfig
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.querybank import add_querybank, bank_queries
     from triptych.m3jepa.search import image_folder, index_cache, index_images
-    from triptych.m3jepa.aligner import load_aligners
 
     _threads()
     if (images is None) == (cache is None):
@@ -196,9 +196,9 @@ def search(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.m3jepa.aligner import load_aligners
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
-    from triptych.m3jepa.aligner import load_aligners
 
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
@@ -234,9 +234,22 @@ def search(
 
 # ---- training, evaluation and the benchmark (predictor side) ----------------------------------
 from triptych.core.training import TrainerFlags, trainer_options  # noqa: E402
+from triptych.m3jepa.config import DEFAULTS  # noqa: E402  (dataclasses only: keeps --help fast)
+
+_M, _T = DEFAULTS.model, DEFAULTS.train  # every default below comes from this one config
 
 # The predictor's options, shared by train, finetune-lora and benchmark.
 HiddenOpt = Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")]
+TemperatureOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ of the predictor (initial value if "
+                                                    "learnable).")]
+LearnableOpt = Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")]
+GridPoolOpt = Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
+                                               "all 49).")]
+FuseOpt = Annotated[bool, typer.Option(help="Select and rank by both directions' scores summed (no effect on "
+                                            "CLIP heads).")]
+BalanceOpt = Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")]
+EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")]
+PatienceOpt = Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")]
 ExpertsOpt = Annotated[int, typer.Option(help="Number of experts E.")]
 TopKOpt = Annotated[int, typer.Option(help="Experts per token k.")]
 DropoutOpt = Annotated[float, typer.Option(help="Dropout in the experts.")]
@@ -245,8 +258,10 @@ CacheOpt = Annotated[Path, typer.Option("--cache", help="Encoded dataset folder 
 METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
 
 
-def _predictor_args(hidden: int, experts: int, top_k: int, dropout: float) -> dict:
-    return {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
+def _config(hidden: int, experts: int, top_k: int, dropout: float, grid_pool: int, **train: object) -> object:
+    """The one config (:mod:`triptych.m3jepa.config`) with the command line's values."""
+    return DEFAULTS.with_(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
+                          grid_pool=grid_pool, **train)
 
 
 @app.command()
@@ -256,23 +271,22 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")] = Path(
         "runs/m3jepa"),
     method: Annotated[str, typer.Option(help=METHOD_HELP)] = "m3jepa",
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
     schedule: Annotated[str | None, typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; "
                                                       "default: the method's.")] = None,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (initial value if learnable).")] = 0.07,
-    learnable_temperature: Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")] = True,
-    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
-                                                "all 49).")] = 3,
-    fuse: Annotated[bool, typer.Option(help="Select on recall ranked by both directions' scores summed.")] = True,
-    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")] = 8,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: TemperatureOpt = _T.temperature,
+    learnable_temperature: LearnableOpt = _T.learnable_temperature,
+    grid_pool: GridPoolOpt = _M.grid_pool,
+    fuse: FuseOpt = _T.fuse_directions,
+    balance_weight: BalanceOpt = _T.balance_weight,
+    epochs: EpochsOpt = _T.max_epochs,
+    patience: PatienceOpt = _T.patience,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = _T.batch_size,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _T.seed,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train an aligner on the cache's train split, selecting the best epoch by dev-split recall.
@@ -280,29 +294,26 @@ def train(
     Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
     """
     import json
+    from dataclasses import replace
 
     from triptych.core.io import write_text
-    from triptych.m3jepa.baselines import method_configs
-    from triptych.m3jepa.benchmark import split_tasks
+    from triptych.m3jepa.config import METHODS
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.search import encoder_record
-    from triptych.m3jepa.train import TrainConfig, train_aligner
+    from triptych.m3jepa.tasks import split_tasks
+    from triptych.m3jepa.train import train_aligner
 
     _threads()
     paired = load_cache(cache)
     media = paired.modality  # image, or audio for an audio-caption cache
-    configs = method_configs({"dims": {media: paired.image.dim, "text": paired.text.dim},
-                              "directions": [(media, "text"), ("text", media)],
-                              **_predictor_args(hidden, experts, top_k, dropout),
-                              "grid_pool": {"image": grid_pool} if grid_pool and media == "image" else {}},
-                             clip_dim=hidden)
-    if method not in configs:
+    if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; {METHOD_HELP}", param_hint="--method")
-    model_config, overrides = configs[method]
-    tc = TrainConfig(**{"alpha": alpha, "temperature": temperature, "balance_weight": balance_weight,
-                        "learnable_temperature": learnable_temperature, "fuse_directions": fuse,
-                        "max_epochs": epochs, "patience": patience, "batch_size": batch_size, "seed": seed,
-                        **overrides, **({"schedule": schedule} if schedule else {})})
+    config = _config(hidden, experts, top_k, dropout, grid_pool, alpha=alpha, temperature=temperature,
+                     balance_weight=balance_weight, learnable_temperature=learnable_temperature,
+                     fuse_directions=fuse, max_epochs=epochs, patience=patience, batch_size=batch_size)
+    model_config, tc = config.method(method, {media: paired.image.dim, "text": paired.text.dim}, media, seed)
+    if schedule:
+        tc = replace(tc, schedule=schedule)
     result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc, out_dir=out,
                            flags=flags, encoders={media: encoder_record(paired.image),
                                                   "text": encoder_record(paired.text)})
@@ -333,12 +344,12 @@ def finetune_lora(
     steps: Annotated[int, typer.Option(help="Optimiser steps (each encodes one batch live).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Images per batch, one caption each.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of adapters and predictor.")] = 1e-4,
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (fixed).")] = 0.07,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (fixed).")] = _T.temperature,
     text_length: Annotated[int, typer.Option(help="Tokens kept per caption.")] = 48,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto (a GPU is strongly advised).")] = "auto",
@@ -365,7 +376,8 @@ def finetune_lora(
     dev = str(choose_device(device))
     encoders = {"image": make_encoder(image_encoder, modality="image", device=dev),
                 "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev)}
-    result = run(dataset, encoders, _predictor_args(hidden, experts, top_k, dropout), lora_layers=lora_layers,
+    predictor = {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
+    result = run(dataset, encoders, predictor, lora_layers=lora_layers,
                  steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
                  rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
     checkpoint = save_lora_run(out, result)
@@ -383,6 +395,8 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `triptych m3jepa train`.")],
     cache: CacheOpt,
     split: Annotated[str, typer.Option(help="Split to evaluate (train, dev or test).")] = "test",
+    fuse: Annotated[bool | None, typer.Option(help="Rank by both directions' scores summed (default: as the "
+                                                   "checkpoint was trained and selected, like the benchmark).")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write OUT/results.json and results.md.")] = None,
 ) -> None:
     """Recall@1/5/10 both ways on a split (an image hits if any of its captions is in its top K).
@@ -390,11 +404,11 @@ def evaluate(
     Example: triptych m3jepa evaluate --checkpoint runs/m3jepa/checkpoints/best.safetensors --cache cache/flickr8k
     """
     from triptych.core.results import markdown_table, write_results
-    from triptych.m3jepa.benchmark import split_tasks
-    from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.retrieval import evaluate_task, zero_shot_task
-    from triptych.m3jepa.search import check_encoder
     from triptych.m3jepa.aligner import load_aligner
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.retrieval import evaluate_tasks, zero_shot_task
+    from triptych.m3jepa.search import check_encoder
+    from triptych.m3jepa.tasks import split_tasks
 
     _threads()
     aligner = load_aligner(checkpoint)
@@ -402,14 +416,16 @@ def evaluate(
     check_encoder(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
     check_encoder(aligner, "text", paired.text)
     tasks = split_tasks(paired, split)
-    results = {f"{t.src}->{t.tgt}": evaluate_task(aligner.model, t) for t in tasks}
+    if fuse is None:  # the ranking the checkpoint was selected with, which the benchmark reports
+        fuse = bool(aligner.train_config.get("fuse_directions", False))
+    results = dict(evaluate_tasks(aligner.model, tasks, fuse))
     if paired.data.labels:
         results["zero_shot"] = zero_shot_task(aligner.model, paired, split)
     rows = [{"task": name, **{k: round(v, 2) for k, v in r.items()}} for name, r in results.items()]
     table = markdown_table(rows)
     typer.echo(table)
     if out is not None:
-        write_results(out, {"checkpoint": str(checkpoint), "split": split, "results": results},
+        write_results(out, {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
                       f"# M3-JEPA evaluation on {split}\n\n{table}")
 
 
@@ -422,20 +438,18 @@ def benchmark(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
     methods: Annotated[str, typer.Option(help="Comma-separated methods: " + METHOD_HELP)] = (
         "m3jepa,moe_summed,mlp,clip_linear"),
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 8,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 2,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature of the predictor (initial value if "
-                                                    "learnable).")] = 0.07,
-    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
-    learnable_temperature: Annotated[bool, typer.Option(help="Learn the predictor's τ (from --temperature).")] = True,
-    fuse: Annotated[bool, typer.Option(help="Rank by both directions' scores summed (no effect on CLIP heads).")] = True,
-    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
-                                                "all 49).")] = 3,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
+    epochs: EpochsOpt = _T.max_epochs,
+    patience: PatienceOpt = _T.patience,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: TemperatureOpt = _T.temperature,
+    balance_weight: BalanceOpt = _T.balance_weight,
+    learnable_temperature: LearnableOpt = _T.learnable_temperature,
+    fuse: FuseOpt = _T.fuse_directions,
+    grid_pool: GridPoolOpt = _M.grid_pool,
     jobs: Annotated[int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")] = 1,
     work_dir: Annotated[Path | None, typer.Option(help="Folder for the runs' checkpoints (default OUT/runs); "
                                                        "finished runs found there are not repeated.")] = None,
@@ -444,7 +458,7 @@ def benchmark(
 
     Example: triptych m3jepa benchmark --data flickr8k:../shared/data/flickr8k --cache cache/flickr8k --seeds 3 --out bench_out/m3jepa
     """
-    from triptych.m3jepa.benchmark import BenchmarkConfig, run_benchmark
+    from triptych.m3jepa.benchmark import run_benchmark
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.features import load_cache
 
@@ -460,10 +474,9 @@ def benchmark(
     if set(paired.data.images) - set(expected.images):
         raise typer.BadParameter(f"cache {cache} holds images that {data} does not; pass the matching --cache",
                                  param_hint="--cache")
-    config = BenchmarkConfig(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
-                             max_epochs=epochs, patience=patience, alpha=alpha, temperature=temperature,
-                             balance_weight=balance_weight, learnable_temperature=learnable_temperature,
-                             fuse_directions=fuse, grid_pool=grid_pool)
+    config = _config(hidden, experts, top_k, dropout, grid_pool, max_epochs=epochs, patience=patience, alpha=alpha,
+                     temperature=temperature, balance_weight=balance_weight,
+                     learnable_temperature=learnable_temperature, fuse_directions=fuse)
     results = run_benchmark(paired, out, seeds=list(range(seeds)),
                             methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
                             jobs=jobs, work_dir=work_dir or out / "runs")

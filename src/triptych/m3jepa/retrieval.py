@@ -92,6 +92,18 @@ def evaluate_tasks(model: nn.Module, tasks: Sequence[Task], fuse: bool = False) 
     return out
 
 
+def direction_metrics(model: nn.Module, tasks: Sequence[Task], fuse: bool) -> dict[str, dict[str, float]]:
+    """{"i2t": R@K, "t2i": R@K} of a split's two tasks (media→text, text→media): the benchmark's row.
+
+    ``triptych m3jepa evaluate`` and the benchmark both call this, with the checkpoint's own
+    ``fuse_directions``, so evaluating a benchmark checkpoint reproduces its row.
+    """
+    by_name = evaluate_tasks(model, tasks, fuse)
+    media = next(t.src for t in tasks if t.tgt == "text")
+    by_dir = {(t.src, t.tgt): by_name[t.name] for t in tasks}
+    return {"i2t": by_dir[(media, "text")], "t2i": by_dir[("text", media)]}
+
+
 def _same_items(task: Task, reverse: Task) -> bool:
     return np.array_equal(np.unique(task.pairs[:, 0]), np.unique(reverse.pairs[:, 1])) and np.array_equal(
         np.unique(task.pairs[:, 1]), np.unique(reverse.pairs[:, 0]))

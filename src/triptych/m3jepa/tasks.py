@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -67,3 +67,9 @@ def caption_tasks(
         Task(media, "text", images, captions, pairs, group_by="src", dataset=dataset),
         Task("text", media, captions, images, pairs[:, ::-1], group_by="tgt", dataset=dataset),
     ]
+
+
+def split_tasks(cache: Any, split: str) -> list[Task]:
+    """media→text and text→media tasks of one split of a :class:`~triptych.m3jepa.features.PairedCache`."""
+    image_rows, caption_rows, caption_image = cache.split(split)
+    return caption_tasks(cache.image, cache.text, caption_image, image_rows, caption_rows, media=cache.modality)

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -32,7 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from triptych.core.errors import InputError
 from triptych.core.training import TrainerFlags, best_checkpoint, fit, load_module_state, make_trainer
-from triptych.m3jepa.features import EncodedBatch, Features
+from triptych.m3jepa.aligner import KIND, build_model
+from triptych.m3jepa.config import TrainConfig
+from triptych.m3jepa.features import EncodedBatch
 from triptych.m3jepa.losses import (
     Temperature,
     alpha_mix,
@@ -41,35 +42,10 @@ from triptych.m3jepa.losses import (
     load_balancing,
     positives_from_ids,
 )
-from triptych.m3jepa.aligner import KIND, build_model
 from triptych.m3jepa.predictor import M3Predictor
 from triptych.m3jepa.tasks import Task
 
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and loss settings (stored in checkpoints)."""
-
-    schedule: Literal["cyclic", "sampled", "summed"] = "cyclic"
-    alpha: float = 0.5
-    temperature: float = 0.03
-    learnable_temperature: bool = False
-    regression: Literal["smooth_l1", "mse"] = "smooth_l1"
-    balance_weight: float = 0.0
-    lr_start: float = 1e-3
-    lr_peak: float = 1.5e-3
-    lr_end: float = 5e-6
-    warmup_fraction: float = 0.1
-    weight_decay_start: float = 0.005
-    weight_decay_end: float = 0.2
-    clip: float = 1.0
-    batch_size: int = 128
-    max_epochs: int = 20
-    patience: int = 3
-    seed: int = 0
-    sample_floor: float = 0.5  # share of uniform probability kept by ``sampled``
-    fuse_directions: bool = False  # validate with both directions' scores summed (see retrieval.evaluate_tasks)
+__all__ = ["AlignmentModule", "TrainConfig", "TrainResult", "train_aligner"]
 
 
 def warmup_cosine(step: int, total: int, start: float, peak: float, end: float, warmup: float) -> float:
