@@ -76,8 +76,45 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "images": list(everything.images), "peak_rss_mb": peak_rss_mb()}
 
 
-def synthetic_blocks(real: np.ndarray, members: int, fused: bool, count: int, block: int, seed: int):
-    """Gaussian(mean, cov of the real vectors), each unit block renormalised to the real blocks' norm."""
+def prepare_synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """No aligner: 'real' vectors drawn from an anisotropic Gaussian (power-law spectrum), and queries near them.
+
+    A stand-in for when no encoded cache and checkpoint are at hand; the report says so. The
+    seed vectors imitate one fused checkpoint of width P: two unit blocks [k, own] of P dims,
+    eigenvalues of the covariance ∝ 1/rank (embeddings are strongly anisotropic) and a shared
+    mean direction (they sit in a cone). Each query is an item's vector plus noise, renormalised.
+    """
+    rng = np.random.default_rng(args.seed + 1)
+    dim = 2 * args.synthetic_width
+    basis = np.linalg.qr(rng.standard_normal((dim, dim)))[0]
+    scales = np.sqrt(1.0 / np.arange(1, dim + 1))
+    mean = 0.5 * basis[:, 0]
+
+    def draw(n: int) -> np.ndarray:
+        x = (mean + (rng.standard_normal((n, dim)) * scales) @ basis.T).reshape(n, 2, dim // 2)
+        return (x / np.linalg.norm(x, axis=2, keepdims=True)).reshape(n, dim).astype(np.float32)
+
+    real, bank = draw(8000), draw(args.bank_size)
+    own = rng.integers(0, len(real), 5000)
+    noisy = (real[own] + 0.6 * rng.standard_normal((len(own), dim)) / np.sqrt(dim)).reshape(len(own), 2, -1)
+    queries = (noisy / np.linalg.norm(noisy, axis=2, keepdims=True)).reshape(len(own), dim)
+    np.save(work / "real.npy", real)
+    np.save(work / "bank.npy", bank)
+    np.save(work / "queries.npy", queries.astype(np.float32))
+    np.save(work / "query_image.npy", own)
+    return {"real_images": 0, "seed_vectors": len(real), "bank_captions": len(bank), "queries": len(queries),
+            "dim": dim, "members": 1, "fused": True, "scale": 2.0, "synthetic_only": True,
+            "images": [f"seed/{i:05d}" for i in range(len(real))], "peak_rss_mb": peak_rss_mb()}
+
+
+def synthetic_blocks(real: np.ndarray, members: int, fused: bool, count: int, block: int, seed: int,
+                     bandwidth: float = 0.0):
+    """Synthetic items with the real vectors' mean μ and covariance Σ, each unit block renormalised.
+
+    ``bandwidth`` 0: x ~ N(μ, Σ). ``bandwidth`` h > 0: a smoothed bootstrap, x = μ + (r - μ + h·e) / sqrt(1 + h²)
+    with r a random real vector and e ~ N(0, Σ): the same μ and Σ, but the items gather around
+    real ones as a collection's items gather around themes (h → ∞ gives back the Gaussian).
+    """
     mean = real.mean(0)
     cov = np.cov(real, rowvar=False) + 1e-6 * np.eye(real.shape[1])
     chol = np.linalg.cholesky(cov)
@@ -86,7 +123,12 @@ def synthetic_blocks(real: np.ndarray, members: int, fused: bool, count: int, bl
     rng = np.random.default_rng(seed)
     for start in range(0, count, block):
         n = min(block, count - start)
-        x = (mean + rng.standard_normal((n, real.shape[1])) @ chol.T).astype(np.float32)
+        noise = rng.standard_normal((n, real.shape[1])) @ chol.T
+        if bandwidth > 0:
+            x = mean + (real[rng.integers(0, len(real), n)] - mean + bandwidth * noise) / np.sqrt(1 + bandwidth ** 2)
+        else:
+            x = mean + noise
+        x = x.astype(np.float32)
         x = x.reshape(n, parts, width)
         x /= np.linalg.norm(x, axis=2, keepdims=True) * np.sqrt(members)
         yield x.reshape(n, -1)
@@ -107,11 +149,12 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     n_real, dim = real.shape
     total = max(args.n, n_real)
     start = time.perf_counter()
-    folded = np.lib.format.open_memmap(work / "folded.npy", "w+", np.float32, (total, dim + 1))
+    width = fold(real[:1], np.zeros(1), prep["scale"]).shape[1]  # [K/c, -b] padded to a multiple of 32
+    folded = np.lib.format.open_memmap(work / "folded.npy", "w+", np.float32, (total, width))
     row, bias_s = 0, 0.0
     with progress_bar(total=total, desc="synthetic items + QB-norm bias") as bar:
         for keys in [real, *synthetic_blocks(real, prep["members"], prep["fused"], total - n_real,
-                                                 args.block, args.seed)]:
+                                                 args.block, args.seed, args.bandwidth)]:
             t = time.perf_counter()
             k = torch.from_numpy(np.ascontiguousarray(keys))
             b = hubness(bank, lambda s, e, k=k: k[s:e], len(k), args.beta, prep["scale"])
@@ -128,13 +171,13 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     metadata_s = time.perf_counter() - t
     del folded
     folded = np.load(work / "folded.npy", mmap_mode="r")
-    config = AnnConfig(nlist=args.nlist, nprobe=max(args.nprobe), storage=args.storage, train_size=args.train_size,
-                       block_size=args.block)
+    config = AnnConfig(nlist=args.nlist, nprobe=max(args.nprobe), storage=args.storage, rerank=args.rerank,
+                       train_size=args.train_size, block_size=args.block)
     sample = np.unique(np.linspace(0, total - 1, min(config.train_size, total)).astype(np.int64))
     with progress_bar(total=total, desc="IVF index (add)") as bar:
         record = build_ivf(folded[sample], blocks_of(folded, config.block_size), total, work / "index", "image",
                            config, progress=bar.update)
-    return {"items": total, "real_items": n_real, "synthetic_items": total - n_real, "dim": dim + 1,
+    return {"items": total, "real_items": n_real, "synthetic_items": total - n_real, "dim": width,
             "vectors_and_bias_seconds": vectors_s, "bias_seconds": bias_s, "metadata_seconds": metadata_s,
             "ivf": record, "ivf_train_seconds": record["train_seconds"], "ivf_seconds": record["build_seconds"],
             "build_seconds_total": vectors_s + metadata_s + record["build_seconds"],
@@ -180,15 +223,20 @@ def query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     open_s = time.perf_counter() - t
     rss_open = peak_rss_mb()
     queries = fold_queries(np.load(work / "queries.npy")[: args.queries])
+    folded = np.load(work / "folded.npy", mmap_mode="r")  # re-ranking reads only the candidates' rows
+
+    def vectors(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(folded[rows])
+
     truth = np.load(work / "exact_top10.npy")
     own = np.load(work / "query_image.npy")[: args.queries]
     sweep = []
     for nprobe in args.nprobe:
-        index.search(queries[:20], 10, nprobe)  # warm the pages a first query would fault in
+        index.search(queries[:20], 10, nprobe, vectors)  # warm up
         times, found = [], []
         for q in queries:
             t = time.perf_counter()
-            _, rows = index.search(q[None], 10, nprobe)
+            _, rows = index.search(q[None], 10, nprobe, vectors)
             times.append(time.perf_counter() - t)
             found.append(rows[0])
         found = np.asarray(found)
@@ -230,7 +278,7 @@ def encoder(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def markdown(r: dict[str, Any]) -> str:
     from triptych.core.results import markdown_table
 
-    b, q, e, x = r["build"], r["query"], r.get("encoder"), r["exact"]
+    b, q, e, x, p = r["build"], r["query"], r.get("encoder"), r["exact"], r["prepare"]
     rows = [{"nprobe": s["nprobe"], "p50 ms": s["p50_ms"], "p95 ms": s["p95_ms"], "Recall@10 vs exact": s["recall_at_10"],
              "own image in top 10 (ANN) %": s["own_image_in_top10_ann"],
              "own image in top 10 (exact) %": s["own_image_in_top10_exact"]} for s in q["sweep"]]
@@ -238,14 +286,29 @@ def markdown(r: dict[str, Any]) -> str:
     enc = (f"Encoder, excluded above (one caption at a time, one thread, {e['captions']} captions): MiniLM "
            f"encode p50 {e['encode_ms']['p50']:.1f} ms, predictor p50 {e['predict_ms']['p50']:.1f} ms."
            if e else "Encoder latency not measured (--skip-encoder).")
+    h = r["args"]["bandwidth"]
+    fill = ("drawn from a Gaussian with their mean and full covariance" if not h else
+            f"drawn by a smoothed bootstrap around them (x = μ + (r − μ + {h:g}·e)/sqrt(1 + {h:g}²), r a random "
+            f"one of them, e ~ N(0, Σ): the same mean μ and covariance Σ, items gathered around existing ones)")
+    if p.get("synthetic_only"):
+        source = (f"Collection: **synthetic only** (no encoded Flickr8k cache was used): {p['seed_vectors']:,} seed "
+                  f"vectors of one fused checkpoint's shape (two unit blocks of {p['dim'] // 2} dims) from an "
+                  f"anisotropic Gaussian (covariance eigenvalues ∝ 1/rank, a shared mean direction), then "
+                  f"{b['synthetic_items']:,} items {fill.replace('them', 'the seed vectors')}, "
+                  f"each unit block renormalised; QB-norm β {r['args']['beta']:g} from a bank of "
+                  f"{p['bank_captions']:,} vectors of the seed distribution. Queries: seed items plus noise. ")
+    else:
+        source = (f"Collection: the {b['real_items']:,} real Flickr8k images' index vectors ({p['members']} "
+                  f"checkpoint(s), fused, QB-norm β {r['args']['beta']:g} from {p['bank_captions']:,} training "
+                  f"captions) plus {b['synthetic_items']:,} synthetic ones {fill.replace('them', 'the real vectors')}, "
+                  f"each unit block renormalised (see the script's docstring). Queries: "
+                  f"real test captions. ")
     return (
-        f"# M3-JEPA search at scale: {b['items']:,} items\n\n"
-        f"Collection: the {b['real_items']:,} real Flickr8k images' index vectors ({r['prepare']['members']} "
-        f"checkpoint(s), fused, QB-norm β {r['args']['beta']:g} from {r['prepare']['bank_captions']:,} training "
-        f"captions) plus {b['synthetic_items']:,} synthetic ones drawn from a Gaussian with the real vectors' mean "
-        f"and full covariance, each unit block renormalised (see the script's docstring). Folded vectors [K/c, -b] "
-        f"of {b['dim']} dims; FAISS `{b['ivf']['kind']}`, inner product, lists on disk and memory-mapped. Queries: "
-        f"{x['queries']:,} real test captions, one at a time, one thread; encoder excluded.\n\n"
+        f"# M3-JEPA search at scale: {b['items']:,} items\n\n" + source +
+        f"Folded vectors [K/c, -b] of {b['dim']} dims (zero-padded); FAISS `{b['ivf']['kind']}`, inner product"
+        + (f", the best {r['args']['rerank']} candidates re-scored exactly from the memory-mapped vectors"
+           if r["args"]["storage"] == "PQ" else ", lists on disk and memory-mapped")
+        + f". {x['queries']:,} queries, one at a time, one thread; encoder excluded.\n\n"
         + markdown_table(rows, floatfmt="{:.3f}")
         + f"\n**Chosen nprobe {chosen['nprobe']}: p50 {chosen['p50_ms']:.2f} ms, Recall@10 vs exact "
           f"{chosen['recall_at_10']:.3f}.** Exact search over the same N: {x['ms_per_query_batched']:.1f} ms per "
@@ -261,13 +324,16 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def args_threads(r: dict[str, Any]) -> int:
-    return int(r["args"]["threads"])
+    return int(r["args"]["threads"])  # the exact search's threads
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, required=True, help="encoded Flickr8k (triptych m3jepa encode)")
-    parser.add_argument("--checkpoint", type=Path, action="append", required=True, help="repeat for an ensemble")
+    parser.add_argument("--cache", type=Path, help="encoded Flickr8k (triptych m3jepa encode)")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="repeat for an ensemble")
+    parser.add_argument("--synthetic-only", action="store_true",
+                        help="no cache/checkpoint: seed vectors from an anisotropic Gaussian (stated in the report)")
+    parser.add_argument("--synthetic-width", type=int, default=128, help="P of the synthetic-only seed vectors")
     parser.add_argument("--n", type=int, default=1_000_000, help="items in the collection")
     parser.add_argument("--out", type=Path, default=Path("bench_out/m3jepa_search_scale"))
     parser.add_argument("--work", type=Path, default=None, help="index files (default OUT/work)")
@@ -277,26 +343,34 @@ def main() -> None:
     parser.add_argument("--nprobe", default="8,16,32,64,128")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: about 4 sqrt(N))")
-    parser.add_argument("--storage", default="Flat", help="Flat or SQ8")
+    parser.add_argument("--storage", default="PQ", help="PQ (fast-scan codes + exact re-ranking), Flat or SQ8")
+    parser.add_argument("--rerank", type=int, default=200, help="PQ: candidates re-scored exactly")
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=50_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bandwidth", type=float, default=0.0,
+                        help="0: synthetic items ~ N(mean, cov) of the real ones; h > 0: smoothed bootstrap around "
+                             "real items with the same mean and cov")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=PHASES, default=None, help="(internal) run one phase")
     parser.add_argument("--skip", default="", help="comma-separated phases already done in --work")
     args = parser.parse_args()
+    if not args.synthetic_only and (args.cache is None or not args.checkpoint):
+        parser.error("give --cache and --checkpoint (real Flickr8k keys), or --synthetic-only")
     args.nprobe = [int(p) for p in str(args.nprobe).split(",")] if isinstance(args.nprobe, str) else args.nprobe
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if args.phase:  # a child process: one phase, its record to work/<phase>.json
         prep = json.loads((work / "prepare.json").read_text()) if args.phase == "build" else {}
-        fn = {"prepare": lambda: prepare(args, work), "build": lambda: build(args, work, prep),
+        fn = {"prepare": lambda: prepare_synthetic(args, work) if args.synthetic_only else prepare(args, work), "build": lambda: build(args, work, prep),
               "exact": lambda: exact(args, work), "query": lambda: query(args, work),
               "encoder": lambda: encoder(args, work)}[args.phase]
         save_json(work / f"{args.phase}.json", fn())
         return
     skip = {s for s in args.skip.split(",") if s}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if args.synthetic_only:
+        skip.add("encoder")  # no text encoder or checkpoint to time
     for phase in PHASES:
         if phase in skip:
             continue

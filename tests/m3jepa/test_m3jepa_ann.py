@@ -49,10 +49,14 @@ def make_index(n: int = 3000, p: int = 8) -> SearchIndex:
     return index
 
 
-def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tmp_path):
+@pytest.mark.parametrize("storage", ["PQ", "Flat"])
+def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tmp_path, storage):
+    """Every cell visited (and, for PQ codes, every candidate re-scored): the exact search's rows and scores."""
     index = make_index()
-    index.save(tmp_path / "idx", ann=AnnConfig(nlist=16, nprobe=16, train_size=1000, block_size=700))
-    assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == "IVF16,Flat"
+    index.save(tmp_path / "idx", ann=AnnConfig(nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000,
+                                              block_size=700))
+    want = "IVF16_HNSW32,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
+    assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == want
     shutil.move(tmp_path / "idx", tmp_path / "moved")  # the lists file is found next to the index file
     loaded = load_index(tmp_path / "moved")
     assert loaded.images[7] == "img7.png" and loaded.captions[5] == "caption 5" and len(loaded.captions) == 3000
@@ -70,14 +74,16 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
 
 def test_fewer_cells_trade_recall_for_speed_and_recall_is_measured(tmp_path):
     index = make_index()
-    index.save(tmp_path / "idx", ann=AnnConfig(nlist=32, nprobe=1, train_size=1500))
+    index.save(tmp_path / "idx", ann=AnnConfig(nlist=32, nprobe=1, train_size=1500, rerank=100))
     ann = AnnIndex(tmp_path / "idx", "image")
+    folded = index.folded("image", slice(0, 3000))
     rng = np.random.default_rng(3)
     q = unit(rng.normal(size=(50, 16)))
-    truth = np.argsort(-(fold_queries(q) @ index.folded("image", slice(0, 3000)).T), 1)[:, :10]
+    truth = np.argsort(-(fold_queries(q) @ folded.T), 1)[:, :10]
 
-    def recall(nprobe: int) -> float:
-        rows = ann.search(fold_queries(q), 10, nprobe)[1]
+    def recall(nprobe: int, rerank: int = 100) -> float:
+        rows = ann.search(fold_queries(q), 10, nprobe, vectors=lambda r: folded[r], rerank=rerank)[1]
         return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, truth, strict=True)]))
 
-    assert recall(1) < recall(4) <= recall(32) == 1.0  # one cell misses neighbours; all cells miss none
+    # one cell misses neighbours, four miss fewer; every cell with every candidate re-scored misses none
+    assert recall(1) < recall(4) < recall(32, rerank=3000) == 1.0

@@ -56,7 +56,7 @@ def run_one(cache: PairedCache, method: str, seed: int, cfg: M3JepaConfig, work:
     record = {
         "metrics": metrics, "seconds": seconds, "checkpoint": str(result.checkpoint),
         "params": sum(p.numel() for p in result.model.parameters())
-        + sum(p.numel() for p in result.module.temperature.parameters()),
+        + sum(p.numel() for p in result.module.loss.parameters()),
         "selection": {"best_epoch": best.get("epoch"), "epochs_run": len(result.val_history),
                       "best_dev_recall": best.get("val_recall")},
         "expert_usage": None if result.module.expert_usage is None else [

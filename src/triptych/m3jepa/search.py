@@ -180,7 +180,9 @@ class Searcher:
             return best, rows, cosine.gather(1, rows)
         from triptych.m3jepa.ann import fold_queries
 
-        best, rows = ann.search(fold_queries(q.numpy()), k)
+        # PQ codes find candidates; their exact scores come from the index's memory-mapped vectors
+        best, rows = ann.search(fold_queries(q.numpy()), k,
+                                vectors=lambda r: self.index.folded(modality, torch.from_numpy(r)))
         best, rows = torch.from_numpy(best), torch.from_numpy(rows)
         bias = self.index.bias(modality)
         # s' = s - b, so the reported cosine is the score plus the item's bias (a few rows of a memory map)

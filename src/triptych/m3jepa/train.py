@@ -34,14 +34,7 @@ from triptych.core.training import TrainerFlags, best_checkpoint, fit, load_modu
 from triptych.m3jepa.aligner import KIND, build_model
 from triptych.m3jepa.config import TrainConfig
 from triptych.m3jepa.features import EncodedBatch
-from triptych.m3jepa.losses import (
-    Temperature,
-    alpha_mix,
-    info_nce,
-    latent_regression,
-    load_balancing,
-    positives_from_ids,
-)
+from triptych.m3jepa.losses import M3JepaLoss, load_balancing
 from triptych.m3jepa.predictor import M3Predictor
 from triptych.m3jepa.tasks import Task
 
@@ -121,7 +114,9 @@ class AlignmentModule(L.LightningModule):
         self.automatic_optimization = False
         self.model = build_model(model_config)
         self.cfg = TrainConfig(**train_config)
-        self.temperature = Temperature(self.cfg.temperature, self.cfg.learnable_temperature)
+        # under DDP, InfoNCE sees every rank's batch as negatives (open_clip style); one process: no-op
+        self.loss = M3JepaLoss(self.cfg.alpha, self.cfg.temperature, self.cfg.learnable_temperature,
+                               self.cfg.regression, gather=True)
         self.task_names = list(task_names)
         self.register_buffer("task_probs", torch.full((len(task_names),), 1.0 / len(task_names)))
         experts = model_config.get("experts", 0) if model_config.get("mixer", "moe") == "moe" else 0
@@ -142,17 +137,13 @@ class AlignmentModule(L.LightningModule):
         rows = rows.cpu()
         src = _to(task.src_features.batch(rows[:, 0].numpy()), self.device)
         tgt = _to(task.tgt_features.batch(rows[:, 1].numpy()), self.device)
-        positives = positives_from_ids(rows[:, 0], rows[:, 1]).to(self.device)
+        ids = rows[:, 0].to(self.device), rows[:, 1].to(self.device)
         if not self.is_predictor:
             q, k = self.model.embed_query(task.src, task.tgt, src), self.model.embed_key(task.tgt, tgt)
-            loss = info_nce(q, k, self.temperature(), positives)
-            return loss, {"contrastive": loss.item()}
+            return self.loss(q, k, *ids)
         out = self.model(task.src, task.tgt, src.tokens, src.mask)
         target = self.model.project_target(task.tgt, tgt.tokens, tgt.mask)
-        lc = info_nce(out.contrastive, target, self.temperature(), positives)
-        lr = latent_regression(out.regression, tgt.pooled, self.cfg.regression)
-        loss = alpha_mix(lc, lr, self.cfg.alpha)
-        logs = {"contrastive": lc.item(), "regression": lr.item()}
+        loss, logs = self.loss(out.contrastive, target, *ids, out.regression, tgt.pooled)
         if out.routings:
             experts = self.model.config.experts
             for r in out.routings:
@@ -235,8 +226,8 @@ class AlignmentModule(L.LightningModule):
         self._total_steps = max(1, int(self.trainer.estimated_stepping_batches) * self.steps_per_batch())
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": params, "weight_decay": self.cfg.weight_decay_start}]
-        if any(p.requires_grad for p in self.temperature.parameters()):
-            groups.append({"params": list(self.temperature.parameters()), "weight_decay": 0.0})
+        if any(p.requires_grad for p in self.loss.parameters()):
+            groups.append({"params": list(self.loss.parameters()), "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=self.cfg.lr_peak)
         c = self.cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
