@@ -152,7 +152,19 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
     run("index", "--checkpoint", ckpt, "--images", images_dir, "--captions", str(captions), "--out",
         str(tmp_path / "cap_idx"))
     with_captions = load_index(tmp_path / "cap_idx")
-    assert with_captions.captions == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    assert list(with_captions.captions) == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    # an approximate index (forced on for 20 images; 2 cells, both visited): the same hits as exact search
+    ann_idx = tmp_path / "ann_idx"
+    run("index", "--checkpoint", ckpt, "--images", images_dir, "--out", str(ann_idx), "--ann", "on", "--nlist", "2",
+        "--nprobe", "2")
+    assert load_index(ann_idx).ann["image"]["count"] == 20
+    approximate = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--html",
+                      str(tmp_path / "a.html"))
+    exact = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--exact", "--html",
+                str(tmp_path / "e.html"))
+    assert "(approximate search)" in approximate and "(exact search)" in exact
+    assert [m.group(4) for m in map(hit.match, approximate.splitlines()) if m] == [
+        m.group(4) for m in map(hit.match, exact.splitlines()) if m]
 
 
 class CaptionEncoder:
