@@ -120,13 +120,15 @@ def load_aligners(checkpoints: Sequence[str | Path]) -> CheckpointAligner | Alig
 
 def load_aligner(checkpoint: str | Path) -> CheckpointAligner:
     """The aligner saved by ``triptych m3jepa train`` (or any training run), ready for search."""
-    from triptych.core.checkpoint import load_state_dict_into
+    from triptych.core.checkpoint import load_state_dict_into, rebuilding
     from triptych.core.training import load_module_state
 
     state, hparams = load_module_state(checkpoint, KIND)
-    model = build_model(hparams["model_config"])
     prefix = "model."
-    load_state_dict_into(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, checkpoint)
+    with rebuilding(checkpoint):  # a checkpoint with a broken config is a clear error, not a traceback
+        model = build_model(hparams["model_config"])
+        model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_dict_into(model, model_state, checkpoint)
     model.eval()
     return CheckpointAligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint),
                              hparams.get("train_config") or {})

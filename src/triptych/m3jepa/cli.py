@@ -50,6 +50,8 @@ def encode(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.io import command_line
+    from triptych.core.runs import on_interrupt
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import encode_dataset
@@ -73,7 +75,8 @@ def encode(
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
     if "text" in wanted_modalities:
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
-    encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
+    with on_interrupt(f"interrupted: the finished shards are kept in {out}/; resume with: {command_line()}"):
+        encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
     typer.echo(f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
                f"into {out}")
 
@@ -125,6 +128,7 @@ def index(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.io import check_replaceable
     from triptych.m3jepa.aligner import load_aligners
     from triptych.m3jepa.ann import AnnConfig
     from triptych.m3jepa.encoders import make_encoder
@@ -135,6 +139,8 @@ def index(
     _threads()
     if (images is None) == (cache is None):
         raise InputError("give exactly one of --images DIR or --cache DIR")
+    keep = ("features",) if images is not None else ()  # OUT/features: the images' resumable encoding
+    check_replaceable(out, keep)  # before the work: OUT is replaced whole at the end
     aligner = load_aligners(checkpoint)
     checkpoints = [str(c.resolve()) for c in checkpoint]
     if cache is not None:
@@ -166,7 +172,7 @@ def index(
         raise InputError(f"--ann-storage {ann_storage!r}: choose Flat or SQ8")
     approximate = ann == "on" or (ann == "auto" and len(built.images) >= ann_min)
     config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
-    built.save(out, ann=config)
+    built.save(out, ann=config, keep=keep)
     kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
     typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
                f"{len(checkpoints)} checkpoint(s); {note}; {kinds}")
@@ -196,10 +202,12 @@ def search(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.inputs import at_least
     from triptych.m3jepa.aligner import load_aligners
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
 
+    at_least(k, 1, "-k")  # before any loading: -k 0 would silently return nothing
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
         raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
@@ -210,11 +218,10 @@ def search(
     searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)), exact=exact,
                         nprobe=nprobe)
     if self_test:
-        import json
-
+        from triptych.core.results import json_text
         from triptych.m3jepa.search import self_test as run_self_test
 
-        typer.echo(json.dumps(run_self_test(searcher, self_test, k), indent=1))
+        typer.echo(json_text(run_self_test(searcher, self_test, k), indent=1), nl=False)
         return
     if text is not None:
         hits, kind, query = searcher.text_to_images([text], k)[0], "images", text
@@ -233,7 +240,7 @@ def search(
 
 
 # ---- training, evaluation and the benchmark (predictor side) ----------------------------------
-from triptych.core.training import TrainerFlags, trainer_options  # noqa: E402
+from triptych.core.trainer_flags import TrainerFlags, trainer_options  # noqa: E402
 from triptych.m3jepa.config import DEFAULTS  # noqa: E402  (dataclasses only: keeps --help fast)
 
 _M, _T = DEFAULTS.model, DEFAULTS.train  # every default below comes from this one config
@@ -293,10 +300,11 @@ def train(
 
     Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
     """
-    import json
     from dataclasses import replace
 
     from triptych.core.io import write_text
+    from triptych.core.results import json_text
+    from triptych.core.runs import final_path, training_run_dir
     from triptych.m3jepa.config import METHODS
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.search import encoder_record
@@ -314,15 +322,17 @@ def train(
     model_config, tc = config.method(method, {media: paired.image.dim, "text": paired.text.dim}, media, seed)
     if schedule:
         tc = replace(tc, schedule=schedule)
-    result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc, out_dir=out,
-                           flags=flags, encoders={media: encoder_record(paired.image),
-                                                  "text": encoder_record(paired.text)})
-    summary = {"checkpoint": str(result.checkpoint), "train_seconds": result.train_seconds,
-               "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
-    write_text(out / "train_summary.json", json.dumps(summary, indent=1))
+    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
+        result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc,
+                               out_dir=run, flags=flags, encoders={media: encoder_record(paired.image),
+                                                                   "text": encoder_record(paired.text)})
+        checkpoint = final_path(result.checkpoint, run, out)  # where it will be once the run is done
+        summary = {"checkpoint": str(checkpoint), "train_seconds": result.train_seconds,
+                   "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
+        write_text(run / "train_summary.json", json_text(summary, indent=1))
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
-               f"{best.get('epoch')}; checkpoint {result.checkpoint}")
+               f"{best.get('epoch')}; checkpoint {checkpoint}")
 
 
 @app.command("finetune-lora")
@@ -403,6 +413,7 @@ def evaluate(
 
     Example: triptych m3jepa evaluate --checkpoint runs/m3jepa/checkpoints/best.safetensors --cache cache/flickr8k
     """
+    from triptych.core.io import atomic_output_dir
     from triptych.core.results import markdown_table, write_results
     from triptych.m3jepa.aligner import load_aligner
     from triptych.m3jepa.features import load_cache
@@ -425,8 +436,9 @@ def evaluate(
     table = markdown_table(rows)
     typer.echo(table)
     if out is not None:
-        write_results(out, {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
-                      f"# M3-JEPA evaluation on {split}\n\n{table}")
+        with atomic_output_dir(out) as stage:
+            write_results(stage, {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
+                          f"# M3-JEPA evaluation on {split}\n\n{table}")
 
 
 @app.command()
@@ -458,12 +470,34 @@ def benchmark(
 
     Example: triptych m3jepa benchmark --data flickr8k:../shared/data/flickr8k --cache cache/flickr8k --seeds 3 --out bench_out/m3jepa
     """
+    from triptych.core.io import check_replaceable, command_line
+    from triptych.core.runs import on_interrupt
+
+    _threads()
+    cache, work = cache or out / "cache", work_dir or out / "runs"
+    # OUT is replaced whole at the end; a cache and runs inside it (the defaults) move into the new OUT
+    keep = tuple(name for name, folder in (("cache", cache), ("runs", work)) if folder == out / name)
+    check_replaceable(out, keep)
+    resume = f"interrupted: finished work is kept in {cache}/ and {work}/; resume with: {command_line()}"
+    with on_interrupt(resume):
+        results = _benchmark(data, out, cache, work, keep, seeds, methods, jobs, _config(
+            hidden, experts, top_k, dropout, grid_pool, max_epochs=epochs, patience=patience, alpha=alpha,
+            temperature=temperature, balance_weight=balance_weight, learnable_temperature=learnable_temperature,
+            fuse_directions=fuse))
+    from triptych.m3jepa.benchmark import results_markdown
+
+    typer.echo(results_markdown(results))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+def _benchmark(data: str, out: Path, cache: Path, work: Path, keep: tuple[str, ...], seeds: int, methods: str,
+               jobs: int, config):
+    """The body of ``benchmark``: encode the cache if absent, train every (method, seed), write OUT whole."""
+    from triptych.core.io import atomic_output_dir
     from triptych.m3jepa.benchmark import run_benchmark
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.features import load_cache
 
-    _threads()
-    cache = cache or out / "cache"
     if not (cache / "dataset.json").is_file():
         typer.echo(f"no cache at {cache}; encoding {data} first")
         encode(data=data, out=cache, split="train,dev,test", modality="image,text",
@@ -474,13 +508,7 @@ def benchmark(
     if set(paired.data.images) - set(expected.images):
         raise typer.BadParameter(f"cache {cache} holds images that {data} does not; pass the matching --cache",
                                  param_hint="--cache")
-    config = _config(hidden, experts, top_k, dropout, grid_pool, max_epochs=epochs, patience=patience, alpha=alpha,
-                     temperature=temperature, balance_weight=balance_weight,
-                     learnable_temperature=learnable_temperature, fuse_directions=fuse)
-    results = run_benchmark(paired, out, seeds=list(range(seeds)),
-                            methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
-                            jobs=jobs, work_dir=work_dir or out / "runs")
-    from triptych.m3jepa.benchmark import results_markdown
-
-    typer.echo(results_markdown(results))
-    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    with atomic_output_dir(out, keep=keep) as stage:
+        return run_benchmark(paired, stage, seeds=list(range(seeds)),
+                             methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
+                             jobs=jobs, work_dir=work)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import read_json
 from triptych.core.io import atomic_output_dir
 
 FORMAT = "triptych.m3jepa.index/2"
@@ -192,9 +193,12 @@ class SearchIndex:
         for start in range(0, count, size):
             yield self.folded(modality, slice(start, min(start + size, count)))
 
-    def save(self, out: str | os.PathLike, ann: Any = None) -> Path:
-        """Write the index folder atomically; with ``ann`` (an AnnConfig), also build its approximate indexes."""
-        with atomic_output_dir(out) as staging:
+    def save(self, out: str | os.PathLike, ann: Any = None, keep: Sequence[str] = ()) -> Path:
+        """Write the index folder atomically, replacing it whole; with ``ann`` (an AnnConfig), build its ANN indexes.
+
+        ``keep`` names entries of ``out`` that move into the new folder (``features``, the images' encoding).
+        """
+        with atomic_output_dir(out, keep=keep) as staging:
             np.save(staging / "image_keys.npy", self.image_keys.numpy().astype(np.float32))
             for name in OPTIONAL_ARRAYS:
                 if getattr(self, name) is not None:
@@ -226,7 +230,7 @@ def build_ann(index: SearchIndex, modality: str, folder: Path, config: Any) -> d
 
 def _array(path: Path) -> torch.Tensor:
     # copy-on-write memory map: pages are read when touched, and the tensor is writable for torch
-    return torch.from_numpy(np.load(path, mmap_mode="c"))
+    return torch.from_numpy(np.load(path, mmap_mode="c", allow_pickle=False))
 
 
 def load_index(path: str | os.PathLike) -> SearchIndex:
@@ -234,18 +238,28 @@ def load_index(path: str | os.PathLike) -> SearchIndex:
     path = Path(path)
     if not (path / "index.json").is_file():
         raise InputError(f"{path} is not a search index (no index.json); build one with `triptych m3jepa index`")
-    meta = json.loads((path / "index.json").read_text())
-    if meta.get("format") not in READABLE:
-        raise InputError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}; rebuild the index")
-    arrays = {name: _array(path / f"{name}.npy") for name in OPTIONAL_ARRAYS if (path / f"{name}.npy").is_file()}
-    checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
-    if meta["format"] == FORMAT:
-        images: Sequence[str] = MetadataColumn(path / METADATA, "image", "path")
-        captions: Sequence[str] = MetadataColumn(path / METADATA, "caption", "caption")
-        caption_image = np.load(path / "caption_image.npy") if (path / "caption_image.npy").is_file() else None
-    else:  # format 1: the lists are inside index.json
-        images, captions = meta["images"], meta.get("captions") or []
-        caption_image = None if meta.get("caption_image") is None else np.asarray(meta["caption_image"])
-    return SearchIndex(images, _array(path / "image_keys.npy"), meta["encoders"], checkpoints, captions,
-                       caption_image, querybank=meta.get("querybank") or {}, ann=meta.get("ann") or {},
-                       folder=path, **arrays)
+    meta = read_json(path / "index.json", "search index file", "rebuild the index with `triptych m3jepa index`")
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"{path}: index format {found!r} is not {FORMAT!r}; rebuild the index")
+    try:
+        arrays = {name: _array(path / f"{name}.npy") for name in OPTIONAL_ARRAYS if (path / f"{name}.npy").is_file()}
+        checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
+        if meta["format"] == FORMAT:
+            if not (path / METADATA).is_file():
+                raise FileNotFoundError(METADATA)
+            images: Sequence[str] = MetadataColumn(path / METADATA, "image", "path")
+            captions: Sequence[str] = MetadataColumn(path / METADATA, "caption", "caption")
+            caption_image = (np.load(path / "caption_image.npy", allow_pickle=False)
+                             if (path / "caption_image.npy").is_file() else None)
+        else:  # format 1: the lists are inside index.json
+            images, captions = meta["images"], meta.get("captions") or []
+            caption_image = None if meta.get("caption_image") is None else np.asarray(meta["caption_image"])
+        return SearchIndex(images, _array(path / "image_keys.npy"), meta["encoders"], checkpoints, captions,
+                           caption_image, querybank=meta.get("querybank") or {}, ann=meta.get("ann") or {},
+                           folder=path, **arrays)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: the search index is incomplete or corrupt ({type(exc).__name__}); rebuild it "
+                         "with `triptych m3jepa index`") from None

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import at_least
 from triptych.m3jepa.aligner import Aligner
 from triptych.m3jepa.features import EncodedBatch, Features, check_compatible
 from triptych.m3jepa.index_store import Hit, SearchIndex, load_index
@@ -190,6 +191,7 @@ class Searcher:
         return best, rows, cos
 
     def _hits(self, q: torch.Tensor, modality: str, names: Sequence[str], k: int) -> list[list[Hit]]:
+        at_least(k, 1, "k")
         start = time.perf_counter()
         best, rows, cos = self.ranked(q, modality, k)
         self.timings["score_s"] = time.perf_counter() - start
@@ -217,6 +219,8 @@ def self_test(searcher: Searcher, queries: int = 200, k: int = 5) -> dict[str, A
     "typical caption"), and per-query latency percentiles (ms) of the encode, predict and
     score steps and of their sum, over an index of N images.
     """
+    at_least(k, 1, "k")
+    at_least(queries, 1, "queries")
     index = searcher.index
     if index.caption_image is None or not index.captions:
         raise InputError("--self-test needs an index with captions (build it with --cache or --captions)")
