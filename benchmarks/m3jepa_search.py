@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from triptych.core.results import markdown_table, write_results
+from triptych.m3jepa.aligner import load_aligners
 from triptych.m3jepa.features import load_cache
 from triptych.m3jepa.search import (
     Searcher,
@@ -36,7 +37,6 @@ from triptych.m3jepa.search import (
     index_ranks,
     self_test,
 )
-from triptych.m3jepa.train import load_aligners
 
 
 def summary(ranks: np.ndarray) -> dict[str, float]:

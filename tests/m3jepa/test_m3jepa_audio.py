@@ -102,9 +102,43 @@ def test_encode_train_and_evaluate_audio_to_text(tmp_path, invoke):
     assert not np.allclose(cache.image.pooled[1], cache.image.pooled[9])  # different tones, different features
     from m3jepa_synth import cli_train_evaluate
 
-    _, _, results = cli_train_evaluate(tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1", "--epochs", "2",
+    summary, _, results = cli_train_evaluate(tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1", "--epochs", "2",
                                        "--batch-size", "4")
-    assert set(results) == {"audio->text", "text->audio"}
-    assert all(0 <= v <= 100 for r in results.values() for v in r.values())
-    # 2 test clips, 4 captions: every clip's captions are in its top 10
-    assert results["audio->text"]["r10"] == 100.0
+    from m3jepa_synth import recall_by_hand
+
+    # evaluate's numbers are the checkpoint's recall on the 2 test clips / 4 captions, recomputed by hand
+    want = recall_by_hand(summary["checkpoint"], cache, "test")
+    assert set(results) == set(want) == {"audio->text", "text->audio"}
+    for task, r in want.items():
+        assert results[task] == pytest.approx(r), task
+    assert all(v in (0.0, 50.0, 100.0) for v in results["audio->text"].values())  # a share of 2 clips
+    assert all(v in (0.0, 25.0, 50.0, 75.0, 100.0) for v in results["text->audio"].values())  # of 4 captions
+
+
+def test_whisper_padding_is_masked_not_encoded():
+    """Whisper pads every clip to 30 s; only the frames covering the clip are pooled, the rest are masked."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from triptych.m3jepa.encoders import HFEncoder
+
+    torch.manual_seed(0)
+    whisper = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, decoder_layers=1,
+                                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+                                         num_mel_bins=80))
+    extractor = WhisperFeatureExtractor()
+    encoder = HFEncoder("tiny-whisper", model=whisper, processor=extractor, modality="audio", length=4)
+    rate = 16000
+    t = np.arange(int(1.5 * rate)) / rate
+    clips = [np.sin(2 * np.pi * 440 * t).astype(np.float32), np.sin(2 * np.pi * 880 * t[:320]).astype(np.float32)]
+    out = encoder.encode(clips)
+    with torch.inference_mode():
+        features = extractor(clips, sampling_rate=rate, return_tensors="pt")["input_features"]
+        states = encoder.model(input_features=features).last_hidden_state  # 1,500 frames per 30 s
+    # 1.5 s of 30 s: the first ceil(1500 * 24000 / 480000) = 75 frames are the clip, pooled to 4 tokens
+    assert encoder.real_frames(clips, 1500) == [75, 1]
+    want = torch.nn.functional.adaptive_avg_pool1d(states[0, :75].T[None], 4)[0].T
+    torch.testing.assert_close(out.tokens[0], want)
+    # 20 ms: one real frame, one token; the other three are padding, masked and zero
+    assert out.mask.tolist() == [[True] * 4, [True, False, False, False]]
+    torch.testing.assert_close(out.pooled[1], states[1, 0])
+    assert not torch.allclose(out.pooled[1], states[1].mean(0), atol=1e-3)  # what the 30 s average would give

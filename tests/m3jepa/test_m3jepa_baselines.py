@@ -27,7 +27,7 @@ def test_clip_heads_train_with_learnable_temperature(tmp_path):
                            out_dir=tmp_path, enable_progress_bar=False)
     assert isinstance(result.model, ClipHeads)
     assert evaluate_task(result.model, test[0])["r5"] > 35  # chance: ~17
-    tau = float(result.module.temperature())
+    tau = float(result.module.loss.temperature())
     assert abs(tau - 0.07) > 1e-4  # learnt
     x = torch.randn(3, 5, 32)
     assert result.model.heads["image"](x.mean(1)).shape == (3, 16)

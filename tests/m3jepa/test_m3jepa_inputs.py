@@ -156,7 +156,7 @@ def aligner_bytes(tmp_path_factory):
     import torch
 
     from triptych.core.checkpoint import save_checkpoint
-    from triptych.m3jepa.train import KIND, build_model
+    from triptych.m3jepa.aligner import KIND, build_model
 
     torch.manual_seed(0)
     config = {"type": "predictor", "dims": {"image": 6, "text": 5}, "hidden": 8, "contrastive_dim": 8,
@@ -171,7 +171,7 @@ def aligner_bytes(tmp_path_factory):
 @PROPERTY
 @given(edits=EDITS)
 def test_mutated_aligner_checkpoints_load_or_raise(tmp_path, aligner_bytes, edits):
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.aligner import load_aligner
 
     header = int.from_bytes(aligner_bytes[:8], "little") + 8
     path = tmp_path / "a.safetensors"
@@ -180,7 +180,7 @@ def test_mutated_aligner_checkpoints_load_or_raise(tmp_path, aligner_bytes, edit
 
 
 def test_valid_aligner_checkpoint_loads(tmp_path, aligner_bytes):
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.aligner import load_aligner
 
     (tmp_path / "a.safetensors").write_bytes(aligner_bytes)
     assert load_aligner(tmp_path / "a.safetensors").model is not None

@@ -63,3 +63,56 @@ def test_load_balancing_is_one_when_uniform_and_grows_with_collapse():
     probs = torch.tensor([[0.97, 0.01, 0.01, 0.01]]).repeat(8, 1)
     collapsed = load_balancing(probs, torch.zeros(8, 1, dtype=torch.long), e)
     assert math.isclose(float(collapsed), 4 * 0.97, rel_tol=1e-5)
+
+
+def test_m3jepa_loss_owns_tau_alpha_and_the_regression_kind():
+    from triptych.m3jepa.losses import M3JepaLoss
+
+    g = torch.Generator().manual_seed(0)
+    q, k, pred, target = (torch.randn(6, 5, generator=g) for _ in range(4))
+    ids = torch.tensor([0, 1, 2, 3, 3, 4])  # the 4th and 5th pairs share a query item: both positives
+    loss = M3JepaLoss(alpha=0.3, temperature=0.2, learnable_temperature=True, regression="mse")
+    got, parts = loss(q, k, ids, torch.arange(6), pred, target)
+    pos = positives_from_ids(ids, torch.arange(6))
+    want = 0.3 * info_nce(q, k, 0.2, pos) + 0.7 * torch.nn.functional.mse_loss(pred, target)
+    torch.testing.assert_close(got, want)
+    assert set(parts) == {"contrastive", "regression"} and [n for n, _ in loss.named_parameters()] == [
+        "temperature.log_tau"]
+    clip_only, _ = loss(q, k, ids, torch.arange(6))  # no predictions: InfoNCE alone
+    torch.testing.assert_close(clip_only, info_nce(q, k, 0.2, pos))
+
+
+def _gathered_loss(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from triptych.m3jepa.losses import M3JepaLoss
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    ids = torch.arange(8)
+    half = slice(4 * rank, 4 * rank + 4)
+    local_q = q[half].clone().requires_grad_(True)
+    value, _ = M3JepaLoss(temperature=0.1, learnable_temperature=False, gather=True)(
+        local_q, k[half], ids[half], ids[half])
+    value.backward()
+    torch.save({"loss": value.detach(), "grad": local_q.grad}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gathered_infonce_on_two_ranks_is_the_full_batch_loss(tmp_path):
+    """Each rank holds half the batch; with the gather, its loss (and its queries' gradients) is the full batch's."""
+    import torch.multiprocessing as mp
+
+    from triptych.m3jepa.losses import M3JepaLoss
+
+    mp.spawn(_gathered_loss, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)
+    q.requires_grad_(True)
+    full, _ = M3JepaLoss(temperature=0.1, learnable_temperature=False)(q, k, torch.arange(8), torch.arange(8))
+    full.backward()
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        torch.testing.assert_close(got["loss"], full.detach())
+        torch.testing.assert_close(got["grad"], q.grad[4 * rank:4 * rank + 4])

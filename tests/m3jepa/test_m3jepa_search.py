@@ -69,7 +69,8 @@ def test_text_and_image_queries_find_their_match(tmp_path):
     index.save(tmp_path / "idx")
     loaded = load_index(tmp_path / "idx")
     torch.testing.assert_close(loaded.image_keys, index.image_keys)
-    assert loaded.captions == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
+    assert list(loaded.captions) == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
+    assert loaded.images[3] == "img3.png" and loaded.captions[-1] == "caption 11 1" and len(loaded.images) == N
 
     searcher = Searcher(loaded, ExactAligner(), encoders={"text": RowEncoder(W_TXT), "image": RowEncoder(W_IMG)})
     for i in (0, 5, 11):
@@ -147,7 +148,19 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch, invoke):
     run("index", "--checkpoint", ckpt, "--images", images_dir, "--captions", str(captions), "--out",
         str(tmp_path / "cap_idx"))
     with_captions = load_index(tmp_path / "cap_idx")
-    assert with_captions.captions == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    assert list(with_captions.captions) == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    # an approximate index (forced on for 20 images; 2 cells, both visited): the same hits as exact search
+    ann_idx = tmp_path / "ann_idx"
+    run("index", "--checkpoint", ckpt, "--images", images_dir, "--out", str(ann_idx), "--ann", "on", "--nlist", "2",
+        "--nprobe", "2")
+    assert load_index(ann_idx).ann["image"]["count"] == 20
+    approximate = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--html",
+                      str(tmp_path / "a.html"))
+    exact = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--exact", "--html",
+                str(tmp_path / "e.html"))
+    assert "(approximate search)" in approximate and "(exact search)" in exact
+    assert [m.group(4) for m in map(hit.match, approximate.splitlines()) if m] == [
+        m.group(4) for m in map(hit.match, exact.splitlines()) if m]
 
 
 class CaptionEncoder:
@@ -260,7 +273,7 @@ def test_querybank_bias_is_the_inverted_softmax_and_demotes_a_hub():
 
 
 def test_an_ensemble_scores_by_the_members_mean_cosine():
-    from triptych.m3jepa.train import AlignerEnsemble
+    from triptych.m3jepa.aligner import AlignerEnsemble
 
     class Scaled(TwoWayAligner):
         def __init__(self, seed: int):

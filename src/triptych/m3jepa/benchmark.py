@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,14 @@ import numpy as np
 from triptych.core.errors import InputError
 from triptych.core.io import write_text
 from triptych.core.results import json_text, markdown_table, mean_sd, write_results
-from triptych.m3jepa.baselines import method_configs
+from triptych.m3jepa.config import DEFAULTS, METHODS, M3JepaConfig
 from triptych.m3jepa.features import PairedCache
-from triptych.m3jepa.retrieval import evaluate_tasks, over_seeds
+from triptych.m3jepa.retrieval import direction_metrics, over_seeds
 from triptych.m3jepa.search import encoder_record
-from triptych.m3jepa.train import Task, TrainConfig, caption_tasks, train_aligner
+from triptych.m3jepa.tasks import split_tasks
+from triptych.m3jepa.train import train_aligner
 
-METHODS = ("m3jepa", "moe_summed", "mlp", "clip_linear")
+__all__ = ["METHODS", "M3JepaConfig", "results_markdown", "run_benchmark", "run_one", "split_tasks"]
 METHOD_TITLES = {
     "m3jepa": "M3-JEPA (MMoE predictor, AGD)",
     "moe_summed": "MMoE predictor, summed losses (no AGD)",
@@ -35,79 +36,46 @@ METHOD_TITLES = {
 }
 
 
-@dataclass
-class BenchmarkConfig:
-    """Sizes for 4,000 training images on a CPU; the paper's are far larger (H = 2048)."""
-
-    hidden: int = 256
-    contrastive_dim: int = 256
-    experts: int = 12
-    top_k: int = 4
-    dropout: float = 0.1
-    max_epochs: int = 12
-    patience: int = 3
-    batch_size: int = 128
-    alpha: float = 0.5
-    temperature: float = 0.03
-    balance_weight: float = 0.0
-    schedule: str = "cyclic"
-    learnable_temperature: bool = False
-    fuse_directions: bool = False
-    grid_pool: int = 0  # >0: pool the 7×7 image grid to S×S tokens before the predictor
-
-
-def split_tasks(cache: PairedCache, split: str) -> list[Task]:
-    """image→text and text→image tasks of one split, as rows into the cache."""
-    image_rows, caption_rows, caption_image = cache.split(split)
-    return caption_tasks(cache.image, cache.text, caption_image, image_rows, caption_rows, media=cache.modality)
-
-
-def _test_metrics(model: Any, tasks: list[Task], fuse: bool) -> dict[str, dict[str, float]]:
-    by_name = evaluate_tasks(model, tasks, fuse)
-    by_dir = {(t.src, t.tgt): by_name[t.name] for t in tasks}
-    return {"i2t": by_dir[("image", "text")], "t2i": by_dir[("text", "image")]}
-
-
-def run_one(cache: PairedCache, method: str, seed: int, cfg: BenchmarkConfig, work: Path,
+def run_one(cache: PairedCache, method: str, seed: int, cfg: M3JepaConfig, work: Path,
             enable_progress_bar: bool = False) -> dict[str, Any]:
     """Train one method with one seed (selected on dev), evaluate it on test."""
     import torch
 
     caches = {"image": cache.image, "text": cache.text}
     train, dev, test = (split_tasks(cache, s) for s in ("train", "dev", "test"))
-    model_config, overrides = _method_configs(caches, cfg)[method]
-    tc = TrainConfig(**{**_base_train(cfg), **overrides, "seed": int(seed)})
+    dims = {cache.modality: int(cache.image.tokens.shape[-1]), "text": int(cache.text.tokens.shape[-1])}
+    model_config, tc = cfg.method(method, dims, cache.modality, seed)
     start = time.perf_counter()
     result = train_aligner(train, dev, model_config, tc, out_dir=work / method / f"seed{seed}",
                            encoders={m: encoder_record(f) for m, f in caches.items()},
                            enable_progress_bar=enable_progress_bar)
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        metrics = _test_metrics(result.model, test, cfg.fuse_directions)
+        metrics = direction_metrics(result.model, test, tc.fuse_directions)
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     record = {
-        "metrics": metrics, "seconds": seconds,
+        "metrics": metrics, "seconds": seconds, "checkpoint": str(result.checkpoint),
         "params": sum(p.numel() for p in result.model.parameters())
-        + sum(p.numel() for p in result.module.temperature.parameters()),
+        + sum(p.numel() for p in result.module.loss.parameters()),
         "selection": {"best_epoch": best.get("epoch"), "epochs_run": len(result.val_history),
                       "best_dev_recall": best.get("val_recall")},
         "expert_usage": None if result.module.expert_usage is None else [
             round(u, 4) for u in result.module.expert_usage],
-        "model_config": model_config, "train_config": asdict(tc), "benchmark_config": asdict(cfg),
+        "model_config": model_config, "train_config": asdict(tc), "benchmark_config": cfg.as_dict(),
     }
     write_text(work / method / f"seed{seed}" / "result.json", json_text(record, indent=None))
     return record
 
 
-def _finished(work: Path, method: str, seed: int, cfg: BenchmarkConfig) -> dict[str, Any] | None:
+def _finished(work: Path, method: str, seed: int, cfg: M3JepaConfig) -> dict[str, Any] | None:
     file = work / method / f"seed{seed}" / "result.json"
     if not file.is_file():
         return None
     result = json.loads(file.read_text())
-    return result if result.get("benchmark_config") == asdict(cfg) else None
+    return result if result.get("benchmark_config") == cfg.as_dict() else None
 
 
-def _run_one_from_disk(root: str, method: str, seed: int, cfg: BenchmarkConfig, work: str) -> dict[str, Any]:
+def _run_one_from_disk(root: str, method: str, seed: int, cfg: M3JepaConfig, work: str) -> dict[str, Any]:
     """:func:`run_one` in a worker process (one thread), reading the cache from disk."""
     import os
 
@@ -120,27 +88,12 @@ def _run_one_from_disk(root: str, method: str, seed: int, cfg: BenchmarkConfig, 
     return run_one(load_cache(root), method, seed, cfg, Path(work))
 
 
-def _method_configs(caches: dict[str, Any], cfg: BenchmarkConfig) -> dict[str, tuple[dict, dict]]:
-    dims = {m: int(f.tokens.shape[-1]) for m, f in caches.items()}
-    predictor = {"dims": dims, "hidden": cfg.hidden, "contrastive_dim": cfg.contrastive_dim,
-                 "experts": cfg.experts, "top_k": cfg.top_k, "dropout": cfg.dropout,
-                 "grid_pool": {"image": cfg.grid_pool} if cfg.grid_pool else {}}
-    return method_configs(predictor, clip_dim=cfg.contrastive_dim)
-
-
-def _base_train(cfg: BenchmarkConfig) -> dict[str, Any]:
-    return {"max_epochs": cfg.max_epochs, "patience": cfg.patience, "batch_size": cfg.batch_size,
-            "alpha": cfg.alpha, "temperature": cfg.temperature, "balance_weight": cfg.balance_weight,
-            "schedule": cfg.schedule, "learnable_temperature": cfg.learnable_temperature,
-            "fuse_directions": cfg.fuse_directions}
-
-
 def run_benchmark(
     cache: PairedCache,
     out: str | Path,
     seeds: Sequence[int] = (0, 1, 2),
     methods: Sequence[str] = METHODS,
-    config: BenchmarkConfig | None = None,
+    config: M3JepaConfig | None = None,
     work_dir: str | Path | None = None,
     jobs: int = 1,
     enable_progress_bar: bool = True,
@@ -154,7 +107,7 @@ def run_benchmark(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    cfg = config or BenchmarkConfig()
+    cfg = config or DEFAULTS
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise InputError(f"--methods: unknown {sorted(unknown)}; choose from {list(METHODS)}")
@@ -192,7 +145,7 @@ def run_benchmark(
                      "test_captions": len(test[0].pairs), "seeds": [int(s) for s in seeds],
                      "selection": "best dev-split recall (mean of R@1/5/10, both ways), early stopping",
                      "parallel_jobs": jobs},
-        "config": asdict(cfg),
+        "config": cfg.as_dict(),
         "diagnostics": diagnostics,
     }
     write_results(out, results, results_markdown(results))

@@ -86,7 +86,7 @@ def index(
     checkpoint: Annotated[list[Path], typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`; "
                                                         "repeat it to index with an ensemble (e.g. several seeds: "
                                                         "their mean cosine ranks).")],
-    out: Annotated[Path, typer.Option(help="Index folder (index.json, image_keys.npy, text_keys.npy).")],
+    out: Annotated[Path, typer.Option(help="Index folder (index.json, metadata.sqlite, memory-mapped .npy vectors, ann_*.faiss).")],
     images: Annotated[Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, "
                                                      "resumable).")] = None,
     captions: Annotated[Path | None, typer.Option(help="With --images: also index the captions of a CSV / JSON / "
@@ -103,10 +103,20 @@ def index(
                                                      "spaced.")] = 10000,
     qb_beta: Annotated[float, typer.Option(help="QB-norm inverse temperature β (20 was best on the Flickr8k dev "
                                                 "split); 0 turns querybank normalisation off.")] = 20.0,
+    ann: Annotated[str, typer.Option(help="Approximate index (FAISS IVF, lists on disk, memory-mapped): auto "
+                                          "(when the index holds at least --ann-min items), on, or off.")] = "auto",
+    ann_min: Annotated[int, typer.Option(help="With --ann auto: the smallest collection that gets an approximate "
+                                              "index (below it exact search is fast anyway).")] = 50000,
+    nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
+    nprobe: Annotated[int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")] = 64,
+    ann_storage: Annotated[str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")] = "Flat",
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Embed a folder of images (or an encoded dataset's split, with its captions) into a search index.
+
+    Large collections also get an approximate (FAISS IVF) index over the same scores, searched
+    unless `search --exact` asks for the exact one.
 
     With a querybank (captions that will not be queries, such as the training split's), each
     image's hubness is measured and subtracted at search time (QB-norm).
@@ -119,10 +129,12 @@ def index(
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.core.io import check_replaceable
+    from triptych.m3jepa.aligner import load_aligners
+    from triptych.m3jepa.ann import AnnConfig
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.search import add_querybank, bank_queries, image_folder, index_cache, index_images
-    from triptych.m3jepa.train import load_aligners
+    from triptych.m3jepa.querybank import add_querybank, bank_queries
+    from triptych.m3jepa.search import image_folder, index_cache, index_images
 
     _threads()
     if (images is None) == (cache is None):
@@ -154,9 +166,16 @@ def index(
         queries = bank_queries(aligner, load_cache(bank_path), bank_split, querybank_size, built.fused)
         add_querybank(built, queries, qb_beta, source=str(bank_path), split=querybank_split)
         note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
-    built.save(out, keep=keep)
+    if ann not in ("auto", "on", "off"):
+        raise InputError(f"--ann {ann!r}: choose auto, on or off")
+    if ann_storage not in ("Flat", "SQ8"):
+        raise InputError(f"--ann-storage {ann_storage!r}: choose Flat or SQ8")
+    approximate = ann == "on" or (ann == "auto" and len(built.images) >= ann_min)
+    config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
+    built.save(out, ann=config, keep=keep)
+    kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
     typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
-               f"{len(checkpoints)} checkpoint(s); {note}")
+               f"{len(checkpoints)} checkpoint(s); {note}; {kinds}")
 
 
 @app.command()
@@ -172,6 +191,9 @@ def search(
     self_test: Annotated[int, typer.Option(help="Instead of one query: search N of the indexed captions one by "
                                                 "one, report how often each finds its own image in the top k, "
                                                 "and the latency.")] = 0,
+    exact: Annotated[bool, typer.Option(help="Score every item exactly, even when the index has an approximate "
+                                             "(FAISS) index.")] = False,
+    nprobe: Annotated[int | None, typer.Option(help="IVF cells a query visits (default: the index's).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Search an index by text (-> top images) or by image (-> top captions); prints scores, writes an HTML page.
@@ -181,9 +203,9 @@ def search(
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.core.inputs import at_least
+    from triptych.m3jepa.aligner import load_aligners
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
-    from triptych.m3jepa.train import load_aligners
 
     at_least(k, 1, "-k")  # before any loading: -k 0 would silently return nothing
     _threads()
@@ -193,7 +215,8 @@ def search(
     checkpoints = checkpoint or [Path(c) for c in idx.checkpoints]
     if not checkpoints:
         raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
-    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)))
+    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)), exact=exact,
+                        nprobe=nprobe)
     if self_test:
         from triptych.core.results import json_text
         from triptych.m3jepa.search import self_test as run_self_test
@@ -209,16 +232,31 @@ def search(
     for h in hits:
         typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.cosine:.4f}  {h.item}")
     ms = {key: round(1000 * v, 1) for key, v in searcher.timings.items()}
-    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind}")
+    how = "exact" if searcher.approximate("image" if kind == "images" else "text") is None else "approximate"
+    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind} "
+               f"({how} search)")
     write_results_page(html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings)
     typer.echo(f"page: {html}")
 
 
 # ---- training, evaluation and the benchmark (predictor side) ----------------------------------
 from triptych.core.trainer_flags import TrainerFlags, trainer_options  # noqa: E402
+from triptych.m3jepa.config import DEFAULTS  # noqa: E402  (dataclasses only: keeps --help fast)
+
+_M, _T = DEFAULTS.model, DEFAULTS.train  # every default below comes from this one config
 
 # The predictor's options, shared by train, finetune-lora and benchmark.
 HiddenOpt = Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")]
+TemperatureOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ of the predictor (initial value if "
+                                                    "learnable).")]
+LearnableOpt = Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")]
+GridPoolOpt = Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
+                                               "all 49).")]
+FuseOpt = Annotated[bool, typer.Option(help="Select and rank by both directions' scores summed (no effect on "
+                                            "CLIP heads).")]
+BalanceOpt = Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")]
+EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")]
+PatienceOpt = Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")]
 ExpertsOpt = Annotated[int, typer.Option(help="Number of experts E.")]
 TopKOpt = Annotated[int, typer.Option(help="Experts per token k.")]
 DropoutOpt = Annotated[float, typer.Option(help="Dropout in the experts.")]
@@ -227,8 +265,10 @@ CacheOpt = Annotated[Path, typer.Option("--cache", help="Encoded dataset folder 
 METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
 
 
-def _predictor_args(hidden: int, experts: int, top_k: int, dropout: float) -> dict:
-    return {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
+def _config(hidden: int, experts: int, top_k: int, dropout: float, grid_pool: int, **train: object) -> object:
+    """The one config (:mod:`triptych.m3jepa.config`) with the command line's values."""
+    return DEFAULTS.with_(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
+                          grid_pool=grid_pool, **train)
 
 
 @app.command()
@@ -238,53 +278,50 @@ def train(
     out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")] = Path(
         "runs/m3jepa"),
     method: Annotated[str, typer.Option(help=METHOD_HELP)] = "m3jepa",
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
     schedule: Annotated[str | None, typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; "
                                                       "default: the method's.")] = None,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (initial value if learnable).")] = 0.07,
-    learnable_temperature: Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")] = True,
-    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
-                                                "all 49).")] = 3,
-    fuse: Annotated[bool, typer.Option(help="Select on recall ranked by both directions' scores summed.")] = True,
-    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")] = 8,
-    patience: Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")] = 2,
-    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 128,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: TemperatureOpt = _T.temperature,
+    learnable_temperature: LearnableOpt = _T.learnable_temperature,
+    grid_pool: GridPoolOpt = _M.grid_pool,
+    fuse: FuseOpt = _T.fuse_directions,
+    balance_weight: BalanceOpt = _T.balance_weight,
+    epochs: EpochsOpt = _T.max_epochs,
+    patience: PatienceOpt = _T.patience,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = _T.batch_size,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _T.seed,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train an aligner on the cache's train split, selecting the best epoch by dev-split recall.
 
     Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
     """
+    from dataclasses import replace
+
     from triptych.core.io import write_text
     from triptych.core.results import json_text
     from triptych.core.runs import final_path, training_run_dir
-    from triptych.m3jepa.baselines import method_configs
-    from triptych.m3jepa.benchmark import split_tasks
+    from triptych.m3jepa.config import METHODS
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.search import encoder_record
-    from triptych.m3jepa.train import TrainConfig, train_aligner
+    from triptych.m3jepa.tasks import split_tasks
+    from triptych.m3jepa.train import train_aligner
 
     _threads()
     paired = load_cache(cache)
     media = paired.modality  # image, or audio for an audio-caption cache
-    configs = method_configs({"dims": {media: paired.image.dim, "text": paired.text.dim},
-                              "directions": [(media, "text"), ("text", media)],
-                              **_predictor_args(hidden, experts, top_k, dropout),
-                              "grid_pool": {"image": grid_pool} if grid_pool and media == "image" else {}},
-                             clip_dim=hidden)
-    if method not in configs:
+    if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; {METHOD_HELP}", param_hint="--method")
-    model_config, overrides = configs[method]
-    tc = TrainConfig(**{"alpha": alpha, "temperature": temperature, "balance_weight": balance_weight,
-                        "learnable_temperature": learnable_temperature, "fuse_directions": fuse,
-                        "max_epochs": epochs, "patience": patience, "batch_size": batch_size, "seed": seed,
-                        **overrides, **({"schedule": schedule} if schedule else {})})
+    config = _config(hidden, experts, top_k, dropout, grid_pool, alpha=alpha, temperature=temperature,
+                     balance_weight=balance_weight, learnable_temperature=learnable_temperature,
+                     fuse_directions=fuse, max_epochs=epochs, patience=patience, batch_size=batch_size)
+    model_config, tc = config.method(method, {media: paired.image.dim, "text": paired.text.dim}, media, seed)
+    if schedule:
+        tc = replace(tc, schedule=schedule)
     with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
         result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc,
                                out_dir=run, flags=flags, encoders={media: encoder_record(paired.image),
@@ -317,12 +354,12 @@ def finetune_lora(
     steps: Annotated[int, typer.Option(help="Optimiser steps (each encodes one batch live).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Images per batch, one caption each.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of adapters and predictor.")] = 1e-4,
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (fixed).")] = 0.07,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: Annotated[float, typer.Option(help="InfoNCE temperature τ (fixed).")] = _T.temperature,
     text_length: Annotated[int, typer.Option(help="Tokens kept per caption.")] = 48,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto (a GPU is strongly advised).")] = "auto",
@@ -351,7 +388,8 @@ def finetune_lora(
     dev = str(choose_device(device))
     encoders = {"image": make_encoder(image_encoder, modality="image", device=dev),
                 "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev)}
-    result = run(dataset, encoders, _predictor_args(hidden, experts, top_k, dropout), lora_layers=lora_layers,
+    predictor = {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
+    result = run(dataset, encoders, predictor, lora_layers=lora_layers,
                  steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
                  rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
     # written in place (the merged encoders are named by their final path), the earlier run moved aside
@@ -371,6 +409,8 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `triptych m3jepa train`.")],
     cache: CacheOpt,
     split: Annotated[str, typer.Option(help="Split to evaluate (train, dev or test).")] = "test",
+    fuse: Annotated[bool | None, typer.Option(help="Rank by both directions' scores summed (default: as the "
+                                                   "checkpoint was trained and selected, like the benchmark).")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write OUT/results.json and results.md.")] = None,
 ) -> None:
     """Recall@1/5/10 both ways on a split (an image hits if any of its captions is in its top K).
@@ -379,19 +419,21 @@ def evaluate(
     """
     from triptych.core.io import atomic_output_dir
     from triptych.core.results import markdown_table, write_results
-    from triptych.m3jepa.benchmark import split_tasks
+    from triptych.m3jepa.aligner import load_aligner
     from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.retrieval import evaluate_task, zero_shot_task
-    from triptych.m3jepa.search import _check
-    from triptych.m3jepa.train import load_aligner
+    from triptych.m3jepa.retrieval import evaluate_tasks, zero_shot_task
+    from triptych.m3jepa.search import check_encoder
+    from triptych.m3jepa.tasks import split_tasks
 
     _threads()
     aligner = load_aligner(checkpoint)
     paired = load_cache(cache)
-    _check(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
-    _check(aligner, "text", paired.text)
+    check_encoder(aligner, paired.modality, paired.image)  # a cache from another encoder is a clear error
+    check_encoder(aligner, "text", paired.text)
     tasks = split_tasks(paired, split)
-    results = {f"{t.src}->{t.tgt}": evaluate_task(aligner.model, t) for t in tasks}
+    if fuse is None:  # the ranking the checkpoint was selected with, which the benchmark reports
+        fuse = bool(aligner.train_config.get("fuse_directions", False))
+    results = dict(evaluate_tasks(aligner.model, tasks, fuse))
     if paired.data.labels:
         results["zero_shot"] = zero_shot_task(aligner.model, paired, split)
     rows = [{"task": name, **{k: round(v, 2) for k, v in r.items()}} for name, r in results.items()]
@@ -399,7 +441,7 @@ def evaluate(
     typer.echo(table)
     if out is not None:
         with atomic_output_dir(out) as stage:
-            write_results(stage, {"checkpoint": str(checkpoint), "split": split, "results": results},
+            write_results(stage, {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
                           f"# M3-JEPA evaluation on {split}\n\n{table}")
 
 
@@ -412,20 +454,18 @@ def benchmark(
     seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
     methods: Annotated[str, typer.Option(help="Comma-separated methods: " + METHOD_HELP)] = (
         "m3jepa,moe_summed,mlp,clip_linear"),
-    hidden: HiddenOpt = 128,
-    experts: ExpertsOpt = 12,
-    top_k: TopKOpt = 4,
-    dropout: DropoutOpt = 0.1,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs per run.")] = 8,
-    patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 2,
-    alpha: AlphaOpt = 0.5,
-    temperature: Annotated[float, typer.Option(help="InfoNCE temperature of the predictor (initial value if "
-                                                    "learnable).")] = 0.07,
-    balance_weight: Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")] = 0.0,
-    learnable_temperature: Annotated[bool, typer.Option(help="Learn the predictor's τ (from --temperature).")] = True,
-    fuse: Annotated[bool, typer.Option(help="Rank by both directions' scores summed (no effect on CLIP heads).")] = True,
-    grid_pool: Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
-                                                "all 49).")] = 3,
+    hidden: HiddenOpt = _M.hidden,
+    experts: ExpertsOpt = _M.experts,
+    top_k: TopKOpt = _M.top_k,
+    dropout: DropoutOpt = _M.dropout,
+    epochs: EpochsOpt = _T.max_epochs,
+    patience: PatienceOpt = _T.patience,
+    alpha: AlphaOpt = _T.alpha,
+    temperature: TemperatureOpt = _T.temperature,
+    balance_weight: BalanceOpt = _T.balance_weight,
+    learnable_temperature: LearnableOpt = _T.learnable_temperature,
+    fuse: FuseOpt = _T.fuse_directions,
+    grid_pool: GridPoolOpt = _M.grid_pool,
     jobs: Annotated[int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")] = 1,
     work_dir: Annotated[Path | None, typer.Option(help="Folder for the runs' checkpoints (default OUT/runs); "
                                                        "finished runs found there are not repeated.")] = None,
@@ -436,7 +476,6 @@ def benchmark(
     """
     from triptych.core.io import check_replaceable, command_line
     from triptych.core.runs import on_interrupt
-    from triptych.m3jepa.benchmark import BenchmarkConfig
 
     _threads()
     cache, work = cache or out / "cache", work_dir or out / "runs"
@@ -445,10 +484,10 @@ def benchmark(
     check_replaceable(out, keep)
     resume = f"interrupted: finished work is kept in {cache}/ and {work}/; resume with: {command_line()}"
     with on_interrupt(resume):
-        results = _benchmark(data, out, cache, work, keep, seeds, methods, jobs, BenchmarkConfig(
-            hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout, max_epochs=epochs,
-            patience=patience, alpha=alpha, temperature=temperature, balance_weight=balance_weight,
-            learnable_temperature=learnable_temperature, fuse_directions=fuse, grid_pool=grid_pool))
+        results = _benchmark(data, out, cache, work, keep, seeds, methods, jobs, _config(
+            hidden, experts, top_k, dropout, grid_pool, max_epochs=epochs, patience=patience, alpha=alpha,
+            temperature=temperature, balance_weight=balance_weight, learnable_temperature=learnable_temperature,
+            fuse_directions=fuse))
     from triptych.m3jepa.benchmark import results_markdown
 
     typer.echo(results_markdown(results))

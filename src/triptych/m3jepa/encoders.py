@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -220,8 +221,9 @@ class HFEncoder(Encoder):
     def config(self) -> dict[str, Any]:
         import transformers
 
+        extra = {"audio_padding": "masked"} if self.modality == "audio" else {}  # older caches encoded it
         return {**super().config(), "transformers": transformers.__version__, "model_config": _hash(self._config),
-                "lora": getattr(self, "lora", None)}
+                "lora": getattr(self, "lora", None), **extra}
 
     def _count_tokens(self) -> int:
         from PIL import Image
@@ -249,12 +251,31 @@ class HFEncoder(Encoder):
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
         return states, mask.to(states.device)
 
+    def real_frames(self, batch: Sequence[Any], frames: int) -> list[int]:
+        """How many of the ``frames`` output frames cover each clip's samples, not the feature extractor's padding.
+
+        Whisper pads every clip to 30 s (``n_samples``) and its encoder always gives 1,500
+        frames, so a 3 s clip is 90 % silence; its real frames are the first 10 %.
+        """
+        total = getattr(self.processor, "n_samples", None)
+        if not total:
+            return [frames] * len(batch)
+        return [max(1, min(frames, math.ceil(frames * len(np.asarray(a).reshape(-1)) / total))) for a in batch]
+
     def encode(self, batch: Sequence[Any]) -> EncodedBatch:
         states, mask = self._states(batch)
-        if self.modality == "audio" and states.shape[1] > self.length:
-            # Whisper gives 1,500 frames per 30 s; average neighbouring frames down to L tokens.
-            states = F.adaptive_avg_pool1d(states.transpose(1, 2), self.length).transpose(1, 2)
-            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+        if self.modality == "audio":
+            # only each clip's real frames, averaged in neighbourhoods down to at most L tokens; padding masked
+            real = self.real_frames(batch, states.shape[1])
+            width = min(self.length, max(real))
+            pooled = states.new_zeros(len(batch), width, states.shape[2])
+            mask = torch.zeros(len(batch), width, dtype=torch.bool, device=states.device)
+            for i, n in enumerate(real):
+                clip = states[i, :n]
+                if n > width:
+                    clip = F.adaptive_avg_pool1d(clip.T[None], width)[0].T
+                pooled[i, :len(clip)], mask[i, :len(clip)] = clip, True
+            states = pooled
         tokens, mask = _pad(states, mask, self.length)
         return EncodedBatch(tokens, mask, masked_mean(tokens, mask))
 

@@ -131,7 +131,7 @@ def save_lora_run(out: str | Path, result: LoraResult) -> Path:
     """Merge the adapters into the encoders (``OUT/encoders/<modality>/``), save the predictor as an aligner checkpoint."""
     from triptych.core.checkpoint import save_checkpoint
     from triptych.core.io import write_text
-    from triptych.m3jepa.train import KIND
+    from triptych.m3jepa.aligner import KIND
 
     out = Path(out)
     records = {}

@@ -75,3 +75,54 @@ def load_balancing(probs: Tensor, index: Tensor, experts: int) -> Tensor:
 def alpha_mix(contrastive: Tensor, regression: Tensor, alpha: float = 0.5) -> Tensor:
     """L = α · L_contrastive + (1 − α) · L_regression."""
     return alpha * contrastive + (1.0 - alpha) * regression
+
+
+def gather_across_ranks(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor concatenated over all DDP ranks (rank order), gradients kept for this rank's part.
+
+    As in open_clip: ``all_gather`` returns copies without gradients, so this rank's slot is
+    replaced by its own tensor, and the loss on the gathered batch still trains the local
+    embeddings against every rank's negatives. Without an initialised process group (one
+    process) the tensors come back unchanged.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    rank, world = dist.get_rank(), dist.get_world_size()
+    out = []
+    for t in tensors:
+        parts = [torch.zeros_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        parts[rank] = t
+        out.append(torch.cat(parts))
+    return tuple(out)
+
+
+class M3JepaLoss(nn.Module):
+    """L = α · InfoNCE(q, k; τ) + (1 − α) · regression(ŷ, y): owns τ (fixed or learnable), α and the regression kind.
+
+    ``gather`` computes InfoNCE over every DDP rank's batch (:func:`gather_across_ranks`),
+    so each rank's queries see all ranks' keys as negatives; positives follow the item ids.
+    Without predictions (CLIP-style heads) the loss is InfoNCE alone.
+    """
+
+    def __init__(self, alpha: float = 0.5, temperature: float = 0.07, learnable_temperature: bool = True,
+                 regression: Literal["smooth_l1", "mse"] = "smooth_l1", gather: bool = False) -> None:
+        super().__init__()
+        if regression not in ("smooth_l1", "mse"):
+            raise InputError(f"regression loss {regression!r}: use 'smooth_l1' or 'mse'")
+        self.alpha, self.regression, self.gather = float(alpha), regression, gather
+        self.temperature = Temperature(temperature, learnable_temperature)
+
+    def forward(self, query: Tensor, key: Tensor, query_ids: Tensor, key_ids: Tensor,
+                predicted: Tensor | None = None, target: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+        """(loss, its parts) for B pairs: contrastive query/key vectors, their item ids, optional regression pair."""
+        if self.gather:
+            query, key, query_ids, key_ids = gather_across_ranks(query, key, query_ids, key_ids)
+        contrastive = info_nce(query, key, self.temperature(), positives_from_ids(query_ids, key_ids))
+        if predicted is None or target is None:
+            return contrastive, {"contrastive": contrastive.item()}
+        regression = latent_regression(predicted, target, self.regression)
+        loss = alpha_mix(contrastive, regression, self.alpha)
+        return loss, {"contrastive": contrastive.item(), "regression": regression.item()}

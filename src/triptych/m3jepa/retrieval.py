@@ -8,7 +8,7 @@ with each label's text as the other modality: accuracy = Recall@1 of image→lab
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,7 @@ from torch import Tensor, nn
 
 from triptych.core.results import mean_sd
 from triptych.m3jepa.features import EncodedBatch, Features
-
-if TYPE_CHECKING:
-    from triptych.m3jepa.train import Task
+from triptych.m3jepa.tasks import Task
 
 KS = (1, 5, 10)
 
@@ -92,6 +90,18 @@ def evaluate_tasks(model: nn.Module, tasks: Sequence[Task], fuse: bool = False) 
             scores = scores + reverse[1].T
         out[t.name] = recall_at_k(scores, relevant)
     return out
+
+
+def direction_metrics(model: nn.Module, tasks: Sequence[Task], fuse: bool) -> dict[str, dict[str, float]]:
+    """{"i2t": R@K, "t2i": R@K} of a split's two tasks (media→text, text→media): the benchmark's row.
+
+    ``triptych m3jepa evaluate`` and the benchmark both call this, with the checkpoint's own
+    ``fuse_directions``, so evaluating a benchmark checkpoint reproduces its row.
+    """
+    by_name = evaluate_tasks(model, tasks, fuse)
+    media = next(t.src for t in tasks if t.tgt == "text")
+    by_dir = {(t.src, t.tgt): by_name[t.name] for t in tasks}
+    return {"i2t": by_dir[(media, "text")], "t2i": by_dir[("text", media)]}
 
 
 def _same_items(task: Task, reverse: Task) -> bool:

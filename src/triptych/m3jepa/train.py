@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -32,93 +31,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from triptych.core.errors import InputError
 from triptych.core.training import TrainerFlags, best_checkpoint, fit, load_module_state, make_trainer
-from triptych.m3jepa.features import EncodedBatch, Features
-from triptych.m3jepa.losses import (
-    Temperature,
-    alpha_mix,
-    info_nce,
-    latent_regression,
-    load_balancing,
-    positives_from_ids,
-)
-from triptych.m3jepa.predictor import M3Predictor, PredictorConfig
+from triptych.m3jepa.aligner import KIND, build_model
+from triptych.m3jepa.config import TrainConfig
+from triptych.m3jepa.features import EncodedBatch
+from triptych.m3jepa.losses import M3JepaLoss, load_balancing
+from triptych.m3jepa.predictor import M3Predictor
+from triptych.m3jepa.tasks import Task
 
-KIND = "m3jepa.aligner"
-
-
-@dataclass
-class Task:
-    """One AGD task: ``src -> tgt`` over ``pairs`` (P×2 rows into ``src_features`` / ``tgt_features``).
-
-    ``group_by`` ("src", "tgt" or None) makes an epoch visit each item of that side once
-    with one random partner (e.g. each image once with one of its five captions).
-    """
-
-    src: str
-    tgt: str
-    src_features: Features
-    tgt_features: Features
-    pairs: np.ndarray
-    group_by: Literal["src", "tgt"] | None = None
-    dataset: str = ""
-
-    def __post_init__(self) -> None:
-        self.pairs = np.ascontiguousarray(self.pairs, dtype=np.int64).reshape(-1, 2)
-        if len(self.pairs) == 0:
-            raise InputError(f"task {self.name} has no pairs; check the split and the captions")
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset + ':' if self.dataset else ''}{self.src}->{self.tgt}"
-
-
-def caption_tasks(
-    images: Features,
-    captions: Features,
-    caption_image: Sequence[int] | np.ndarray,
-    image_rows: np.ndarray | None = None,
-    caption_rows: np.ndarray | None = None,
-    dataset: str = "",
-    media: str = "image",
-) -> list[Task]:
-    """image→text and text→image tasks for an image–caption set (``media="audio"``: audio→text, text→audio).
-
-    ``caption_image[j]`` is caption j's image (positions in ``image_rows`` / ``caption_rows``,
-    the rows of these items in the two caches; default: the caches' own order).
-    """
-    caption_image = np.asarray(caption_image, dtype=np.int64)
-    image_rows = np.arange(len(images)) if image_rows is None else np.asarray(image_rows)
-    caption_rows = np.arange(len(captions)) if caption_rows is None else np.asarray(caption_rows)
-    pairs = np.stack([image_rows[caption_image], caption_rows], 1)
-    return [
-        Task(media, "text", images, captions, pairs, group_by="src", dataset=dataset),
-        Task("text", media, captions, images, pairs[:, ::-1], group_by="tgt", dataset=dataset),
-    ]
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and loss settings (stored in checkpoints)."""
-
-    schedule: Literal["cyclic", "sampled", "summed"] = "cyclic"
-    alpha: float = 0.5
-    temperature: float = 0.03
-    learnable_temperature: bool = False
-    regression: Literal["smooth_l1", "mse"] = "smooth_l1"
-    balance_weight: float = 0.0
-    lr_start: float = 1e-3
-    lr_peak: float = 1.5e-3
-    lr_end: float = 5e-6
-    warmup_fraction: float = 0.1
-    weight_decay_start: float = 0.005
-    weight_decay_end: float = 0.2
-    clip: float = 1.0
-    batch_size: int = 128
-    max_epochs: int = 20
-    patience: int = 3
-    seed: int = 0
-    sample_floor: float = 0.5  # share of uniform probability kept by ``sampled``
-    fuse_directions: bool = False  # validate with both directions' scores summed (see retrieval.evaluate_tasks)
+__all__ = ["AlignmentModule", "TrainConfig", "TrainResult", "train_aligner"]
 
 
 def warmup_cosine(step: int, total: int, start: float, peak: float, end: float, warmup: float) -> float:
@@ -134,19 +54,6 @@ def cosine_ramp(step: int, total: int, start: float, end: float) -> float:
     """Cosine schedule start→end over ``total`` steps (the weight decay rises this way)."""
     t = min(1.0, step / max(1, total))
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * t))
-
-
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """An aligner from its stored config: ``{"type": "predictor"|"clip", ...}``."""
-    config = dict(config)
-    kind = config.pop("type", "predictor")
-    if kind == "predictor":
-        return M3Predictor(PredictorConfig(**config))
-    if kind == "clip":
-        from triptych.m3jepa.baselines import ClipHeads
-
-        return ClipHeads(**config)
-    raise InputError(f"unknown aligner type {kind!r} in checkpoint; expected 'predictor' or 'clip'")
 
 
 class _GroupedPairs(Dataset):
@@ -207,7 +114,9 @@ class AlignmentModule(L.LightningModule):
         self.automatic_optimization = False
         self.model = build_model(model_config)
         self.cfg = TrainConfig(**train_config)
-        self.temperature = Temperature(self.cfg.temperature, self.cfg.learnable_temperature)
+        # under DDP, InfoNCE sees every rank's batch as negatives (open_clip style); one process: no-op
+        self.loss = M3JepaLoss(self.cfg.alpha, self.cfg.temperature, self.cfg.learnable_temperature,
+                               self.cfg.regression, gather=True)
         self.task_names = list(task_names)
         self.register_buffer("task_probs", torch.full((len(task_names),), 1.0 / len(task_names)))
         experts = model_config.get("experts", 0) if model_config.get("mixer", "moe") == "moe" else 0
@@ -228,17 +137,13 @@ class AlignmentModule(L.LightningModule):
         rows = rows.cpu()
         src = _to(task.src_features.batch(rows[:, 0].numpy()), self.device)
         tgt = _to(task.tgt_features.batch(rows[:, 1].numpy()), self.device)
-        positives = positives_from_ids(rows[:, 0], rows[:, 1]).to(self.device)
+        ids = rows[:, 0].to(self.device), rows[:, 1].to(self.device)
         if not self.is_predictor:
             q, k = self.model.embed_query(task.src, task.tgt, src), self.model.embed_key(task.tgt, tgt)
-            loss = info_nce(q, k, self.temperature(), positives)
-            return loss, {"contrastive": loss.item()}
+            return self.loss(q, k, *ids)
         out = self.model(task.src, task.tgt, src.tokens, src.mask)
         target = self.model.project_target(task.tgt, tgt.tokens, tgt.mask)
-        lc = info_nce(out.contrastive, target, self.temperature(), positives)
-        lr = latent_regression(out.regression, tgt.pooled, self.cfg.regression)
-        loss = alpha_mix(lc, lr, self.cfg.alpha)
-        logs = {"contrastive": lc.item(), "regression": lr.item()}
+        loss, logs = self.loss(out.contrastive, target, *ids, out.regression, tgt.pooled)
         if out.routings:
             experts = self.model.config.experts
             for r in out.routings:
@@ -321,8 +226,8 @@ class AlignmentModule(L.LightningModule):
         self._total_steps = max(1, int(self.trainer.estimated_stepping_batches) * self.steps_per_batch())
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": params, "weight_decay": self.cfg.weight_decay_start}]
-        if any(p.requires_grad for p in self.temperature.parameters()):
-            groups.append({"params": list(self.temperature.parameters()), "weight_decay": 0.0})
+        if any(p.requires_grad for p in self.loss.parameters()):
+            groups.append({"params": list(self.loss.parameters()), "weight_decay": 0.0})
         opt = torch.optim.AdamW(groups, lr=self.cfg.lr_peak)
         c = self.cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -402,80 +307,3 @@ def _check_dims(model_config: dict[str, Any], tasks: list[Task]) -> None:
                     f"{modality} features in {getattr(feats, 'path', '?')} are {have}-d but the predictor "
                     f"expects {dims[modality]}-d; use a cache made with the same {modality} encoder"
                 )
-
-
-@dataclass
-class Aligner:
-    """A trained aligner for inference: maps cached features of each modality into the retrieval space."""
-
-    model: nn.Module
-    model_config: dict[str, Any]
-    encoders: dict[str, Any]
-    path: Path | None = None
-
-    @torch.no_grad()
-    def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> Tensor:
-        """L2-normalised query vectors of ``src`` items for retrieving ``tgt`` items (B×P)."""
-        return torch.nn.functional.normalize(self.model.embed_query(src, tgt, batch), dim=-1)
-
-    @torch.no_grad()
-    def embed_key(self, tgt: str, batch: EncodedBatch) -> Tensor:
-        """L2-normalised vectors of ``tgt`` items, the index side (B×P)."""
-        return torch.nn.functional.normalize(self.model.embed_key(tgt, batch), dim=-1)
-
-
-@dataclass
-class AlignerEnsemble:
-    """Several aligners on the same encoders, used as one: the mean of their cosine scores.
-
-    Each vector is the concatenation of the members' unit vectors scaled by 1/sqrt(n), so a
-    dot product of two ensemble vectors is the members' mean cosine (and stays in [-1, 1]).
-    """
-
-    members: list[Aligner]
-
-    def __post_init__(self) -> None:
-        if not self.members:
-            raise InputError("an ensemble needs at least one checkpoint")
-        first = self.members[0]
-        for other in self.members[1:]:
-            if other.encoders != first.encoders:
-                raise InputError(f"checkpoints {first.path} and {other.path} were trained on different encoders; "
-                                 "an ensemble needs the same encoders")
-
-    @property
-    def encoders(self) -> dict[str, Any]:
-        return self.members[0].encoders
-
-    def _joined(self, parts: list[Tensor]) -> Tensor:
-        return torch.cat(parts, dim=-1) / len(parts) ** 0.5
-
-    @torch.no_grad()
-    def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> Tensor:
-        """[q_1, ..., q_n] / sqrt(n): unit-norm query vectors (B × nP)."""
-        return self._joined([m.embed_query(src, tgt, batch) for m in self.members])
-
-    @torch.no_grad()
-    def embed_key(self, tgt: str, batch: EncodedBatch) -> Tensor:
-        """[k_1, ..., k_n] / sqrt(n): unit-norm key vectors (B × nP)."""
-        return self._joined([m.embed_key(tgt, batch) for m in self.members])
-
-
-def load_aligners(checkpoints: Sequence[str | Path]) -> Aligner | AlignerEnsemble:
-    """One checkpoint's aligner, or an ensemble of several (e.g. the benchmark's seeds)."""
-    aligners = [load_aligner(c) for c in checkpoints]
-    return aligners[0] if len(aligners) == 1 else AlignerEnsemble(aligners)
-
-
-def load_aligner(checkpoint: str | Path) -> Aligner:
-    """The aligner saved by ``triptych m3jepa train`` (or any training run), ready for search."""
-    from triptych.core.checkpoint import load_state_dict_into, rebuilding
-
-    state, hparams = load_module_state(checkpoint, KIND)
-    prefix = "model."
-    with rebuilding(checkpoint):
-        model = build_model(hparams["model_config"])
-        model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    load_state_dict_into(model, model_state, checkpoint)
-    model.eval()
-    return Aligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint))
