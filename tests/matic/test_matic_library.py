@@ -103,7 +103,7 @@ def test_bad_library_files_are_one_line_errors(tmp_path):
     (tmp_path / "f.smi").write_bytes(b"CCO\x00\x01\n")
     cases.append((tmp_path / "f.smi", "binary"))
     trunc = tmp_path / "t.smi.gz"
-    trunc.write_bytes(gzip.compress(b"CCO\n" * 5000)[:60])
+    trunc.write_bytes(gzip.compress(b"CCO\n" * 5000)[:-12])
     cases.append((trunc, "corrupt or truncated gzip"))
     for path, match in cases:
         with pytest.raises(InputError, match=match) as info:
