@@ -114,7 +114,13 @@ def test_bad_library_files_are_one_line_errors(tmp_path):
 # ---------------------------------------------------------------- standardisation, alerts, domain
 
 def test_standardizer_strips_salts_neutralises_and_merges_duplicates():
-    from triptych.matic.standardize import SeenKeys, Standardizer, dedup_keys, first_occurrence, mol_from_smiles
+    from triptych.matic.standardize import (
+        SeenKeys,
+        Standardizer,
+        dedup_keys,
+        first_occurrence,
+        mol_from_smiles,
+    )
 
     std = Standardizer()
     assert std.smiles(["[Na+].CC(=O)[O-]", "C[NH3+].[Cl-]", "c1ccccc1C(=O)O.O.O", "C1CC((", ""]) == [
