@@ -197,6 +197,7 @@ def screen(
         "Library run: training set for the applicability domain (ncats, matic:DIR or files); default: the "
         "--data in metrics.json beside the checkpoint."))] = None,
     domain_threshold: Annotated[float, typer.Option(help="Library run: in_domain if max Tanimoto >= this.")] = 0.4,
+    alerts: Annotated[bool, typer.Option(help="Library run: PAINS and Brenk alert columns.")] = True,
 ) -> None:
     """Score a SMILES library: each task's probability and the dual-activity score, ranked.
 
@@ -212,7 +213,7 @@ def screen(
                                tasks=_tasks(tasks), batch_size=batch_size, threads=threads, device=device,
                                workers=workers, ray_address=ray_address, shard_size=shard_size, top=top,
                                tautomers=tautomers, dedup=dedup, domain_ref=domain_ref or [],
-                               domain_threshold=domain_threshold)
+                               domain_threshold=domain_threshold, alerts=alerts)
         return
     from triptych.matic.library_cli import single_input
 

@@ -26,7 +26,7 @@ def single_input(inputs: list[str], out: Path) -> Path:
 def screen_library_command(*, checkpoint: Path, inputs: list[str], out: Path, smiles_col: str | None,
                            tasks: list[str] | None, batch_size: int, threads: int, device: str, workers: int | None,
                            ray_address: str | None, shard_size: int, top: int, tautomers: bool, dedup: str,
-                           domain_ref: list[str], domain_threshold: float) -> None:
+                           domain_ref: list[str], domain_threshold: float, alerts: bool = True) -> None:
     from triptych.matic.library_screen import LibraryScreenConfig, default_domain_reference, screen_library
     from triptych.matic.standardize import DEDUP_KEYS
 
@@ -43,7 +43,7 @@ def screen_library_command(*, checkpoint: Path, inputs: list[str], out: Path, sm
         raise InputError(f"--device {device}: Ray workers run on CPU here; pass --workers 0 to screen on {device} "
                          "in this process")
     config = LibraryScreenConfig(checkpoint=str(checkpoint.resolve()), tasks=tuple(tasks) if tasks else None,
-                                 batch_size=batch_size, device=device, tautomers=tautomers, dedup=dedup,
+                                 batch_size=batch_size, device=device, tautomers=tautomers, dedup=dedup, alerts=alerts,
                                  domain_reference=reference, domain_threshold=domain_threshold)
     result = screen_library(inputs, config, out, shard_size=shard_size, smiles_col=smiles_col, top_n=top,
                             workers=workers, ray_address=ray_address, threads_per_worker=max(1, threads))
