@@ -56,19 +56,25 @@ def train_model(folder: Path) -> Path:
     return model
 
 
-def tree_rss(pid: int) -> int:
+def tree_memory(pid: int) -> tuple[int, int, int]:
+    """(sum of RSS, sum of PSS, largest single RSS) over the process and its descendants.
+
+    RSS counts shared pages (torch's libraries, Ray's object store) once per process; PSS
+    splits them between the processes sharing them, so its sum is the tree's real footprint.
+    """
     import psutil
 
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0, 0
+    rss = pss = biggest = 0
     for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += p.memory_info().rss
-    return total
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            info = p.memory_full_info()
+            rss, pss, biggest = rss + info.rss, pss + info.pss, max(biggest, info.rss)
+    return rss, pss, biggest
 
 
 def main() -> None:
@@ -83,8 +89,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     lib = work / "library.smi.gz"
     n = write_library(args.n, lib)
-    model = train_model(work / "model")
-    out = work / "screen"
+    model = work / "model" / "model.safetensors"
+    if not model.is_file():  # a rerun in the same --work folder reuses the model
+        model = train_model(work / "model")
+    out = work / f"screen_{n}_{args.workers}"
     cmd = [sys.executable, "-m", "triptych.cli", "matic", "screen", "--checkpoint", str(model), "--input", str(lib),
            "--out", str(out), "--workers", str(args.workers), "--shard-size", str(args.shard_size),
            "--domain-ref", str(work / "model" / "train.smi")]
@@ -92,9 +100,9 @@ def main() -> None:
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
+    peak = np.zeros(3, dtype=np.int64)
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        peak = np.maximum(peak, tree_memory(proc.pid))
         time.sleep(0.5)
     wall = time.perf_counter() - start
     output = proc.stdout.read()
@@ -102,7 +110,8 @@ def main() -> None:
         sys.exit(f"screen failed ({proc.returncode}):\n{output}")
     summary = json.loads((out / "summary.json").read_text())
     result = {"n": n, "workers": args.workers, "shard_size": args.shard_size, "wall_s": round(wall, 1),
-              "molecules_per_s": round(n / wall, 1), "peak_rss_tree_gb": round(peak / 2**30, 3),
+              "molecules_per_s": round(n / wall, 1), "peak_rss_tree_gb": round(peak[0] / 2**30, 3),
+              "peak_pss_tree_gb": round(peak[1] / 2**30, 3), "peak_rss_one_process_gb": round(peak[2] / 2**30, 3),
               "load_avg_before": [round(x, 2) for x in load_before],
               "load_avg_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
               "n_valid": summary["n_valid"], "n_duplicates": summary["n_duplicates"], "command": " ".join(cmd),
@@ -111,13 +120,18 @@ def main() -> None:
 
     md = (f"# matic screen at library scale\n\n{n} MOSES SMILES (gzipped .smi), `--workers {args.workers}`, "
           f"shards of {args.shard_size}, whole CLI process, on a shared {os.cpu_count()}-CPU machine.\n\n"
-          f"| molecules | wall (s) | mol/s | peak RSS, process tree (GB) | load avg before / after |\n"
-          f"|---|---|---|---|---|\n| {n} | {result['wall_s']} | {result['molecules_per_s']} | "
-          f"{result['peak_rss_tree_gb']} | {result['load_avg_before'][0]} / {result['load_avg_after'][0]} |\n\n"
-          "Peak RSS sums the driver, Ray's own processes and the workers (sampled every 0.5 s). "
+          f"| molecules | wall (s) | mol/s | peak PSS, process tree (GB) | peak RSS summed (GB) | "
+          f"largest process RSS (GB) | load avg before / after |\n|---|---|---|---|---|---|---|\n"
+          f"| {n} | {result['wall_s']} | {result['molecules_per_s']} | {result['peak_pss_tree_gb']} | "
+          f"{result['peak_rss_tree_gb']} | {result['peak_rss_one_process_gb']} | "
+          f"{result['load_avg_before'][0]} / {result['load_avg_after'][0]} |\n\n"
+          "Memory is sampled every 0.5 s over the driver, Ray's own processes and the workers; PSS shares "
+          "pages between the processes that map them (the real footprint), summed RSS counts shared "
+          "libraries once per process. "
           "The load average counts every helper sharing the machine: throughput is what this run got, "
           "not what the code does on an idle machine.\n")
-    write_results(args.out, result, md)
+    out_dir = args.out / f"n{n}_w{args.workers}"
+    write_results(out_dir, result, md)
     print(json.dumps(result, indent=2))
 
 

@@ -5,6 +5,7 @@ Heavy libraries (torch, RDKit, Ray) are imported inside the functions.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -35,7 +36,7 @@ def screen_library_command(*, checkpoint: Path, inputs: list[str], out: Path, sm
                          "give a folder name as --out")
     if dedup not in DEDUP_KEYS:
         raise InputError(f"--dedup {dedup!r} unknown; choose {' or '.join(DEDUP_KEYS)}")
-    reference = tuple(domain_ref) or default_domain_reference(checkpoint)
+    reference = tuple(_absolute(spec) for spec in (tuple(domain_ref) or default_domain_reference(checkpoint)))
     if not reference:
         typer.echo("note: no --domain-ref and no metrics.json naming the training data beside the checkpoint; "
                    "the max_sim_train/in_domain columns are left out", err=True)
@@ -50,3 +51,12 @@ def screen_library_command(*, checkpoint: Path, inputs: list[str], out: Path, sm
     typer.echo(f"screened {result.n_valid}/{result.n_total} molecules ({result.n_duplicates} duplicate parents) "
                f"in {result.seconds:.1f} s ({result.throughput:.0f} mol/s), {result.shards} shards "
                f"({result.shards_reused} reused) -> {result.predictions}, {result.top}")
+
+
+def _absolute(spec: str) -> str:
+    """A reference spec with its path made absolute: Ray workers need not share the driver's folder."""
+    if spec == "ncats":
+        return spec
+    if spec.startswith("matic:"):
+        return "matic:" + str(Path(spec[len("matic:"):]).resolve())
+    return os.path.abspath(spec)  # textual, so a glob pattern stays a pattern

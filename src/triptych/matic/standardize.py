@@ -7,7 +7,8 @@ steps) defines it:
                [-> canonical tautomer, optional]
 
 so ``[Na+].CC(=O)[O-]`` -> ``CC(=O)O`` (the salt stripped, the acid neutralised, the parent
-kept). Tautomer canonicalisation is OFF by default: it costs ~10x the rest per molecule, and
+kept). Tautomer canonicalisation is OFF by default: it makes standardisation ~5x slower (measured,
+benchmarks/results/matic_chemchecks_speed), and
 MATIC's training SMILES were not tautomer-canonicalised, so turning it on at screening time
 alone would move molecules away from how the model saw them; turn it on when the model was
 trained on canonical tautomers too.
