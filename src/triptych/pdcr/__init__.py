@@ -24,20 +24,46 @@ synthetic), ``train`` (Lightning training), ``explain`` (the CLI pipeline and it
 outputs), ``plots``, ``toy`` (constructed models with known effects), ``cli``, ``demo``.
 """
 
-from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
-from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
-from triptych.pdcr.interventions import (
-    ActivationIntervention,
-    Blur,
-    DatasetMean,
-    PatchBank,
-    Zero,
-    apply_block,
-    make_intervention,
-)
-from triptych.pdcr.models import ModelSpec, SegmentationModel, build_model, load_model, save_model, wrap_model
-from triptych.pdcr.regions import Explanation, explain_regions
-from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> its module; loaded on first use (PEP 562), so that importing
+# ``triptych.pdcr.cli`` (and so ``triptych --help``) does not import torch and MONAI
+_EXPORTS = {
+    **dict.fromkeys(["Component", "ComponentExplanation", "explain_components", "list_components"], "components"),
+    **dict.fromkeys(["SequentialRule", "reference_estimate", "sequential_estimate"], "estimate"),
+    **dict.fromkeys(["ActivationIntervention", "Blur", "DatasetMean", "PatchBank", "Zero", "apply_block",
+                     "make_intervention"], "interventions"),
+    **dict.fromkeys(["ModelSpec", "SegmentationModel", "build_model", "load_model", "save_model", "wrap_model"],
+                    "models"),
+    **dict.fromkeys(["Explanation", "explain_regions"], "regions"),
+    **dict.fromkeys(["RoI", "RoIDice", "SoftMass", "dice", "make_outcome"], "roi"),
+}
+
+if TYPE_CHECKING:  # static tools see the real imports
+    from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
+    from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
+    from triptych.pdcr.interventions import (
+        ActivationIntervention,
+        Blur,
+        DatasetMean,
+        PatchBank,
+        Zero,
+        apply_block,
+        make_intervention,
+    )
+    from triptych.pdcr.models import (
+        ModelSpec,
+        SegmentationModel,
+        build_model,
+        load_model,
+        save_model,
+        wrap_model,
+    )
+    from triptych.pdcr.regions import Explanation, explain_regions
+    from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
 
 __all__ = [
     "ActivationIntervention",
@@ -68,3 +94,16 @@ __all__ = [
     "make_outcome",
     "wrap_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'triptych.pdcr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"triptych.pdcr.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -7,7 +7,6 @@ Outputs (written through :func:`atomic_output_dir`, so a bad input leaves nothin
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch
 from triptych.core.errors import InputError
 from triptych.core.io import atomic_output_dir
 from triptych.core.report import Report, Section
+from triptych.core.results import json_text
 from triptych.pdcr.components import ComponentExplanation, explain_components
 from triptych.pdcr.data import Sample, load_dataset, read_image, read_mask, resize_sample
 from triptych.pdcr.estimate import SequentialRule
@@ -111,9 +111,9 @@ def write_outputs(out: Path, image: torch.Tensor, exp: Explanation, comps: Compo
     section.table([{k: summary[k] for k in ("base_outcome", "positive_blocks", "negative_blocks", "zero_blocks",
                                             "forward_passes", "seconds")}])
     if comps is not None:
-        (out / "components.json").write_text(json.dumps({"rows": comps.rows, "base": comps.base,
-                                                          "forward_passes": comps.forward_passes,
-                                                          "seconds": comps.seconds, **comps.config}, indent=2) + "\n")
+        (out / "components.json").write_text(json_text({"rows": comps.rows, "base": comps.base,
+                                                        "forward_passes": comps.forward_passes,
+                                                        "seconds": comps.seconds, **comps.config}))
         fig = component_bars(comps.rows)
         fig.savefig(out / "components.png", dpi=110, bbox_inches="tight")
         section.figure(out / "components.png", "Network components ranked by |ATE|, with 95% CIs")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 
 from triptych.core.errors import InputError
 from triptych.core.progress import progress_bar
+from triptych.core.results import json_text
 from triptych.pdcr.estimate import (
     SequentialRule,
     UnitResult,
@@ -152,8 +152,8 @@ class Explanation:
         """ate.npy, se.npy, blocks.json and summary.json into ``out`` (a staging folder)."""
         np.save(out / "ate.npy", self.ate)
         np.save(out / "se.npy", self.se)
-        (out / "blocks.json").write_text(json.dumps(self.blocks) + "\n")
-        (out / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
+        (out / "blocks.json").write_text(json_text(self.blocks, indent=None))
+        (out / "summary.json").write_text(json_text(self.summary(), default=float))
 
 
 def _to_maps(results: list[UnitResult], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
