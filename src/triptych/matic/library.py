@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import GZIP_MAGIC, input_file
 from triptych.matic.data import find_smiles_column
 
 Row = tuple[int, str, str]  # (row, SMILES, name)
@@ -38,7 +39,6 @@ FORMATS = {".smi": "smi", ".smiles": "smi", ".txt": "smi", ".csv": "csv", ".tsv"
 NAME_COLUMNS = ("id", "name", "compound_id")  # as read_chunks: the molecule's name in a table
 SDF_NAME_PROPS = ("_Name", "ID", "id", "Name", "name", "compound_id")
 _HINT = "give .smi, .csv, .sdf or .parquet files (each may be .gz)"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 # ---------------------------------------------------------------- inputs
@@ -57,12 +57,8 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
                 raise InputError(f"--input {text!r} matches no file; check the pattern")
             files += found
         else:
-            path = Path(text)
-            if path.is_dir():
-                raise InputError(f"--input {path} is a folder; give a glob such as '{path}/*.smi.gz' or files")
-            if not path.is_file():
-                raise InputError(f"--input {path} does not exist; {_HINT}")
-            files.append(path)
+            hint = f"give files or a quoted glob such as '{text.rstrip('/')}/*.smi.gz'" if Path(text).is_dir() else _HINT
+            files.append(input_file(text, "--input", hint))
     return files
 
 
@@ -79,7 +75,7 @@ def file_format(path: Path) -> str:
 
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as handle:
-        gz = handle.read(2) == _GZIP_MAGIC
+        gz = handle.read(2) == GZIP_MAGIC
     if not gz and path.suffix.lower() == ".gz":
         raise InputError(f"{path} is named .gz but is not gzip-compressed; rename it without .gz or gzip it")
     return gz
