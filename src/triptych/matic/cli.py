@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from triptych.core.batch_options import RayAddressOpt, WorkersOpt
 from triptych.core.trainer_flags import TrainerFlags, trainer_options
 
 app = typer.Typer(
@@ -175,8 +176,12 @@ def benchmark(
 @app.command()
 def screen(
     checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
-    input: Annotated[Path, typer.Option("--input", help=".csv (with a smiles column) or .smi (SMILES [name]); .gz ok.")],
-    out: Annotated[Path, typer.Option(help="Ranked predictions CSV; invalid lines go to <stem>.invalid.csv.")] = Path(
+    input: Annotated[list[str], typer.Option("--input", help=(
+        ".smi (SMILES [name]), .csv (smiles column), .sdf or .parquet, each .gz or not; repeat it or give a "
+        "quoted glob ('lib/*.smi.gz') for a sharded library."))],
+    out: Annotated[Path, typer.Option(help=(
+        "A .csv: one .smi/.csv screened in this process, ranked (invalid lines to <stem>.invalid.csv). "
+        "A folder: the library run on Ray (predictions.parquet, top.csv, summary.json, shards/ to resume)."))] = Path(
         "preds.csv"),
     smiles_col: SmilesColOpt = None,
     tasks: Annotated[str | None, typer.Option(
@@ -185,11 +190,39 @@ def screen(
     chunk: Annotated[int, typer.Option(help="Molecules read and featurised at a time (bounds memory).")] = 2048,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: Annotated[int, typer.Option(help="Library run: molecules per shard (the unit of resume).")] = 10_000,
+    top: Annotated[int, typer.Option(help="Library run: rows of top.csv (best unique parents).")] = 1000,
+    tautomers: Annotated[bool, typer.Option(help="Library run: canonicalise tautomers too (slow; off since "
+                                            "training SMILES were not).")] = False,
+    dedup: Annotated[str, typer.Option(help="Library run: duplicates are the same parent 'smiles' or 'inchikey'.")] =
+        "smiles",
+    domain_ref: Annotated[list[str] | None, typer.Option(help=(
+        "Library run: training set for the applicability domain (ncats, matic:DIR or files); default: the "
+        "--data in metrics.json beside the checkpoint."))] = None,
+    domain_threshold: Annotated[float, typer.Option(help="Library run: in_domain if max Tanimoto >= this.")] = 0.4,
+    alerts: Annotated[bool, typer.Option(help="Library run: PAINS and Brenk alert columns.")] = True,
 ) -> None:
     """Score a SMILES library: each task's probability and the dual-activity score, ranked.
 
     Example: triptych matic screen --checkpoint runs/matic/model.safetensors --input library.smi --out preds.csv
+
+    Library scale (Ray, sharded, resumable; standardised parents, PAINS/Brenk alerts, domain flag):
+    triptych matic screen --checkpoint runs/matic/model.safetensors --input 'lib/*.sdf.gz' --out screen_out --workers 8
     """
+    if out.suffix.lower() != ".csv" or workers is not None or ray_address is not None:
+        from triptych.matic.library_cli import screen_library_command
+
+        screen_library_command(checkpoint=checkpoint, inputs=input, out=out, smiles_col=smiles_col,
+                               tasks=_tasks(tasks), batch_size=batch_size, threads=threads, device=device,
+                               workers=workers, ray_address=ray_address, shard_size=shard_size, top=top,
+                               tautomers=tautomers, dedup=dedup, domain_ref=domain_ref or [],
+                               domain_threshold=domain_threshold, alerts=alerts)
+        return
+    from triptych.matic.library_cli import single_input
+
+    input = single_input(input, out)
     import torch
 
     from triptych.core.device import choose_device
