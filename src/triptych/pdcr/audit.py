@@ -77,7 +77,7 @@ def load_audit_data(data: str, spatial_dims: int = 2) -> list[Sample]:
     from triptych.pdcr.benchmark import load_split, parse_data
     from triptych.pdcr.data import Sample, load_folder, read_image, read_mask
 
-    if data.lower().endswith(".csv") and ":" not in data.split("/")[0]:
+    if data.lower().endswith(".csv") and not data.startswith(("drive:", "folder:")):
         path = Path(data)
         if not path.is_file():
             raise InputError(f"--data {data}: no such CSV; give drive:PATH, folder:PATH or a CSV of image[,mask]")
