@@ -127,9 +127,13 @@ def test_sigkilled_audit_process_resumes(dataset, reference, tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    """One local Ray session with 2 worker CPUs (loopback only) for the file."""
+    pytest.importorskip("ray")
+    from triptych.core.batch import init_ray
+
+    init_ray(workers=2)
+    import ray  # after init_ray, which sets Ray's environment first
+
     yield
     ray.shutdown()
 

@@ -144,9 +144,8 @@ def plan_shards(samples: Sequence[Sample], config: AuditConfig) -> list[dict[str
     if config.rois not in ROI_MODES:
         boxes = read_boxes(config.rois, [s.name for s in samples])
         return [{"id": shard_id(s.name), "image": s.name, "boxes": boxes[s.name]} for s in samples if s.name in boxes]
-    if config.rois == "gt" or (config.rois == "sample" and any(s.mask is not None for s in samples)):
-        if not any(s.mask is not None and s.mask.any() for s in samples):
-            raise InputError(f"--rois {config.rois}: no image has a non-empty ground truth; use --rois pred")
+    if config.rois == "gt" and not any(s.mask is not None and s.mask.any() for s in samples):
+        raise InputError(f"--rois {config.rois}: no image has a non-empty ground truth; use --rois pred")
     return [{"id": shard_id(s.name), "image": s.name} for s in samples]
 
 
