@@ -112,7 +112,7 @@ def test_sigkilled_audit_process_resumes(dataset, reference, tmp_path):
            "--out", str(out), *ARGS, "--workers", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a loaded machine starts slowly
     while time.monotonic() < deadline and proc.poll() is None and len(list(out.glob("shards/*.parquet"))) < 2:
         time.sleep(0.02)
     if proc.poll() is None:
@@ -128,7 +128,6 @@ def test_sigkilled_audit_process_resumes(dataset, reference, tmp_path):
 @pytest.fixture(scope="module")
 def ray_session():
     """One local Ray session with 2 worker CPUs (loopback only) for the file."""
-    pytest.importorskip("ray")
     from triptych.core.batch import init_ray
 
     init_ray(workers=2)
