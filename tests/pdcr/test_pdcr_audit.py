@@ -74,6 +74,7 @@ def test_audit_writes_table_maps_and_report(reference):
         assert np.abs(z["ate"]).max() > 0 and not z["ate"][z["roi"]].any()
     html = (out / "report.html").read_text()
     assert "most non-local support" in html and "Per-image aggregated maps" in html
+    assert all(path in html for path in table["maps"])  # a link per RoI
 
 
 def test_killed_audit_resumes_without_redoing_finished_images(dataset, reference, tmp_path, monkeypatch):
@@ -162,6 +163,7 @@ def test_roi_makers():
     (["--rois-per-image", "0"], "--rois-per-image"),
     (["--estimator", "magic"], "--estimator"),
     (["--rois", "BOXES_BAD"], "--rois"),
+    (["--workers", "2", "--ray-address", "no-port-here"], "--ray-address"),
 ])
 def test_bad_inputs_fail_in_one_line(dataset, tmp_path, invoke, extra, message):
     data, ckpt = dataset

@@ -424,6 +424,10 @@ def write_report(table: pd.DataFrame, samples: Sequence[Sample], out: Path, conf
                            "significant_negative", "significant_positive", "maps"]].to_dict("records"))
     for row in least_local.itertuples():
         sec.link(row.maps, f"{row.image} {row.roi}: ATE/SE maps (NPZ)")
+    sec = rep.section("Every RoI")
+    sec.text("One link per RoI to its ATE/SE maps (NPZ: ate, se, roi, origin of the window in the image).")
+    for row in table.itertuples():
+        sec.link(row.maps, f"{row.image} {row.roi} ({row.roi_kind}, box {row.roi_box})")
     sec = rep.section("Per-image aggregated maps")
     sec.text("Mean ATE over the image's RoIs (each RoI's map placed at its window; RoIs outlined).")
     by_name = {s.name: s for s in samples}
