@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from triptych.core.batch_options import RayAddressOpt, ThreadsPerWorkerOpt, WorkersOpt
 from triptych.core.trainer_flags import MaxTimeOpt, TrainerFlags, trainer_options
 
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
@@ -265,3 +266,49 @@ def compare(
     for t in results["between_models"]:
         typer.echo(f"{t['statistic']}: {t['test']} p = {t['p']:.3g}")
     typer.echo(f"report: {out}/report.html")
+
+
+# ---------------------------------------------------------------- part 3: audit (a whole dataset, on Ray)
+
+
+@app.command()
+def audit(
+    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
+    data: Annotated[str, typer.Option(help="drive:PATH (its test split), folder:PATH (test/ or images/+masks/), "
+                                           "or a CSV with columns image[,mask].")],
+    out: Annotated[Path, typer.Option(help="Output folder (results.parquet/.csv, maps/*.npz, report.html, "
+                                           "shards/); rerun with the same folder to resume.")],
+    rois: Annotated[str, typer.Option(help="gt / pred: the largest connected components of the ground truth / "
+                                           "prediction; sample: seeded boxes on the foreground; or a CSV of "
+                                           "boxes image,x,y,w,h.")] = "gt",
+    rois_per_image: Annotated[int, typer.Option(help="Components (largest first) or sampled boxes per image.")] = 10,
+    roi_size: Annotated[int, typer.Option(help="Side of a sampled box (--rois sample).")] = 12,
+    outcome: Annotated[str | None, typer.Option(help="dice_gt (default with a ground truth), dice_self or "
+                                                     "soft_mass.")] = None,
+    block: Annotated[int, typer.Option(help="Finest block side in pixels.")] = 8,
+    coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 2·block).")] = None,
+    estimator: Annotated[str, typer.Option(help="adaptive (default) or reference (the paper's rule).")] = "adaptive",
+    max_draws: Annotated[int, typer.Option(help="Cap on the draws per block.")] = 20,
+    window: Annotated[int | None, typer.Option(help="Side of the window explained around each RoI (default: the "
+                                                    "model's training patch, or the whole image).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for sampled RoIs, patch banks and draws.")] = 0,
+    workers: WorkersOpt = None,
+    ray_address: RayAddressOpt = None,
+    threads_per_worker: ThreadsPerWorkerOpt = 1,
+) -> None:
+    """Explain every RoI of a dataset: one results table, per-RoI ATE/SE maps and a dataset report; resumable.
+
+    Example: triptych pdcr audit --checkpoint runs/drive/checkpoints/best.safetensors --data drive:../shared/data/drive --rois sample --rois-per-image 10 --out audit_out --workers 2
+    """
+    from triptych.pdcr.audit import AuditConfig
+    from triptych.pdcr.audit import audit as run_audit
+
+    config = AuditConfig(rois=rois, rois_per_image=rois_per_image, roi_size=roi_size, outcome=outcome, block=block,
+                         coarse_block=coarse_block, estimator=estimator, max_draws=max_draws, window=window, seed=seed)
+    result = run_audit(checkpoint, data, out, config, workers=workers, ray_address=ray_address,
+                       threads_per_worker=threads_per_worker)
+    t = result.table
+    typer.echo(f"{len(t)} RoIs on {result.images} images ({result.reused} images already done); "
+               f"{int(t['forward_passes'].sum())} forward passes; median support radius "
+               f"{t['support_radius'].median():.1f} px")
+    typer.echo(f"results: {out}/results.parquet, {out}/results.csv, {out}/report.html")
