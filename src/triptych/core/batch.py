@@ -291,9 +291,10 @@ def init_ray(workers: int | None = None, ray_address: str | None = None, threads
         # when it is first imported, so it only takes effect if nothing imported Ray before.
         if "ray" not in sys.modules:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        # Ray turns token authentication on for new local clusters anyway; saying so explicitly
-        # spares the warning it prints otherwise.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+            # Ray turns token authentication on for new local clusters anyway; saying so explicitly
+            # spares the warning it prints otherwise. Ray reads it on import too: setting it after an
+            # earlier import would start the cluster and the driver in different modes.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     import logging
 
     import ray
