@@ -3,7 +3,7 @@
 import torch
 from rdkit import Chem
 
-from triptych.matic.generate.chem import induced_submol
+from triptych.matic.chem import induced_submol
 from triptych.matic.generate.rationale import (
     MCTSConfig,
     clusters,
