@@ -187,6 +187,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10_000, help="SMILES to screen")
     ap.add_argument("--screen-pairs", type=int, default=3, help="alternating A/B screening pairs")
     ap.add_argument("--train-pairs", type=int, default=2, help="alternating A/B training pairs (1 and E epochs each)")
+    ap.add_argument("--reuse-models", action="store_true",
+                    help="screen with 1-epoch models already in --work (from an earlier, interrupted run)")
     ap.add_argument("--epochs", type=int, default=2, help="E: the longer training run (the shorter is 1 epoch)")
     args = ap.parse_args()
     if not (args.data / "multi_train.csv").is_file():
@@ -212,7 +214,13 @@ def main() -> None:
 
     # 1. One-epoch training of both (the first half of training pair 0; these models are screened:
     #    screening speed does not depend on how long a model was trained).
-    trained = {(t, 1, 0): train(t, 1, 0) for t in ("triptych", "chemprop")}
+    trained = {}
+    for t in ("triptych", "chemprop"):
+        done = work / f"train_{t}_1ep_0"
+        if args.reuse_models and any(done.rglob("model.safetensors" if t == "triptych" else "best*.pt")):
+            print(f"{t}: reusing the 1-epoch model in {done} (its training is not timed in this run)", flush=True)
+            continue
+        trained[(t, 1, 0)] = train(t, 1, 0)
     our_model = work / "train_triptych_1ep_0" / "model.safetensors"
     cp_model = next((work / "train_chemprop_1ep_0").rglob("best*.pt"))
 
@@ -234,7 +242,7 @@ def main() -> None:
 
     # 3. Training pairs: 1 and E epochs of both, alternating.
     train_pairs = []
-    for k in range(args.train_pairs):
+    for k in range(args.train_pairs if len(trained) == 2 else 0):
         order = [("chemprop", args.epochs), ("triptych", args.epochs)]
         if k > 0:
             order = [("triptych", 1), ("chemprop", 1), *order] if k % 2 == 0 else [("chemprop", 1), ("triptych", 1),
