@@ -87,8 +87,11 @@ def triptych_train(data_dir: Path, out: Path, epochs: int) -> list[str]:
 
 
 def chemprop_train(chemprop: str, files: list[Path], out: Path, epochs: int) -> list[str]:
+    # chemprop refuses fewer epochs than its 2 warm-up epochs; warm-up only shapes the learning-rate
+    # schedule (not the cost of an epoch), so the 1-epoch run turns it off.
+    warmup = ["--warmup-epochs", "0"] if epochs <= 2 else []
     return [chemprop, "train", "--data-path", *map(str, files), "--task-type", "classification",
-            "--epochs", str(epochs), "--save-dir", str(out), "--smiles-columns", "smiles",
+            "--epochs", str(epochs), *warmup, "--save-dir", str(out), "--smiles-columns", "smiles",
             "--target-columns", *TASKS, "--data-seed", "0", "--pytorch-seed", "0"]
 
 
