@@ -2,7 +2,7 @@
 
 from rdkit import Chem
 
-from triptych.matic.generate.chem import induced_submol
+from triptych.matic.chem import induced_submol
 from triptych.matic.generate.rationale import (
     MCTSConfig,
     clusters,

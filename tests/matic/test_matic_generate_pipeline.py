@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from rdkit import Chem
 
+from triptych.matic.chem import fingerprints
 from triptych.matic.generate.baselines import best_of_dataset, crossover, graph_ga, mutate
-from triptych.matic.generate.chem import fingerprints
 from triptych.matic.generate.completion import CompletionModel, default_checkpoint, embedded_corpus
 from triptych.matic.generate.finetune import FinetuneConfig
 from triptych.matic.generate.metrics import diversity, generation_metrics, novel_flags

@@ -286,15 +286,14 @@ def init_ray(workers: int | None = None, ray_address: str | None = None, threads
     cluster at ``ray_address``; an unreachable address is an :class:`InputError`."""
     # No phoning home (Ray's usage statistics).
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray_address is None:
-        # A local cluster listens on loopback only. Ray reads this switch (meant for laptops)
-        # when it is first imported, so it only takes effect if nothing imported Ray before.
-        if "ray" not in sys.modules:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            # Ray turns token authentication on for new local clusters anyway; saying so explicitly
-            # spares the warning it prints otherwise. Ray reads it on import too: setting it after an
-            # earlier import would start the cluster and the driver in different modes.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # A local cluster listens on loopback only. Ray reads this switch (meant for laptops)
+    # when it is first imported, so it only takes effect if nothing imported Ray before.
+    if ray_address is None and "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray turns token authentication on for new local clusters anyway; saying so explicitly
+        # spares the warning it prints otherwise. Ray reads it on import too: setting it after an
+        # earlier import would start the cluster and the driver in different modes.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import logging
 
     import ray

@@ -186,9 +186,12 @@ def screen(
     smiles_col: SmilesColOpt = None,
     tasks: Annotated[str | None, typer.Option(
         help="Comma-separated tasks you expect the checkpoint to predict (checked).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 256,
-    chunk: Annotated[int, typer.Option(help="Molecules read and featurised at a time (bounds memory).")] = 2048,
-    threads: Annotated[int, typer.Option(help="CPU threads for torch (0: torch's default).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 64,
+    chunk: Annotated[int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")] = 2048,
+    featurize_workers: Annotated[int | None, typer.Option(
+        help="Processes featurising while the model runs (default: 1 on 2+ cores, else 0 = in process).")] = None,
+    threads: Annotated[int, typer.Option(
+        help="CPU threads for the model (0: the cores left after the featurising workers).")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -223,16 +226,21 @@ def screen(
     from triptych.matic.library_cli import single_input
 
     input = single_input(input, out)
+    import os
+
     import torch
 
     from triptych.core.device import choose_device
     from triptych.matic.predictor import load_predictor
+    from triptych.matic.screen import default_workers
     from triptych.matic.screen import screen as run_screen
 
-    if threads:
-        torch.set_num_threads(threads)
+    feat_workers = default_workers() if featurize_workers is None else featurize_workers
+    # The featurising workers take a core each; the model gets the rest, so nothing is oversubscribed.
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - feat_workers))
     predictor = load_predictor(checkpoint, _tasks(tasks), str(choose_device(device)))
-    result = run_screen(predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col)
+    result = run_screen(predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col,
+                        workers=feat_workers)
     if result.invalid:
         shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (" ..." if len(result.invalid) > 10 else "")
         typer.echo(f"warning: {len(result.invalid)} invalid SMILES skipped ({shown}); "

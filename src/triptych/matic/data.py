@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from rdkit import Chem, RDLogger
+from rdkit import RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from triptych.core.errors import InputError
 from triptych.core.inputs import read_text
+from triptych.matic.chem import canonical as canonical_smiles
+from triptych.matic.chem import parse
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -50,16 +52,6 @@ class MolTable:
             known = ~np.isnan(col)
             parts.append(f"{t}: {int(known.sum())} labelled, {int(np.nansum(col))} active")
         return "; ".join(parts)
-
-
-def canonical_smiles(smiles: str) -> str | None:
-    """RDKit canonical isomeric SMILES, or ``None`` when unparsable or empty."""
-    if not isinstance(smiles, str) or not smiles.strip():
-        return None
-    mol = Chem.MolFromSmiles(smiles.strip())
-    if mol is None or mol.GetNumAtoms() == 0:
-        return None
-    return Chem.MolToSmiles(mol)
 
 
 def read_csv_frame(path: Path) -> pd.DataFrame:
@@ -203,7 +195,7 @@ def random_split(n: int, seed: int, fractions: tuple[float, float, float] = (0.8
 
 def murcko_scaffold(smiles: str) -> str:
     """Bemis–Murcko scaffold SMILES (empty for acyclic molecules)."""
-    mol = Chem.MolFromSmiles(smiles)
+    mol = parse(smiles)
     return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False) if mol is not None else ""
 
 

@@ -14,14 +14,17 @@ with only shared experts; single-task uses one private expert per task and no ga
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models import AttentiveFP
 
 from triptych.matic.featurize import ATOM_DIM, BOND_DIM
+from triptych.matic.stacked import stacked_attentive_fp
 
+KIND = "matic.predictor"  # checkpoint kind of a trained predictor
 ARCHS = ("ple", "mmoe", "single")
 GATES = ("full", "light")
 
@@ -97,29 +100,39 @@ class MultiTaskAttentiveFP(nn.Module):
                 self.gates.append(
                     Expert(k, hidden, layers, timesteps, dropout) if gate == "full" else nn.Linear(k * hidden, k)
                 )
+        self.stacked = True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
         self.towers = nn.ModuleList(
             nn.Sequential(nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1))
             for _ in range(n_tasks)
         )
 
-    def forward(self, data) -> Output:
-        """A PyG batch (``x, edge_index, edge_attr, batch``) -> :class:`Output`."""
-        args = (data.x, data.edge_index, data.edge_attr, data.batch)
-        emb = torch.stack([e(*args) for e in self.experts], dim=1)  # [B, K, H]
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Output:
+        """Atoms ``x [N, 39]``, ``edge_index [2, E]``, bonds ``edge_attr [E, 10]``, graph ids ``batch [N]`` -> :class:`Output`."""
+        args = (x, edge_index, edge_attr, batch)
+        full = self.gate_kind == "full" and len(self.gates) > 0
+        if self.stacked:  # every Attentive FP (experts, then full gates) in one batched pass
+            nets = [e.net for e in self.experts] + ([g.net for g in self.gates] if full else [])
+            outs, att = stacked_attentive_fp(nets, *args)
+            expert_out, gate_logits = outs[:len(self.experts)], outs[len(self.experts):]
+            attention = att[:, :len(self.experts)]
+        else:  # PyG's AttentiveFP network by network (the reference the stacked pass is tested against)
+            expert_out = [e(*args) for e in self.experts]
+            gate_logits = [g(*args) for g in self.gates] if full else []
+            attention = torch.stack([e.attention for e in self.experts], dim=1)
+        emb = torch.stack(expert_out, dim=1)  # [B, K, H]
         gates, mixed = [], []
         for t, members in enumerate(self.gate_experts):
             e_t = emb[:, members]  # [B, k, H]
             if not self.gates:
                 g = torch.ones(e_t.shape[:2], device=e_t.device)
-            elif self.gate_kind == "full":
-                g = torch.softmax(self.gates[t](*args), dim=-1)
+            elif full:
+                g = torch.softmax(gate_logits[t], dim=-1)
             else:
                 g = torch.softmax(self.gates[t](e_t.flatten(1)), dim=-1)
             gates.append(g)
             mixed.append((g.unsqueeze(-1) * e_t).sum(dim=1))  # CGC mix
         task_emb = torch.stack(mixed, dim=1)  # [B, T, H]
         logits = torch.cat([tower(task_emb[:, t]) for t, tower in enumerate(self.towers)], dim=1)
-        attention = torch.stack([e.attention for e in self.experts], dim=1)
         return Output(logits, gates, [list(m) for m in self.gate_experts], emb, task_emb, attention)
 
     def expert_names(self, tasks: list[str]) -> list[str]:
@@ -128,3 +141,27 @@ class MultiTaskAttentiveFP(nn.Module):
         for t in range(self.n_tasks):
             names += [f"{tasks[t]}-private" + (f"-{k}" if self.n_private > 1 else "") for k in range(self.n_private)]
         return names
+
+
+@dataclass
+class ModelConfig:
+    """What rebuilds a predictor's network (no training settings, so inference never imports training)."""
+
+    tasks: list[str]
+    arch: str = "ple"
+    gate: str = "full"
+    n_shared: int | None = None
+    n_private: int = 1
+    hidden: int = 150
+    layers: int = 3
+    timesteps: int = 1
+    dropout: float = 0.1
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> ModelConfig:
+        """The model part of a saved config (a checkpoint's config also holds the training settings)."""
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
+
+    def build_model(self) -> MultiTaskAttentiveFP:
+        return MultiTaskAttentiveFP(len(self.tasks), self.arch, self.gate, self.n_shared, self.n_private,
+                                    self.hidden, self.layers, self.timesteps, self.dropout)

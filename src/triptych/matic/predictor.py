@@ -1,4 +1,8 @@
-"""Inference: ``load_predictor(checkpoint)`` -> :class:`Predictor` with ``.tasks`` and batched ``predict_proba``."""
+"""Inference: ``load_predictor(checkpoint)`` -> :class:`Predictor` with ``.tasks`` and batched ``predict_proba``.
+
+Nothing here imports training (Lightning): a checkpoint is read with the core's
+safetensors loader and the network is rebuilt from its :class:`ModelConfig`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch
 
-from triptych.core.checkpoint import CheckpointError, load_state_dict_into, rebuilding
+from triptych.core.checkpoint import CheckpointError, load_checkpoint, load_state_dict_into, rebuilding
 from triptych.core.errors import InputError
-from triptych.core.training import load_module_state
-from triptych.matic.featurize import featurize
-from triptych.matic.model import MultiTaskAttentiveFP, Output
-from triptych.matic.train import KIND, TrainConfig
+from triptych.matic.featurize import DEFAULT, collate
+from triptych.matic.model import KIND, ModelConfig, MultiTaskAttentiveFP, Output
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Predictor:
     """A trained multi-task Attentive FP ready for screening and interpretation."""
 
     model: MultiTaskAttentiveFP
-    config: TrainConfig
+    config: ModelConfig
     path: Path
     device: torch.device = torch.device("cpu")
 
@@ -34,25 +35,40 @@ class Predictor:
     def expert_names(self) -> list[str]:
         return self.model.expert_names(self.tasks)
 
-    @torch.no_grad()
+    def forward_arrays(self, graphs: Sequence) -> Output:
+        """One forward pass over featurised molecules (``GraphArrays``, see :mod:`featurize`)."""
+        x, edge_index, edge_attr, batch = (t.to(self.device) for t in collate(graphs))
+        return self.model(x, edge_index, edge_attr, batch)
+
+    @torch.inference_mode()
     def forward_batches(self, smiles: Sequence[str], batch_size: int = 256) -> Iterator[tuple[list[int], Output]]:
         """Yield ``(indices of valid SMILES in this batch, model output)`` batch by batch."""
         self.model.eval()
         for start in range(0, len(smiles), batch_size):
-            chunk = list(smiles[start:start + batch_size])
-            graphs = featurize(chunk)
+            graphs = [DEFAULT.arrays(s) for s in smiles[start:start + batch_size]]
             valid = [i for i, g in enumerate(graphs) if g is not None]
-            if not valid:
-                continue
-            batch = Batch.from_data_list([graphs[i] for i in valid]).to(self.device)
-            yield [start + i for i in valid], self.model(batch)
+            if valid:
+                yield [start + i for i in valid], self.forward_arrays([graphs[i] for i in valid])
 
     def predict_proba(self, smiles: Sequence[str], batch_size: int = 256) -> np.ndarray:
         """``(n, n_tasks)`` probabilities; rows of NaN for SMILES that cannot be parsed."""
         out = np.full((len(smiles), len(self.tasks)), np.nan, dtype=np.float64)
         for idx, o in self.forward_batches(smiles, batch_size):
-            out[idx] = torch.sigmoid(o.logits).cpu().numpy()
+            out[idx] = torch.sigmoid(o.logits).float().cpu().numpy()
         return out
+
+
+def read_config(checkpoint: str | Path) -> tuple[dict, dict]:
+    """``(state_dict, saved config)`` of a ``matic.predictor`` checkpoint, or a one-line :class:`InputError`."""
+    try:
+        state, _ = load_checkpoint(Path(checkpoint), kind=KIND)
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
+    state_dict, hparams = state.get("state_dict"), state.get("hyper_parameters") or {}
+    if not isinstance(state_dict, dict) or not isinstance(hparams, dict) or not isinstance(hparams.get("config") or {}, dict):
+        raise InputError(f"checkpoint {checkpoint} is corrupt: it lacks a state_dict or a model config; "
+                         "re-train or re-export it")
+    return state_dict, dict(hparams.get("config") or {})
 
 
 def load_predictor(checkpoint: str | Path, tasks: Sequence[str] | None = None, device: str = "cpu") -> Predictor:
@@ -62,20 +78,17 @@ def load_predictor(checkpoint: str | Path, tasks: Sequence[str] | None = None, d
     an error too, since columns would be swapped silently).
     """
     path = Path(checkpoint)
-    try:
-        state_dict, hparams = load_module_state(path, KIND)
-    except CheckpointError as exc:
-        raise InputError(str(exc)) from None
+    state_dict, saved = read_config(path)
     try:
         with rebuilding(path):
-            config = TrainConfig(**hparams["config"])
+            config = ModelConfig.from_dict(saved)
             model = config.build_model()
-            model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     if tasks is not None and list(tasks) != list(config.tasks):
         raise InputError(f"checkpoint {path} was trained for tasks {config.tasks}, not {list(tasks)}; "
                          "use a checkpoint trained on these tasks or pass matching --tasks")
+    model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     try:
         load_state_dict_into(model, model_state, path)
     except CheckpointError as exc:

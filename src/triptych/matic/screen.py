@@ -2,26 +2,37 @@
 
     dual(m) = prod_t p_t(m)        (joint probability, treating the tasks as independent given m)
 
-The input is read and featurised in chunks, so memory is bounded by the chunk size
-plus a few numbers per molecule; rows are ranked by the dual score at the end.
+Pipeline: the library is read in chunks; each chunk is sorted by SMILES length (a proxy
+for atom count, so a batch holds molecules of similar size), cut into batches, and the
+batches are featurised in worker processes (a torch ``DataLoader``) while the main
+process runs the model on the previous ones under ``inference_mode``. Memory is bounded
+by the chunk size plus a few numbers per molecule; rows are ranked by the dual score at
+the end.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from triptych.core.errors import InputError
 from triptych.core.inputs import input_file, open_text
 from triptych.core.io import atomic_write
 from triptych.core.progress import progress_bar
 from triptych.matic.data import find_smiles_column
+from triptych.matic.featurize import DEFAULT, collate
 from triptych.matic.predictor import Predictor
+
+Row = tuple[int, str, str]  # (line number, SMILES, name)
 
 
 @dataclass
@@ -91,8 +102,89 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
+def default_workers() -> int:
+    """Featurising processes: one beside the model when there are at least 2 cores, none on 1 core."""
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
+
+
+class FeaturisedBatches(IterableDataset):
+    """Chunks of rows -> featurised batches ``dict(rows, valid, x, edge_index, edge_attr, batch)``.
+
+    In a ``DataLoader`` with W workers, worker k featurises batches k, k+W, ... of the
+    same deterministic sequence, so every batch is made exactly once.
+    """
+
+    def __init__(self, chunks: Callable[[], Iterator[list[Row]]], batch_size: int = 64) -> None:
+        self.chunks, self.batch_size = chunks, batch_size
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        k, w = (info.id, info.num_workers) if info is not None else (0, 1)
+        b = 0
+        for rows in self.chunks():
+            rows = sorted(rows, key=lambda r: len(r[1]))  # similar sizes share a batch
+            for start in range(0, len(rows), self.batch_size):
+                if b % w == k:
+                    yield featurise_batch(rows[start:start + self.batch_size])
+                b += 1
+
+
+def featurise_batch(rows: Sequence[Row]) -> dict:
+    graphs = [DEFAULT.arrays(s) for _, s, _ in rows]
+    valid = np.array([g is not None for g in graphs], dtype=bool)
+    good = [g for g in graphs if g is not None]
+    out = {"rows": list(rows), "valid": valid}
+    if good:
+        out["tensors"] = collate(good)
+    return out
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # featurising workers do no tensor maths; keep the cores for the model
+
+
+def iter_scored(predictor: Predictor, chunks: Callable[[], Iterator[list[Row]]], batch_size: int = 64,
+                workers: int | None = None) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
+    """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch.
+
+    ``workers`` featurising processes (default :func:`default_workers`; 0 = in this process).
+    """
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(FeaturisedBatches(chunks, batch_size), batch_size=None, num_workers=workers,
+                        worker_init_fn=_one_thread if workers else None, prefetch_factor=4 if workers else None)
+    model = predictor.model.eval()
+    with torch.inference_mode():
+        for item in loader:
+            probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
+            if "tensors" in item:
+                x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in item["tensors"])
+                probs = torch.sigmoid(model(x, edge_index, edge_attr, batch).logits).float().cpu().numpy()
+            yield item["rows"], np.asarray(item["valid"], dtype=bool), probs  # the loader made it a tensor
+
+
+def screen_smiles(predictor: Predictor, smiles: Sequence[str], names: Sequence[str] | None = None, *,
+                  batch_size: int = 64, workers: int = 0) -> pd.DataFrame:
+    """Score a list of SMILES in memory: one row per input, in input order.
+
+    Columns ``index, smiles, name, valid, p_<task>..., dual_score`` (NaN where invalid).
+    The function a batch worker calls per shard, with the predictor loaded once.
+    """
+    names = list(names) if names is not None else [""] * len(smiles)
+    rows = [(i, s, n) for i, (s, n) in enumerate(zip(smiles, names, strict=True))]
+    prob = np.full((len(rows), len(predictor.tasks)), np.nan, dtype=np.float32)
+    for batch_rows, valid, p in iter_scored(predictor, lambda: iter([rows]), batch_size, workers):
+        idx = np.array([r[0] for r in batch_rows])
+        prob[idx[valid]] = p
+    df = pd.DataFrame({"index": np.arange(len(rows)), "smiles": list(smiles), "name": names,
+                       "valid": ~np.isnan(prob).any(axis=1)})
+    for j, t in enumerate(predictor.tasks):
+        df[f"p_{t}"] = prob[:, j]
+    df["dual_score"] = prob.prod(axis=1)
+    return df
+
+
 def screen(predictor: Predictor, input_path: str | Path, out: str | Path, *, chunk: int = 2048,
-           batch_size: int = 256, smiles_col: str | None = None) -> ScreenResult:
+           batch_size: int = 64, smiles_col: str | None = None, workers: int | None = None) -> ScreenResult:
     """Score every molecule of ``input_path``, write ``out`` ranked by the dual score, and list invalid lines.
 
     ``out`` gets columns ``rank, line, smiles, name, p_<task>..., dual_score``; invalid
@@ -100,31 +192,33 @@ def screen(predictor: Predictor, input_path: str | Path, out: str | Path, *, chu
     """
     input_path, out = Path(input_path), Path(out)
     start = time.perf_counter()
+    first = next(read_chunks(input_path, 1, smiles_col), None)  # user errors surface here, not in a worker
     lines, smiles, names, probs = [], [], [], []
     invalid: list[tuple[int, str]] = []
     total = 0
+    chunks = (lambda: read_chunks(input_path, chunk, smiles_col)) if first is not None else (lambda: iter([]))
     with progress_bar(count_lines(input_path), "screening", unit="mol") as bar:
-        for rows in read_chunks(input_path, chunk, smiles_col):
-            p = predictor.predict_proba([s for _, s, _ in rows], batch_size)
-            ok = ~np.isnan(p).any(axis=1)
-            for (n, s, name), good, row in zip(rows, ok, p, strict=True):
+        for rows, valid, p in iter_scored(predictor, chunks, batch_size, workers):
+            for (n, s, name), good in zip(rows, valid, strict=True):
                 if good:
                     lines.append(n)
                     smiles.append(s)
                     names.append(name)
-                    probs.append(row.astype(np.float32))
                 else:
                     invalid.append((n, s))
+            probs.append(p)
             total += len(rows)
             bar.update(len(rows))
     if total == 0:
         raise InputError(f"{input_path}: no molecules found; give one SMILES per line or a CSV with a smiles column")
     if not smiles:
+        invalid.sort()
         raise InputError(f"{input_path}: none of the {total} SMILES could be parsed (first: line {invalid[0][0]} "
                          f"{invalid[0][1]!r}); check the file holds SMILES")
+    invalid.sort()
     prob = np.vstack(probs)
     dual = prob.prod(axis=1)
-    order = np.argsort(-dual, kind="stable")
+    order = np.lexsort((np.asarray(lines), -dual))  # by dual score, ties by input line
     with atomic_write(out, "w", newline="", encoding="utf-8") as handle:
         w = csv.writer(handle)
         w.writerow(["rank", "line", "smiles", "name", *(f"p_{t}" for t in predictor.tasks), "dual_score"])

@@ -29,9 +29,7 @@ from triptych.core.seed import seed_everything
 from triptych.core.training import TrainerFlags, best_checkpoint, fit, make_trainer
 from triptych.matic.data import MolTable, Splits
 from triptych.matic.featurize import featurize
-from triptych.matic.model import MultiTaskAttentiveFP
-
-KIND = "matic.predictor"
+from triptych.matic.model import KIND, ModelConfig
 
 
 def masked_focal_loss(logits: Tensor, targets: Tensor, task_weights: Tensor, alpha: float = 0.5,
@@ -60,18 +58,9 @@ def masked_focal_loss(logits: Tensor, targets: Tensor, task_weights: Tensor, alp
 
 
 @dataclass
-class TrainConfig:
-    """Everything needed to rebuild and retrain a predictor."""
+class TrainConfig(ModelConfig):
+    """The network (:class:`ModelConfig`) plus the loss and optimisation settings; saved whole in checkpoints."""
 
-    tasks: list[str]
-    arch: str = "ple"
-    gate: str = "full"
-    n_shared: int | None = None
-    n_private: int = 1
-    hidden: int = 150
-    layers: int = 3
-    timesteps: int = 1
-    dropout: float = 0.1
     loss: str = "focal"
     alpha: float = 0.5
     gamma: float = 2.0
@@ -89,10 +78,6 @@ class TrainConfig:
         total = float(sum(w))
         return [float(v) / total for v in w]
 
-    def build_model(self) -> MultiTaskAttentiveFP:
-        return MultiTaskAttentiveFP(len(self.tasks), self.arch, self.gate, self.n_shared, self.n_private,
-                                    self.hidden, self.layers, self.timesteps, self.dropout)
-
 
 class MaticModule(L.LightningModule):
     """Lightning wrapper: masked focal/BCE loss, Adam, validation loss for early stopping."""
@@ -105,10 +90,10 @@ class MaticModule(L.LightningModule):
         self.register_buffer("task_weights", torch.tensor(self.config.weights()), persistent=False)
 
     def forward(self, batch):
-        return self.model(batch)
+        return self.model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
 
     def _loss(self, batch) -> Tensor:
-        out = self.model(batch)
+        out = self(batch)
         return masked_focal_loss(out.logits, batch.y, self.task_weights, self.config.alpha, self.config.gamma,
                                  self.config.loss)
 

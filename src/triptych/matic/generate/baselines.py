@@ -24,7 +24,7 @@ from rdkit import Chem
 from rdkit.Chem import AllChem
 
 from triptych.core.progress import progress_bar
-from triptych.matic.generate.chem import mol_from_smiles
+from triptych.matic.chem import mol_from_smiles
 from triptych.matic.generate.scoring import CountingOracle, RewardWeights, Scores, Thresholds, score
 
 MAX_HEAVY_ATOMS = 50

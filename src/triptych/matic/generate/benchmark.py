@@ -16,8 +16,8 @@ import numpy as np
 
 from triptych.core.io import atomic_output_dir, write_text
 from triptych.core.results import json_text, markdown_table, write_results
+from triptych.matic.chem import fingerprints
 from triptych.matic.generate.baselines import BaselineResult, best_of_dataset, graph_ga
-from triptych.matic.generate.chem import fingerprints
 from triptych.matic.generate.completion import CompletionModel, default_checkpoint, embedded_corpus
 from triptych.matic.generate.metrics import generation_metrics, novel_flags
 from triptych.matic.generate.pipeline import (

@@ -49,7 +49,7 @@ from torch import nn
 
 from triptych.core.checkpoint import load_checkpoint, load_state_dict_into, save_checkpoint
 from triptych.core.errors import InputError
-from triptych.matic.generate.chem import fragment_tree, induced_submol, mol_from_smiles
+from triptych.matic.chem import fragment_tree, induced_submol, mol_from_smiles
 
 KIND = "matic.completion"
 N_BITS = 2048  # hashed Morgan environment identifiers

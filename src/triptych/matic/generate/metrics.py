@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from rdkit import DataStructs
 
-from triptych.matic.generate.chem import fingerprints, max_similarity
+from triptych.matic.chem import fingerprints, max_similarity
 from triptych.matic.generate.scoring import Scores, Thresholds
 
 NOVELTY_CUTOFF = 0.4

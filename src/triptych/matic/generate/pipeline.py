@@ -18,7 +18,7 @@ import pandas as pd
 
 from triptych.core.errors import InputError
 from triptych.core.seed import seed_everything
-from triptych.matic.generate.chem import fingerprints
+from triptych.matic.chem import fingerprints
 from triptych.matic.generate.completion import CompletionModel
 from triptych.matic.generate.finetune import FinetuneConfig, RoundLog, finetune, sample_scored, spread
 from triptych.matic.generate.metrics import generation_metrics, novel_flags

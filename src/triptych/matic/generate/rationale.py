@@ -29,7 +29,7 @@ from rdkit import Chem
 
 from triptych.core.io import write_text
 from triptych.core.progress import progress_bar
-from triptych.matic.generate.chem import induced_submol, mol_from_smiles
+from triptych.matic.chem import induced_submol, mol_from_smiles
 from triptych.matic.generate.scoring import CountingOracle
 
 

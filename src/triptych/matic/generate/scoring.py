@@ -19,7 +19,7 @@ from rdkit.Chem import QED
 from rdkit.Contrib.SA_Score import sascorer
 
 from triptych.core.errors import InputError
-from triptych.matic.generate.chem import canonical, mol_from_smiles
+from triptych.matic.chem import canonical, mol_from_smiles
 
 
 @runtime_checkable

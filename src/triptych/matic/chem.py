@@ -1,5 +1,7 @@
-"""RDKit helpers shared by the generator: parsing, induced sub-molecules, fragments, fingerprints.
+"""RDKit helpers of MATIC: parsing, canonical SMILES, induced sub-molecules, fragments, fingerprints.
 
+The predictor's tables and featuriser and the generator all parse SMILES through
+:func:`parse`, so "what counts as a valid molecule" is decided in one place.
 Rationale search (deleting atoms) and the completion model (adding fragments) both
 move between a molecule and connected pieces of it; :func:`induced_submol` is the one
 place that turns an atom subset into a valid, hydrogen-filled molecule.
@@ -18,19 +20,23 @@ RDLogger.DisableLog("rdApp.*")
 _MORGAN = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=2048)
 
 
-def mol_from_smiles(smiles: str | None) -> Chem.Mol | None:
-    """Parse and sanitise ``smiles``; ``None`` for anything RDKit rejects."""
-    if not smiles or not isinstance(smiles, str):
+def parse(smiles: str | None) -> Chem.Mol | None:
+    """Parse and sanitise ``smiles`` (surrounding blanks ignored); ``None`` for anything RDKit rejects or an empty molecule."""
+    if not isinstance(smiles, str) or not smiles.strip():
         return None
     try:
-        return Chem.MolFromSmiles(smiles)
+        mol = Chem.MolFromSmiles(smiles.strip())
     except Exception:  # RDKit raises assorted C++ errors on odd input
         return None
+    return mol if mol is not None and mol.GetNumAtoms() > 0 else None
+
+
+mol_from_smiles = parse  # the generator's name for it
 
 
 def canonical(smiles: str | None) -> str | None:
-    """Canonical SMILES, or ``None`` when ``smiles`` does not parse."""
-    mol = mol_from_smiles(smiles)
+    """RDKit canonical isomeric SMILES, or ``None`` when ``smiles`` does not parse."""
+    mol = parse(smiles)
     return Chem.MolToSmiles(mol) if mol is not None else None
 
 
