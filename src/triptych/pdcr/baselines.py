@@ -52,9 +52,9 @@ class Target:
 
     @classmethod
     def build(cls, model: SegmentationModel, image: Tensor, roi: RoI, outcome: str = "dice_self",
-              ground_truth: Any = None) -> Target:
+              ground_truth: Any = None, empty_dice: float = 1.0) -> Target:
         """The target for ``model`` on ``image`` (C, *spatial) with outcome kind ``outcome``."""
-        return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth))
+        return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth, empty_dice))
 
     @property
     def roi_mask(self) -> Tensor:

@@ -24,7 +24,7 @@ from triptych.core.errors import InputError
 from triptych.core.progress import progress
 from triptych.core.results import markdown_table, write_results
 from triptych.pdcr.baselines import Saliency, Target, explain_baseline, saliency_from_ate
-from triptych.pdcr.data import Sample, load_drive, load_folder
+from triptych.pdcr.data import Sample, load_dataset
 from triptych.pdcr.estimate import SequentialRule
 from triptych.pdcr.faithfulness import Faithfulness, evaluate, grid_units, removed_image
 from triptych.pdcr.interventions import Blur, PatchBank, Zero
@@ -80,13 +80,11 @@ def parse_data(spec: str) -> tuple[str, Path]:
 
 
 def load_split(kind: str, root: Path, split: str) -> list[Sample]:
-    """The ``training`` or ``test`` split of a DRIVE root or an images/masks folder with those splits."""
-    if kind == "drive":
-        return load_drive(root, split)
-    if not (root / split / "images").is_dir():
+    """The ``training`` or ``test`` split of a DRIVE root or of a split folder (``<root>/<split>/{images,masks}``)."""
+    if kind == "folder" and not (root / split / "images").is_dir():
         raise InputError(f"--data folder:{root}: needs {root / split}/images and masks/ (a training and a test "
                          "split, so that RoIs never come from training images)")
-    return load_folder(root / split)
+    return load_dataset(f"{kind}:{root}", split)
 
 
 def sample_cases(samples: Sequence[Sample], n: int, crop: int, roi: int, seed: int = 0, per_image: int = 2
@@ -253,7 +251,7 @@ def model_for(arch: str, kind: str, root: Path, models_dir: Path, train_time: st
         from triptych.core.training import TrainerFlags
         from triptych.pdcr.train import train_model
 
-        train_model(str(root), run, arch=arch, seed=seed, flags=TrainerFlags(accelerator="cpu", max_time=train_time),
+        train_model(f"{kind}:{root}", run, arch=arch, seed=seed, flags=TrainerFlags(accelerator="cpu", max_time=train_time),
                     progress=False)
     model = load_model(ckpt)
     metrics = run / "metrics.json"
