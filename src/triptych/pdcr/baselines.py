@@ -250,7 +250,12 @@ def explain_baseline(method: str, target: Target, image: Tensor, **options: Any)
     """Run baseline ``method`` on one (C, H, W) image and time it; forward passes counted at the model."""
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; choose from {sorted(METHODS)}")
-    explainer = METHODS[method](target, **options)
+    return explain_with(method, METHODS[method](target, **options), target, image)
+
+
+def explain_with(method: str, explainer: Any, target: Target, image: Tensor) -> Saliency:
+    """Any explainer with ``attribute(inputs)`` (a baseline or :class:`triptych.pdcr.explainer.PdCR`) on one
+    (C, H, W) image, timed, forward passes counted at the model."""
     counter = ForwardCounter(target.model.net)
     try:
         t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from triptych.core.training import MaxTimeOpt, TrainerFlags, trainer_options
+from triptych.pdcr.registry import ESTIMATORS, INTERVENTIONS, OUTCOMES  # light: names and help only
 
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
 
@@ -116,12 +117,13 @@ def explain(
                                                    "images/masks folder or 'synthetic'.")] = None,
     bank: Annotated[Path | None, typer.Option(help="A saved patch bank (.safetensors) instead of --data.")] = None,
     save_bank: Annotated[bool, typer.Option(help="Also write the patch bank to OUT for reuse.")] = False,
-    outcome: Annotated[str | None, typer.Option(help="dice_gt (default with --mask), dice_self or soft_mass.")] = None,
-    intervention: Annotated[str, typer.Option(help="patch_bank, zero, mean or blur.")] = "patch_bank",
+    outcome: Annotated[str | None, typer.Option(help=f"{OUTCOMES.describe()}. Default: dice_gt with --mask, "
+                                                     "else dice_self.")] = None,
+    intervention: Annotated[str, typer.Option(help=INTERVENTIONS.describe())] = "patch_bank",
     block: Annotated[int | None, typer.Option(help="Finest block side in pixels (default 8, as the paper at 256², "
                                                    "or the --roi-file name's block).")] = None,
     coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 4·block).")] = None,
-    estimator: Annotated[str, typer.Option(help="adaptive (default) or reference (the paper's S=3, N=50, τ=0.02).")] = "adaptive",
+    estimator: Annotated[str, typer.Option(help=ESTIMATORS.describe())] = "adaptive",
     components: Annotated[str, typer.Option(help="stages, blocks, skips, channels, none, or comma-separated names.")] = "stages",
     component_intervention: Annotated[str, typer.Option(help="swap (another input's activation), mean or zero.")] = "swap",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same result).")] = 0,
@@ -264,7 +266,7 @@ def compare(
     models_dir: Annotated[Path, typer.Option(help="Without --maps: <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors.")] = Path("runs"),
     distance: Annotated[float, typer.Option(help="d of 'share of |ATE| within d px of the RoI'.")] = 16.0,
     quantile: Annotated[float, typer.Option(help="Share of |ATE| that the support radius holds.")] = 0.9,
-    outcome: Annotated[str, typer.Option(help="Without --maps: dice_gt (the paper's), dice_self or soft_mass.")] = "dice_gt",
+    outcome: Annotated[str, typer.Option(help=f"Without --maps: {OUTCOMES.describe()}.")] = "dice_gt",
     seed: Annotated[int, typer.Option(help="Seed for RoIs and draws (without --maps).")] = 0,
     crop: Annotated[int, typer.Option(help="Without --maps: side of the crop explained around each RoI.")] = 64,
     roi_size: Annotated[int, typer.Option(help="Without --maps: side of each RoI box.")] = 12,

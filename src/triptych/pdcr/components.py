@@ -24,7 +24,7 @@ from torch import nn
 from triptych.core.errors import InputError
 from triptych.pdcr.estimate import Z95, SequentialRule, batched_draws, reference_estimate, sequential_estimate
 from triptych.pdcr.interventions import ActivationIntervention, collect_activations
-from triptych.pdcr.models import SegmentationModel
+from triptych.pdcr.models import SegmentationModel, in_eval_mode
 from triptych.pdcr.roi import Outcome, RoI, make_outcome
 
 # Modules that count as one "block" (the top-most of these in the module tree); plain
@@ -183,6 +183,7 @@ def matching_inputs(dataset: Sequence[torch.Tensor], shape: Sequence[int], n: in
     return torch.stack(out).float()
 
 
+@in_eval_mode
 def explain_components(model: SegmentationModel, image: torch.Tensor, roi: RoI, *,
                        components: Sequence[Component | str] | str = "stages", outcome: str | Outcome = "dice_self",
                        ground_truth: np.ndarray | None = None, intervention: str = "swap",
@@ -197,7 +198,6 @@ def explain_components(model: SegmentationModel, image: torch.Tensor, roi: RoI, 
         raise InputError(f"--image {tuple(image.shape[1:])} is larger than the model's window {patch}; component "
                          "interventions need one forward pass per image, so crop it to the window")
     image = image.float()
-    model.eval()
     if isinstance(components, str):
         comps = list_components(model, image, components)
     else:

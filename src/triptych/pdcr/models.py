@@ -14,7 +14,8 @@ output at 0 (sigmoid(r) > 0.5 ⇔ r > 0) and explain a different segmentation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -180,6 +181,31 @@ class SegmentationModel(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Binary mask of the target class, (B, *spatial)."""
         return self.binarise(self.probabilities(x))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode inside the block; every sub-module gets its own mode back afterwards
+    (a caller's partly frozen model stays partly frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def in_eval_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run ``fn(model, ...)`` under :func:`eval_mode` of its first argument."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
 def build_model(arch: str = "unet", *, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 1,

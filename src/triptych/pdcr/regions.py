@@ -36,11 +36,11 @@ from triptych.pdcr.estimate import (
     reference_estimate,
 )
 from triptych.pdcr.interventions import RegionIntervention, apply_block, make_intervention
-from triptych.pdcr.models import SegmentationModel
+from triptych.pdcr.models import SegmentationModel, eval_mode
+from triptych.pdcr.registry import ESTIMATORS
 from triptych.pdcr.roi import Outcome, RoI, make_outcome
 
 Block = tuple[tuple[int, int], ...]
-ESTIMATORS = ("adaptive", "reference")
 HIST_BINS = (-np.inf, -3, -1, -0.3, "-tau", "tau", 0.3, 1, 3, np.inf)  # the paper's histogram edges
 
 
@@ -201,17 +201,22 @@ def _to_maps(results: list[UnitResult], shape: Sequence[int], tau: float, alpha:
     return ate, se, q, zero, rows
 
 
-def _estimate(problem: RegionProblem, image: torch.Tensor, mask: np.ndarray, estimator: str, gen: torch.Generator,
-              block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
-              rule: SequentialRule | None) -> list[UnitResult]:
-    """Run the chosen estimator over the block grid (reference) or the block tree (adaptive)."""
-    if estimator == "reference":
-        units = [b for b in block_grid(image.shape[1:], block) if not (skip_roi and overlaps(b, mask))]
-        results = reference_estimate(problem, units, gen, screen=screen, draws=draws, tau=tau)
-        return results + [UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in block_grid(image.shape[1:], block)
-                          if skip_roi and overlaps(b, mask)]
+def reference_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
+                        block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
+                        rule: SequentialRule | None) -> list[UnitResult]:
+    """The paper's rule on a fixed grid of ``block`` (blocks over the RoI skipped)."""
+    grid = block_grid(shape, block)
+    units = [b for b in grid if not (skip_roi and overlaps(b, mask))]
+    results = reference_estimate(problem, units, gen, screen=screen, draws=draws, tau=tau)
+    return results + [UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in grid if skip_roi and overlaps(b, mask)]
+
+
+def adaptive_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
+                       block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
+                       rule: SequentialRule | None) -> list[UnitResult]:
+    """Coarse-to-fine from ``coarse_block`` (default 4·block) with sequential sampling at ``block``."""
     return coarse_to_fine(
-        problem, block_grid(image.shape[1:], coarse_block or 4 * block), gen,
+        problem, block_grid(shape, coarse_block or 4 * block), gen,
         split=lambda b: split_block(b, block),
         must_split=lambda b: skip_roi and overlaps(b, mask),
         skip=lambda b: skip_roi and overlaps(b, mask), rule=rule or SequentialRule(tau=tau, max_draws=draws))
@@ -230,8 +235,7 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     ``'adaptive'`` starts at ``coarse_block`` (default 4·block) and splits significant
     blocks down to ``block`` with sequential sampling.
     """
-    if estimator not in ESTIMATORS:
-        raise InputError(f"--estimator {estimator!r} is not known; choose from {', '.join(ESTIMATORS)}")
+    estimate = ESTIMATORS.get(estimator)
     if image.ndim != model.spatial_dims + 1:
         raise InputError(f"--image has shape {tuple(image.shape)}; the model expects (C, *S) with "
                          f"{model.spatial_dims} spatial axes")
@@ -242,18 +246,19 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     if roi.area == 0:
         raise InputError("--roi has zero area; give a box or mask with at least one pixel")
     image = image.float()
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     if isinstance(intervention, str):
         patch = block if estimator == "reference" else (coarse_block or 4 * block)
         intervention = make_intervention(intervention, dataset=dataset, exclude=exclude, patch_size=patch, seed=seed)
     out_fn = make_outcome(outcome, model, image, roi, ground_truth) if isinstance(outcome, str) else outcome
     start = time.perf_counter()
-    problem = RegionProblem(model, image, out_fn, intervention, batch_size)
+    with eval_mode(model):  # the caller's model comes back in the mode it came in
+        problem = RegionProblem(model, image, out_fn, intervention, batch_size)
     bar = progress_bar(None, "PdCR forward passes", unit="img") if show_progress else contextlib.nullcontext(NoBar())
     mask = roi.mask
-    with bar as problem.bar:
-        results = _estimate(problem, image, mask, estimator, gen, block, coarse_block, skip_roi, tau, screen, draws, rule)
+    with bar as problem.bar, eval_mode(model):
+        results = estimate(problem, image.shape[1:], mask, gen, block=block, coarse_block=coarse_block,
+                           skip_roi=skip_roi, tau=tau, screen=screen, draws=draws, rule=rule)
     alpha = rule.alpha if rule is not None else 0.05
     ate, se, q, zero, rows = _to_maps(results, image.shape[1:], tau if rule is None else rule.tau, alpha)
     if skip_roi:

@@ -23,8 +23,6 @@ import torch
 
 from triptych.core.errors import InputError
 
-OUTCOMES = ("dice_gt", "dice_self", "soft_mass")
-
 
 @dataclass(frozen=True)
 class RoI:
@@ -157,30 +155,40 @@ Outcome = RoIDice | SoftMass
 
 def make_outcome(kind: str, model, image: torch.Tensor, roi: RoI, ground_truth: np.ndarray | torch.Tensor | None = None,
                  empty_dice: float = 1.0) -> Outcome:
-    """Build outcome ``kind`` (dice_gt, dice_self, soft_mass) for ``model`` on ``image`` (C, *spatial).
+    """Build outcome ``kind`` (a name in :data:`triptych.pdcr.registry.OUTCOMES`) for ``model`` on ``image`` (C, *S).
 
     ``empty_dice``: the Dice of an empty prediction against an empty reference in the RoI
     (1: perfect agreement; 0: the reference implementation's value).
     """
+    from triptych.pdcr.registry import OUTCOMES
+
+    factory = OUTCOMES.get(kind)
     if empty_dice not in (0, 1):
         raise InputError(f"--empty-dice {empty_dice}: give 1 (ours: two empty sets agree) or 0 (the paper's code)")
-    if kind not in OUTCOMES:
-        raise InputError(f"--outcome {kind!r} is not known; choose from {', '.join(OUTCOMES)}")
     if tuple(image.shape[1:]) != roi.shape:
         raise InputError(f"RoI shape {roi.shape} differs from the image's spatial shape {tuple(image.shape[1:])}")
-    roi_t = roi.tensor()
-    if kind == "soft_mass":
-        return SoftMass(roi_t, model.spec.target_class)
-    if kind == "dice_gt":
-        if ground_truth is None:
-            raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
-        gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
-        if tuple(gt.shape) != roi.shape:
-            raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
-        return RoIDice(roi_t, torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", float(empty_dice))
-    with torch.no_grad():
+    return factory(model, image, roi, ground_truth, float(empty_dice))
+
+
+def soft_mass_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> SoftMass:
+    return SoftMass(roi.tensor(), model.spec.target_class)
+
+
+def dice_gt_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+    if ground_truth is None:
+        raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
+    gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
+    if tuple(gt.shape) != roi.shape:
+        raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
+    return RoIDice(roi.tensor(), torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", empty_dice)
+
+
+def dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+    from triptych.pdcr.models import eval_mode
+
+    with torch.no_grad(), eval_mode(model):
         own = model.predict(image[None])[0].cpu()
-    return RoIDice(roi_t, own, model.binarise, "dice_self", float(empty_dice))
+    return RoIDice(roi.tensor(), own, model.binarise, "dice_self", empty_dice)
 
 
 @dataclass(frozen=True)
