@@ -35,12 +35,13 @@ class ExplainInputs:
     image: torch.Tensor
     mask: np.ndarray | None
     roi: RoI
+    affine: np.ndarray | None = None  # voxel -> world (4×4) of this grid, for NIfTI/DICOM inputs
 
 
 def load_inputs(model: SegmentationModel, image_path: Path, mask_path: Path | None, roi_text: str | None,
                 roi_mask_path: Path | None) -> ExplainInputs:
     """Read, check and resize the inputs; every problem is one clear line naming the input."""
-    image, mask = load_image_and_mask(model, image_path, mask_path)
+    image, mask, affine = load_image_and_mask(model, image_path, mask_path)
     shape = tuple(image.shape[1:])
     if (roi_text is None) == (roi_mask_path is None):
         raise InputError("give exactly one of --roi x,y,w,h, --roi-mask FILE and --roi-file FILE")
@@ -50,13 +51,17 @@ def load_inputs(model: SegmentationModel, image_path: Path, mask_path: Path | No
         roi = RoI.from_mask(read_mask(roi_mask_path, "--roi-mask"), shape)
     if roi.area == 0:
         raise InputError("--roi-mask is empty (zero area); mark at least one pixel")
-    return ExplainInputs(image, mask, roi)
+    return ExplainInputs(image, mask, roi, affine)
 
 
 def load_image_and_mask(model: SegmentationModel, image_path: Path, mask_path: Path | None
-                        ) -> tuple[torch.Tensor, np.ndarray | None]:
-    """The image (C, *S) at the model's working size and channels, and its ground truth (or None)."""
+                        ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
+    """The image (C, *S) at the model's working size and channels, its ground truth (or None), and its
+    voxel-to-world affine for NIfTI/DICOM inputs (kept through any resize)."""
+    from triptych.pdcr.data import MONAI_SUFFIXES, read_medical
+
     image = read_image(image_path, model.spatial_dims, "--image")
+    affine = read_medical(image_path)[1] if str(image_path).lower().endswith(MONAI_SUFFIXES) else None
     mask = read_mask(mask_path, "--mask") if mask_path else None
     if mask is not None and tuple(mask.shape) != tuple(image.shape[1:]):
         raise InputError(f"--mask {mask_path} has shape {tuple(mask.shape)} but --image {image_path} has "
@@ -68,9 +73,21 @@ def load_image_and_mask(model: SegmentationModel, image_path: Path, mask_path: P
             raise InputError(f"--image {image_path} has {image.shape[0]} channel(s); the model expects "
                              f"{model.spec.in_channels}")
     if model.spec.input_size:
+        old = tuple(image.shape[1:])
         resized = resize_sample(Sample(image, mask, image_path.stem), model.spec.input_size)
         image, mask = resized.image, resized.mask
-    return image, mask
+        if affine is not None:  # voxel i of the new grid is old voxel (i + ½)·s − ½, s = old/new per axis
+            affine = affine @ grid_map([o / n for o, n in zip(old, image.shape[1:], strict=True)],
+                                       [(o / n - 1) / 2 for o, n in zip(old, image.shape[1:], strict=True)])
+    return image, mask, affine
+
+
+def grid_map(scale: list[float], offset: list[float]) -> np.ndarray:
+    """4×4 map from new voxel indices to old ones: old = scale · new + offset (axes beyond 3 ignored)."""
+    m = np.eye(4)
+    for a, (sc, off) in enumerate(zip(scale[:3], offset[:3], strict=True)):
+        m[a, a], m[a, 3] = sc, off
+    return m
 
 
 def _find(folder: Path, stem: str, name: str) -> Path:
@@ -90,7 +107,7 @@ def roi_file_jobs(model: SegmentationModel, image: Path, mask: Path | None, roi_
     from triptych.pdcr.data import file_stem
 
     jobs = []
-    cache: dict[str, tuple[torch.Tensor, np.ndarray | None]] = {}
+    cache: dict[str, tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]] = {}
     for entry in roi_file.entries:
         if image.is_dir():
             if entry.stem is None:
@@ -104,9 +121,9 @@ def roi_file_jobs(model: SegmentationModel, image: Path, mask: Path | None, roi_
         key = str(image_path)
         if key not in cache:
             cache[key] = load_image_and_mask(model, image_path, mask_path)
-        im, gt = cache[key]
+        im, gt, affine = cache[key]
         jobs.append((entry.name if entry.stem or image.is_dir() else f"{file_stem(image)}_{entry.name}",
-                     ExplainInputs(im, gt, entry.roi(roi_file.roi_size, tuple(im.shape[1:])))))
+                     ExplainInputs(im, gt, entry.roi(roi_file.roi_size, tuple(im.shape[1:])), affine)))
     if not jobs:
         raise InputError(f"--roi-file lists no RoI for --image {image.name} (stems: "
                          f"{', '.join(sorted({e.stem for e in roi_file.entries if e.stem}))[:80]})")
@@ -144,11 +161,20 @@ def model_window(model: SegmentationModel, image: torch.Tensor, roi: RoI) -> tup
 
 
 def write_outputs(out: Path, image: torch.Tensor, exp: Explanation, comps: ComponentExplanation | None,
-                  title: str, notes: list[str] | None = None) -> Section:
-    """Write arrays, JSON, figures and report.html into ``out`` (a staging folder); return the report section."""
+                  title: str, notes: list[str] | None = None, affine: np.ndarray | None = None) -> Section:
+    """Write arrays, JSON, figures and report.html into ``out`` (a staging folder); return the report section.
+
+    With an ``affine`` (a NIfTI/DICOM input) the ATE and SE maps are also written as
+    ``ate.nii.gz`` / ``se.nii.gz`` on the explained voxels, in the input's world coordinates.
+    """
     from triptych.pdcr.plots import ate_overlay, component_bars, pie_histogram
 
     exp.save(out)
+    if affine is not None:
+        import nibabel as nib
+
+        for name, arr in (("ate", exp.ate), ("se", exp.se)):
+            nib.save(nib.Nifti1Image(arr.astype(np.float32), affine), str(out / f"{name}.nii.gz"))
     summary = exp.summary()
     section = Section(title)
     for note in notes or []:
@@ -188,7 +214,9 @@ def in_window(model: SegmentationModel, inputs: ExplainInputs) -> tuple[ExplainI
     """The inputs cut to the model's window around the RoI (unchanged for models without one)."""
     win = model_window(model, inputs.image, inputs.roi)
     mask = inputs.mask[win] if inputs.mask is not None else None
-    return ExplainInputs(inputs.image[(slice(None), *win)], mask, RoI(inputs.roi.mask[win], inputs.roi.description)), win
+    affine = None if inputs.affine is None else inputs.affine @ grid_map([1.0] * len(win), [w.start for w in win])
+    return ExplainInputs(inputs.image[(slice(None), *win)], mask, RoI(inputs.roi.mask[win], inputs.roi.description),
+                         affine), win
 
 
 def explain_to_folder(model: SegmentationModel, inputs: ExplainInputs, out: Path, *, data: str | None = None,
@@ -242,7 +270,7 @@ def explain_to_folder(model: SegmentationModel, inputs: ExplainInputs, out: Path
         exp.config["window"] = [[w.start, w.stop] for w in window]
         exp.config["empty_dice"] = empty_dice
         exp.config["activation"], exp.config["threshold"] = model.spec.activation, model.spec.threshold
-        write_outputs(stage, inputs.image, exp, comps, title, notes)
+        write_outputs(stage, inputs.image, exp, comps, title, notes, inputs.affine)
         summary = exp.summary()
     return summary
 
