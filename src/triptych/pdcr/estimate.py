@@ -62,7 +62,7 @@ def batched_draws(units: Sequence[Hashable], counts: Sequence[int], batch_size: 
         chunk = jobs[start:start + batch_size]
         groups = [(units[i], len(list(g))) for i, g in itertools.groupby(chunk)]
         for i, v in zip(chunk, run(groups), strict=True):
-            out[i].append(float(v))
+            out[i].append(v)  # a scalar, or one value per RoI (a row)
     return [np.asarray(v, dtype=float) for v in out]
 
 
@@ -190,14 +190,65 @@ def sequential_estimate(problem: Problem, units: Sequence[Hashable], generator: 
             draws[i] = np.concatenate([draws[i], d])
             status[i] = _decide(draws[i], rule)
         open_ = [i for i in open_ if status[i] is None]
-    out = []
-    for u, d, s in zip(units, draws, status, strict=True):
-        mean, se = _mean_se(d)
-        if s in ("screened", "unresolved"):  # quiet draws: their spread is unknown; report the ATE bound
-            se = quiet_bound(d.size, rule) / rule.z
-        # the map keeps the reference's convention (dead zone only); significance is in ``status``
-        ate = mean if abs(mean) >= rule.tau and s not in ("screened", "dead_zone", "unresolved") else 0.0
-        out.append(UnitResult(u, ate, mean, se, int(d.size), s, d.tolist(), level))
+    return [finish(u, d, s, rule, level) for u, d, s in zip(units, draws, status, strict=True)]
+
+
+def finish(unit: Hashable, d: np.ndarray, status: str, rule: SequentialRule, level: int = 0) -> UnitResult:
+    """The result of a unit whose sequential sampling stopped with ``status`` after draws ``d``."""
+    mean, se = _mean_se(d)
+    if status in ("screened", "unresolved"):  # quiet draws: their spread is unknown; report the ATE bound
+        se = quiet_bound(d.size, rule) / rule.z
+    # the map keeps the reference's convention (dead zone only); significance is in ``status``
+    ate = mean if abs(mean) >= rule.tau and status not in ("screened", "dead_zone", "unresolved") else 0.0
+    return UnitResult(unit, ate, mean, se, int(d.size), status, d.tolist(), level)
+
+
+def shared_sequential_estimate(problem: Problem, units: Sequence[Hashable], applies: np.ndarray,
+                               generator: torch.Generator, rule: SequentialRule | None = None
+                               ) -> list[list[UnitResult | None]]:
+    """The sequential rule for R outcomes at once (R RoIs of one image): every draw of a unit serves
+    every outcome it applies to (common random numbers).
+
+    ``problem.draw`` returns (n, R) effects per unit; ``applies`` (U, R) says which outcomes a unit
+    is estimated for (a block is not, for a RoI it overlaps). A unit draws while any of its
+    (unit, outcome) pairs is open; each pair keeps the draws up to its own stopping point, so
+    every pair follows exactly :func:`sequential_estimate`'s rule. Returns results[u][r] (None
+    where the unit does not apply).
+    """
+    rule = rule or SequentialRule()
+    n_units, n_out = applies.shape
+    draws = [np.empty((0, n_out))] * n_units
+    stop: dict[tuple[int, int], tuple[str, int]] = {}
+    if not problem.stochastic:
+        for i, d in enumerate(problem.draw(list(units), [1] * n_units, generator)):
+            draws[i] = d.reshape(1, n_out)
+            for r in np.nonzero(applies[i])[0]:
+                stop[i, int(r)] = ("significant" if abs(d.flat[r]) >= rule.tau else "dead_zone", 1)
+    open_ = [i for i in range(n_units) if applies[i].any()] if problem.stochastic else []
+    while open_:
+        want = [rule.first if draws[i].shape[0] == 0 else
+                min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].shape[0] * rule.growth))))
+                - draws[i].shape[0] for i in open_]
+        for i, d in zip(open_, problem.draw([units[i] for i in open_], want, generator), strict=True):
+            draws[i] = np.concatenate([draws[i], d.reshape(-1, n_out)])
+            for r in np.nonzero(applies[i])[0]:
+                if (i, int(r)) not in stop:
+                    status = _decide(draws[i][:, r], rule)
+                    if status is not None:
+                        stop[i, int(r)] = (status, draws[i].shape[0])
+        open_ = [i for i in open_ if any((i, int(r)) not in stop for r in np.nonzero(applies[i])[0])]
+    out: list[list[UnitResult | None]] = []
+    for i, u in enumerate(units):
+        row: list[UnitResult | None] = []
+        for r in range(n_out):
+            if (i, r) in stop:
+                status, n = stop[i, r]
+                row.append(finish(u, draws[i][:n, r], status, rule) if problem.stochastic else
+                           UnitResult(u, float(draws[i][0, r]) if status == "significant" else 0.0,
+                                      float(draws[i][0, r]), 0.0, 1, status, [float(draws[i][0, r])]))
+            else:
+                row.append(None)
+        out.append(row)
     return out
 
 

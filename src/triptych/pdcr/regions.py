@@ -94,7 +94,9 @@ class RegionProblem:
         self.stochastic = bool(intervention.stochastic)
         self.forward_passes = 0
         with torch.no_grad():
-            self.base = float(self.outcome(model.probabilities(image[None]))[0])
+            base = self.outcome(model.probabilities(image[None]))[0]
+        # one outcome: a float; several (one per RoI): an array (R,)
+        self.base: Any = float(base) if base.ndim == 0 else base.double().cpu().numpy()
         self.forward_passes += 1
 
     def evaluate(self, batch: torch.Tensor) -> np.ndarray:
