@@ -176,9 +176,10 @@ def explain(
         return
     inputs = load_inputs(model, image, mask, roi, roi_mask)
     summary = explain_to_folder(model, inputs, out, block=block or 8, title=f"PdCR: {image.name}", **options)
-    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks +{summary['positive_blocks']} "
-               f"-{summary['negative_blocks']} 0:{summary['zero_blocks']}; {summary['forward_passes']} forward passes "
-               f"in {summary['seconds']:.1f} s")
+    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks significantly supporting "
+               f"(red) {summary['significant_negative']}, hurting (blue) {summary['significant_positive']}, not "
+               f"significant {summary['not_significant']}, zero {summary['called_zero']}; "
+               f"{summary['forward_passes']} forward passes in {summary['seconds']:.1f} s")
     typer.echo(f"outputs: {out}/ (ate.npy, se.npy, summary.json, overlay.png, report.html)")
 
 
