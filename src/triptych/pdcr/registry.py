@@ -56,7 +56,7 @@ class Registry:
 
     def check(self, name: str) -> str:
         if name not in self._entries:
-            raise InputError(f"{self.flag} {name!r} is not a known {self.kind}; choose from {self.choices()}")
+            raise InputError(f"{self.flag} {name!r} is not known; choose a {self.kind} from {self.choices()}")
         return name
 
     def get(self, name: str) -> Callable[..., Any]:
