@@ -22,7 +22,7 @@ import torch
 from scipy.stats import spearmanr
 
 from triptych.core.results import markdown_table, write_results
-from triptych.pdcr.benchmark import load_split, parse_data
+from triptych.pdcr.data import load_dataset
 from triptych.pdcr.estimate import SequentialRule
 from triptych.pdcr.interventions import PatchBank
 from triptych.pdcr.models import load_model
@@ -32,10 +32,11 @@ from triptych.pdcr.roi import RoI
 
 
 def rois_in_crop(mask: np.ndarray, n: int, side: int, seed: int) -> list[RoI]:
-    """``n`` non-overlapping ``side`` boxes centred on foreground pixels of the crop's mask."""
+    """``n`` non-overlapping ``side`` boxes centred on foreground pixels of the crop's mask (or anywhere)."""
     rng = np.random.default_rng(seed)
     h, w = mask.shape
-    ys, xs = np.nonzero(mask[side:h - side, side:w - side])
+    inner = mask[side:h - side, side:w - side]
+    ys, xs = np.nonzero(inner if inner.sum() >= 4 * n else np.ones_like(inner))
     taken = np.zeros_like(mask)
     out = []
     for i in rng.permutation(len(ys)):
@@ -51,7 +52,7 @@ def rois_in_crop(mask: np.ndarray, n: int, side: int, seed: int) -> list[RoI]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, required=True)
-    ap.add_argument("--data", required=True, help="drive:PATH or folder:PATH")
+    ap.add_argument("--data", required=True, help="drive:PATH, folder:PATH or synthetic")
     ap.add_argument("--rois", type=int, default=4)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--roi-size", type=int, default=12)
@@ -63,14 +64,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out/pdcr_multiroi"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    kind, root = parse_data(args.data)
     model = load_model(args.checkpoint)
-    sample = next(s for s in load_split(kind, root, "test") if s.mask is not None and s.mask.any())
+    sample = next(s for s in load_dataset(args.data, "test") if s.mask is not None and s.mask.any())
     h, w = sample.mask.shape
     y0, x0 = (h - args.crop) // 2, (w - args.crop) // 2
     image = sample.image[:, y0:y0 + args.crop, x0:x0 + args.crop].contiguous()
     rois = rois_in_crop(sample.mask[y0:y0 + args.crop, x0:x0 + args.crop], args.rois, args.roi_size, args.seed)
-    bank = PatchBank.from_images([s.image for s in load_split(kind, root, "training")], args.block, seed=args.seed)
+    bank = PatchBank.from_images([s.image for s in load_dataset(args.data, "training")], args.block, seed=args.seed)
     rule = SequentialRule(tol=args.tol, max_draws=args.max_draws)
     kw = {"intervention": bank, "outcome": "dice_self", "block": args.block, "rule": rule}
     t = time.perf_counter()
