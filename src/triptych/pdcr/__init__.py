@@ -15,17 +15,23 @@ API overview (each name lives in the module given; import from there or from her
     exp.ate, exp.se, exp.blocks, exp.base, exp.forward_passes, exp.seconds
     table = explain_components(model, image, roi, components="stages",      # components.ComponentExplanation
                                intervention="swap", dataset=images)         #   .rows: ranked, with 95% CIs
+    PdCR(Target.build(model, image, roi), bank).attribute(x)   # explainer: (B, 1, *S) = −ATE, as the baselines
+    explain_rois(model, image, [roi1, roi2], intervention=bank)  # multiroi: many RoIs per forward pass
+    wrap_model(net, ..., activation="none", threshold=0.5)      # a network predicting raw output > 0.5
+    with eval_mode(model): ...                                    # the caller's modes come back afterwards
 
 Modules: ``roi`` (RoI, outcomes, Dice), ``models`` (SegmentationModel, MONAI nets by
 name, checkpoints), ``interventions`` (do(·) on blocks and activations), ``estimate``
 (reference and adaptive ATE estimators), ``regions`` (input-region ATE maps),
-``components`` (network-component ATE via forward hooks), ``data`` (DRIVE, folders,
-synthetic), ``train`` (Lightning training), ``explain`` (the CLI pipeline and its
+``components`` (network-component ATE via forward hooks), ``data`` (DRIVE, split
+folders, NIfTI/DICOM, synthetic), ``explainer`` (the PdCR class), ``multiroi`` (many RoIs
+per pass), ``registry`` (outcomes, interventions, estimators), ``train`` (Lightning training), ``explain`` (the CLI pipeline and its
 outputs), ``plots``, ``toy`` (constructed models with known effects), ``cli``, ``demo``.
 """
 
 from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
 from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
+from triptych.pdcr.explainer import PdCR
 from triptych.pdcr.interventions import (
     ActivationIntervention,
     Blur,
@@ -35,7 +41,17 @@ from triptych.pdcr.interventions import (
     apply_block,
     make_intervention,
 )
-from triptych.pdcr.models import ModelSpec, SegmentationModel, build_model, load_model, save_model, wrap_model
+from triptych.pdcr.models import (
+    ModelSpec,
+    SegmentationModel,
+    build_model,
+    eval_mode,
+    load_model,
+    save_model,
+    with_output,
+    wrap_model,
+)
+from triptych.pdcr.multiroi import explain_rois
 from triptych.pdcr.regions import Explanation, explain_regions
 from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
 
@@ -47,6 +63,10 @@ __all__ = [
     "SequentialRule",
     "explain_components",
     "explain_regions",
+    "explain_rois",
+    "eval_mode",
+    "with_output",
+    "PdCR",
     "list_components",
     "reference_estimate",
     "save_model",
