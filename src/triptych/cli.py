@@ -6,6 +6,7 @@ Sub-apps import their heavy libraries inside commands, so ``triptych --help`` is
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,13 +86,32 @@ for _system in SYSTEMS:
     app.add_typer(_module.app, name=_system)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM becomes a clean exit, so ``finally`` blocks remove staging folders; a second one kills."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Entry point: user errors print one line and exit 2, with no traceback."""
+    """Entry point: user errors print one line and exit 2, with no traceback; Ctrl-C and SIGTERM print one line."""
+    from triptych.core import io
+    from triptych.core.runs import Interrupted, say
+
+    io.COMMAND_LINE[:] = sys.argv  # for output markers and the resume command that Ctrl-C prints
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except TriptychError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # outside a command (Typer turns one inside into exit 130)
+        say("interrupted: nothing was written")
+        sys.exit(130)
+    except SystemExit as exc:
+        # a command that can resume said so already (Interrupted); any other wrote through staging folders
+        if exc.code in (130, 128 + signal.SIGTERM) and not isinstance(exc, Interrupted):
+            say("interrupted: nothing was written" if exc.code == 130 else "terminated: nothing was written")
+        raise
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def test_atomic_output_dir_leaves_no_partial_output(tmp_path):
     with pytest.raises(ValueError), atomic_output_dir(out) as stage:
         (stage / "second.txt").write_text("2")
         raise ValueError("bad input")
-    assert sorted(p.name for p in out.iterdir()) == ["first.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".triptych-run", "first.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -73,26 +73,22 @@ def test_device_and_seed():
     assert torch.equal(a, torch.rand(3))
 
 
-def test_demo_with_no_registered_system_says_so(monkeypatch, tmp_path):
-    from typer.testing import CliRunner
-
+def test_demo_with_no_registered_system_says_so(monkeypatch, tmp_path, invoke):
     import triptych.cli as cli
     import triptych.core.demo as demo
 
     monkeypatch.setattr(demo, "SYSTEMS", ())
     monkeypatch.setattr(demo, "_REGISTRY", {})
-    result = CliRunner().invoke(cli.app, ["demo", "--out", str(tmp_path)])
+    result = invoke(cli.app, ["demo", "--out", str(tmp_path)])
     assert result.exit_code == 0
     assert "No system demo is registered" in result.output
 
 
-def test_version():
-    from typer.testing import CliRunner
-
+def test_version(invoke):
     import triptych
     import triptych.cli as cli
 
-    result = CliRunner().invoke(cli.app, ["--version"])
+    result = invoke(cli.app, ["--version"])
     assert result.exit_code == 0 and triptych.__version__ in result.output
 
 

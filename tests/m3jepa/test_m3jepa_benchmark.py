@@ -30,9 +30,8 @@ def test_benchmark_writes_the_results_schema(tmp_path):
     assert again["methods"] == results["methods"]
 
 
-def test_benchmark_command_in_parallel_workers(tmp_path):
+def test_benchmark_command_in_parallel_workers(tmp_path, invoke):
     from m3jepa_synth import write_cache
-    from typer.testing import CliRunner
 
     from triptych.m3jepa.cli import app
 
@@ -41,7 +40,7 @@ def test_benchmark_command_in_parallel_workers(tmp_path):
     captions.write_text("image,caption\n" + "".join(f"img{i:04d}.png,caption {i}\n" for i in range(60)))
     for i in range(60):
         (tmp_path / f"img{i:04d}.png").write_bytes(b"")
-    res = CliRunner().invoke(app, ["benchmark", "--data", f"captions:{captions}", "--cache", str(tmp_path / "cache"),
+    res = invoke(app, ["benchmark", "--data", f"captions:{captions}", "--cache", str(tmp_path / "cache"),
                                    "--out", str(tmp_path / "out"), "--seeds", "2", "--methods", "mlp,clip_linear",
                                    "--hidden", "16", "--epochs", "1", "--grid-pool", "0", "--jobs", "2"])
     assert res.exit_code == 0, res.output

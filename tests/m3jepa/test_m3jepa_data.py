@@ -12,8 +12,6 @@ from PIL import Image
 from triptych.core.errors import InputError
 from triptych.m3jepa.data import image_labels, load_dataset, make_shapes, read_image
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
 
 def images(folder: Path, names: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
@@ -170,10 +168,8 @@ def test_shapes_default_is_deterministic_with_exact_captions(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_flickr8k_shared_layout():
-    root = SHARED / "flickr8k"
-    if not root.is_dir():
-        pytest.skip("../shared/data/flickr8k is absent")
+def test_flickr8k_shared_layout(shared_dataset):
+    root = shared_dataset("flickr8k")
     data = load_dataset(f"flickr8k:{root}")
     assert len(data.images) == 6000 and len(data.captions) == 30000
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 4000, "dev": 1000, "test": 1000}

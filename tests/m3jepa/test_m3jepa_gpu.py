@@ -12,7 +12,7 @@ from triptych.m3jepa.predictor import M3Predictor, PredictorConfig
 from triptych.m3jepa.retrieval import evaluate_task
 from triptych.m3jepa.train import TrainConfig, train_aligner
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 
 def test_sparse_and_dense_agree_on_cuda():

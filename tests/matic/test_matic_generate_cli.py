@@ -4,13 +4,9 @@ import json
 
 import pandas as pd
 import pytest
-import torch
-from typer.testing import CliRunner
 
 from triptych.matic.generate import scoring
 from triptych.matic.generate.scoring import SubstructureOracle
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
 
 PATTERNS = {"quinoline": "c1ccc2ncccc2c1", "amide": "C(=O)N"}
 ROWS = [
@@ -37,11 +33,11 @@ def actives(tmp_path):
     return path
 
 
-def test_generate_writes_every_output(app, actives, tmp_path):
+def test_generate_writes_every_output(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "gen"
-    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives), "--n", "40",
+    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives), "--n", "40",
                                    "--rounds", "1", "--samples-per-round", "20", "--max-actives", "2",
                                    "--rollouts", "4", "--min-atoms", "8", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -55,11 +51,11 @@ def test_generate_writes_every_output(app, actives, tmp_path):
     assert (out / "completion_finetuned.safetensors").is_file()
 
 
-def test_rationales_command_draws_them(app, actives, tmp_path):
+def test_rationales_command_draws_them(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "rat"
-    res = CliRunner().invoke(app, ["rationales", "--checkpoint", str(ckpt), "--actives", str(actives),
+    res = invoke(app, ["rationales", "--checkpoint", str(ckpt), "--actives", str(actives),
                                    "--min-atoms", "8", "--rollouts", "5", "--out", str(out)])
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(out / "rationales.csv")
@@ -67,23 +63,23 @@ def test_rationales_command_draws_them(app, actives, tmp_path):
     assert (out / "rationales_dual.png").is_file() and (out / "report.html").is_file()
 
 
-def test_bad_inputs_fail_with_one_line(app, actives, tmp_path):
+def test_bad_inputs_fail_with_one_line(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
-    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
+    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
                                    "--tasks", "quinoline,nope", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--tasks" in str(res.exception)
-    res = CliRunner().invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
+    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
                                    "--method", "adam", "--out", str(tmp_path / "x")])
     assert res.exit_code != 0 and "--method" in str(res.exception)
     assert not (tmp_path / "x").exists()
 
 
-def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path):
+def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "bench"
-    res = CliRunner().invoke(app, ["benchmark-generate", "--checkpoint", str(ckpt), "--actives", str(actives),
+    res = invoke(app, ["benchmark-generate", "--checkpoint", str(ckpt), "--actives", str(actives),
                                    "--n", "30", "--rounds", "1", "--samples-per-round", "20", "--max-actives", "2",
                                    "--rollouts", "3", "--out", str(out)])
     assert res.exit_code == 0, res.output

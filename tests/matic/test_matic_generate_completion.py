@@ -19,8 +19,6 @@ from triptych.matic.generate.completion import (
 from triptych.matic.generate.metrics import completion_check
 from triptych.matic.generate.rationale import random_rationales
 
-torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
-
 
 def test_teacher_forcing_rebuilds_the_molecule():
     smiles = "CC(=O)Nc1ccc(S(=O)(=O)N2CCOCC2)cc1"

@@ -1,6 +1,5 @@
 """MCTS rationale extraction and merging, checked with hand-made substructure oracles."""
 
-import torch
 from rdkit import Chem
 
 from triptych.matic.generate.chem import induced_submol
@@ -13,8 +12,6 @@ from triptych.matic.generate.rationale import (
     merge_rationales,
 )
 from triptych.matic.generate.scoring import CountingOracle, SubstructureOracle
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
 
 DRUG = "CC(C)Oc1ccc(S(=O)(=O)N2CCC(C(=O)Nc3ccc4ncccc4c3)CC2)cc1"  # sulfonamide + quinoline amide
 QUINOLINE = "c1ccc2ncccc2c1"

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from rdkit import Chem
 
 from triptych.matic.generate.baselines import best_of_dataset, crossover, graph_ga, mutate
@@ -20,8 +19,6 @@ from triptych.matic.generate.scoring import (
     Thresholds,
     score,
 )
-
-torch.set_num_threads(1)  # tiny models: one thread is fastest on shared cores
 
 PATTERNS = {"quinoline": "c1ccc2ncccc2c1", "amide": "C(=O)N"}
 ACTIVES = Actives((

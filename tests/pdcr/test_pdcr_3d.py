@@ -5,21 +5,17 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
-from typer.testing import CliRunner
 
 from triptych.pdcr.cli import app
 from triptych.pdcr.components import explain_components
 from triptych.pdcr.data import synthetic
-from triptych.pdcr.models import build_model, save_model
+from triptych.pdcr.models import save_model
 from triptych.pdcr.regions import explain_regions
 from triptych.pdcr.roi import RoI
 
 
-def test_3d_volume_end_to_end(tmp_path):
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = build_model("unet", spatial_dims=3, in_channels=1, features=(4, 8, 16))
+def test_3d_volume_end_to_end(tmp_path, invoke, tiny_unet):
+    model = tiny_unet(spatial_dims=3)
     volumes = synthetic(4, 16, spatial_dims=3, seed=0)
     image = volumes[0].image
     roi = RoI.parse("6,6,6,4,4,4", (16, 16, 16))
@@ -40,7 +36,7 @@ def test_3d_volume_end_to_end(tmp_path):
     ckpt = save_model(model, tmp_path / "model3d.safetensors")
     np.save(tmp_path / "volume.npy", image[0].numpy())
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "volume.npy"),
+    result = invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "volume.npy"),
                                       "--roi", "6,6,6,4,4,4", "--out", str(out), "--block", "4", "--outcome",
                                       "soft_mass", "--data", "synthetic", "--components", "stages"])
     assert result.exit_code == 0, result.output
@@ -49,13 +45,12 @@ def test_3d_volume_end_to_end(tmp_path):
     assert (out / "overlay.png").stat().st_size > 0 and (out / "report.html").stat().st_size > 0
 
 
-def test_nifti_round_trip_keeps_the_affine(tmp_path):
+def test_nifti_round_trip_keeps_the_affine(tmp_path, tiny_unet):
     """A 3D NIfTI volume in, ATE/SE maps out as NIfTI on the same voxels with the same affine (issue 13, item 5)."""
     import nibabel as nib  # in the pdcr extra
+    from typer.testing import CliRunner
 
-    torch.manual_seed(0)
-    ckpt = save_model(build_model("unet", spatial_dims=3, in_channels=1, features=(4, 8, 16)),
-                      tmp_path / "m.safetensors")
+    ckpt = save_model(tiny_unet(spatial_dims=3), tmp_path / "m.safetensors")
     affine = np.array([[2.0, 0, 0, -30.0], [0, 1.5, 0, 12.0], [0, 0, 1.0, 4.5], [0, 0, 0, 1]])
     volume = (np.random.default_rng(0).random((16, 16, 16)) * 800 - 100).astype(np.float32)  # scanner units
     nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "vol.nii.gz"))

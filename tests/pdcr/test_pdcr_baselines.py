@@ -17,7 +17,7 @@ from triptych.pdcr.baselines import (
     saliency_from_ate,
 )
 from triptych.pdcr.faithfulness import block_scores, grid_units
-from triptych.pdcr.models import build_model, wrap_model
+from triptych.pdcr.models import wrap_model
 from triptych.pdcr.roi import RoI
 
 H = 32
@@ -117,9 +117,8 @@ def test_seg_grad_cam_follows_the_channel_that_drives_the_roi():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_baseline_runs_on_a_small_monai_unet(method):
-    torch.manual_seed(0)
-    model = build_model("unet", features=(4, 8, 16)).eval()
+def test_every_baseline_runs_on_a_small_monai_unet(method, tiny_unet):
+    model = tiny_unet(in_channels=3).eval()
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
     target = Target.build(model, image, RoI.box(12, 12, 8, 8, (32, 32)), "dice_self")
     opts = {"rise": {"n_masks": 40}, "misure": {"steps": 5}, "integrated_gradients": {"n_steps": 8}}.get(method, {})

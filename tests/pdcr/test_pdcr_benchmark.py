@@ -7,39 +7,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
 
-from triptych.core.checkpoint import save_checkpoint
 from triptych.pdcr.benchmark import BASELINES, OPERATORS, BenchConfig, parse_data, run_benchmark, sample_cases
 from triptych.pdcr.data import synthetic
-from triptych.pdcr.models import MODEL_KIND, build_model
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from triptych.pdcr.models import save_model
 
 
-def write_folder(root: Path) -> None:
+def write_folder(root: Path, write_png) -> None:
     for split, seed, n in (("training", 0, 4), ("test", 1, 2)):
         (root / split / "images").mkdir(parents=True)
         (root / split / "masks").mkdir(parents=True)
         for s in synthetic(n, 48, seed=seed):
-            Image.fromarray((s.image[0].numpy() * 255).astype(np.uint8)).save(root / split / "images" / f"{s.name}.png")
-            Image.fromarray(s.mask.astype(np.uint8) * 255).save(root / split / "masks" / f"{s.name}.png")
+            write_png(root / split / "images" / f"{s.name}.png", s.image[0].numpy())
+            write_png(root / split / "masks" / f"{s.name}.png", s.mask)
 
 
-def save_tiny_model(path: Path) -> None:
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=1, features=(4, 8, 16), patch_size=(32, 32))
-    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-             "hyper_parameters": {"spec": model.spec.to_dict(), "kind": MODEL_KIND}}
-    path.parent.mkdir(parents=True)
-    save_checkpoint(path, state, kind=MODEL_KIND)
-
-
-def test_benchmark_writes_the_documented_schema(tmp_path):
+def test_benchmark_writes_the_documented_schema(tmp_path, tiny_unet, write_png):
     data = tmp_path / "toy"
-    write_folder(data)
-    save_tiny_model(tmp_path / "runs" / "pdcr_toy_unet" / "checkpoints" / "best.safetensors")
+    write_folder(data, write_png)
+    checkpoints = tmp_path / "runs" / "pdcr_toy_unet" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    save_model(tiny_unet(patch_size=(32, 32)), checkpoints / "best.safetensors")
     config = BenchConfig(crop=32, roi=8, block=8, coarse_block=16, max_draws=4, steps=4, rise_masks=20,
                          misure_steps=3, ig_steps=4)
     out = tmp_path / "bench"
@@ -70,12 +58,11 @@ def test_bad_data_spec_and_missing_test_split_fail_clearly(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_drive_rois_lie_on_test_vessels_and_are_seeded():
-    if not (SHARED / "drive").is_dir():
-        pytest.skip("../shared/data/drive is absent")
+def test_drive_rois_lie_on_test_vessels_and_are_seeded(shared_dataset):
+    drive = shared_dataset("drive")
     from triptych.pdcr.data import load_drive
 
-    test = load_drive(SHARED / "drive", "test")
+    test = load_drive(drive, "test")
     a = sample_cases(test, 4, 64, 12, seed=0)
     b = sample_cases(test, 4, 64, 12, seed=0)
     assert [c.origin for c in a] == [c.origin for c in b]

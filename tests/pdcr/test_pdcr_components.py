@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,16 +9,12 @@ from scipy.stats import spearmanr
 
 from triptych.core.errors import InputError
 from triptych.pdcr.components import Component, explain_components, list_components
-from triptych.pdcr.models import build_model
 from triptych.pdcr.roi import RoI
 from triptych.pdcr.toy import channel_driven_model
-
-DRIVE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drive"
 
 
 @pytest.fixture(scope="module")
 def toy():
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     data = [torch.rand(1, 32, 32, generator=gen) for _ in range(8)]
     image = torch.rand(1, 32, 32, generator=gen)
@@ -43,9 +37,8 @@ def test_driver_channel_ranks_first(toy, intervention, estimator):
         assert exp.rows[0]["se"] > 0
 
 
-def test_unet_candidates_blocks_and_skips_and_parse():
-    torch.manual_seed(0)
-    model = build_model("unet", in_channels=1, features=(8, 16, 32))
+def test_unet_candidates_blocks_and_skips_and_parse(tiny_unet):
+    model = tiny_unet((8, 16, 32))
     image = torch.rand(1, 32, 32)
     names = [c.name for c in list_components(model, image, "stages")]
     assert "net.model.0" in names and any(n.startswith("skip:") for n in names)
@@ -64,9 +57,8 @@ def test_unet_candidates_blocks_and_skips_and_parse():
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_drive_component_ranking_stable_across_seeds(tmp_path):
-    if not (DRIVE / "training" / "images").is_dir():
-        pytest.skip("../shared/data/drive is absent")
+def test_drive_component_ranking_stable_across_seeds(tmp_path, shared_dataset):
+    drive = shared_dataset("drive", "training/images")
     from triptych.core.training import TrainerFlags
     from triptych.pdcr.data import load_drive, resize_sample
     from triptych.pdcr.models import load_model
@@ -75,12 +67,12 @@ def test_drive_component_ranking_stable_across_seeds(tmp_path):
     torch.set_num_threads(2)
     # a short in-test training: the ranking's stability is about the estimator, not the model's quality
     # a short in-test training at 128² (the ranking's stability is about the estimator, not the model's quality)
-    result = train_model(str(DRIVE), tmp_path / "run", patch=64, image_size=128, features=(8, 16, 32, 64),
+    result = train_model(str(drive), tmp_path / "run", patch=64, image_size=128, features=(8, 16, 32, 64),
                          batch_size=8, patches_per_epoch=64, epochs=4, res_units=1, seed=0, progress=False,
                          flags=TrainerFlags(accelerator="cpu", devices="1"), evaluate_test=False)
     model = load_model(result.checkpoint)
-    test = resize_sample(load_drive(DRIVE, "test")[0], (128, 128))
-    train = [resize_sample(s, (128, 128)).image for s in load_drive(DRIVE, "training")[:6]]
+    test = resize_sample(load_drive(drive, "test")[0], (128, 128))
+    train = [resize_sample(s, (128, 128)).image for s in load_drive(drive, "training")[:6]]
     image, mask = test.image[:, 48:112, 32:96], test.mask[48:112, 32:96]
     roi = RoI.box(16, 16, 32, 32, (64, 64))
     comps = list_components(model, image, "stages") + list_components(model, image, "channels",

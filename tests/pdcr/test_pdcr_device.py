@@ -62,9 +62,7 @@ def test_regions_and_components_on_cuda_match_the_cpu(no_tf32):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error shown where there is no GPU")
-def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
-    from typer.testing import CliRunner
-
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, invoke):
     from triptych.core.errors import InputError
     from triptych.pdcr.cli import app
     from triptych.pdcr.models import save_model
@@ -72,7 +70,7 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
     model, images, _ = _setup()
     ckpt = save_model(model, tmp_path / "m.safetensors")
     np.save(tmp_path / "im.npy", images[0][0].numpy())
-    result = CliRunner().invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "im.npy"),
+    result = invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "im.npy"),
                                       "--roi", "24,24,12,12", "--out", str(tmp_path / "out"), "--device", "cuda"])
     assert isinstance(result.exception, InputError) and "no CUDA GPU is visible" in str(result.exception)
     assert not (tmp_path / "out").exists()

@@ -18,7 +18,6 @@ TAU = 0.02
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     # block-wise brightness, so that blocks differ from the bank's mean patch
     coarse = torch.rand(1, 1, H // 8, H // 8, generator=gen)

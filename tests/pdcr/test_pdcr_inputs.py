@@ -16,10 +16,9 @@ from triptych.pdcr.roi import RoI
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    torch.manual_seed(0)
+def files(tmp_path_factory, tiny_unet):
     root = tmp_path_factory.mktemp("pdcr_inputs")
-    ckpt = save_model(build_model("unet", in_channels=1, features=(4, 8, 16)), root / "model.safetensors")
+    ckpt = save_model(tiny_unet(), root / "model.safetensors")
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((32, 32)) * 255).astype(np.uint8)).save(root / "image.png")
     mask = np.zeros((32, 32), dtype=np.uint8)
@@ -58,15 +57,15 @@ def test_bad_cli_inputs_fail_cleanly(files, tmp_path, extra, names, message):
     assert not list(tmp_path.glob(".out.*"))  # nor a staging folder
 
 
-def test_unreadable_image_and_checkpoint(files, tmp_path):
+def test_unreadable_image_and_checkpoint(files, tmp_path, invoke):
     root, ckpt = files
     args = ["explain", "--checkpoint", str(ckpt), "--image", str(root / "broken.png"), "--roi", "1,1,2,2",
             "--out", str(tmp_path / "o")]
-    result = CliRunner().invoke(app, args)
+    result = invoke(app, args)
     assert isinstance(result.exception, InputError) and "--image" in str(result.exception)
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04pickle")
     args[2] = str(tmp_path / "bad.safetensors")
-    result = CliRunner().invoke(app, args)
+    result = invoke(app, args)
     assert isinstance(result.exception, TriptychError) and "pickle" in str(result.exception)
     assert not (tmp_path / "o").exists()
 
@@ -105,9 +104,9 @@ def test_image_and_roi_shape_mismatch_in_api():
         explain_regions(model, torch.rand(3, 16, 16), RoI.box(1, 1, 2, 2, (16, 16)), intervention="zero")
 
 
-def test_components_command_lists_candidates(files):
+def test_components_command_lists_candidates(files, invoke):
     _, ckpt = files
-    result = CliRunner().invoke(app, ["components", "--checkpoint", str(ckpt), "--granularity", "stages"])
+    result = invoke(app, ["components", "--checkpoint", str(ckpt), "--granularity", "stages"])
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert "net.model.0\tblock" in lines and any(line.startswith("skip:") for line in lines)

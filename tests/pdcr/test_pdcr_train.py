@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from typer.testing import CliRunner
 
 from triptych.core.checkpoint import CheckpointError, save_checkpoint
 from triptych.core.errors import InputError
@@ -17,13 +15,10 @@ from triptych.pdcr.cli import app
 from triptych.pdcr.data import RandomPatches, load_drive, load_folder, resize_sample, synthetic
 from triptych.pdcr.models import load_model
 
-DRIVE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "drive"
 
-
-def test_train_cli_on_synthetic_learns_and_checkpoints(tmp_path):
-    torch.set_num_threads(1)
+def test_train_cli_on_synthetic_learns_and_checkpoints(tmp_path, invoke, write_png):
     out = tmp_path / "run"
-    result = CliRunner().invoke(app, ["train", "--data", "synthetic", "--out", str(out), "--patch", "64",
+    result = invoke(app, ["train", "--data", "synthetic", "--out", str(out), "--patch", "64",
                                       "--features", "8,16,32", "--epochs", "6", "--patches-per-epoch", "32",
                                       "--accelerator", "cpu", "--devices", "1"])
     assert result.exit_code == 0, result.output
@@ -32,13 +27,13 @@ def test_train_cli_on_synthetic_learns_and_checkpoints(tmp_path):
     assert metrics["test_dice_fov"] > 0.5  # blobs are easy; an untrained net scores far lower
     model = load_model(metrics["checkpoint"])
     assert model.spec.emits == "logits" and model.spec.activation == "sigmoid" and model.spec.patch_size == (64, 64)
-    ev = CliRunner().invoke(app, ["evaluate", "--checkpoint", metrics["checkpoint"], "--data", "synthetic"])
+    ev = invoke(app, ["evaluate", "--checkpoint", metrics["checkpoint"], "--data", "synthetic"])
     assert ev.exit_code == 0 and f"{metrics['test_dice_fov']:.4f}" in ev.output
     # a patch-trained model is explained on its 64² window around the RoI of a 96² image
     sample = synthetic(1, 96, seed=77)[0]
-    Image.fromarray((sample.image[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "im.png")
-    Image.fromarray(sample.mask.astype(np.uint8) * 255).save(tmp_path / "gt.png")
-    ex = CliRunner().invoke(app, ["explain", "--checkpoint", metrics["checkpoint"], "--image", str(tmp_path / "im.png"),
+    write_png(tmp_path / "im.png", sample.image[0].numpy())
+    write_png(tmp_path / "gt.png", sample.mask)
+    ex = invoke(app, ["explain", "--checkpoint", metrics["checkpoint"], "--image", str(tmp_path / "im.png"),
                                   "--mask", str(tmp_path / "gt.png"), "--roi", "70,70,12,12", "--data", "synthetic",
                                   "--out", str(tmp_path / "expl"), "--components", "blocks", "--save-bank"])
     assert ex.exit_code == 0, ex.output
@@ -80,9 +75,8 @@ def test_synthetic_is_deterministic_and_binary():
 
 
 @pytest.mark.shared_data
-def test_drive_loader():
-    if not (DRIVE / "test" / "images").is_dir():
-        pytest.skip("../shared/data/drive is absent")
-    test = load_drive(DRIVE, "test")
+def test_drive_loader(shared_dataset):
+    drive = shared_dataset("drive", "test/images")
+    test = load_drive(drive, "test")
     assert len(test) == 20 and test[0].image.shape == (3, 584, 565)
     assert test[0].fov is not None and 0.5 < test[0].fov.mean() < 0.8 and 0.05 < test[0].mask.mean() < 0.2

@@ -9,9 +9,10 @@ that header and the raw tensor bytes, so a hostile file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def save_checkpoint(
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint's metadata without loading its tensors."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; give the .safetensors file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     with open(path, "rb") as handle:
@@ -137,17 +140,34 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(f"checkpoint {path} is corrupt or not a safetensors file")
         try:
             raw = json.loads(handle.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise CheckpointError(f"checkpoint {path} has a corrupt header ({exc.__class__.__name__})") from None
-    meta = raw.get("__metadata__") or {}
-    if meta.get("format") != FORMAT:
+    meta = raw.get("__metadata__") if isinstance(raw, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is a safetensors file but not a triptych checkpoint")
+    fields = {}
+    for key in ("kind", "config", "extra", "tree"):
+        if not isinstance(meta.get(key), str):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its header has no {key!r} string; "
+                                  "re-save or re-train it")
+    for key in ("config", "extra", "tree"):
+        try:
+            value = json.loads(meta[key])
+            fields[key] = value if key == "tree" else _decode(value, {})  # the tree is decoded with its tensors
+        except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its header field {key!r} is not valid "
+                                  f"({type(exc).__name__}); re-save or re-train it") from None
+    config, extra = fields["config"], fields["extra"]
+    for key, value in (("config", config), ("extra", extra)):
+        if not isinstance(value, dict):
+            raise CheckpointError(f"checkpoint {path} is corrupt: its {key} is a {type(value).__name__}, "
+                                  "not a mapping; re-save or re-train it")
     return {
         "kind": meta["kind"],
         "triptych_version": meta.get("triptych_version"),
-        "config": _decode(json.loads(meta["config"]), {}),
-        "extra": _decode(json.loads(meta["extra"]), {}),
-        "tree": json.loads(meta["tree"]),
+        "config": config,
+        "extra": extra,
+        "tree": fields["tree"],
     }
 
 
@@ -179,7 +199,29 @@ def load_checkpoint(
         state = _decode(meta.pop("tree"), tensors)
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: tensor {exc} is missing") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # a crafted tree: wrong shapes of __dict__ etc.
+        raise CheckpointError(f"checkpoint {path} is corrupt: its state tree is malformed "
+                              f"({type(exc).__name__}); re-save or re-train it") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its state is a {type(state).__name__}, not a mapping")
     return state, meta
+
+
+@contextlib.contextmanager
+def rebuilding(path: Any) -> Iterator[None]:
+    """Around building a model from a checkpoint's config: a config this code cannot use is one line.
+
+    A crafted, corrupt or stale checkpoint can pass every format check and still hold a
+    config with unknown keys or wrong types; the model constructor then raises a bare
+    ``TypeError``/``KeyError``. Errors that are already clear (:class:`TriptychError`) pass through.
+    """
+    try:
+        yield
+    except TriptychError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"checkpoint {path} holds a config this version cannot build a model from "
+                              f"({type(exc).__name__}: {str(exc)[:120]}); re-train or re-export it") from None
 
 
 def load_state_dict_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: Any) -> None:

@@ -9,22 +9,41 @@ pickle.
 
 from __future__ import annotations
 
-import functools
-import inspect
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import lightning as L
-import typer
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from triptych.core.checkpoint import load_checkpoint, save_checkpoint
+from triptych.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+# The flags and their Typer options live in a light module (CLI modules import them at top level);
+# re-exported here so library code keeps importing everything training-related from one place.
+from triptych.core.trainer_flags import (  # noqa: F401
+    AcceleratorOpt,
+    DevicesOpt,
+    MaxTimeOpt,
+    PrecisionOpt,
+    ResumeOpt,
+    StrategyOpt,
+    TrainerFlags,
+    trainer_options,
+)
 
 LIGHTNING_KIND = "lightning"
+
+
+class _WithoutInterruptLine(logging.Filter):
+    """Drop Lightning's "Detected KeyboardInterrupt" line: the CLI prints one line with the resume command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Detected KeyboardInterrupt" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutInterruptLine())
 
 
 class SafetensorsCheckpointIO(CheckpointIO):
@@ -48,71 +67,6 @@ class SafetensorsModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose files end in ``.safetensors``."""
 
     FILE_EXTENSION = ".safetensors"
-
-
-@dataclass
-class TrainerFlags:
-    """The scale-out flags every ``train`` command accepts."""
-
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    max_time: str | None = None
-    resume: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# Typer option types, so each system's CLI declares the same flags the same way.
-AcceleratorOpt = Annotated[str, typer.Option(help="cpu, gpu, mps or auto.")]
-DevicesOpt = Annotated[str, typer.Option(help="Number of devices/processes, a list like '0,1', or auto.")]
-StrategyOpt = Annotated[str, typer.Option(help="auto, ddp (several processes or nodes), ddp_spawn, fsdp ...")]
-PrecisionOpt = Annotated[str, typer.Option(help="32-true, 16-mixed, bf16-mixed ...")]
-MaxTimeOpt = Annotated[str | None, typer.Option(help="Stop after this long, DD:HH:MM:SS (e.g. 00:00:15:00).")]
-ResumeOpt = Annotated[Path | None, typer.Option(help="Continue from this training checkpoint (.safetensors).")]
-
-_FLAG_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "accelerator": (AcceleratorOpt, "auto"),
-    "devices": (DevicesOpt, "auto"),
-    "strategy": (StrategyOpt, "auto"),
-    "precision": (PrecisionOpt, "32-true"),
-    "max_time": (MaxTimeOpt, None),
-    "resume": (ResumeOpt, None),
-}
-
-
-def trainer_options(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a Typer command the six scale-out options, handed to it as one ``flags: TrainerFlags``.
-
-    Every system's ``train`` command takes the same flags; declaring them once keeps their
-    names and help identical across the CLI. ``defaults`` overrides a flag's default
-    (e.g. ``max_time="00:00:20:00"``).
-    """
-    unknown = set(defaults) - set(_FLAG_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown trainer options {sorted(unknown)}")
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(command, eval_str=True)  # Typer reads the signature we publish: resolve it now
-        if "flags" not in sig.parameters:
-            raise TypeError(f"{command.__name__} must take a `flags: TrainerFlags` parameter")
-        params = [p for p in sig.parameters.values() if p.name != "flags"]
-        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                     default=defaults.get(name, default))
-                   for name, (annotation, default) in _FLAG_OPTIONS.items()]
-
-        @functools.wraps(command)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            flags = TrainerFlags(**{name: kwargs.pop(name, defaults.get(name, default))
-                                    for name, (_, default) in _FLAG_OPTIONS.items()})
-            return command(*args, flags=flags, **kwargs)
-
-        wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        wrapper.__annotations__ = {p.name: p.annotation for p in params}
-        del wrapper.__wrapped__  # inspect must not look past the published signature
-        return wrapper
-
-    return decorate
 
 
 def _devices(value: str) -> int | str | list[int]:
@@ -142,12 +96,15 @@ def make_trainer(
     given); ``None`` keeps only the last.
     """
     flags = flags or TrainerFlags()
+    dirpath = Path(default_root_dir) / "checkpoints"
     ckpt = SafetensorsModelCheckpoint(
-        dirpath=Path(default_root_dir) / "checkpoints",
+        dirpath=dirpath,
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        # Lightning rewrites "last" only in an epoch that also saved a top-k checkpoint, i.e. when the
+        # monitored value improved; with a monitor, a second callback below writes it every epoch instead
+        save_last=not monitor,
         every_n_epochs=every_n_epochs,
         filename="best" if monitor else "epoch{epoch}",
         auto_insert_metric_name=False,
@@ -155,7 +112,13 @@ def make_trainer(
         # open checkpoints/best.safetensors, and Lightning's best-v1 would leave them on the old run
         enable_version_counter=False,
     )
-    all_callbacks: list[L.Callback] = [ckpt, *(callbacks or [])]
+    all_callbacks: list[L.Callback] = [ckpt]
+    if monitor:
+        # no monitor: saved every epoch, replacing the previous one, so --resume loses no epoch
+        all_callbacks.append(SafetensorsModelCheckpoint(
+            dirpath=dirpath, monitor=None, save_top_k=1, filename="last", every_n_epochs=every_n_epochs,
+            auto_insert_metric_name=False, enable_version_counter=False))
+    all_callbacks += callbacks or []
     if monitor and patience:
         all_callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience))
     options: dict[str, Any] = {
@@ -188,7 +151,11 @@ def best_checkpoint(trainer: L.Trainer) -> Path | None:
 def load_module_state(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(state_dict, hyper_parameters)`` of a training checkpoint of ``kind``, for inference."""
     state, _ = load_checkpoint(path, kind=kind)
-    return state["state_dict"], dict(state.get("hyper_parameters") or {})
+    state_dict, hparams = state.get("state_dict"), state.get("hyper_parameters") or {}
+    if not isinstance(state_dict, dict) or not isinstance(hparams, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: it lacks a state_dict or hyper_parameters mapping; "
+                              "re-train or re-export it")
+    return state_dict, dict(hparams)
 
 
 def fit(trainer: L.Trainer, module: L.LightningModule, *args: Any, resume: Path | None = None, **kwargs: Any) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from triptych.core.errors import InputError
 from triptych.core.io import write_text
-from triptych.core.results import markdown_table, mean_sd, write_results
+from triptych.core.results import json_text, markdown_table, mean_sd, write_results
 from triptych.m3jepa.baselines import method_configs
 from triptych.m3jepa.features import PairedCache
 from triptych.m3jepa.retrieval import evaluate_tasks, over_seeds
@@ -95,7 +95,7 @@ def run_one(cache: PairedCache, method: str, seed: int, cfg: BenchmarkConfig, wo
             round(u, 4) for u in result.module.expert_usage],
         "model_config": model_config, "train_config": asdict(tc), "benchmark_config": asdict(cfg),
     }
-    write_text(work / method / f"seed{seed}" / "result.json", json.dumps(record))
+    write_text(work / method / f"seed{seed}" / "result.json", json_text(record, indent=None))
     return record
 
 

@@ -50,6 +50,8 @@ def encode(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.io import command_line
+    from triptych.core.runs import on_interrupt
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import encode_dataset
@@ -73,7 +75,8 @@ def encode(
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
     if "text" in wanted_modalities:
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
-    encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
+    with on_interrupt(f"interrupted: the finished shards are kept in {out}/; resume with: {command_line()}"):
+        encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
     typer.echo(f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
                f"into {out}")
 
@@ -115,6 +118,7 @@ def index(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.io import check_replaceable
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.features import load_cache
     from triptych.m3jepa.search import add_querybank, bank_queries, image_folder, index_cache, index_images
@@ -123,6 +127,8 @@ def index(
     _threads()
     if (images is None) == (cache is None):
         raise InputError("give exactly one of --images DIR or --cache DIR")
+    keep = ("features",) if images is not None else ()  # OUT/features: the images' resumable encoding
+    check_replaceable(out, keep)  # before the work: OUT is replaced whole at the end
     aligner = load_aligners(checkpoint)
     checkpoints = [str(c.resolve()) for c in checkpoint]
     if cache is not None:
@@ -148,7 +154,7 @@ def index(
         queries = bank_queries(aligner, load_cache(bank_path), bank_split, querybank_size, built.fused)
         add_querybank(built, queries, qb_beta, source=str(bank_path), split=querybank_split)
         note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
-    built.save(out)
+    built.save(out, keep=keep)
     typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
                f"{len(checkpoints)} checkpoint(s); {note}")
 
@@ -174,10 +180,12 @@ def search(
     """
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
+    from triptych.core.inputs import at_least
     from triptych.m3jepa.data import read_image
     from triptych.m3jepa.search import Searcher, load_index, write_results_page
     from triptych.m3jepa.train import load_aligners
 
+    at_least(k, 1, "-k")  # before any loading: -k 0 would silently return nothing
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
         raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
@@ -187,11 +195,10 @@ def search(
         raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
     searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)))
     if self_test:
-        import json
-
+        from triptych.core.results import json_text
         from triptych.m3jepa.search import self_test as run_self_test
 
-        typer.echo(json.dumps(run_self_test(searcher, self_test, k), indent=1))
+        typer.echo(json_text(run_self_test(searcher, self_test, k), indent=1), nl=False)
         return
     if text is not None:
         hits, kind, query = searcher.text_to_images([text], k)[0], "images", text
@@ -208,7 +215,7 @@ def search(
 
 
 # ---- training, evaluation and the benchmark (predictor side) ----------------------------------
-from triptych.core.training import TrainerFlags, trainer_options  # noqa: E402
+from triptych.core.trainer_flags import TrainerFlags, trainer_options  # noqa: E402
 
 # The predictor's options, shared by train, finetune-lora and benchmark.
 HiddenOpt = Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")]
@@ -254,9 +261,9 @@ def train(
 
     Example: triptych m3jepa train --cache cache/flickr8k --out runs/m3jepa --epochs 8
     """
-    import json
-
     from triptych.core.io import write_text
+    from triptych.core.results import json_text
+    from triptych.core.runs import final_path, training_run_dir
     from triptych.m3jepa.baselines import method_configs
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.features import load_cache
@@ -278,15 +285,17 @@ def train(
                         "learnable_temperature": learnable_temperature, "fuse_directions": fuse,
                         "max_epochs": epochs, "patience": patience, "batch_size": batch_size, "seed": seed,
                         **overrides, **({"schedule": schedule} if schedule else {})})
-    result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc, out_dir=out,
-                           flags=flags, encoders={media: encoder_record(paired.image),
-                                                  "text": encoder_record(paired.text)})
-    summary = {"checkpoint": str(result.checkpoint), "train_seconds": result.train_seconds,
-               "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
-    write_text(out / "train_summary.json", json.dumps(summary, indent=1))
+    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
+        result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc,
+                               out_dir=run, flags=flags, encoders={media: encoder_record(paired.image),
+                                                                   "text": encoder_record(paired.text)})
+        checkpoint = final_path(result.checkpoint, run, out)  # where it will be once the run is done
+        summary = {"checkpoint": str(checkpoint), "train_seconds": result.train_seconds,
+                   "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
+        write_text(run / "train_summary.json", json_text(summary, indent=1))
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
-               f"{best.get('epoch')}; checkpoint {result.checkpoint}")
+               f"{best.get('epoch')}; checkpoint {checkpoint}")
 
 
 @app.command("finetune-lora")
@@ -328,12 +337,14 @@ def finetune_lora(
     Example: triptych m3jepa finetune-lora --data flickr8k:../shared/data/flickr8k --image-encoder facebook/dinov2-small --text-encoder sentence-transformers/all-MiniLM-L6-v2 --lora-layers 3 --steps 500 --device cuda --out runs/lora
     """
     from triptych.core.device import choose_device
+    from triptych.core.io import check_replaceable, output_dir_in_place
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
     from triptych.m3jepa.lora import finetune_lora as run
     from triptych.m3jepa.lora import save_lora_run
 
     _threads()
+    check_replaceable(out)  # before the work
     dataset = load_dataset(data)
     if split is None:
         split = "train" if "train" in dataset.splits else None
@@ -343,7 +354,9 @@ def finetune_lora(
     result = run(dataset, encoders, _predictor_args(hidden, experts, top_k, dropout), lora_layers=lora_layers,
                  steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
                  rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
-    checkpoint = save_lora_run(out, result)
+    # written in place (the merged encoders are named by their final path), the earlier run moved aside
+    with output_dir_in_place(out) as folder:
+        checkpoint = save_lora_run(folder, result)
     first, last = (float(sum(result.losses[i]) / len(result.losses[i])) for i in (slice(0, 10), slice(-10, None)))
     typer.echo(f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10) in {result.seconds:.0f} s; "
                f"checkpoint {checkpoint}")
@@ -364,6 +377,7 @@ def evaluate(
 
     Example: triptych m3jepa evaluate --checkpoint runs/m3jepa/checkpoints/best.safetensors --cache cache/flickr8k
     """
+    from triptych.core.io import atomic_output_dir
     from triptych.core.results import markdown_table, write_results
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.features import load_cache
@@ -384,8 +398,9 @@ def evaluate(
     table = markdown_table(rows)
     typer.echo(table)
     if out is not None:
-        write_results(out, {"checkpoint": str(checkpoint), "split": split, "results": results},
-                      f"# M3-JEPA evaluation on {split}\n\n{table}")
+        with atomic_output_dir(out) as stage:
+            write_results(stage, {"checkpoint": str(checkpoint), "split": split, "results": results},
+                          f"# M3-JEPA evaluation on {split}\n\n{table}")
 
 
 @app.command()
@@ -419,12 +434,35 @@ def benchmark(
 
     Example: triptych m3jepa benchmark --data flickr8k:../shared/data/flickr8k --cache cache/flickr8k --seeds 3 --out bench_out/m3jepa
     """
-    from triptych.m3jepa.benchmark import BenchmarkConfig, run_benchmark
+    from triptych.core.io import check_replaceable, command_line
+    from triptych.core.runs import on_interrupt
+    from triptych.m3jepa.benchmark import BenchmarkConfig
+
+    _threads()
+    cache, work = cache or out / "cache", work_dir or out / "runs"
+    # OUT is replaced whole at the end; a cache and runs inside it (the defaults) move into the new OUT
+    keep = tuple(name for name, folder in (("cache", cache), ("runs", work)) if folder == out / name)
+    check_replaceable(out, keep)
+    resume = f"interrupted: finished work is kept in {cache}/ and {work}/; resume with: {command_line()}"
+    with on_interrupt(resume):
+        results = _benchmark(data, out, cache, work, keep, seeds, methods, jobs, BenchmarkConfig(
+            hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout, max_epochs=epochs,
+            patience=patience, alpha=alpha, temperature=temperature, balance_weight=balance_weight,
+            learnable_temperature=learnable_temperature, fuse_directions=fuse, grid_pool=grid_pool))
+    from triptych.m3jepa.benchmark import results_markdown
+
+    typer.echo(results_markdown(results))
+    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+
+
+def _benchmark(data: str, out: Path, cache: Path, work: Path, keep: tuple[str, ...], seeds: int, methods: str,
+               jobs: int, config):
+    """The body of ``benchmark``: encode the cache if absent, train every (method, seed), write OUT whole."""
+    from triptych.core.io import atomic_output_dir
+    from triptych.m3jepa.benchmark import run_benchmark
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.features import load_cache
 
-    _threads()
-    cache = cache or out / "cache"
     if not (cache / "dataset.json").is_file():
         typer.echo(f"no cache at {cache}; encoding {data} first")
         encode(data=data, out=cache, split="train,dev,test", modality="image,text",
@@ -435,14 +473,7 @@ def benchmark(
     if set(paired.data.images) - set(expected.images):
         raise typer.BadParameter(f"cache {cache} holds images that {data} does not; pass the matching --cache",
                                  param_hint="--cache")
-    config = BenchmarkConfig(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
-                             max_epochs=epochs, patience=patience, alpha=alpha, temperature=temperature,
-                             balance_weight=balance_weight, learnable_temperature=learnable_temperature,
-                             fuse_directions=fuse, grid_pool=grid_pool)
-    results = run_benchmark(paired, out, seeds=list(range(seeds)),
-                            methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
-                            jobs=jobs, work_dir=work_dir or out / "runs")
-    from triptych.m3jepa.benchmark import results_markdown
-
-    typer.echo(results_markdown(results))
-    typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    with atomic_output_dir(out, keep=keep) as stage:
+        return run_benchmark(paired, stage, seeds=list(range(seeds)),
+                             methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
+                             jobs=jobs, work_dir=work)

@@ -19,7 +19,6 @@ captions). Supported layouts, chosen by :func:`load_dataset` from a ``KIND:PATH`
 from __future__ import annotations
 
 import csv
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -30,9 +29,11 @@ from typing import Any
 import numpy as np
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import input_file, open_text, read_json, read_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "dev", "test")
+CAPTION_HINT = "give a CSV (image,caption[,split]) or JSON caption file"
 
 
 @dataclass
@@ -120,15 +121,13 @@ class ImageCaptions:
 
 def read_image(path: str | os.PathLike) -> Any:
     """Open an image as RGB; a missing or unreadable file is an InputError that names it."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"image file {path} does not exist; fix the image column or put the file there")
+    path = input_file(path, "image file", "fix the image column or put the file there")
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # PIL raises many types for a bad file (OSError, SyntaxError, DecompressionBomb...)
         raise InputError(f"image file {path} cannot be read as an image ({type(exc).__name__}); "
                          "replace or remove it") from None
 
@@ -143,9 +142,7 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = AUDIO_RATE) -> np.n
     from scipy.io import wavfile
     from scipy.signal import resample_poly
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"audio file {path} does not exist; fix the audio column or put the file there")
+    path = input_file(path, "audio file", "fix the audio column or put the file there")
     try:
         rate, wave = wavfile.read(path)
     except (ValueError, OSError, EOFError) as exc:
@@ -192,18 +189,19 @@ def _image_root(file: Path) -> Path:
 
 def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
     """A CSV (``image,caption[,split]``) or JSON caption file; several captions per image allowed."""
-    file = Path(file)
-    if not file.is_file():
-        raise InputError(f"caption file {file} does not exist")
+    file = input_file(file, "caption file", CAPTION_HINT)
     root = Path(image_root) if image_root else _image_root(file)
     if file.suffix.lower() == ".json":
-        obj = json.loads(file.read_text())
+        obj = read_json(file, "caption file", CAPTION_HINT)
         if isinstance(obj, dict) and "annotations" in obj and "images" in obj:
             return read_coco(file, image_root)
         if not isinstance(obj, list):
             raise InputError(f"{file}: expected a list of {{image, caption}} objects or COCO caption JSON")
         pairs = []
-        for entry in obj:
+        for n, entry in enumerate(obj, start=1):
+            if not isinstance(entry, dict):
+                raise InputError(f"{file}: entry {n} is a {type(entry).__name__}, not an {{image, caption}} object; "
+                                 "fix or remove it")
             caps = entry.get("captions", [entry.get("caption")])
             pairs += [(entry.get("image", ""), c) for c in (caps if isinstance(caps, list) else [caps])]
         return _from_pairs(file.stem, root, pairs, str(file))
@@ -213,11 +211,14 @@ def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | 
 
 def _read_csv_table(file: Path, item: str) -> tuple[list[dict[str, str]], dict[str, list[str]]]:
     """Rows of an ``<item>,caption[,split]`` CSV, and the items of each named split (first-seen order)."""
-    with open(file, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {item, "caption"} <= set(reader.fieldnames):
-            raise InputError(f"{file}: needs a header with columns {item},caption (found {reader.fieldnames})")
-        rows = list(reader)
+    with open_text(file, "caption file", CAPTION_HINT, newline="") as handle:
+        reader = csv.DictReader(handle, restval="")  # a short row's missing fields are empty, not None
+        try:
+            if reader.fieldnames is None or not {item, "caption"} <= set(reader.fieldnames):
+                raise InputError(f"{file}: needs a header with columns {item},caption (found {reader.fieldnames})")
+            rows = list(reader)
+        except csv.Error as exc:
+            raise InputError(f"{file}: not a valid CSV ({exc}); fix the file") from None
     splits: dict[str, list[str]] = {}
     for row in rows:
         if row.get("split"):
@@ -227,9 +228,7 @@ def _read_csv_table(file: Path, item: str) -> tuple[list[dict[str, str]], dict[s
 
 def read_audio_table(file: str | os.PathLike, audio_root: str | os.PathLike | None = None) -> ImageCaptions:
     """An audio-caption CSV (``audio,caption[,split]``) of WAV files; several captions per clip allowed."""
-    file = Path(file)
-    if not file.is_file():
-        raise InputError(f"caption file {file} does not exist")
+    file = input_file(file, "caption file", CAPTION_HINT)
     root = Path(audio_root) if audio_root else (file.parent / "audio" if (file.parent / "audio").is_dir()
                                                  else file.parent)
     rows, splits = _read_csv_table(file, "audio")
@@ -239,12 +238,15 @@ def read_audio_table(file: str | os.PathLike, audio_root: str | os.PathLike | No
 def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
     """COCO caption JSON: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``)."""
     file = Path(file)
-    obj = json.loads(file.read_text())
+    obj = read_json(file, "caption file", CAPTION_HINT)
     try:
         names = {im["id"]: im["file_name"] for im in obj["images"]}
         pairs = [(names[a["image_id"]], a["caption"]) for a in obj["annotations"]]
     except KeyError as exc:
         raise InputError(f"{file}: not COCO caption JSON (missing key {exc.args[0]!r})") from None
+    except TypeError:  # a list where an object belongs, an unhashable id, ...
+        raise InputError(f"{file}: not COCO caption JSON (images[] and annotations[] must be lists of "
+                         "objects with id/file_name and image_id/caption)") from None
     return _from_pairs(file.stem, Path(image_root) if image_root else _image_root(file), pairs, str(file))
 
 
@@ -258,7 +260,8 @@ def read_flickr(root: str | os.PathLike) -> ImageCaptions:
     for split in SPLITS:
         file = root / f"split_{split}.txt"
         if file.is_file():
-            data.splits[split] = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+            text = read_text(file, "split file", "give one image name per line")
+            data.splits[split] = [line.strip() for line in text.splitlines() if line.strip()]
     return data
 
 

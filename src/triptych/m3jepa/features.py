@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import read_json
 from triptych.core.io import atomic_output_dir, write_text
 from triptych.core.progress import progress_bar
 
@@ -164,13 +165,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     file = Path(path) / MANIFEST
     if not file.is_file():
         return None
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"feature cache {path}: manifest.json is not valid JSON ({exc}); delete the folder "
-                         "and encode again") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"feature cache {path}: format {manifest.get('format')!r} is not {FORMAT!r}; "
+    manifest = read_json(file, "feature cache manifest", "delete the folder and encode again")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InputError(f"feature cache {path}: format {found!r} is not {FORMAT!r}; "
                          "encode again with this version of triptych")
     return manifest
 

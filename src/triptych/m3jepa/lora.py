@@ -15,7 +15,6 @@ that ``evaluate`` / ``index`` accept with such a cache.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from triptych.core.errors import InputError
+from triptych.core.results import json_text
 from triptych.m3jepa.encoders import Encoder, HFEncoder, add_lora, make_encoder
 from triptych.m3jepa.losses import alpha_mix, info_nce, latent_regression, positives_from_ids
 from triptych.m3jepa.predictor import M3Predictor, PredictorConfig
@@ -151,6 +151,6 @@ def save_lora_run(out: str | Path, result: LoraResult) -> Path:
     state = {f"model.{k}": v.detach().cpu() for k, v in result.predictor.state_dict().items()}
     checkpoint = save_checkpoint(out / "checkpoints" / "lora.safetensors",
                                  {"state_dict": state, "hyper_parameters": hparams}, kind=KIND, config=hparams)
-    write_text(out / "lora_summary.json", json.dumps({"checkpoint": str(checkpoint), "encoders": records,
+    write_text(out / "lora_summary.json", json_text({"checkpoint": str(checkpoint), "encoders": records,
                                                       "losses": result.losses, "seconds": result.seconds}, indent=1))
     return checkpoint

@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import at_least, read_json
 from triptych.core.io import atomic_output_dir
 from triptych.m3jepa.features import EncodedBatch, Features, check_compatible
 from triptych.m3jepa.retrieval import embed_rows
@@ -121,9 +122,12 @@ class SearchIndex:
         bias = self.bias(modality)
         return (cosine if bias is None else cosine - bias), cosine
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write the index folder atomically (an interrupted run leaves the old index intact)."""
-        with atomic_output_dir(out) as staging:
+    def save(self, out: str | os.PathLike, keep: Sequence[str] = ()) -> Path:
+        """Write the index folder atomically, replacing it whole (an interrupted run leaves the old index intact).
+
+        ``keep`` names entries of ``out`` that move into the new folder (``features``, the images' encoding).
+        """
+        with atomic_output_dir(out, keep=keep) as staging:
             np.save(staging / "image_keys.npy", self.image_keys.numpy().astype(np.float32))
             for name in OPTIONAL_ARRAYS:
                 if getattr(self, name) is not None:
@@ -140,16 +144,23 @@ def load_index(path: str | os.PathLike) -> SearchIndex:
     path = Path(path)
     if not (path / "index.json").is_file():
         raise InputError(f"{path} is not a search index (no index.json); build one with `triptych m3jepa index`")
-    meta = json.loads((path / "index.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{path}: index format {meta.get('format')!r} is not {FORMAT!r}; rebuild the index")
-    arrays = {name: torch.from_numpy(np.load(path / f"{name}.npy")) for name in OPTIONAL_ARRAYS
-              if (path / f"{name}.npy").is_file()}
-    checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
-    return SearchIndex(meta["images"], torch.from_numpy(np.load(path / "image_keys.npy")), meta["encoders"],
-                       checkpoints, meta.get("captions") or [],
-                       None if meta.get("caption_image") is None else np.asarray(meta["caption_image"]),
-                       querybank=meta.get("querybank") or {}, **arrays)
+    meta = read_json(path / "index.json", "search index file", "rebuild the index with `triptych m3jepa index`")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise InputError(f"{path}: index format {found!r} is not {FORMAT!r}; rebuild the index")
+    try:
+        arrays = {name: torch.from_numpy(np.load(path / f"{name}.npy", allow_pickle=False)) for name in OPTIONAL_ARRAYS
+                  if (path / f"{name}.npy").is_file()}
+        checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
+        keys = torch.from_numpy(np.load(path / "image_keys.npy", allow_pickle=False))
+        return SearchIndex(meta["images"], keys, meta["encoders"], checkpoints, meta.get("captions") or [],
+                           None if meta.get("caption_image") is None else np.asarray(meta["caption_image"]),
+                           querybank=meta.get("querybank") or {}, **arrays)
+    except InputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: the search index is incomplete or corrupt ({type(exc).__name__}); rebuild it "
+                         "with `triptych m3jepa index`") from None
 
 
 def embed_keys(aligner: Any, modality: str, features: Features, rows: np.ndarray | None = None,
@@ -318,6 +329,7 @@ class Searcher:
         return q
 
     def _hits(self, q: torch.Tensor, modality: str, names: Sequence[str], k: int) -> list[list[Hit]]:
+        at_least(k, 1, "k")
         start = time.perf_counter()
         scores, cosine = self.index.scores(q, modality)
         best, rows = scores.topk(min(k, scores.shape[1]), dim=1)
@@ -347,6 +359,8 @@ def self_test(searcher: Searcher, queries: int = 200, k: int = 5) -> dict[str, A
     "typical caption"), and per-query latency percentiles (ms) of the encode, predict and
     score steps and of their sum, over an index of N images.
     """
+    at_least(k, 1, "k")
+    at_least(queries, 1, "queries")
     index = searcher.index
     if index.caption_image is None or not index.captions:
         raise InputError("--self-test needs an index with captions (build it with --cache or --captions)")

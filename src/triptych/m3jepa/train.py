@@ -469,11 +469,13 @@ def load_aligners(checkpoints: Sequence[str | Path]) -> Aligner | AlignerEnsembl
 
 def load_aligner(checkpoint: str | Path) -> Aligner:
     """The aligner saved by ``triptych m3jepa train`` (or any training run), ready for search."""
-    from triptych.core.checkpoint import load_state_dict_into
+    from triptych.core.checkpoint import load_state_dict_into, rebuilding
 
     state, hparams = load_module_state(checkpoint, KIND)
-    model = build_model(hparams["model_config"])
     prefix = "model."
-    load_state_dict_into(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, checkpoint)
+    with rebuilding(checkpoint):
+        model = build_model(hparams["model_config"])
+        model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    load_state_dict_into(model, model_state, checkpoint)
     model.eval()
     return Aligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint))

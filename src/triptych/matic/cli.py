@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import TrainerFlags, trainer_options
+from triptych.core.trainer_flags import TrainerFlags, trainer_options
 
 app = typer.Typer(
     help="MATIC: multi-task Attentive FP (PLE) for target-inhibitory and cell-active molecules.\n\n"
@@ -57,6 +57,7 @@ def train(
 
     Example: triptych matic train --data matic:../shared/data/matic --out runs/matic_ple --epochs 60
     """
+    from triptych.core.runs import final_path, training_run_dir
     from triptych.matic.data import load_splits
     from triptych.matic.evaluation import evaluate_checkpoint
     from triptych.matic.train import TrainConfig, train_predictor, write_json
@@ -69,9 +70,11 @@ def train(
     config.weights()  # validate before any work
     for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         typer.echo(f"{name}: {t.summary()}")
-    model_path = train_predictor(splits, config, out, flags)
-    metrics = evaluate_checkpoint(model_path, splits.test)
-    write_json(out / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
+    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
+        model_path = train_predictor(splits, config, run, flags)
+        metrics = evaluate_checkpoint(model_path, splits.test)
+        write_json(run / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
+        model_path = final_path(model_path, run, out)
     for task, m in metrics.items():
         typer.echo(f"test {task}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  MCC {m['mcc']:.3f} (n={m['n']})")
     typer.echo(f"model: {model_path}")
@@ -103,13 +106,11 @@ def evaluate(
 
 def _table_for(path: Path, smiles_col: str | None, tasks: list[str], checkpoint: Path):
     """Load ``path`` with the checkpoint's task columns, with a clear error when they are absent."""
-    import pandas as pd
-
     from triptych.core.errors import InputError
-    from triptych.matic.data import load_table
+    from triptych.matic.data import load_table, read_csv_frame
 
     if path.is_file() and path.stat().st_size:
-        cols = list(pd.read_csv(path, nrows=0).columns)
+        cols = [str(c) for c in read_csv_frame(path).columns]
         missing = [t for t in tasks if t not in cols]
         if missing:
             raise InputError(f"checkpoint {checkpoint} was trained for tasks {tasks}, but {path} lacks "
@@ -140,6 +141,7 @@ def benchmark(
     Example: triptych matic benchmark --data matic:../shared/data/matic --seeds 5 --out bench/matic
     """
     from triptych.core.errors import InputError
+    from triptych.core.io import atomic_output_dir
     from triptych.matic.benchmark import BenchConfig, run_benchmark
 
     chosen = [m.strip() for m in models.split(",") if m.strip()]
@@ -160,10 +162,13 @@ def benchmark(
             except (OSError, json.JSONDecodeError) as exc:
                 raise InputError(f"--merge {folder}: no readable results.json ({exc.__class__.__name__})") from None
         merged = merge_results(parts)
-        write_results(out, merged, results_markdown(merged, cfg).replace(
-            "Settings:", f"Merged from {', '.join(map(str, merge))}. Settings:"))
+        with atomic_output_dir(out) as stage:
+            write_results(stage, merged, results_markdown(merged, cfg).replace(
+                "Settings:", f"Merged from {', '.join(map(str, merge))}. Settings:"))
     else:
-        run_benchmark(data, out, cfg, log=lambda s: typer.echo(s, err=True))
+        # results are rewritten after each model (in the hidden staging folder); OUT is replaced at the end
+        with atomic_output_dir(out) as stage:
+            run_benchmark(data, stage, cfg, log=lambda s: typer.echo(s, err=True))
     typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
 

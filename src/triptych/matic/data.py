@@ -19,6 +19,7 @@ from rdkit import Chem, RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import read_text
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -61,20 +62,14 @@ def canonical_smiles(smiles: str) -> str | None:
     return Chem.MolToSmiles(mol)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; give a CSV with a SMILES column and label columns")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it as UTF-8 text ({exc.__class__.__name__}); give a CSV file") from None
+def read_csv_frame(path: Path) -> pd.DataFrame:
+    """A user's molecule CSV (plain or gzip, any encoding :mod:`triptych.core.inputs` reads) as strings."""
+    text = read_text(path, hint="give a CSV with a SMILES column and label columns")
     if not text.strip():
         raise InputError(f"{path}: the file is empty; give a CSV with a header line (e.g. smiles,label) and rows")
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
-    except pd.errors.ParserError as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise InputError(f"{path}: not a valid CSV ({str(exc).splitlines()[0]})") from None
     if len(df) == 0:
         raise InputError(f"{path}: the file has a header but no rows; add molecules")
@@ -163,7 +158,7 @@ def load_table(
     reported with their line numbers and skipped, or raise with ``strict``.
     """
     path = Path(path)
-    df = _read_csv(path)
+    df = read_csv_frame(path)
     columns = [str(c) for c in df.columns]
     scol = find_smiles_column(columns, smiles_col, path)
     if label_cols is None:

@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 from triptych.core.errors import InputError
 from triptych.core.io import atomic_output_dir, write_bytes
 from triptych.core.report import Report
+from triptych.matic.featurize import featurize
 from triptych.matic.predictor import Predictor
 
 DESCRIPTORS = {
@@ -47,6 +48,17 @@ class MoleculeExplanation:
     def task_attention(self, t: int) -> np.ndarray:
         """a_t(v) = sum_k g_{t,k} a_k(v) over task t's experts."""
         return self.expert_attention[:, self.gate_experts[t]] @ self.gates[t]
+
+
+def check_smiles(smiles: Sequence[str]) -> None:
+    """Refuse, naming each one, SMILES that cannot be explained (rather than silently dropping them)."""
+    if not smiles:
+        raise InputError("no SMILES to explain; give at least one")
+    bad = [(i, s) for i, (s, g) in enumerate(zip(smiles, featurize(smiles), strict=True), start=1) if g is None]
+    if bad:
+        shown = ", ".join(f"#{i} {s!r}" for i, s in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise InputError(f"{len(bad)} of the {len(smiles)} SMILES to explain cannot be parsed ({shown}); "
+                         "fix or remove them")
 
 
 def explain_molecules(predictor: Predictor, smiles: Sequence[str]) -> list[MoleculeExplanation]:
@@ -141,9 +153,8 @@ def heatmap(rho: np.ndarray, rows: list[str], cols: list[str]):
 def explain(predictor: Predictor, smiles: Sequence[str], out_dir: str | Path, reference: Sequence[str],
             title: str = "MATIC interpretation") -> Report:
     """Write attention maps (PNG + SVG), gate weights, the property correlations and ``report.html`` into ``out_dir``."""
+    check_smiles(smiles)
     mols = explain_molecules(predictor, smiles)
-    if not mols:
-        raise InputError(f"none of the {len(smiles)} SMILES to explain could be parsed; give valid SMILES")
     experts = predictor.expert_names()
     report = Report(title, intro=f"Checkpoint: {predictor.path}. Attention is each expert's readout "
                     "(super-node) attention over atoms; red atoms get more than the molecule's mean, blue less.")

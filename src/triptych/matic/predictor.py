@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from triptych.core.checkpoint import CheckpointError, load_state_dict_into
+from triptych.core.checkpoint import CheckpointError, load_state_dict_into, rebuilding
 from triptych.core.errors import InputError
 from triptych.core.training import load_module_state
 from triptych.matic.featurize import featurize
@@ -66,12 +66,16 @@ def load_predictor(checkpoint: str | Path, tasks: Sequence[str] | None = None, d
         state_dict, hparams = load_module_state(path, KIND)
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
-    config = TrainConfig(**hparams["config"])
+    try:
+        with rebuilding(path):
+            config = TrainConfig(**hparams["config"])
+            model = config.build_model()
+            model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
+    except CheckpointError as exc:
+        raise InputError(str(exc)) from None
     if tasks is not None and list(tasks) != list(config.tasks):
         raise InputError(f"checkpoint {path} was trained for tasks {config.tasks}, not {list(tasks)}; "
                          "use a checkpoint trained on these tasks or pass matching --tasks")
-    model = config.build_model()
-    model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     try:
         load_state_dict_into(model, model_state, path)
     except CheckpointError as exc:

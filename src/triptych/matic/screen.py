@@ -9,7 +9,6 @@ plus a few numbers per molecule; rows are ranked by the dual score at the end.
 from __future__ import annotations
 
 import csv
-import gzip
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import input_file, open_text
 from triptych.core.io import atomic_write
 from triptych.core.progress import progress_bar
 from triptych.matic.data import find_smiles_column
@@ -38,9 +38,11 @@ class ScreenResult:
         return self.n_total / self.seconds if self.seconds > 0 else float("nan")
 
 
+_HINT = "give a .csv with a SMILES column or a .smi file"
+
+
 def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if path.suffix == ".gz" else open(
-        path, encoding="utf-8", newline="")
+    return open_text(path, "", _HINT, newline="")
 
 
 def read_chunks(path: str | Path, chunk: int = 2048, smiles_col: str | None = None
@@ -49,33 +51,39 @@ def read_chunks(path: str | Path, chunk: int = 2048, smiles_col: str | None = No
 
     A ``.smi`` line is ``SMILES [name]``; in a CSV the name is an ``id``/``name`` column if present.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found; give a .csv with a SMILES column or a .smi file")
+    path = input_file(path, "", _HINT)
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty; give one SMILES per line (.smi) or a CSV with a smiles column")
     is_csv = ".csv" in path.suffixes
     with _open(path) as handle:
-        buf: list[tuple[int, str, str]] = []
-        if is_csv:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            if not header:
-                raise InputError(f"{path}: the file is empty; give a CSV with a smiles column")
-            col = header.index(find_smiles_column(header, smiles_col, path))
-            names = [i for i, c in enumerate(header) if c.strip().lower() in ("id", "name", "compound_id")]
-            rows = ((n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
-                    for n, r in enumerate(reader, start=2))
-        else:
-            rows = ((n, *(line.split(None, 1) + ["", ""])[:2]) for n, line in enumerate(handle, start=1)
-                    if line.strip())
-        for n, smi, name in rows:
-            buf.append((n, smi.strip(), name.strip()))
-            if len(buf) == chunk:
-                yield buf
-                buf = []
-        if buf:
+        try:
+            yield from _chunks(handle, path, chunk, smiles_col, is_csv)
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a valid CSV ({exc}); {_HINT}") from None
+
+
+def _chunks(handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
+            ) -> Iterator[list[tuple[int, str, str]]]:
+    buf: list[tuple[int, str, str]] = []
+    if is_csv:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{path}: the file is empty; give a CSV with a smiles column")
+        col = header.index(find_smiles_column(header, smiles_col, path))
+        names = [i for i, c in enumerate(header) if c.strip().lower() in ("id", "name", "compound_id")]
+        rows = ((n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
+                for n, r in enumerate(reader, start=2))
+    else:
+        rows = ((n, *(line.split(None, 1) + ["", ""])[:2]) for n, line in enumerate(handle, start=1)
+                if line.strip())
+    for n, smi, name in rows:
+        buf.append((n, smi.strip(), name.strip()))
+        if len(buf) == chunk:
             yield buf
+            buf = []
+    if buf:
+        yield buf
 
 
 def count_lines(path: Path) -> int:

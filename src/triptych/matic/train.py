@@ -11,7 +11,6 @@ plain BCE instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -192,6 +191,6 @@ def export_model(training_checkpoint: Path, out: Path, extra: dict[str, Any] | N
 
 
 def write_json(path: Path, obj: Any) -> None:
-    from triptych.core.io import write_text
+    from triptych.core.results import write_json
 
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_json(path, obj)  # strict JSON: a metric that is not a number (one class) is null, not NaN

@@ -29,31 +29,52 @@ per pass), ``registry`` (outcomes, interventions, estimators), ``train`` (Lightn
 outputs), ``plots``, ``toy`` (constructed models with known effects), ``cli``, ``demo``.
 """
 
-from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
-from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
-from triptych.pdcr.explainer import PdCR
-from triptych.pdcr.interventions import (
-    ActivationIntervention,
-    Blur,
-    DatasetMean,
-    PatchBank,
-    Zero,
-    apply_block,
-    make_intervention,
-)
-from triptych.pdcr.models import (
-    ModelSpec,
-    SegmentationModel,
-    build_model,
-    eval_mode,
-    load_model,
-    save_model,
-    with_output,
-    wrap_model,
-)
-from triptych.pdcr.multiroi import explain_rois
-from triptych.pdcr.regions import Explanation, explain_regions
-from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# public name -> its module; loaded on first use (PEP 562), so that importing
+# ``triptych.pdcr.cli`` (and so ``triptych --help``) does not import torch and MONAI
+_EXPORTS = {
+    **dict.fromkeys(["Component", "ComponentExplanation", "explain_components", "list_components"], "components"),
+    **dict.fromkeys(["SequentialRule", "reference_estimate", "sequential_estimate"], "estimate"),
+    **dict.fromkeys(["ActivationIntervention", "Blur", "DatasetMean", "PatchBank", "Zero", "apply_block",
+                     "make_intervention"], "interventions"),
+    **dict.fromkeys(["ModelSpec", "SegmentationModel", "build_model", "eval_mode", "load_model", "save_model",
+                     "with_output", "wrap_model"], "models"),
+    "PdCR": "explainer",
+    "explain_rois": "multiroi",
+    **dict.fromkeys(["Explanation", "explain_regions"], "regions"),
+    **dict.fromkeys(["RoI", "RoIDice", "SoftMass", "dice", "make_outcome"], "roi"),
+}
+
+if TYPE_CHECKING:  # static tools see the real imports
+    from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
+    from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
+    from triptych.pdcr.explainer import PdCR
+    from triptych.pdcr.interventions import (
+        ActivationIntervention,
+        Blur,
+        DatasetMean,
+        PatchBank,
+        Zero,
+        apply_block,
+        make_intervention,
+    )
+    from triptych.pdcr.models import (
+        ModelSpec,
+        SegmentationModel,
+        build_model,
+        eval_mode,
+        load_model,
+        save_model,
+        with_output,
+        wrap_model,
+    )
+    from triptych.pdcr.multiroi import explain_rois
+    from triptych.pdcr.regions import Explanation, explain_regions
+    from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
 
 __all__ = [
     "ActivationIntervention",
@@ -88,3 +109,16 @@ __all__ = [
     "make_outcome",
     "wrap_model",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'triptych.pdcr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"triptych.pdcr.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

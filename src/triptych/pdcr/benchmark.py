@@ -22,7 +22,7 @@ import torch
 
 from triptych.core.errors import InputError
 from triptych.core.progress import progress
-from triptych.core.results import markdown_table, write_results
+from triptych.core.results import json_text, markdown_table, write_results
 from triptych.pdcr.baselines import Saliency, Target, explain_baseline, explain_with
 from triptych.pdcr.data import Sample, load_dataset
 from triptych.pdcr.estimate import SequentialRule
@@ -319,7 +319,7 @@ def run_benchmark(data: str, archs: Sequence[str], n_rois: int, out: Path, *, mo
             }
             save_maps(stage / f"maps_{arch}.npz", cases, explanations)
         write_results(stage, results, results_markdown(results, details))
-        (stage / "details.json").write_text(json.dumps(details, indent=2, default=float) + "\n")
+        (stage / "details.json").write_text(json_text(details, default=float))
     return results
 
 

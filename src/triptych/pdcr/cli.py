@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import MaxTimeOpt, TrainerFlags, trainer_options
+from triptych.core.trainer_flags import MaxTimeOpt, TrainerFlags, trainer_options
 from triptych.pdcr.registry import ESTIMATORS, INTERVENTIONS, OUTCOMES  # light: names and help only
 
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
@@ -51,18 +51,26 @@ def train(
 
     Example: triptych pdcr train --data ../shared/data/drive --arch unet --out runs/drive_unet --max-time 00:00:15:00
     """
+    import json
+
     import torch
 
+    from triptych.core.io import write_text
+    from triptych.core.runs import final_path, training_run_dir
     from triptych.pdcr.train import train_model
 
     if threads:
         torch.set_num_threads(threads)
-    result = train_model(data, out, arch=arch, patch=patch, image_size=image_size,
-                         features=_ints(features, "--features"), batch_size=batch_size,
-                         patches_per_epoch=patches_per_epoch, epochs=epochs, lr=lr, val_fraction=val_fraction,
-                         seed=seed, flags=flags, spatial_dims=spatial_dims, res_units=res_units,
-                         max_cpu_minutes=max_cpu_time)
-    typer.echo(f"checkpoint: {result.checkpoint}")
+    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
+        result = train_model(data, run, arch=arch, patch=patch, image_size=image_size,
+                             features=_ints(features, "--features"), batch_size=batch_size,
+                             patches_per_epoch=patches_per_epoch, epochs=epochs, lr=lr, val_fraction=val_fraction,
+                             seed=seed, flags=flags, spatial_dims=spatial_dims, res_units=res_units,
+                             max_cpu_minutes=max_cpu_time)
+        checkpoint = final_path(result.checkpoint, run, out)
+        result.metrics["checkpoint"] = str(checkpoint)  # where it will be, not where it was trained
+        write_text(run / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    typer.echo(f"checkpoint: {checkpoint}")
     typer.echo(f"validation Dice: {result.val_dice:.4f}")
     if result.test_dice is not None:
         typer.echo(f"test Dice: {result.test_dice:.4f} ({result.metrics['test_images']} images)")

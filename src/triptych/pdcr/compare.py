@@ -37,8 +37,12 @@ def load_maps(folder: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndar
         path = Path(folder) / f"maps_{name}.npz"
         if not path.is_file():
             raise InputError(f"--maps {folder}: no maps_{name}.npz; run `triptych pdcr benchmark` with --archs {name}")
-        with np.load(path, allow_pickle=False) as z:
-            out[name] = {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out[name] = {k: z[k] for k in z.files}
+        except Exception as exc:  # numpy / zipfile raise many types for a corrupt .npz
+            raise InputError(f"--maps {folder}: maps_{name}.npz is corrupt ({type(exc).__name__}); run "
+                             f"`triptych pdcr benchmark` again") from None
     return out
 
 

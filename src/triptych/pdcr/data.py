@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from triptych.core.errors import InputError
+from triptych.core.inputs import input_file
 from triptych.pdcr.roi import binary_mask
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy", ".nii", ".dcm", ".mha", ".nrrd")
@@ -37,9 +38,16 @@ class Sample:
 
 def read_array(path: str | Path, name: str = "--image") -> np.ndarray:
     """Read an image file (PNG/JPEG/TIFF/GIF/BMP or .npy) into an array; one clear line if unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{name} {path} does not exist")
+    path = input_file(path, name, "give a PNG, JPEG, TIFF, GIF or .npy file")
+    arr = _read_any(path, name)
+    if arr.size == 0:
+        raise InputError(f"{name} {path} is empty (shape {arr.shape}); give an image with pixels")
+    if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise InputError(f"{name} {path} holds {arr.dtype} values, not numbers; give a numeric image")
+    return arr
+
+
+def _read_any(path: Path, name: str) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
@@ -90,6 +98,9 @@ def read_image(path: str | Path, spatial_dims: int = 2, name: str = "--image") -
         elif arr.ndim != 4:
             raise InputError(f"{name} {path} has shape {arr.shape}; expected a 3D volume (D,H,W) or (C,D,H,W)")
     arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise InputError(f"{name} {path} has NaN or infinite values (or values too large for float32); "
+                         "give a finite image")
     if str(path).lower().endswith(MONAI_SUFFIXES) and (arr.min() < 0.0 or arr.max() > 1.0):
         # scanner units (HU, MR intensities): min-max to [0, 1], the range the patch bank and models use
         arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)

@@ -19,6 +19,7 @@ import torch
 from triptych.core.errors import InputError
 from triptych.core.io import atomic_output_dir
 from triptych.core.report import Report, Section
+from triptych.core.results import json_text
 from triptych.pdcr.components import ComponentExplanation, explain_components
 from triptych.pdcr.data import Sample, load_dataset, read_image, read_mask, resize_sample
 from triptych.pdcr.estimate import SequentialRule
@@ -194,9 +195,9 @@ def write_outputs(out: Path, image: torch.Tensor, exp: Explanation, comps: Compo
                                             "not_significant", "called_zero", "forward_passes", "seconds")}],
                   caption="blocks outside the RoI: significant (q < α) negative = support, positive = hurt")
     if comps is not None:
-        (out / "components.json").write_text(json.dumps({"rows": comps.rows, "base": comps.base,
-                                                          "forward_passes": comps.forward_passes,
-                                                          "seconds": comps.seconds, **comps.config}, indent=2) + "\n")
+        (out / "components.json").write_text(json_text({"rows": comps.rows, "base": comps.base,
+                                                        "forward_passes": comps.forward_passes,
+                                                        "seconds": comps.seconds, **comps.config}))
         fig = component_bars(comps.rows)
         fig.savefig(out / "components.png", dpi=110, bbox_inches="tight")
         section.figure(out / "components.png", "Network components ranked by |ATE|, with 95% CIs")

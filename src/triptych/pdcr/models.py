@@ -252,16 +252,17 @@ def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
 
 def load_model(path: str | Path) -> SegmentationModel:
     """Load a :class:`SegmentationModel` from a ``triptych pdcr train`` checkpoint (safetensors)."""
-    from triptych.core.checkpoint import load_state_dict_into
+    from triptych.core.checkpoint import load_state_dict_into, rebuilding
     from triptych.core.training import load_module_state
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--checkpoint {path} does not exist; train one with `triptych pdcr train`")
     state, hparams = load_module_state(path, kind=MODEL_KIND)
-    spec = spec_from_dict(hparams["spec"])
-    model = SegmentationModel(build_network(spec), spec)
-    net_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+    with rebuilding(path):
+        spec = spec_from_dict(hparams["spec"])
+        model = SegmentationModel(build_network(spec), spec)
+        net_state = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     load_state_dict_into(model, net_state, path)
     return model.eval()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 
 from triptych.core.errors import InputError
 from triptych.core.progress import progress_bar
+from triptych.core.results import json_text
 from triptych.pdcr.estimate import (
     ZERO_STATUSES,
     SequentialRule,
@@ -182,8 +182,8 @@ class Explanation:
         np.save(out / "se.npy", self.se)
         if self.q is not None:
             np.save(out / "q.npy", self.q)
-        (out / "blocks.json").write_text(json.dumps(self.blocks) + "\n")
-        (out / "summary.json").write_text(json.dumps(self.summary(), indent=2, default=float) + "\n")
+        (out / "blocks.json").write_text(json_text(self.blocks, indent=None))
+        (out / "summary.json").write_text(json_text(self.summary(), default=float))
 
 
 def _to_maps(results: list[UnitResult], shape: Sequence[int], tau: float, alpha: float

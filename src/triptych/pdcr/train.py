@@ -8,7 +8,6 @@ separate split, never on training data.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from triptych.core.errors import InputError
 from triptych.core.io import write_text
+from triptych.core.results import json_text
 from triptych.core.training import TrainerFlags, best_checkpoint, fit, make_trainer
 from triptych.pdcr.data import RandomPatches, Sample, WholeImages, load_dataset, resize_sample
 from triptych.pdcr.models import (
@@ -166,5 +166,5 @@ def train_model(data: str, out: Path, *, arch: str = "unet", patch: int = 128, i
         "train_wall_seconds": train_seconds, "train_cpu_seconds": train_cpu, "steps": trainer.global_step,
         "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - start, "seed": seed,
     }
-    write_text(Path(out) / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(Path(out) / "metrics.json", json_text(metrics))
     return TrainResult(best, metrics["test_dice_fov"], metrics["val_dice_fov"], metrics["seconds"], metrics)

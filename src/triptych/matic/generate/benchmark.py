@@ -7,7 +7,6 @@ molecules as MATIC generates; every method is scored by the same metrics.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from triptych.core.io import atomic_output_dir, write_text
-from triptych.core.results import markdown_table, write_results
+from triptych.core.results import json_text, markdown_table, write_results
 from triptych.matic.generate.baselines import BaselineResult, best_of_dataset, graph_ga
 from triptych.matic.generate.chem import fingerprints
 from triptych.matic.generate.completion import CompletionModel, default_checkpoint, embedded_corpus
@@ -86,7 +85,7 @@ def run_benchmark(predictor: Oracle, oracle_id: str, tasks: tuple[int, int], nam
           + markdown_table(rows))
     with atomic_output_dir(out) as stage:
         write_results(stage, results, md)
-        write_text(stage / "details.json", json.dumps(details, indent=1, default=_plain) + "\n")
+        write_text(stage / "details.json", json_text(details, indent=1, default=_plain))
         for name, table in tables.items():
             table.to_csv(stage / f"molecules_{name}.csv", index=False)
     return results

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from triptych.core.training import TrainerFlags, trainer_options
+from triptych.core.trainer_flags import TrainerFlags, trainer_options
 
 CheckpointOpt = Annotated[Path, typer.Option(help="Trained MATIC predictor (model.safetensors from `triptych matic train`).")]
 ActivesOpt = Annotated[Path | None, typer.Option(
@@ -30,7 +30,9 @@ RolloutsOpt = Annotated[int, typer.Option(help="MCTS rollouts per molecule.")]
 CPuctOpt = Annotated[float, typer.Option(help="MCTS exploration constant.")]
 MinAtomsOpt = Annotated[int, typer.Option(help="A rollout stops at fragments of this many atoms or fewer.")]
 MaxAtomsOpt = Annotated[int, typer.Option(help="Largest single-task rationale kept (atoms).")]
-CacheOpt = Annotated[Path | None, typer.Option(help="Rationale cache (JSON; default OUT/rationale_cache.json).")]
+CacheOpt = Annotated[Path | None, typer.Option(help="Rationale cache (JSON; default OUT/rationale_cache.json, "
+                                                     "kept when OUT is replaced by a rerun).")]
+RATIONALE_CACHE = ("rationale_cache.json",)  # the default cache's name inside OUT
 RoundsOpt = Annotated[int, typer.Option(help="RL rounds.")]
 SamplesOpt = Annotated[int, typer.Option(help="Completions sampled (and scored) per RL round.")]
 PoolOpt = Annotated[int, typer.Option(help="Random actives per task scored to pick the --max-actives best.")]
@@ -122,7 +124,7 @@ def generate_cmd(
 
     import torch
 
-    from triptych.core.io import atomic_output_dir
+    from triptych.core.io import atomic_output_dir, check_replaceable
     from triptych.matic.generate.pipeline import config_dict, generate
     from triptych.matic.generate.report import write_generation
     from triptych.matic.generate.scoring import CountingOracle
@@ -131,13 +133,14 @@ def generate_cmd(
                   method, alpha, p_a, p_b, qed, sa, seed)
     cfg = replace(cfg, pool=pool)
     torch.set_num_threads(threads)
+    check_replaceable(out, RATIONALE_CACHE)  # before the work: OUT is replaced whole at the end
     predictor, oracle_id, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
     model = _completion(completion)
     oracle = CountingOracle(predictor)
-    result = generate(model, oracle, idx, known, cfg, cache=cache or out / "rationale_cache.json", oracle_id=oracle_id)
+    result = generate(model, oracle, idx, known, cfg, cache=cache or out / RATIONALE_CACHE[0], oracle_id=oracle_id)
     metrics = {**result.metrics, "tasks": list(names), "stage_seconds": result.seconds, "config": config_dict(cfg),
                "predictor": str(checkpoint)}
-    with atomic_output_dir(out) as stage:
+    with atomic_output_dir(out, keep=RATIONALE_CACHE if cache is None else ()) as stage:  # keeps its search cache
         model.save(stage / "completion_finetuned.safetensors", extra={"rounds": cfg.finetune.rounds})
         write_generation(stage, result.table, metrics, names, [asdict(r) for r in result.rounds], result.dual,
                          "triptych matic generate " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else []))
@@ -170,7 +173,7 @@ def rationales_cmd(
 
     Example: triptych matic rationales --checkpoint runs/matic_ple/model.safetensors --actives ../shared/data/matic/multi_train.csv --out runs/matic_rationales
     """
-    from triptych.core.io import atomic_output_dir
+    from triptych.core.io import atomic_output_dir, check_replaceable
     from triptych.matic.generate.pipeline import GenerateConfig, dual_rationales
     from triptych.matic.generate.rationale import MCTSConfig
     from triptych.matic.generate.report import write_rationales
@@ -179,10 +182,11 @@ def rationales_cmd(
     cfg = GenerateConfig(max_actives=max_actives, pool=pool, seed=seed,
                          mcts=MCTSConfig(c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms,
                                          threshold=threshold))
+    check_replaceable(out, RATIONALE_CACHE)  # before the work: OUT is replaced whole at the end
     predictor, oracle_id, idx, _, known = _setup(checkpoint, tasks, actives, active_columns)
     oracle = CountingOracle(predictor)
-    single, dual = dual_rationales(known, oracle, idx, cfg, cache or out / "rationale_cache.json", oracle_id)
-    with atomic_output_dir(out) as stage:
+    single, dual = dual_rationales(known, oracle, idx, cfg, cache or out / RATIONALE_CACHE[0], oracle_id)
+    with atomic_output_dir(out, keep=RATIONALE_CACHE if cache is None else ()) as stage:  # keeps its search cache
         write_rationales(stage, single, dual)
     typer.echo(f"rationales: {len(single[0])} + {len(single[1])} single-task, {len(dual)} dual "
                f"({oracle.calls} oracle calls); report: {out / 'report.html'}")
@@ -244,14 +248,17 @@ def pretrain_cmd(
 
     Example: triptych matic pretrain --out runs/matic_completion.safetensors --n-molecules 40000 --epochs 8
     """
-    import json
-
+    from triptych.core.results import json_text
+    from triptych.core.runs import training_run_dir
     from triptych.core.seed import seed_everything
     from triptych.matic.generate.completion import embedded_corpus, pretrain, read_corpus
 
     seed_everything(seed)
     smiles = embedded_corpus() if corpus is None else read_corpus(corpus)
-    _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden, epochs=epochs,
-                       seed=seed, flags=flags, root_dir=out.parent / (out.stem + "_training"))
-    typer.echo(json.dumps(info))
+    # Lightning's checkpoints go to <stem>_training.partial/ while it trains (resumable after Ctrl-C), and
+    # replace <stem>_training/ when done; OUT itself is written atomically at the end
+    with training_run_dir(out.parent / (out.stem + "_training"), flags.resume) as run:
+        _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden,
+                           epochs=epochs, seed=seed, flags=flags, root_dir=run)
+    typer.echo(json_text(info, indent=None), nl=False)
     typer.echo(f"completion model: {out}")

@@ -68,18 +68,20 @@ def embedded_corpus() -> list[str]:
 
 def read_corpus(path: str | Path) -> list[str]:
     """SMILES from a ``.smi`` file (first column) or a CSV (optionally gzipped) with a SMILES column."""
-    import pandas as pd
+    from triptych.core.inputs import read_text
+    from triptych.matic.data import find_smiles_column, read_csv_frame
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"corpus {path}: no such file")
     if path.suffix == ".smi":
-        return [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip()]
-    df = pd.read_csv(path)
-    col = next((c for c in df.columns if str(c).lower() == "smiles"), None)
-    if col is None:
-        raise InputError(f"corpus {path}: no SMILES column (columns: {list(df.columns)}); name it SMILES")
-    return [str(s) for s in df[col].dropna()]
+        text = read_text(path, "corpus", "give a .smi file or a CSV with a SMILES column")
+        return [ln.split()[0] for ln in text.splitlines() if ln.strip()]
+    df = read_csv_frame(path)
+    columns = [str(c) for c in df.columns]
+    try:
+        col = find_smiles_column(columns, None, path)
+    except InputError:
+        raise InputError(f"corpus {path}: no SMILES column (columns: {', '.join(columns)}); name it SMILES") from None
+    return [s for s in df[col].astype(str) if s.strip()]
 
 
 def default_checkpoint() -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from rdkit.Chem import Draw
 
 from triptych.core.io import write_text
 from triptych.core.report import Report, Section
+from triptych.core.results import json_text
 from triptych.matic.generate.rationale import Rationale
 
 
@@ -55,7 +55,7 @@ def write_rationales(out: Path, single: tuple[list[Rationale], list[Rationale]],
     rows = rationale_rows([*single[0], *single[1], *dual])
     pd.DataFrame(rows).to_csv(out / "rationales.csv", index=False)
     payload = {"single": [[r.__dict__ for r in s] for s in single], "dual": [r.__dict__ for r in dual]}
-    write_text(out / "rationales.json", json.dumps(payload, indent=1, default=list))
+    write_text(out / "rationales.json", json_text(payload, indent=1, default=list))
     sec = Section("Rationales")
     sec.text(f"MCTS found {len(single[0])} rationales for the first task and {len(single[1])} for the second; "
              f"merging gave {len(dual)} dual rationales (both probabilities >= threshold).")
@@ -75,7 +75,7 @@ def write_generation(out: Path, table: pd.DataFrame, metrics: dict[str, Any], na
                      rounds: Sequence[dict[str, Any]], dual: Sequence[Rationale], command: str) -> Section:
     """molecules.csv, metrics.json, top_molecules.png and report.html into ``out``; returns the report section."""
     table.to_csv(out / "molecules.csv", index=False)
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str) + "\n")
+    write_text(out / "metrics.json", json_text(metrics, default=str))
     top = top_molecules(table)
     sec = Section("Generated dual-active molecules")
     sec.text(f"Tasks: A = {names[0]}, B = {names[1]}. {metrics['n']} molecules generated; success "
