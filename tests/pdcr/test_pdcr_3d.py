@@ -43,3 +43,25 @@ def test_3d_volume_end_to_end(tmp_path, invoke, tiny_unet):
     assert np.load(out / "ate.npy").shape == (16, 16, 16)
     assert json.loads((out / "summary.json").read_text())["forward_passes"] > 10
     assert (out / "overlay.png").stat().st_size > 0 and (out / "report.html").stat().st_size > 0
+
+
+def test_nifti_round_trip_keeps_the_affine(tmp_path, tiny_unet):
+    """A 3D NIfTI volume in, ATE/SE maps out as NIfTI on the same voxels with the same affine (issue 13, item 5)."""
+    import nibabel as nib  # in the pdcr extra
+    from typer.testing import CliRunner
+
+    ckpt = save_model(tiny_unet(spatial_dims=3), tmp_path / "m.safetensors")
+    affine = np.array([[2.0, 0, 0, -30.0], [0, 1.5, 0, 12.0], [0, 0, 1.0, 4.5], [0, 0, 0, 1]])
+    volume = (np.random.default_rng(0).random((16, 16, 16)) * 800 - 100).astype(np.float32)  # scanner units
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "vol.nii.gz"))
+    result = CliRunner().invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "vol.nii.gz"),
+                                      "--roi", "6,6,6,4,4,4", "--intervention", "zero", "--block", "4",
+                                      "--components", "none", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = nib.load(str(tmp_path / "out" / "ate.nii.gz"))
+    np.testing.assert_allclose(out.affine, affine)
+    ate = np.load(tmp_path / "out" / "ate.npy")
+    assert out.shape == volume.shape == ate.shape
+    np.testing.assert_allclose(np.asarray(out.dataobj), ate, rtol=1e-6)
+    assert np.abs(ate).sum() > 0 and ate[6:10, 6:10, 6:10].sum() == 0  # the RoI, in the file's voxel order
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["image_shape"] == [16, 16, 16]

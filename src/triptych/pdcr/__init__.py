@@ -15,12 +15,17 @@ API overview (each name lives in the module given; import from there or from her
     exp.ate, exp.se, exp.blocks, exp.base, exp.forward_passes, exp.seconds
     table = explain_components(model, image, roi, components="stages",      # components.ComponentExplanation
                                intervention="swap", dataset=images)         #   .rows: ranked, with 95% CIs
+    PdCR(Target.build(model, image, roi), bank).attribute(x)   # explainer: (B, 1, *S) = −ATE, as the baselines
+    explain_rois(model, image, [roi1, roi2], intervention=bank)  # multiroi: many RoIs per forward pass
+    wrap_model(net, ..., activation="none", threshold=0.5)      # a network predicting raw output > 0.5
+    with eval_mode(model): ...                                    # the caller's modes come back afterwards
 
 Modules: ``roi`` (RoI, outcomes, Dice), ``models`` (SegmentationModel, MONAI nets by
 name, checkpoints), ``interventions`` (do(·) on blocks and activations), ``estimate``
 (reference and adaptive ATE estimators), ``regions`` (input-region ATE maps),
-``components`` (network-component ATE via forward hooks), ``data`` (DRIVE, folders,
-synthetic), ``train`` (Lightning training), ``explain`` (the CLI pipeline and its
+``components`` (network-component ATE via forward hooks), ``data`` (DRIVE, split
+folders, NIfTI/DICOM, synthetic), ``explainer`` (the PdCR class), ``multiroi`` (many RoIs
+per pass), ``registry`` (outcomes, interventions, estimators), ``train`` (Lightning training), ``explain`` (the CLI pipeline and its
 outputs), ``plots``, ``toy`` (constructed models with known effects), ``cli``, ``demo``.
 """
 
@@ -36,8 +41,10 @@ _EXPORTS = {
     **dict.fromkeys(["SequentialRule", "reference_estimate", "sequential_estimate"], "estimate"),
     **dict.fromkeys(["ActivationIntervention", "Blur", "DatasetMean", "PatchBank", "Zero", "apply_block",
                      "make_intervention"], "interventions"),
-    **dict.fromkeys(["ModelSpec", "SegmentationModel", "build_model", "load_model", "save_model", "wrap_model"],
-                    "models"),
+    **dict.fromkeys(["ModelSpec", "SegmentationModel", "build_model", "eval_mode", "load_model", "save_model",
+                     "with_output", "wrap_model"], "models"),
+    "PdCR": "explainer",
+    "explain_rois": "multiroi",
     **dict.fromkeys(["Explanation", "explain_regions"], "regions"),
     **dict.fromkeys(["RoI", "RoIDice", "SoftMass", "dice", "make_outcome"], "roi"),
 }
@@ -45,6 +52,7 @@ _EXPORTS = {
 if TYPE_CHECKING:  # static tools see the real imports
     from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
     from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
+    from triptych.pdcr.explainer import PdCR
     from triptych.pdcr.interventions import (
         ActivationIntervention,
         Blur,
@@ -58,10 +66,13 @@ if TYPE_CHECKING:  # static tools see the real imports
         ModelSpec,
         SegmentationModel,
         build_model,
+        eval_mode,
         load_model,
         save_model,
+        with_output,
         wrap_model,
     )
+    from triptych.pdcr.multiroi import explain_rois
     from triptych.pdcr.regions import Explanation, explain_regions
     from triptych.pdcr.roi import RoI, RoIDice, SoftMass, dice, make_outcome
 
@@ -73,6 +84,10 @@ __all__ = [
     "SequentialRule",
     "explain_components",
     "explain_regions",
+    "explain_rois",
+    "eval_mode",
+    "with_output",
+    "PdCR",
     "list_components",
     "reference_estimate",
     "save_model",

@@ -52,9 +52,9 @@ class Target:
 
     @classmethod
     def build(cls, model: SegmentationModel, image: Tensor, roi: RoI, outcome: str = "dice_self",
-              ground_truth: Any = None) -> Target:
+              ground_truth: Any = None, empty_dice: float = 1.0) -> Target:
         """The target for ``model`` on ``image`` (C, *spatial) with outcome kind ``outcome``."""
-        return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth))
+        return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth, empty_dice))
 
     @property
     def roi_mask(self) -> Tensor:
@@ -250,7 +250,12 @@ def explain_baseline(method: str, target: Target, image: Tensor, **options: Any)
     """Run baseline ``method`` on one (C, H, W) image and time it; forward passes counted at the model."""
     if method not in METHODS:
         raise InputError(f"unknown baseline {method!r}; choose from {sorted(METHODS)}")
-    explainer = METHODS[method](target, **options)
+    return explain_with(method, METHODS[method](target, **options), target, image)
+
+
+def explain_with(method: str, explainer: Any, target: Target, image: Tensor) -> Saliency:
+    """Any explainer with ``attribute(inputs)`` (a baseline or :class:`triptych.pdcr.explainer.PdCR`) on one
+    (C, H, W) image, timed, forward passes counted at the model."""
     counter = ForwardCounter(target.model.net)
     try:
         t0 = time.perf_counter()

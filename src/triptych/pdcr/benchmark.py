@@ -23,13 +23,13 @@ import torch
 from triptych.core.errors import InputError
 from triptych.core.progress import progress
 from triptych.core.results import json_text, markdown_table, write_results
-from triptych.pdcr.baselines import Saliency, Target, explain_baseline, saliency_from_ate
-from triptych.pdcr.data import Sample, load_drive, load_folder
+from triptych.pdcr.baselines import Saliency, Target, explain_baseline, explain_with
+from triptych.pdcr.data import Sample, load_dataset
 from triptych.pdcr.estimate import SequentialRule
+from triptych.pdcr.explainer import PdCR
 from triptych.pdcr.faithfulness import Faithfulness, evaluate, grid_units, removed_image
 from triptych.pdcr.interventions import Blur, PatchBank, Zero
 from triptych.pdcr.models import SegmentationModel, load_model
-from triptych.pdcr.regions import explain_regions
 from triptych.pdcr.roi import RoI
 
 OPERATORS = ("zero", "blur", "patch_bank")
@@ -80,13 +80,11 @@ def parse_data(spec: str) -> tuple[str, Path]:
 
 
 def load_split(kind: str, root: Path, split: str) -> list[Sample]:
-    """The ``training`` or ``test`` split of a DRIVE root or an images/masks folder with those splits."""
-    if kind == "drive":
-        return load_drive(root, split)
-    if not (root / split / "images").is_dir():
+    """The ``training`` or ``test`` split of a DRIVE root or of a split folder (``<root>/<split>/{images,masks}``)."""
+    if kind == "folder" and not (root / split / "images").is_dir():
         raise InputError(f"--data folder:{root}: needs {root / split}/images and masks/ (a training and a test "
                          "split, so that RoIs never come from training images)")
-    return load_folder(root / split)
+    return load_dataset(f"{kind}:{root}", split)
 
 
 def sample_cases(samples: Sequence[Sample], n: int, crop: int, roi: int, seed: int = 0, per_image: int = 2
@@ -132,10 +130,14 @@ def patch_banks(train: Sequence[Sample], config: BenchConfig) -> tuple[PatchBank
 
 def pdcr_explanation(model: SegmentationModel, case: Case, bank: PatchBank, config: BenchConfig, target: Target):
     """PdCR's input-region explanation of one RoI (adaptive estimator, patch bank, capped draws)."""
+    return pdcr_explainer(target, bank, config).explain(case.image)
+
+
+def pdcr_explainer(target: Target, bank: PatchBank, config: BenchConfig) -> PdCR:
+    """PdCR as the benchmark runs it: adaptive estimator, patch bank, capped draws."""
     rule = SequentialRule(tau=0.02, tol=config.tol, max_draws=config.max_draws)
-    return explain_regions(model, case.image, case.roi, outcome=target.outcome_fn, intervention=bank,
-                           block=config.block, coarse_block=config.coarse_block, estimator="adaptive",
-                           seed=config.seed, batch_size=64, rule=rule, show_progress=False)
+    return PdCR(target, bank, block=config.block, coarse_block=config.coarse_block, estimator="adaptive", rule=rule,
+                seed=config.seed, batch_size=64)
 
 
 def component_effects(model: SegmentationModel, case: Case, dataset: Sequence[torch.Tensor], config: BenchConfig,
@@ -153,8 +155,9 @@ def explain_case(model: SegmentationModel, case: Case, bank: PatchBank, config: 
                  ) -> tuple[list[Saliency], Any, Target]:
     """PdCR, every baseline and a random map for one RoI; the PdCR Explanation; the Target."""
     target = Target.build(model, case.image, case.roi, "dice_self")
-    exp = pdcr_explanation(model, case, bank, config, target)
-    maps = [saliency_from_ate(exp.ate, exp.seconds, exp.forward_passes)]
+    pdcr = pdcr_explainer(target, bank, config)
+    maps = [explain_with("pdcr", pdcr, target, case.image)]  # PdCR like any other method: −ATE, higher = support
+    exp = pdcr.explanations[-1]
     options = {"rise": {"n_masks": config.rise_masks, "seed": config.seed}, "misure": {"steps": config.misure_steps},
                "integrated_gradients": {"n_steps": config.ig_steps}, "zero_occlusion": {"block": config.block}}
     for method in config.baselines:
@@ -253,7 +256,7 @@ def model_for(arch: str, kind: str, root: Path, models_dir: Path, train_time: st
         from triptych.core.training import TrainerFlags
         from triptych.pdcr.train import train_model
 
-        train_model(str(root), run, arch=arch, seed=seed, flags=TrainerFlags(accelerator="cpu", max_time=train_time),
+        train_model(f"{kind}:{root}", run, arch=arch, seed=seed, flags=TrainerFlags(accelerator="cpu", max_time=train_time),
                     progress=False)
     model = load_model(ckpt)
     metrics = run / "metrics.json"

@@ -12,6 +12,7 @@ import typer
 
 from triptych.core.batch_options import RayAddressOpt, ThreadsPerWorkerOpt, WorkersOpt
 from triptych.core.trainer_flags import MaxTimeOpt, TrainerFlags, trainer_options
+from triptych.pdcr.registry import ESTIMATORS, INTERVENTIONS, OUTCOMES  # light: names and help only
 
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
 
@@ -109,20 +110,29 @@ def evaluate(
 @app.command()
 def explain(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
-    image: Annotated[Path, typer.Option(help="Image to explain (PNG/JPEG/TIFF/GIF, or .npy for a volume).")],
-    out: Annotated[Path, typer.Option(help="Output folder.")],
+    image: Annotated[Path, typer.Option(help="Image to explain (PNG/JPEG/TIFF/GIF, NIfTI/DICOM, .npy); with "
+                                             "--roi-file also a folder of images named by the file's stems.")],
+    out: Annotated[Path, typer.Option(help="Output folder (with --roi-file: one subfolder per RoI and rois.csv).")],
     roi: Annotated[str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")] = None,
     roi_mask: Annotated[Path | None, typer.Option(help="RoI as a binary mask file (instead of --roi).")] = None,
-    mask: Annotated[Path | None, typer.Option(help="Ground-truth mask of the image (enables --outcome dice_gt).")] = None,
+    roi_file: Annotated[Path | None, typer.Option(help="The authors' coordinate file: one 'stem,row,col' (or "
+                                                       "'row,col') per line, the RoI's top-left corner, row first; "
+                                                       "every listed RoI is explained.")] = None,
+    roi_size: Annotated[int | None, typer.Option(help="--roi-file: RoI side in pixels (default: from the file name, "
+                                                      "e.g. coords_block8_roi32.txt).")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Ground-truth mask of the image (enables --outcome dice_gt); "
+                                                   "a folder with --roi-file.")] = None,
     data: Annotated[str | None, typer.Option(help="Dataset for the patch bank and activation swaps: DRIVE root, "
                                                    "images/masks folder or 'synthetic'.")] = None,
     bank: Annotated[Path | None, typer.Option(help="A saved patch bank (.safetensors) instead of --data.")] = None,
     save_bank: Annotated[bool, typer.Option(help="Also write the patch bank to OUT for reuse.")] = False,
-    outcome: Annotated[str | None, typer.Option(help="dice_gt (default with --mask), dice_self or soft_mass.")] = None,
-    intervention: Annotated[str, typer.Option(help="patch_bank, zero, mean or blur.")] = "patch_bank",
-    block: Annotated[int, typer.Option(help="Finest block side in pixels (8 at 256² as the paper).")] = 8,
+    outcome: Annotated[str | None, typer.Option(help=f"{OUTCOMES.describe()}. Default: dice_gt with --mask, "
+                                                     "else dice_self.")] = None,
+    intervention: Annotated[str, typer.Option(help=INTERVENTIONS.describe())] = "patch_bank",
+    block: Annotated[int | None, typer.Option(help="Finest block side in pixels (default 8, as the paper at 256², "
+                                                   "or the --roi-file name's block).")] = None,
     coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 4·block).")] = None,
-    estimator: Annotated[str, typer.Option(help="adaptive (default) or reference (the paper's S=3, N=50, τ=0.02).")] = "adaptive",
+    estimator: Annotated[str, typer.Option(help=ESTIMATORS.describe())] = "adaptive",
     components: Annotated[str, typer.Option(help="stages, blocks, skips, channels, none, or comma-separated names.")] = "stages",
     component_intervention: Annotated[str, typer.Option(help="swap (another input's activation), mean or zero.")] = "swap",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same result).")] = 0,
@@ -132,29 +142,53 @@ def explain(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     device: Annotated[str, typer.Option(help="Where the forward passes run: cpu, cuda, mps or auto (the same "
                                              "seed gives the same draws on any device).")] = "cpu",
+    activation: Annotated[str | None, typer.Option(help="Output activation: sigmoid, softmax or none (the raw "
+                                                        "output is the score). Default: the checkpoint's.")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Prediction = score > threshold (default: the "
+                                                         "checkpoint's, 0.5). A network predicting raw output > 0.5, "
+                                                         "as the authors' demo: --activation none --threshold 0.5.")] = None,
+    empty_dice: Annotated[float, typer.Option(help="Dice of an empty prediction and empty reference in the RoI: 1 "
+                                                   "(agreement, default) or 0 (the paper's code).")] = 1.0,
 ) -> None:
     """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
 
     Example: triptych pdcr explain --checkpoint runs/drive/checkpoints/best.safetensors --image im.tif --mask gt.gif --roi 200,200,32,32 --data ../shared/data/drive --out expl
+
+    The authors' settings: --roi-file coords_block8_roi32.txt --estimator reference --empty-dice 0
+    (and --activation none --threshold 0.5 for a network without a sigmoid).
     """
     import torch
 
     from triptych.core.device import choose_device
-    from triptych.pdcr.explain import explain_to_folder, load_inputs
-    from triptych.pdcr.models import load_model
+    from triptych.core.errors import InputError
+    from triptych.pdcr.explain import explain_roi_list, explain_to_folder, load_inputs, roi_file_jobs
+    from triptych.pdcr.models import load_model, with_output
+    from triptych.pdcr.roi import read_roi_file
 
     if threads:
         torch.set_num_threads(threads)
-    model = load_model(checkpoint).to(choose_device(device))
+    model = with_output(load_model(checkpoint), activation, threshold).to(choose_device(device))
+    options = dict(data=data, bank=bank, save_bank=save_bank, outcome=outcome, intervention=intervention,
+                   coarse_block=coarse_block, estimator=estimator, seed=seed, batch_size=batch_size,
+                   components=components, component_intervention=component_intervention, full_image=full_image,
+                   empty_dice=empty_dice)
+    if roi_file is not None:
+        if roi is not None or roi_mask is not None:
+            raise InputError("give exactly one of --roi x,y,w,h, --roi-mask FILE and --roi-file FILE")
+        coords = read_roi_file(roi_file, roi_size, block)
+        jobs = roi_file_jobs(model, image, mask, coords)
+        rows = explain_roi_list(model, jobs, out, block=coords.block or 8, **options)
+        for r in rows:
+            typer.echo(f"{r['name']}: base {r['base_outcome']:.2f}; significant -{r['significant_negative']} "
+                       f"+{r['significant_positive']}; {r['forward_passes']} passes in {r['seconds']:.1f} s")
+        typer.echo(f"outputs: {out}/<roi>/ for {len(rows)} RoIs; index {out}/rois.csv")
+        return
     inputs = load_inputs(model, image, mask, roi, roi_mask)
-    summary = explain_to_folder(model, inputs, out, data=data, bank=bank, save_bank=save_bank, outcome=outcome,
-                                intervention=intervention, block=block, coarse_block=coarse_block, estimator=estimator,
-                                seed=seed, batch_size=batch_size, components=components,
-                                component_intervention=component_intervention, title=f"PdCR: {image.name}",
-                                full_image=full_image)
-    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks +{summary['positive_blocks']} "
-               f"-{summary['negative_blocks']} 0:{summary['zero_blocks']}; {summary['forward_passes']} forward passes "
-               f"in {summary['seconds']:.1f} s")
+    summary = explain_to_folder(model, inputs, out, block=block or 8, title=f"PdCR: {image.name}", **options)
+    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks significantly supporting "
+               f"(red) {summary['significant_negative']}, hurting (blue) {summary['significant_positive']}, not "
+               f"significant {summary['not_significant']}, zero {summary['called_zero']}; "
+               f"{summary['forward_passes']} forward passes in {summary['seconds']:.1f} s")
     typer.echo(f"outputs: {out}/ (ate.npy, se.npy, summary.json, overlay.png, report.html)")
 
 
@@ -242,8 +276,13 @@ def compare(
     models_dir: Annotated[Path, typer.Option(help="Without --maps: <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors.")] = Path("runs"),
     distance: Annotated[float, typer.Option(help="d of 'share of |ATE| within d px of the RoI'.")] = 16.0,
     quantile: Annotated[float, typer.Option(help="Share of |ATE| that the support radius holds.")] = 0.9,
-    outcome: Annotated[str, typer.Option(help="Without --maps: dice_gt (the paper's), dice_self or soft_mass.")] = "dice_gt",
+    outcome: Annotated[str, typer.Option(help=f"Without --maps: {OUTCOMES.describe()}.")] = "dice_gt",
     seed: Annotated[int, typer.Option(help="Seed for RoIs and draws (without --maps).")] = 0,
+    crop: Annotated[int, typer.Option(help="Without --maps: side of the crop explained around each RoI.")] = 64,
+    roi_size: Annotated[int, typer.Option(help="Without --maps: side of each RoI box.")] = 12,
+    block: Annotated[int, typer.Option(help="Without --maps: PdCR's finest block.")] = 8,
+    max_draws: Annotated[int, typer.Option(help="Without --maps: cap on PdCR's draws per block.")] = 20,
+    empty_dice: Annotated[float, typer.Option(help="Dice of two empty sets: 1 (default) or 0 (the paper's code).")] = 1.0,
 ) -> None:
     """Compare the perceptual strategies of several models: locality, sign and concentration of their ATEs, with tests.
 
@@ -258,7 +297,9 @@ def compare(
     elif data is not None:
         from triptych.pdcr.benchmark import BenchConfig
 
-        all_maps = compute_maps(data, names, rois, models_dir, BenchConfig(seed=seed), outcome=outcome)
+        config = BenchConfig(seed=seed, crop=crop, roi=roi_size, block=block, coarse_block=2 * block,
+                             max_draws=max_draws)
+        all_maps = compute_maps(data, names, rois, models_dir, config, outcome=outcome, empty_dice=empty_dice)
         source = f"{data}, outcome {outcome}"
     else:
         raise InputError("give --maps (a benchmark output folder) or --data drive:PATH|folder:PATH")

@@ -47,7 +47,8 @@ def load_maps(folder: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndar
 
 
 def compute_maps(data: str, archs: Sequence[str], n_rois: int, models_dir: Path, config: Any,
-                 train_time: str | None = None, outcome: str = "dice_gt") -> dict[str, dict[str, np.ndarray]]:
+                 train_time: str | None = None, outcome: str = "dice_gt", empty_dice: float = 1.0
+                 ) -> dict[str, dict[str, np.ndarray]]:
     """PdCR maps and component effects of each model on the same seeded RoIs (no baselines).
 
     The default outcome is the paper's RoI Dice against the ground truth: against the model's
@@ -76,7 +77,7 @@ def compute_maps(data: str, archs: Sequence[str], n_rois: int, models_dir: Path,
         model = model_for(arch, kind, root, models_dir, train_time, config.seed)[0]
         explanations = []
         for case in progress(cases, arch, unit="RoI"):
-            target = Target.build(model, case.image, case.roi, outcome, case.truth)
+            target = Target.build(model, case.image, case.roi, outcome, case.truth, empty_dice)
             exp = pdcr_explanation(model, case, bank, config, target)
             exp.config["components"] = component_effects(model, case, dataset, config, target)
             explanations.append(exp)

@@ -21,7 +21,9 @@ from triptych.core.errors import InputError
 from triptych.core.inputs import input_file
 from triptych.pdcr.roi import binary_mask
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy", ".nii", ".dcm", ".mha", ".nrrd")
+MULTI_SUFFIXES = (".nii.gz",)
+MONAI_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
 
 
 @dataclass
@@ -49,6 +51,8 @@ def _read_any(path: Path, name: str) -> np.ndarray:
     try:
         if path.suffix.lower() == ".npy":
             return np.load(path, allow_pickle=False)
+        if path.name.lower().endswith(MONAI_SUFFIXES):
+            return read_medical(path)[0]
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
@@ -62,7 +66,20 @@ def _read_any(path: Path, name: str) -> np.ndarray:
             return np.asarray(im.convert("L") if im.mode in ("P", "1") else im)
     except Exception as exc:  # PIL / tifffile / numpy raise many types for a bad file
         raise InputError(f"{name} {path} is not a readable image ({exc.__class__.__name__}); "
-                         "give a PNG, JPEG, TIFF, GIF or .npy file") from None
+                         "give a PNG, JPEG, TIFF, GIF, .npy, NIfTI or DICOM file") from None
+
+
+def read_medical(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI/DICOM/MHA/NRRD file through MONAI's ``LoadImage``: (array in voxel order, 4×4 affine).
+
+    The array keeps the file's voxel axes (no reorientation), so a map written back with
+    the same affine lies on the same voxels.
+    """
+    from monai.transforms import LoadImage
+
+    data, meta = LoadImage(image_only=False, ensure_channel_first=False, simple_keys=True)(str(path))
+    affine = np.asarray(meta.get("original_affine", meta.get("affine", np.eye(4))), dtype=np.float64)
+    return np.asarray(data), affine
 
 
 def read_image(path: str | Path, spatial_dims: int = 2, name: str = "--image") -> torch.Tensor:
@@ -84,7 +101,10 @@ def read_image(path: str | Path, spatial_dims: int = 2, name: str = "--image") -
     if not np.isfinite(arr).all():
         raise InputError(f"{name} {path} has NaN or infinite values (or values too large for float32); "
                          "give a finite image")
-    if arr.max() > 1.0:
+    if str(path).lower().endswith(MONAI_SUFFIXES) and (arr.min() < 0.0 or arr.max() > 1.0):
+        # scanner units (HU, MR intensities): min-max to [0, 1], the range the patch bank and models use
+        arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
+    elif arr.max() > 1.0:
         arr = arr / (255.0 if arr.max() <= 255 else float(arr.max()))
     return torch.from_numpy(np.ascontiguousarray(arr))
 
@@ -95,6 +115,26 @@ def read_mask(path: str | Path, name: str = "--mask") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., 0]
     return binary_mask(arr, f"{name} {path}")
+
+
+def file_stem(path: Path) -> str:
+    """The name without its image suffix, ``.nii.gz`` counted as one suffix."""
+    name = path.name
+    for suffix in MULTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files of a folder (any format :func:`read_array` reads), sorted by name."""
+    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")
+                  and (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(MULTI_SUFFIXES)))
+
+
+def is_drive(base: Path) -> bool:
+    """DRIVE's own marks: a ``1st_manual/`` folder beside ``images/`` holding ``.tif`` images."""
+    return (base / "1st_manual").is_dir() and any((base / "images").glob("*.tif"))
 
 
 def load_drive(root: str | Path, split: str = "training") -> list[Sample]:
@@ -113,22 +153,49 @@ def load_drive(root: str | Path, split: str = "training") -> list[Sample]:
     return samples
 
 
-def load_folder(root: str | Path) -> list[Sample]:
-    """Generic layout: ``<root>/images/*`` and ``<root>/masks/*`` with matching stems (ISIC, Kvasir, FIVES ...)."""
+def match_masks(images: Sequence[Path], masks: Sequence[Path], where: str) -> dict[Path, Path]:
+    """Image -> mask by stem: the same stem, or the stem plus a suffix after ``_``/``-`` (``a0_mask``).
+
+    Every image needs exactly one mask and every mask one image; otherwise one line names the stems.
+    """
+    by_stem = {file_stem(m): m for m in masks}
+    out: dict[Path, Path] = {}
+    for image in images:
+        stem = file_stem(image)
+        found = [by_stem[stem]] if stem in by_stem else [
+            m for s, m in by_stem.items() if s.startswith(stem) and s[len(stem)] in "_-."]
+        if len(found) > 1:
+            raise InputError(f"--data {where}: image {image.name} matches several masks "
+                             f"({', '.join(m.name for m in found[:3])}); keep one per image")
+        if found:
+            out[image] = found[0]
+    missing = [file_stem(i) for i in images if i not in out]
+    orphans = sorted(set(masks) - set(out.values()))
+    if missing:
+        raise InputError(f"--data {where}: no mask with the stem of image(s) {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''} in masks/; name each mask <image stem>.<ext>")
+    if orphans:
+        raise InputError(f"--data {where}: mask(s) {', '.join(m.name for m in orphans[:5])} match no image stem "
+                         "in images/; remove them or name each mask <image stem>.<ext>")
+    return out
+
+
+def load_folder(root: str | Path, spatial_dims: int = 2) -> list[Sample]:
+    """Generic layout: ``<root>/images/*`` and ``<root>/masks/*`` matched by stem (ISIC, Kvasir, FIVES ...).
+
+    Any format :func:`read_array` reads (PNG, JPEG, TIFF, BMP, GIF, .npy, and NIfTI/DICOM through MONAI).
+    """
     root = Path(root)
-    images = sorted(p for p in (root / "images").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = image_files(root / "images")
     if not images:
         raise InputError(f"--data {root}: no images in {root / 'images'}; expected images/ and masks/ folders")
-    masks = {p.stem: p for p in (root / "masks").glob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    pairs = match_masks(images, image_files(root / "masks"), str(root))
     samples = []
     for path in images:
-        mask_path = masks.get(path.stem) or next((m for s, m in masks.items() if s.startswith(path.stem)), None)
-        if mask_path is None:
-            raise InputError(f"--data {root}: image {path.name} has no mask with the same stem in masks/")
-        image, mask = read_image(path), read_mask(mask_path)
+        image, mask = read_image(path, spatial_dims), read_mask(pairs[path])
         if tuple(image.shape[1:]) != mask.shape:
             raise InputError(f"--data {root}: {path.name} is {tuple(image.shape[1:])} but its mask {mask.shape}")
-        samples.append(Sample(image, mask, path.stem))
+        samples.append(Sample(image, mask, file_stem(path)))
     return samples
 
 
@@ -153,17 +220,33 @@ def synthetic(n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0,
 
 def load_dataset(source: str, split: str = "training", *, spatial_dims: int = 2, seed: int = 0,
                  size: int = 96) -> list[Sample]:
-    """``synthetic``, a DRIVE root (has ``<split>/images``), or a generic images/masks folder."""
+    """Samples of one split of ``source``.
+
+    ``source``: ``synthetic``; a DRIVE root (recognised by its ``1st_manual/`` folder and
+    ``.tif`` images); a generic split folder ``<root>/{training,test}/{images,masks}/``; or
+    an unsplit ``<root>/{images,masks}/`` (training only: it has no test split). A
+    ``drive:`` or ``folder:`` prefix, as ``benchmark`` takes, is accepted too.
+    """
     if source == "synthetic":
         return synthetic(24 if split == "training" else 8, size, spatial_dims, seed=seed + (0 if split == "training" else 1000))
+    kind, sep, rest = source.partition(":")
+    if sep and kind in ("drive", "folder"):
+        source = rest
     root = Path(source)
     if not root.is_dir():
         raise InputError(f"--data {source}: not a folder; give a DRIVE root, an images/masks folder or 'synthetic'")
-    if (root / split / "images").is_dir():
-        return load_drive(root, split)
-    if (root / split / "images").parent.is_dir() and (root / split).is_dir():
-        return load_folder(root / split)
-    return load_folder(root)
+    base = root / split
+    if base.is_dir():
+        if (sep and kind == "drive") or is_drive(base):
+            return load_drive(root, split)
+        return load_folder(base, spatial_dims)
+    if split == "training" and (root / "images").is_dir():
+        return load_folder(root, spatial_dims)
+    if (root / "images").is_dir():  # an unsplit folder: its images are training images, never a test split
+        raise InputError(f"--data {source}: has no {split}/ split; give <root>/training/ and <root>/test/, each "
+                         "with images/ and masks/")
+    raise InputError(f"--data {source}: no {split}/images/ or images/ folder; expected "
+                     "<root>/{training,test}/{images,masks}/ (or the DRIVE layout)")
 
 
 def resize_sample(sample: Sample, size: Sequence[int]) -> Sample:

@@ -38,9 +38,11 @@ def run_demo(out_dir: Path) -> Section:
     section = Section("PdCR: causal explanation of a segmentation model")
     section.text(f"A MONAI U-Net trained for {result.seconds:.0f} s on MONAI's synthetic blobs reached test Dice "
                  f"{result.test_dice:.3f} (held-out synthetic images). For a 16×16 RoI on a new image, the adaptive "
-                 f"estimator used {summary['forward_passes']} forward passes: {summary['negative_blocks']} blocks "
-                 f"support the RoI's segmentation, {summary['positive_blocks']} hurt it, "
-                 f"{summary['zero_blocks']} have no effect.")
-    section.figure(out_dir / "overlay.png", "ATE map with the RoI outlined (blue: the block supports the RoI Dice)")
+                 f"estimator used {summary['forward_passes']} forward passes: {summary['significant_negative']} "
+                 f"blocks significantly support the RoI's segmentation, {summary['significant_positive']} "
+                 f"significantly hurt it (Benjamini–Hochberg, α = 0.05), {summary['not_significant']} are not "
+                 f"significant and {summary['called_zero']} were called zero.")
+    section.figure(out_dir / "overlay.png", "ATE map with the RoI outlined (red: replacing the block lowered the "
+                   "RoI Dice, so the block supports it; blue: it hurts it)")
     section.figure(out_dir / "components.png", "Network components ranked by causal effect")
     return section

@@ -10,9 +10,16 @@ across units and draws.
 - :func:`sequential_estimate`: draws in rounds until the 95% CI is tight (z·SE < tol) or
   lies inside the dead zone; one draw for a deterministic intervention. Effects of
   patch draws on a thresholded Dice are sparse and lumpy (on a DRIVE crop, 61% of draws
-  change no pixel at all), so a unit whose draws are all identical is called zero only
-  after ``zero_draws`` of them: the paper's 3-draw screen wrongly zeroes about a quarter of the
-  blocks there (``benchmarks/pdcr_speed.py``).
+  change no pixel at all), so draws that have all stayed below τ say little: a block
+  that drops Dice by 100 points in 10% of draws (ATE −10) shows 12 quiet draws in a row
+  28% of the time. Such a unit is called zero only when the bound on its *ATE* is within
+  the tolerance: |ATE| ≤ τ + B·p, with B the largest possible |effect| (100 Dice points)
+  and p the one-sided (1 − α) Clopper–Pearson bound on the share of draws that move the
+  outcome by τ or more, 1 − α^{1/n} after n quiet draws (:func:`quiet_bound`). When
+  ``max_draws`` ends first the unit is ``unresolved``: 0 on the map, not called zero, its
+  bound reported as the SE (bound / z).
+- :func:`bh_significance`: per-unit p-values (t-test of the draws) with Benjamini–Hochberg
+  control across the units of one explanation.
 - :func:`coarse_to_fine`: a quadtree/octree over units; a coarse unit is split only where
   its screen shows an effect (or where it must be, e.g. a coarse block over the RoI), and
   the finest units are estimated sequentially.
@@ -55,7 +62,7 @@ def batched_draws(units: Sequence[Hashable], counts: Sequence[int], batch_size: 
         chunk = jobs[start:start + batch_size]
         groups = [(units[i], len(list(g))) for i, g in itertools.groupby(chunk)]
         for i, v in zip(chunk, run(groups), strict=True):
-            out[i].append(float(v))
+            out[i].append(v)  # a scalar, or one value per RoI (a row)
     return [np.asarray(v, dtype=float) for v in out]
 
 
@@ -68,7 +75,7 @@ class UnitResult:
     mean: float
     se: float
     n: int
-    status: str  # screened | dead_zone | significant | not_significant | estimated | skipped
+    status: str  # screened | dead_zone | significant | not_significant | unresolved | estimated | skipped | relevant
     draws: list[float] = field(default_factory=list, repr=False)
     level: int = 0
 
@@ -119,24 +126,33 @@ class SequentialRule:
     max_draws: int = 50
     growth: float = 2.0  # each round multiplies the draws so far by this
     z: float = Z95
-    # all draws identical and below τ: zero only after this many (rule of three: < 3/12 of draws move it, 95%)
-    zero_draws: int = 12
     clear: float = 2.0  # "clearly excludes zero" also stops: |mean| > clear · z · SE (inf turns it off)
+    alpha: float = 0.05  # error rate of a zero call, and the BH false discovery rate across units
+    effect_bound: float = 100.0  # the largest possible |M(do) − M0| (Dice points: 100)
 
 
-def _unmoved(d: np.ndarray, tau: float) -> bool:
-    """All draws identical and below τ: no draw has moved the outcome yet, so nothing is known of its spread."""
-    return bool(np.max(np.abs(d)) < tau and np.ptp(d) == 0)
+def quiet_bound(n: int, rule: SequentialRule) -> float:
+    """(1 − α) upper bound on |ATE| after n draws all below τ: τ + B·(1 − α^{1/n}).
+
+    |ATE| ≤ E|d·1(|d|<τ)| + B·P(|d| ≥ τ) ≤ τ + B·p, and 1 − α^{1/n} is the exact one-sided
+    Clopper–Pearson bound on p when none of n draws reached τ.
+    """
+    return rule.tau + rule.effect_bound * (1.0 - rule.alpha ** (1.0 / max(n, 1)))
+
+
+def _quiet(d: np.ndarray, tau: float) -> bool:
+    """No draw has moved the outcome by τ yet."""
+    return bool(np.max(np.abs(d)) < tau)
 
 
 def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
     """Stopping status for draws ``d``, or None to keep drawing."""
     n = d.size
-    if np.max(np.abs(d)) < rule.tau:
-        # draws that vary below τ show a small effect (the paper's screen); identical ones (a Dice
-        # that no draw has moved yet) say nothing about the spread, so wait for ``zero_draws``
-        enough = min(rule.zero_draws, rule.max_draws) if _unmoved(d, rule.tau) else rule.first
-        return "screened" if n >= enough else None
+    if _quiet(d, rule.tau):
+        # zero only when the bound on the ATE is within the tolerance; else draw on, up to max_draws
+        if quiet_bound(n, rule) <= rule.tau + rule.tol:
+            return "screened"
+        return "unresolved" if n >= rule.max_draws else None
     mean, se = _mean_se(d)
     half = rule.z * se
     if n < min(rule.min_draws, rule.max_draws):  # max_draws below min_draws must still end the loop
@@ -174,34 +190,123 @@ def sequential_estimate(problem: Problem, units: Sequence[Hashable], generator: 
             draws[i] = np.concatenate([draws[i], d])
             status[i] = _decide(draws[i], rule)
         open_ = [i for i in open_ if status[i] is None]
-    out = []
-    for u, d, s in zip(units, draws, status, strict=True):
-        mean, se = _mean_se(d)
-        # the map keeps the reference's convention (dead zone only); significance is in ``status``
-        ate = mean if abs(mean) >= rule.tau and s not in ("screened", "dead_zone") else 0.0
-        out.append(UnitResult(u, ate, mean, se, int(d.size), s, d.tolist(), level))
+    return [finish(u, d, s, rule, level) for u, d, s in zip(units, draws, status, strict=True)]
+
+
+def finish(unit: Hashable, d: np.ndarray, status: str, rule: SequentialRule, level: int = 0) -> UnitResult:
+    """The result of a unit whose sequential sampling stopped with ``status`` after draws ``d``."""
+    mean, se = _mean_se(d)
+    if status in ("screened", "unresolved"):  # quiet draws: their spread is unknown; report the ATE bound
+        se = quiet_bound(d.size, rule) / rule.z
+    # the map keeps the reference's convention (dead zone only); significance is in ``status``
+    ate = mean if abs(mean) >= rule.tau and status not in ("screened", "dead_zone", "unresolved") else 0.0
+    return UnitResult(unit, ate, mean, se, int(d.size), status, d.tolist(), level)
+
+
+def shared_sequential_estimate(problem: Problem, units: Sequence[Hashable], applies: np.ndarray,
+                               generator: torch.Generator, rule: SequentialRule | None = None
+                               ) -> list[list[UnitResult | None]]:
+    """The sequential rule for R outcomes at once (R RoIs of one image): every draw of a unit serves
+    every outcome it applies to (common random numbers).
+
+    ``problem.draw`` returns (n, R) effects per unit; ``applies`` (U, R) says which outcomes a unit
+    is estimated for (a block is not, for a RoI it overlaps). A unit draws while any of its
+    (unit, outcome) pairs is open; each pair keeps the draws up to its own stopping point, so
+    every pair follows exactly :func:`sequential_estimate`'s rule. Returns results[u][r] (None
+    where the unit does not apply).
+    """
+    rule = rule or SequentialRule()
+    n_units, n_out = applies.shape
+    draws = [np.empty((0, n_out))] * n_units
+    stop: dict[tuple[int, int], tuple[str, int]] = {}
+    if not problem.stochastic:
+        for i, d in enumerate(problem.draw(list(units), [1] * n_units, generator)):
+            draws[i] = d.reshape(1, n_out)
+            for r in np.nonzero(applies[i])[0]:
+                stop[i, int(r)] = ("significant" if abs(d.flat[r]) >= rule.tau else "dead_zone", 1)
+    open_ = [i for i in range(n_units) if applies[i].any()] if problem.stochastic else []
+    while open_:
+        want = [rule.first if draws[i].shape[0] == 0 else
+                min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].shape[0] * rule.growth))))
+                - draws[i].shape[0] for i in open_]
+        for i, d in zip(open_, problem.draw([units[i] for i in open_], want, generator), strict=True):
+            draws[i] = np.concatenate([draws[i], d.reshape(-1, n_out)])
+            for r in np.nonzero(applies[i])[0]:
+                if (i, int(r)) not in stop:
+                    status = _decide(draws[i][:, r], rule)
+                    if status is not None:
+                        stop[i, int(r)] = (status, draws[i].shape[0])
+        open_ = [i for i in open_ if any((i, int(r)) not in stop for r in np.nonzero(applies[i])[0])]
+    out: list[list[UnitResult | None]] = []
+    for i, u in enumerate(units):
+        row: list[UnitResult | None] = []
+        for r in range(n_out):
+            if (i, r) in stop:
+                status, n = stop[i, r]
+                row.append(finish(u, draws[i][:n, r], status, rule) if problem.stochastic else
+                           UnitResult(u, float(draws[i][0, r]) if status == "significant" else 0.0,
+                                      float(draws[i][0, r]), 0.0, 1, status, [float(draws[i][0, r])]))
+            else:
+                row.append(None)
+        out.append(row)
     return out
+
+
+ZERO_STATUSES = ("screened", "dead_zone")  # the rule called the unit zero (within its tolerance)
+
+
+def p_value(r: UnitResult, tau: float) -> float:
+    """Two-sided p-value of "ATE = 0" for one unit: a t-test of its draws (quiet or zero-called units: 1)."""
+    from scipy import stats
+
+    if r.status in ZERO_STATUSES or r.status in ("unresolved", "skipped", "relevant") or abs(r.mean) < tau:
+        return 1.0
+    if r.se <= 0:  # identical non-zero draws, or one deterministic intervention
+        return 0.0
+    return float(2 * stats.t.sf(abs(r.mean) / r.se, max(r.n - 1, 1)))
+
+
+def bh_significance(results: Sequence[UnitResult], tau: float, alpha: float = 0.05) -> list[float]:
+    """Benjamini–Hochberg q-values of the units' p-values (significant: q < α)."""
+    from scipy.stats import false_discovery_control
+
+    if not results:
+        return []
+    p = np.array([p_value(r, tau) for r in results])
+    return false_discovery_control(p, method="bh").tolist()
 
 
 def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torch.Generator,
                     rule: SequentialRule, level: int = 0) -> list[UnitResult]:
     """The screen alone: "relevant" if any |d| ≥ τ (then the unit is split).
 
-    ``rule.first`` draws, topped up to ``rule.zero_draws`` for units whose draws are all
-    identical and below τ (as in :func:`sequential_estimate`: they show no spread yet).
+    ``rule.first`` draws; units whose draws all stay below τ draw on, in rounds, until the
+    bound on their ATE is within the tolerance (``screened``) or ``max_draws`` (``unresolved``,
+    not split either), as in :func:`sequential_estimate`.
     """
-    n = rule.first if problem.stochastic else 1
-    draws = problem.draw(units, [n] * len(units), generator)
-    if problem.stochastic and rule.zero_draws > n:
-        quiet = [i for i, d in enumerate(draws) if _unmoved(d, rule.tau)]
-        more = problem.draw([units[i] for i in quiet], [rule.zero_draws - n] * len(quiet), generator) if quiet else []
-        for i, d in zip(quiet, more, strict=True):
-            draws[i] = np.concatenate([draws[i], d])
+    if not problem.stochastic:
+        draws = problem.draw(units, [1] * len(units), generator)
+    else:
+        draws = [np.empty(0)] * len(units)
+        open_ = list(range(len(units)))
+        while open_:
+            want = [rule.first if draws[i].size == 0 else
+                    min(rule.max_draws, int(math.ceil(draws[i].size * rule.growth))) - draws[i].size for i in open_]
+            for i, d in zip(open_, problem.draw([units[i] for i in open_], want, generator), strict=True):
+                draws[i] = np.concatenate([draws[i], d])
+            open_ = [i for i in open_ if _quiet(draws[i], rule.tau) and draws[i].size < rule.max_draws
+                     and quiet_bound(draws[i].size, rule) > rule.tau + rule.tol]
     out = []
     for u, d in zip(units, draws, strict=True):
         mean, se = _mean_se(d)
-        out.append(UnitResult(u, 0.0, mean, se, int(d.size), "relevant" if np.max(np.abs(d)) >= rule.tau
-                              else "screened", d.tolist(), level))
+        if not _quiet(d, rule.tau):
+            status = "relevant"
+        elif not problem.stochastic:  # the one possible draw moved nothing: exactly zero
+            status = "screened"
+        else:
+            status = "screened" if quiet_bound(d.size, rule) <= rule.tau + rule.tol else "unresolved"
+            se = quiet_bound(d.size, rule) / rule.z
+        out.append(UnitResult(u, 0.0, mean, se, int(d.size), status, d.tolist(), level))
     return out
 
 

@@ -31,7 +31,6 @@ from triptych.core.errors import InputError
 from triptych.core.io import write_bytes
 
 Block = tuple[slice, ...]
-INTERVENTIONS = ("patch_bank", "zero", "mean", "blur")
 ACTIVATION_INTERVENTIONS = ("swap", "mean", "zero")
 
 
@@ -186,20 +185,34 @@ RegionIntervention = PatchBank | Zero | DatasetMean | Blur
 def make_intervention(kind: str, *, dataset: Sequence[torch.Tensor] | None = None, exclude: int | None = None,
                       bank: str | Path | None = None, patch_size: int | Sequence[int] = 8, sigma: float = 5.0,
                       seed: int = 0) -> RegionIntervention:
-    """Build a region intervention by name from a dataset (or a saved bank)."""
-    if kind == "zero":
-        return Zero()
-    if kind == "blur":
-        return Blur(sigma)
-    if kind not in ("patch_bank", "mean"):
-        raise InputError(f"--intervention {kind!r} is not known; choose from {', '.join(INTERVENTIONS)}")
+    """Build a region intervention by name (:data:`triptych.pdcr.registry.INTERVENTIONS`) from a dataset or a bank."""
+    from triptych.pdcr.registry import INTERVENTIONS
+
+    return INTERVENTIONS.get(kind)(dataset=dataset, exclude=exclude, bank=bank, patch_size=patch_size, sigma=sigma,
+                                   seed=seed)
+
+
+def zero_intervention(**_: object) -> Zero:
+    return Zero()
+
+
+def blur_intervention(*, sigma: float = 5.0, **_: object) -> Blur:
+    return Blur(sigma)
+
+
+def patch_bank_intervention(*, dataset: Sequence[torch.Tensor] | None = None, exclude: int | None = None,
+                            bank: str | Path | None = None, patch_size: int | Sequence[int] = 8, seed: int = 0,
+                            name: str = "patch_bank", **_: object) -> PatchBank:
+    """A saved bank, or one cut from the dataset without the explained image."""
     if bank is not None:
-        pb = PatchBank.load(bank)
-    elif dataset:
-        pb = PatchBank.from_images(dataset, patch_size, exclude=exclude, seed=seed)
-    else:
-        raise InputError(f"--intervention {kind} needs a dataset (--data) or a saved --bank")
-    return pb if kind == "patch_bank" else DatasetMean(pb.channel_mean())
+        return PatchBank.load(bank)
+    if dataset:
+        return PatchBank.from_images(dataset, patch_size, exclude=exclude, seed=seed)
+    raise InputError(f"--intervention {name} needs a dataset (--data) or a saved --bank")
+
+
+def mean_intervention(**kw: object) -> DatasetMean:
+    return DatasetMean(patch_bank_intervention(name="mean", **kw).channel_mean())
 
 
 # ---------------------------------------------------------------- activation interventions

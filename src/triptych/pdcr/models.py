@@ -2,13 +2,20 @@
 
 The reference thresholded every model's output at 0.5 whether it emitted logits or
 probabilities. Here a :class:`SegmentationModel` records what its network emits
-(``logits`` or ``probabilities``) and how classes relate (``sigmoid``: independent
-channels; ``softmax``: mutually exclusive), so probabilities are never guessed.
+(``logits`` or ``probabilities``), its output activation (``sigmoid``: independent
+channels; ``softmax``: mutually exclusive; ``none``: the raw output is the score) and
+the threshold, so probabilities are never guessed.
+
+Matching a network whose prediction is its raw output > 0.5 (as the authors' demo):
+``wrap_model(net, ..., activation="none", threshold=0.5)`` or, from the CLI,
+``--activation none --threshold 0.5``. Wrapping it as logits would threshold the raw
+output at 0 (sigmoid(r) > 0.5 ⇔ r > 0) and explain a different segmentation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +27,7 @@ from triptych.core.errors import InputError
 
 ARCHITECTURES = ("unet", "attention_unet", "unetpp", "segresnet", "swin_unetr")
 MODEL_KIND = "pdcr.segmentation"
+ACTIVATIONS = ("sigmoid", "softmax", "none")
 
 
 @dataclass
@@ -31,7 +39,7 @@ class ModelSpec:
     in_channels: int = 3
     out_channels: int = 1
     emits: Literal["logits", "probabilities"] = "logits"
-    activation: Literal["sigmoid", "softmax"] = "sigmoid"
+    activation: Literal["sigmoid", "softmax", "none"] = "sigmoid"  # none: the raw output is the score
     threshold: float = 0.5
     target_class: int = 0  # channel whose probability is the segmentation explained
     features: tuple[int, ...] = (16, 32, 64, 128, 256)
@@ -51,8 +59,8 @@ class ModelSpec:
             raise InputError(f"spatial_dims={self.spatial_dims}: only 2D and 3D networks are supported")
         if self.emits not in ("logits", "probabilities"):
             raise InputError(f"emits={self.emits!r}: use 'logits' or 'probabilities'")
-        if self.activation not in ("sigmoid", "softmax"):
-            raise InputError(f"activation={self.activation!r}: use 'sigmoid' or 'softmax'")
+        if self.activation not in ACTIVATIONS:
+            raise InputError(f"--activation {self.activation!r}: use one of {', '.join(ACTIVATIONS)}")
         if self.activation == "softmax" and self.out_channels < 2:
             # softmax over one channel is identically 1: the reference's zero-loss defect
             raise InputError("activation='softmax' needs out_channels >= 2; use 'sigmoid' for one channel")
@@ -156,7 +164,7 @@ class SegmentationModel(nn.Module):
                 f"model output shape {tuple(out.shape)} does not match its input {tuple(x.shape)} "
                 f"with {self.spec.out_channels} output channel(s); check the network and --arch"
             )
-        if self.spec.emits == "probabilities":
+        if self.spec.emits == "probabilities" or self.spec.activation == "none":
             return out
         return torch.sigmoid(out) if self.spec.activation == "sigmoid" else torch.softmax(out, dim=1)
 
@@ -165,7 +173,7 @@ class SegmentationModel(nn.Module):
         return self.probabilities(x)[:, self.spec.target_class]
 
     def binarise(self, prob: torch.Tensor) -> torch.Tensor:
-        """Probabilities (B, C, *spatial) -> target-class mask (B, *spatial): threshold or argmax."""
+        """Scores (B, C, *spatial) -> target-class mask (B, *spatial): score > threshold, or argmax for softmax."""
         if self.spec.activation == "softmax":
             return prob.argmax(dim=1) == self.spec.target_class
         return prob[:, self.spec.target_class] > self.spec.threshold
@@ -173,6 +181,31 @@ class SegmentationModel(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Binary mask of the target class, (B, *spatial)."""
         return self.binarise(self.probabilities(x))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Evaluation mode inside the block; every sub-module gets its own mode back afterwards
+    (a caller's partly frozen model stays partly frozen)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def in_eval_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run ``fn(model, ...)`` under :func:`eval_mode` of its first argument."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        with eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
 
 
 def build_model(arch: str = "unet", *, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 1,
@@ -184,13 +217,29 @@ def build_model(arch: str = "unet", *, spatial_dims: int = 2, in_channels: int =
 
 
 def wrap_model(net: nn.Module, *, spatial_dims: int, in_channels: int, out_channels: int,
-               emits: Literal["logits", "probabilities"], activation: Literal["sigmoid", "softmax"],
+               emits: Literal["logits", "probabilities"] = "logits",
+               activation: Literal["sigmoid", "softmax", "none"] = "sigmoid",
                threshold: float = 0.5, target_class: int = 0) -> SegmentationModel:
-    """Wrap any PyTorch segmentation network; its output semantics must be stated, not guessed."""
+    """Wrap any PyTorch segmentation network; its output semantics must be stated, not guessed.
+
+    ``activation="none"`` with ``threshold=t``: the prediction is raw output > t (no sigmoid).
+    """
     spec = ModelSpec(arch="unet", spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                      emits=emits, activation=activation, threshold=threshold, target_class=target_class,
                      extra={"custom": type(net).__name__})
     return SegmentationModel(net, spec)
+
+
+def with_output(model: SegmentationModel, activation: str | None = None, threshold: float | None = None
+                ) -> SegmentationModel:
+    """The same network with its output activation and/or threshold replaced (None keeps the model's)."""
+    from dataclasses import replace
+
+    if activation is None and threshold is None:
+        return model
+    spec = replace(model.spec, activation=activation or model.spec.activation,
+                   threshold=model.spec.threshold if threshold is None else float(threshold))
+    return SegmentationModel(model.net, spec).train(model.training)
 
 
 def spec_from_dict(d: dict[str, Any]) -> ModelSpec:

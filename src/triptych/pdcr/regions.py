@@ -2,7 +2,12 @@
 
 A block is a tuple of (start, stop) per spatial axis, so the same code explains 2D
 images (square blocks) and 3D volumes (cubic blocks). Negative ATE: replacing the block
-lowers the outcome, so its original content supported the segmentation; positive: it hurt.
+lowers the outcome, so its original content supported the segmentation (red in the
+figures, as the reference); positive: it hurt (blue).
+
+Each block also gets a Benjamini–Hochberg q-value across the blocks of the explanation
+(``Explanation.q``); summaries count blocks as significantly negative / positive (q < α
+and |ATE| ≥ τ), not significant, or called zero by the estimator.
 """
 
 from __future__ import annotations
@@ -22,18 +27,20 @@ from triptych.core.errors import InputError
 from triptych.core.progress import progress_bar
 from triptych.core.results import json_text
 from triptych.pdcr.estimate import (
+    ZERO_STATUSES,
     SequentialRule,
     UnitResult,
     batched_draws,
+    bh_significance,
     coarse_to_fine,
     reference_estimate,
 )
 from triptych.pdcr.interventions import RegionIntervention, apply_block, make_intervention
-from triptych.pdcr.models import SegmentationModel
+from triptych.pdcr.models import SegmentationModel, eval_mode
+from triptych.pdcr.registry import ESTIMATORS
 from triptych.pdcr.roi import Outcome, RoI, make_outcome
 
 Block = tuple[tuple[int, int], ...]
-ESTIMATORS = ("adaptive", "reference")
 HIST_BINS = (-np.inf, -3, -1, -0.3, "-tau", "tau", 0.3, 1, 3, np.inf)  # the paper's histogram edges
 
 
@@ -87,7 +94,9 @@ class RegionProblem:
         self.stochastic = bool(intervention.stochastic)
         self.forward_passes = 0
         with torch.no_grad():
-            self.base = float(self.outcome(model.probabilities(image[None]))[0])
+            base = self.outcome(model.probabilities(image[None]))[0]
+        # one outcome: a float; several (one per RoI): an array (R,)
+        self.base: Any = float(base) if base.ndim == 0 else base.double().cpu().numpy()
         self.forward_passes += 1
 
     def evaluate(self, batch: torch.Tensor) -> np.ndarray:
@@ -119,15 +128,32 @@ class Explanation:
     seconds: float
     roi: np.ndarray
     config: dict[str, Any] = field(default_factory=dict)
+    q: np.ndarray | None = None  # BH q-value per pixel (1 where nothing was tested)
+    zero: np.ndarray | None = None  # True where the estimator called the block zero
+
+    def _cells(self) -> list[Block]:
+        size = int(self.config["block"])
+        return [b for b in block_grid(self.ate.shape, size) if not overlaps(b, self.roi)]
 
     def finest_cells(self) -> np.ndarray:
         """ATE of each finest-grid cell outside the RoI (the units the summary counts)."""
-        size = int(self.config["block"])
-        cells = [b for b in block_grid(self.ate.shape, size) if not overlaps(b, self.roi)]
-        return np.array([float(self.ate[block_slices(b)].flat[0]) for b in cells])
+        return np.array([float(self.ate[block_slices(b)].flat[0]) for b in self._cells()])
+
+    def significance_counts(self, alpha: float | None = None) -> dict[str, int]:
+        """Finest cells outside the RoI by significance: BH q < α with |ATE| ≥ τ, by sign; not significant;
+        called zero by the estimator."""
+        alpha = float(self.config.get("alpha", 0.05)) if alpha is None else alpha
+        cells = self._cells()
+        ate = self.finest_cells()
+        q = np.array([float(self.q[block_slices(b)].flat[0]) for b in cells]) if self.q is not None else np.ones(len(cells))
+        zero = (np.array([bool(self.zero[block_slices(b)].flat[0]) for b in cells]) if self.zero is not None
+                else ate == 0)
+        sig = (q < alpha) & (ate != 0)
+        return {"significant_negative": int((sig & (ate < 0)).sum()), "significant_positive": int((sig & (ate > 0)).sum()),
+                "not_significant": int((~sig & ~zero).sum()), "called_zero": int((~sig & zero).sum())}
 
     def summary(self) -> dict[str, Any]:
-        """Base outcome, positive/negative/zero counts, the paper's histogram, cost."""
+        """Base outcome, counts by significance and by sign (the paper's dead-zone convention), histogram, cost."""
         tau = float(self.config.get("tau", 0.02))
         cells = self.finest_cells()
         edges = [tau if e == "tau" else -tau if e == "-tau" else float(e) for e in HIST_BINS]
@@ -136,6 +162,8 @@ class Explanation:
         return {
             "base_outcome": self.base,
             "outcome": self.config.get("outcome"),
+            **self.significance_counts(),
+            # by sign after the dead zone alone (the paper's pie): negative = supports the RoI
             "positive_blocks": int((cells > 0).sum()),
             "negative_blocks": int((cells < 0).sum()),
             "zero_blocks": int((cells == 0).sum()),
@@ -152,34 +180,45 @@ class Explanation:
         """ate.npy, se.npy, blocks.json and summary.json into ``out`` (a staging folder)."""
         np.save(out / "ate.npy", self.ate)
         np.save(out / "se.npy", self.se)
+        if self.q is not None:
+            np.save(out / "q.npy", self.q)
         (out / "blocks.json").write_text(json_text(self.blocks, indent=None))
         (out / "summary.json").write_text(json_text(self.summary(), default=float))
 
 
-def _to_maps(results: list[UnitResult], shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
-    """Write each unit's ATE/SE onto its pixels, coarse first so finer estimates overwrite them."""
-    ate, se = np.zeros(shape), np.zeros(shape)
+def _to_maps(results: list[UnitResult], shape: Sequence[int], tau: float, alpha: float
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Write each unit's ATE/SE/q onto its pixels, coarse first so finer estimates overwrite them."""
+    ate, se, q, zero = np.zeros(shape), np.zeros(shape), np.ones(shape), np.zeros(shape, dtype=bool)
+    tested = [r for r in results if r.status not in ("skipped", "relevant")]
+    qvalue = dict(zip(map(id, tested), bh_significance(tested, tau, alpha), strict=True))
     rows = []
     for r in sorted(results, key=lambda r: r.level):
         sl = block_slices(r.unit)
         if r.status != "skipped":
             ate[sl], se[sl] = r.ate, r.se
+            q[sl], zero[sl] = qvalue.get(id(r), 1.0), r.status in ZERO_STATUSES
         rows.append({"block": [list(p) for p in r.unit], "level": r.level, "ate": r.ate, "mean": r.mean, "se": r.se,
-                     "n": r.n, "status": r.status})
-    return ate, se, rows
+                     "n": r.n, "status": r.status, "q": qvalue.get(id(r), 1.0)})
+    return ate, se, q, zero, rows
 
 
-def _estimate(problem: RegionProblem, image: torch.Tensor, mask: np.ndarray, estimator: str, gen: torch.Generator,
-              block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
-              rule: SequentialRule | None) -> list[UnitResult]:
-    """Run the chosen estimator over the block grid (reference) or the block tree (adaptive)."""
-    if estimator == "reference":
-        units = [b for b in block_grid(image.shape[1:], block) if not (skip_roi and overlaps(b, mask))]
-        results = reference_estimate(problem, units, gen, screen=screen, draws=draws, tau=tau)
-        return results + [UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in block_grid(image.shape[1:], block)
-                          if skip_roi and overlaps(b, mask)]
+def reference_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
+                        block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
+                        rule: SequentialRule | None) -> list[UnitResult]:
+    """The paper's rule on a fixed grid of ``block`` (blocks over the RoI skipped)."""
+    grid = block_grid(shape, block)
+    units = [b for b in grid if not (skip_roi and overlaps(b, mask))]
+    results = reference_estimate(problem, units, gen, screen=screen, draws=draws, tau=tau)
+    return results + [UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in grid if skip_roi and overlaps(b, mask)]
+
+
+def adaptive_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
+                       block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
+                       rule: SequentialRule | None) -> list[UnitResult]:
+    """Coarse-to-fine from ``coarse_block`` (default 4·block) with sequential sampling at ``block``."""
     return coarse_to_fine(
-        problem, block_grid(image.shape[1:], coarse_block or 4 * block), gen,
+        problem, block_grid(shape, coarse_block or 4 * block), gen,
         split=lambda b: split_block(b, block),
         must_split=lambda b: skip_roi and overlaps(b, mask),
         skip=lambda b: skip_roi and overlaps(b, mask), rule=rule or SequentialRule(tau=tau, max_draws=draws))
@@ -198,8 +237,7 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     ``'adaptive'`` starts at ``coarse_block`` (default 4·block) and splits significant
     blocks down to ``block`` with sequential sampling.
     """
-    if estimator not in ESTIMATORS:
-        raise InputError(f"--estimator {estimator!r} is not known; choose from {', '.join(ESTIMATORS)}")
+    estimate = ESTIMATORS.get(estimator)
     if image.ndim != model.spatial_dims + 1:
         raise InputError(f"--image has shape {tuple(image.shape)}; the model expects (C, *S) with "
                          f"{model.spatial_dims} spatial axes")
@@ -210,23 +248,26 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     if roi.area == 0:
         raise InputError("--roi has zero area; give a box or mask with at least one pixel")
     image = image.float()
-    model.eval()
     gen = torch.Generator().manual_seed(seed)
     if isinstance(intervention, str):
         patch = block if estimator == "reference" else (coarse_block or 4 * block)
         intervention = make_intervention(intervention, dataset=dataset, exclude=exclude, patch_size=patch, seed=seed)
     out_fn = make_outcome(outcome, model, image, roi, ground_truth) if isinstance(outcome, str) else outcome
     start = time.perf_counter()
-    problem = RegionProblem(model, image, out_fn, intervention, batch_size)
+    with eval_mode(model):  # the caller's model comes back in the mode it came in
+        problem = RegionProblem(model, image, out_fn, intervention, batch_size)
     bar = progress_bar(None, "PdCR forward passes", unit="img") if show_progress else contextlib.nullcontext(NoBar())
     mask = roi.mask
-    with bar as problem.bar:
-        results = _estimate(problem, image, mask, estimator, gen, block, coarse_block, skip_roi, tau, screen, draws, rule)
-    ate, se, rows = _to_maps(results, image.shape[1:])
+    with bar as problem.bar, eval_mode(model):
+        results = estimate(problem, image.shape[1:], mask, gen, block=block, coarse_block=coarse_block,
+                           skip_roi=skip_roi, tau=tau, screen=screen, draws=draws, rule=rule)
+    alpha = rule.alpha if rule is not None else 0.05
+    ate, se, q, zero, rows = _to_maps(results, image.shape[1:], tau if rule is None else rule.tau, alpha)
     if skip_roi:
-        ate[mask], se[mask] = 0.0, 0.0
+        ate[mask], se[mask], q[mask] = 0.0, 0.0, 1.0
     config = {"outcome": getattr(out_fn, "name", str(outcome)), "intervention": intervention.name,
               "estimator": estimator, "block": block, "coarse_block": coarse_block or (4 * block if estimator == "adaptive" else block),
               "tau": tau, "seed": seed, "skip_roi": skip_roi, "image_shape": list(image.shape[1:]),
-              "roi": roi.description}
-    return Explanation(ate, se, rows, problem.base, problem.forward_passes, time.perf_counter() - start, mask, config)
+              "roi": roi.description, "alpha": alpha}
+    return Explanation(ate, se, rows, problem.base, problem.forward_passes, time.perf_counter() - start, mask, config,
+                       q, zero)

@@ -9,7 +9,8 @@ batch of (perturbed) images to one number per image:
 - ``soft_mass``: M(x) = 100 · mean_{i∈R} p_target(x)_i, the soft probability mass in R
   (×100 so that it is on the Dice-point scale the dead zone τ is stated in).
 
-Dice of two empty sets is 1 (perfect agreement), unlike the reference's 0.
+Dice of two empty sets is 1 (perfect agreement) by default; the reference's 0 is
+available (``empty_dice=0``, ``--empty-dice 0``) to reproduce its numbers.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import numpy as np
 import torch
 
 from triptych.core.errors import InputError
-
-OUTCOMES = ("dice_gt", "dice_self", "soft_mass")
 
 
 @dataclass(frozen=True)
@@ -111,12 +110,13 @@ def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
     return mask > 0
 
 
-def dice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Dice(a, b) = 2|a∩b| / (|a|+|b|) over the last axis of boolean (B, n) tensors; 1 when both are empty."""
+def dice(a: torch.Tensor, b: torch.Tensor, empty: float = 1.0) -> torch.Tensor:
+    """Dice(a, b) = 2|a∩b| / (|a|+|b|) over the last axis of boolean (B, n) tensors; ``empty`` when both are empty
+    (1 here, 0 in the reference)."""
     a, b = a.float(), b.float()
     inter = (a * b).sum(-1)
     total = a.sum(-1) + b.sum(-1)
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.ones_like(total))
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1e-12), torch.full_like(total, float(empty)))
 
 
 Binarise = Callable[[torch.Tensor], torch.Tensor]
@@ -130,11 +130,12 @@ class RoIDice:
     reference: torch.Tensor  # bool, spatial shape: ground truth or ŷ(x₀)
     binarise: Binarise  # probabilities (B, C, *S) -> bool (B, *S)
     name: str = "dice_gt"
+    empty: float = 1.0  # Dice of two empty sets (the reference: 0)
 
     def __call__(self, prob: torch.Tensor) -> torch.Tensor:
         pred = self.binarise(prob)[:, self.roi]
         ref = self.reference.to(pred.device)[self.roi].expand_as(pred)
-        return 100.0 * dice(pred, ref)
+        return 100.0 * dice(pred, ref, self.empty)
 
 
 @dataclass
@@ -153,22 +154,108 @@ Outcome = RoIDice | SoftMass
 
 
 def make_outcome(kind: str, model, image: torch.Tensor, roi: RoI, ground_truth: np.ndarray | torch.Tensor | None = None,
-                 ) -> Outcome:
-    """Build outcome ``kind`` (dice_gt, dice_self, soft_mass) for ``model`` on ``image`` (C, *spatial)."""
-    if kind not in OUTCOMES:
-        raise InputError(f"--outcome {kind!r} is not known; choose from {', '.join(OUTCOMES)}")
+                 empty_dice: float = 1.0) -> Outcome:
+    """Build outcome ``kind`` (a name in :data:`triptych.pdcr.registry.OUTCOMES`) for ``model`` on ``image`` (C, *S).
+
+    ``empty_dice``: the Dice of an empty prediction against an empty reference in the RoI
+    (1: perfect agreement; 0: the reference implementation's value).
+    """
+    from triptych.pdcr.registry import OUTCOMES
+
+    factory = OUTCOMES.get(kind)
+    if empty_dice not in (0, 1):
+        raise InputError(f"--empty-dice {empty_dice}: give 1 (ours: two empty sets agree) or 0 (the paper's code)")
     if tuple(image.shape[1:]) != roi.shape:
         raise InputError(f"RoI shape {roi.shape} differs from the image's spatial shape {tuple(image.shape[1:])}")
-    roi_t = roi.tensor()
-    if kind == "soft_mass":
-        return SoftMass(roi_t, model.spec.target_class)
-    if kind == "dice_gt":
-        if ground_truth is None:
-            raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
-        gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
-        if tuple(gt.shape) != roi.shape:
-            raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
-        return RoIDice(roi_t, torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt")
-    with torch.no_grad():
+    return factory(model, image, roi, ground_truth, float(empty_dice))
+
+
+def soft_mass_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> SoftMass:
+    return SoftMass(roi.tensor(), model.spec.target_class)
+
+
+def dice_gt_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+    if ground_truth is None:
+        raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
+    gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
+    if tuple(gt.shape) != roi.shape:
+        raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
+    return RoIDice(roi.tensor(), torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", empty_dice)
+
+
+def dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+    from triptych.pdcr.models import eval_mode
+
+    with torch.no_grad(), eval_mode(model):
         own = model.predict(image[None])[0].cpu()
-    return RoIDice(roi_t, own, model.binarise, "dice_self")
+    return RoIDice(roi.tensor(), own, model.binarise, "dice_self", empty_dice)
+
+
+@dataclass(frozen=True)
+class RoIEntry:
+    """One line of a coordinate file: the image stem (None: the one image given), top-left row and column."""
+
+    stem: str | None
+    row: int
+    col: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.stem + '_' if self.stem else ''}r{self.row}_c{self.col}"
+
+    def roi(self, size: int, shape: Sequence[int], name: str = "--roi-file") -> RoI:
+        """The ``size``×``size`` box with its top-left corner at (row, col); x = column, as ``--roi``."""
+        return RoI.box(self.col, self.row, size, size, shape, name=f"{name} ({self.name})")
+
+
+@dataclass(frozen=True)
+class RoIFile:
+    """The authors' coordinate file: one RoI per line as (image stem, row, column) of its top-left corner."""
+
+    entries: tuple[RoIEntry, ...]
+    roi_size: int | None  # from the file name (``..._roi32...``), unless given as an option
+    block: int | None  # from the file name (``..._block8...``)
+
+
+def _from_name(pattern: str, name: str) -> int | None:
+    import re
+
+    m = re.search(pattern, name, flags=re.IGNORECASE)
+    return int(m.group(1)) if m else None
+
+
+def read_roi_file(path, roi_size: int | None = None, block: int | None = None) -> RoIFile:
+    """Parse a coordinate file: lines ``stem,row,col`` or ``row,col`` (commas, tabs or spaces; ``#`` comments;
+    a header line is skipped). Row and column are the RoI's top-left corner, row first, as the authors
+    write them. The RoI side and block side come from the options, else from the file name
+    (``coords_block8_roi32.txt``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--roi-file {path} does not exist")
+    entries = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        fields = [f for f in text.replace(",", " ").replace(";", " ").split() if f]
+        try:
+            nums = [int(float(f)) for f in fields[-2:]]
+        except ValueError:
+            if not entries:  # a header line
+                continue
+            raise InputError(f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'"
+                             ) from None
+        if len(fields) not in (2, 3) or len(nums) != 2:
+            raise InputError(f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'")
+        stem = fields[0] if len(fields) == 3 else None
+        entries.append(RoIEntry(stem, nums[0], nums[1]))
+    if not entries:
+        raise InputError(f"--roi-file {path} lists no RoI; give one 'stem,row,col' per line")
+    size = roi_size or _from_name(r"roi[_-]?(\d+)", path.stem)
+    blk = block or _from_name(r"(?:block|patch)[_-]?(\d+)", path.stem)
+    if size is None:
+        raise InputError(f"--roi-file {path}: the RoI side is neither in the file name (e.g. coords_roi32.txt) "
+                         "nor given; add --roi-size")
+    return RoIFile(tuple(entries), int(size), blk)

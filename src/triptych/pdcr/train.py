@@ -28,6 +28,7 @@ from triptych.pdcr.models import (
     ModelSpec,
     SegmentationModel,
     build_network,
+    in_eval_mode,
     load_model,
     spec_from_dict,
 )
@@ -95,10 +96,10 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
+@in_eval_mode
 def evaluate(model: SegmentationModel, samples: list[Sample]) -> list[float]:
     """Dice inside the FOV (whole image when none) per sample, at the model's working resolution."""
     scores = []
-    model.eval()
     with torch.no_grad():
         for s in samples:
             pred = model.predict(s.image[None])
