@@ -138,7 +138,7 @@ GOOD = {"format": "triptych-checkpoint/1", "kind": KIND, "config": "{}", "extra"
     (["a", "list"], "not a triptych checkpoint"),
     ({k: v for k, v in GOOD.items() if k != "kind"}, "no 'kind'"),
     ({**GOOD, "config": "{oops"}, "'config' is not valid"),
-    ({**GOOD, "tree": '{"state_dict": {}, "hyper_parameters": {"config": {"tasks": ["a"], "nope": 1}}}'},
+    ({**GOOD, "tree": '{"state_dict": {}, "hyper_parameters": {"config": {"tasks": ["a"], "hidden": "big"}}}'},
      "cannot build a model"),
     ({**GOOD, "tree": '{"state_dict": 3}'}, "lacks a state_dict"),
 ])
