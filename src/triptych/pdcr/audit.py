@@ -205,35 +205,6 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def significance_counts(exp: Any, alpha: float) -> dict[str, int]:
-    """Finest blocks outside the RoI by significance: Benjamini–Hochberg across the blocks of the
-    explanation (q < α and ATE ≠ 0), by sign; not significant; called zero by the estimator."""
-    if hasattr(exp, "significance_counts"):  # the explainer's own q-values, where it has them
-        return exp.significance_counts(alpha)
-    from scipy import stats
-
-    from triptych.pdcr.regions import block_grid, block_slices, overlaps
-
-    # Main's explanations carry no q-values yet: test each estimated unit's draws (t-test), BH across
-    # the units, and give every finest cell the q of the finest unit covering it.
-    rows = sorted((r for r in exp.blocks if r["status"] != "skipped"), key=lambda r: r["level"])
-    mean = np.array([r["mean"] for r in rows], dtype=float)
-    se = np.array([r["se"] for r in rows], dtype=float)
-    n = np.array([r["n"] for r in rows], dtype=float)
-    called = np.array([r["ate"] == 0 for r in rows], dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(called, 1.0, np.where(se > 0, 2 * stats.t.sf(np.abs(mean) / se, np.maximum(n - 1, 1)), 0.0))
-    q_map = np.ones(exp.ate.shape)
-    for r, q in zip(rows, stats.false_discovery_control(p, method="bh") if p.size else [], strict=True):
-        q_map[tuple(slice(a, b) for a, b in r["block"])] = q
-    cells = [b for b in block_grid(exp.ate.shape, int(exp.config["block"])) if not overlaps(b, exp.roi)]
-    ate = exp.finest_cells()
-    q = np.array([float(q_map[block_slices(b)].flat[0]) for b in cells])
-    sig = (q < alpha) & (ate != 0)
-    return {"significant_negative": int((sig & (ate < 0)).sum()), "significant_positive": int((sig & (ate > 0)).sum()),
-            "not_significant": int((~sig & (ate != 0)).sum()), "called_zero": int((~sig & (ate == 0)).sum())}
-
-
 class AuditWorker:
     """Explains every RoI of one image per call; built once per Ray worker (one model, one dataset)."""
 
@@ -315,7 +286,7 @@ class AuditWorker:
                 "roi_box": ",".join(str(v) for v in (box[-1][0], box[-2][0], box[-1][1] - box[-1][0],
                                                      box[-2][1] - box[-2][0])),  # x,y,w,h (2D: last axes)
                 "roi_area": roi.area, "class": int(self.model.spec.target_class), "outcome": summary["outcome"],
-                "base_outcome": exp.base, **significance_counts(exp, c.alpha),
+                "base_outcome": exp.base, **exp.significance_counts(c.alpha),
                 "negative_blocks": summary["negative_blocks"], "positive_blocks": summary["positive_blocks"],
                 "zero_blocks": summary["zero_blocks"],
                 "support_radius": support_radius(exp.ate, dist, c.quantile),
