@@ -7,7 +7,7 @@ Usage: python benchmarks/train_demo_weights.py [--only pdcr,matic] [--accelerato
   -> ``src/triptych/pdcr/weights/demo_unet.safetensors``.
 - MATIC: a PLE (light gates) on the embedded NCATS 3CLpro + CPE table, random split seed 0
   (80/10/10, the paper's protocol; the test molecules are never trained on nor used for early stopping),
-  at most 40 minutes of training
+  trained on every training active plus 1,500 training inactives, at most 16 minutes
   -> ``src/triptych/matic/weights/demo_predictor.safetensors``. Stored in float16 (half the size; the
   loader casts back to float32).
 
@@ -35,8 +35,8 @@ RESULTS = ROOT / "benchmarks/results/demo_weights"
 PDCR = {"arch": "unet", "patch": 96, "features": (8, 16, 32, 64), "res_units": 1, "batch_size": 8,
         "patches_per_epoch": 64, "epochs": 30, "lr": 3e-3, "seed": 0, "max_cpu_minutes": 12,
         "max_time": "00:00:25:00"}
-MATIC = {"hidden": 64, "layers": 2, "gate": "light", "max_epochs": 40, "patience": 6, "lr": 1e-3, "alpha": 0.75,
-         "max_time": "00:00:40:00"}
+MATIC = {"hidden": 64, "layers": 2, "gate": "light", "max_epochs": 12, "patience": 4, "lr": 1e-3, "alpha": 0.75,
+         "inactives": 1500, "max_time": "00:00:16:00"}
 
 
 def train_pdcr(work: Path, accelerator: str) -> dict[str, Any]:
@@ -62,14 +62,25 @@ def train_pdcr(work: Path, accelerator: str) -> dict[str, Any]:
 
 
 def train_matic(work: Path, accelerator: str) -> dict[str, Any]:
+    import numpy as np
+
     from triptych.core.checkpoint import load_checkpoint, save_checkpoint
     from triptych.core.training import TrainerFlags
+    from triptych.matic.data import Splits
     from triptych.matic.demo import SPLIT, SPLIT_SEED, demo_splits, heldout_metrics
     from triptych.matic.predictor import load_predictor
     from triptych.matic.train import KIND, TrainConfig, train_predictor
 
     m = dict(MATIC)
     splits = demo_splits()
+    # every training active, and a seeded sample of the training inactives: an epoch costs a quarter of the
+    # full table's, which a shared 2-core machine can afford; the test split is untouched
+    labels = splits.train.labels
+    active = np.flatnonzero(np.nansum(labels, axis=1) > 0)
+    rest = np.setdiff1d(np.arange(len(splits.train)), active)
+    keep = np.random.default_rng(SPLIT_SEED).choice(rest, min(m["inactives"], len(rest)), replace=False)
+    full_train = len(splits.train)
+    splits = Splits(splits.train.subset(np.sort(np.concatenate([active, keep]))), splits.val, splits.test, splits.name)
     config = TrainConfig(tasks=splits.tasks, gate=m["gate"], hidden=m["hidden"], layers=m["layers"], max_epochs=m["max_epochs"],
                          patience=m["patience"], lr=m["lr"], alpha=m["alpha"], seed=SPLIT_SEED)
     start = time.perf_counter()
@@ -83,7 +94,8 @@ def train_matic(work: Path, accelerator: str) -> dict[str, Any]:
     metrics = heldout_metrics(load_predictor(MATIC_WEIGHTS), splits.test)
     return {"system": "matic", "weights": str(MATIC_WEIGHTS.relative_to(ROOT)), "bytes": MATIC_WEIGHTS.stat().st_size,
             "held-out": f"embedded NCATS table, {SPLIT} split seed {SPLIT_SEED}: test = {len(splits.test)} "
-            f"molecules (train {len(splits.train)}, val {len(splits.val)})",
+            f"molecules (trained on {len(splits.train)} of the {full_train} training molecules: every active and "
+            f"{m['inactives']} inactives; val {len(splits.val)})",
             **{f"test_roc_auc_{t}": v["roc_auc"] for t, v in metrics.items()},
             **{f"test_n_{t}": v["n"] for t, v in metrics.items()},
             "epochs_run": meta["extra"].get("epochs_run"), "train_seconds": seconds, "settings": m}

@@ -78,10 +78,10 @@ def run_demo(out_dir: Path) -> DemoResult:
     y0, x0 = min(max(cy - 8, 0), 96 - 16), min(max(cx - 8, 0), 96 - 16)
     roi = RoI.box(x0, y0, 16, 16, (96, 96))
     block = 8
-    # a looser stopping rule than the default keeps the demo short (CI half-width 0.25 points, ≤ 24 draws)
+    # a looser stopping rule than the default keeps the demo short (CI half-width 0.3 points, ≤ 16 draws)
     summary = explain_to_folder(model, ExplainInputs(sample.image, sample.mask, roi), out_dir, data="synthetic",
                                 outcome="dice_gt", block=block, estimator="adaptive", components="stages",
-                                title="PdCR demo: synthetic image", rule=SequentialRule(tol=0.25, max_draws=24))
+                                title="PdCR demo: synthetic image", rule=SequentialRule(tol=0.3, max_draws=16))
     blocks = json.loads((out_dir / "blocks.json").read_text())
     counts = significance_counts(blocks, roi.mask, block)
     total = sum(counts.values())

@@ -8,6 +8,28 @@ from pathlib import Path
 from triptych.core.report import Section
 
 
+def rationale_threshold(predictor, per_task: tuple[list[str], list[str]], sample: int = 40, seed: int = 0) -> float:
+    """The paper's 0.5, or lower when the predictor rarely gives its own actives 0.5.
+
+    A small demo predictor trained on 3-9% actives has low probabilities; rationales are
+    then kept at the upper quartile of its probability on each task's known actives, so
+    the search has something to find. The success criterion stays at 0.5.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    quartiles = []
+    for j, smiles in enumerate(per_task):
+        pick = [smiles[i] for i in rng.choice(len(smiles), min(sample, len(smiles)), replace=False)]
+        quartiles.append(float(np.nanquantile(predictor.predict_proba(pick)[:, j], 0.75)))
+    return min(0.5, round(min(quartiles), 2))
+
+
+def threshold_note(threshold: float) -> str:
+    return "" if threshold >= 0.5 else (", below the paper's 0.5: the upper quartile of the predictor's "
+                                         "probability on known actives")
+
+
 def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, str]:
     """Rationales of a few embedded actives, one filtered-MLE round, ``n`` molecules; writes report.html.
 
@@ -25,7 +47,9 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
     start = time.perf_counter()
     names = (predictor.tasks[0], predictor.tasks[1])
     actives = load_actives(None, names)
-    cfg = GenerateConfig(n=n, max_actives=4, pool=40, max_rationales=8, merge_pairs=60, mcts=MCTSConfig(rollouts=8),
+    threshold = rationale_threshold(predictor, actives.per_task)
+    cfg = GenerateConfig(n=n, max_actives=4, pool=40, max_rationales=8, merge_pairs=60,
+                         mcts=MCTSConfig(rollouts=8, threshold=threshold),
                          finetune=FinetuneConfig(rounds=1, samples_per_round=60, min_keep=3))
     oracle = CountingOracle(predictor)
     try:
@@ -38,7 +62,8 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
     m = result.metrics
     section.title = "MATIC: generation round"
     section.blocks.insert(0, {"type": "text", "text": (
-        f"MCTS rationales of {cfg.max_actives} embedded actives per task ({len(result.dual)} dual rationales), the "
+        f"MCTS rationales (fragments keeping p >= {threshold:.2f}{threshold_note(threshold)}) of {cfg.max_actives} "
+        f"embedded actives per task ({len(result.dual)} dual rationales), the "
         f"shipped MOSES-pretrained completion model, one filtered-MLE round, {n} molecules, scored by the predictor "
         f"above ({time.perf_counter() - start:.0f} s). Success means both predicted probabilities >= 0.5, QED >= 0.6 "
         f"and SA <= 4. A short demo budget: the numbers show the pipeline working, not its best.")})
