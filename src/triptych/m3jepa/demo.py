@@ -16,7 +16,7 @@ from triptych.core.report import Report, Section
 DEMO_QUERY_INDEX = 0  # the first test caption is the example query
 
 
-def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 128) -> DemoResult:
+def run_demo(out_dir: Path, count: int = 160, epochs: int = 15, hidden: int = 128) -> DemoResult:
     """Encode ``count`` shapes, train the predictor and CLIP heads, report recall and one search."""
     import torch
 
