@@ -48,8 +48,8 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
     names = (predictor.tasks[0], predictor.tasks[1])
     actives = load_actives(None, names)
     threshold = rationale_threshold(predictor, actives.per_task)
-    cfg = GenerateConfig(n=n, max_actives=4, pool=40, max_rationales=8, merge_pairs=60,
-                         mcts=MCTSConfig(rollouts=8, threshold=threshold),
+    cfg = GenerateConfig(n=n, max_actives=3, pool=24, max_rationales=8, merge_pairs=40,
+                         mcts=MCTSConfig(rollouts=6, threshold=threshold),
                          finetune=FinetuneConfig(rounds=1, samples_per_round=60, min_keep=3))
     oracle = CountingOracle(predictor)
     try:
@@ -58,7 +58,7 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
         return Section("MATIC: generation round").text(f"No molecules generated: {exc}"), "generation: none (no rationale)"
     with atomic_output_dir(out_dir) as stage:
         section = write_generation(stage, result.table, result.metrics, names, [], result.dual,
-                                   "triptych matic generate --checkpoint MODEL --n 100 --rounds 1 --max-actives 4")
+                                   "triptych matic generate --checkpoint MODEL --n 100 --rounds 1 --max-actives 3")
     m = result.metrics
     section.title = "MATIC: generation round"
     section.blocks.insert(0, {"type": "text", "text": (
