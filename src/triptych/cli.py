@@ -46,12 +46,14 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the report and each system's outputs.")] = Path("demo_out"),
     only: Annotated[str | None, typer.Option(help="Comma-separated systems to run (default: all registered).")] = None,
 ) -> None:
-    """Run every registered system's demo on embedded defaults and write <out>/index.html.
+    """Run every registered system's demo on the embedded data and shipped weights; write <out>/index.html.
+
+    index.html is rewritten after each step; a failed step is marked with its error and the
+    next one still runs (the exit status is then 1).
 
     Example: triptych demo --out demo_out --only pdcr
     """
-    from triptych.core.demo import registered_demos
-    from triptych.core.report import Report
+    from triptych.core.demo import registered_demos, run_demos
 
     steps = registered_demos()
     if only:
@@ -63,17 +65,13 @@ def demo(
     if not steps:
         typer.echo("No system demo is registered yet; nothing to run.")
         raise typer.Exit(0)
-    report = Report("triptych demo", intro="Each section below was produced by `triptych demo` on embedded defaults.")
-    for i, step in enumerate(steps, 1):
-        typer.echo(f"[{i}/{len(steps)}] {step.title} ...")
-        start = time.perf_counter()
-        section = step.run(out / step.name)
-        section.text(f"Finished in {time.perf_counter() - start:.1f} s.")
-        section.link(f"{step.name}/report.html", f"Full {step.title} report")
-        report.add(section)
-        typer.echo(f"[{i}/{len(steps)}] {step.title} done in {time.perf_counter() - start:.1f} s")
-    path = report.write(out / "index.html")
-    typer.echo(f"Report: {path}")
+    start = time.perf_counter()
+    run = run_demos(steps, out, echo=typer.echo)
+    typer.echo(f"Report: {out / 'index.html'} ({time.perf_counter() - start:.0f} s)")
+    if run.failed:
+        typer.secho(f"{len(run.failed)} of {len(steps)} demo step(s) failed: "
+                    + ", ".join(o.step.name for o in run.failed), fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 for _system in SYSTEMS:

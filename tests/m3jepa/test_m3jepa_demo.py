@@ -9,7 +9,7 @@ def test_demo_is_registered():
 
 
 def test_small_demo_writes_report_with_recall_and_search(tmp_path):
-    section = run_demo(tmp_path, count=40, epochs=2, hidden=32)
+    section = run_demo(tmp_path, count=40, epochs=2, hidden=32).section
     html = (tmp_path / "report.html").read_text()
     assert "Test-split retrieval" in html and "Example search" in html
     table = next(b for b in section.blocks if b["type"] == "table")

@@ -64,7 +64,9 @@ class Section:
         for row in rows:
             columns += [c for c in row if c not in columns]
 
-        def fmt(v: Any) -> str:
+        def fmt(v: Any) -> Any:
+            if isinstance(v, dict) and "href" in v:  # a link cell: {"text": ..., "href": ...}
+                return {"text": str(v.get("text", v["href"])), "href": str(v["href"])}
             return floatfmt.format(v) if isinstance(v, float) else ("" if v is None else str(v))
 
         body = [[fmt(row.get(c)) for c in columns] for row in rows]
@@ -78,6 +80,29 @@ class Section:
     def code(self, text: str) -> Section:
         self.blocks.append({"type": "code", "text": text})
         return self
+
+    def rebased(self, folder: str) -> Section:
+        """A copy whose relative links point from one folder up: for a sub-folder's section shown in its parent.
+
+        Anchors (``#x``), absolute paths, URLs with a scheme and data URIs are left alone.
+        """
+
+        def move(href: str) -> str:
+            keep = href.startswith(("#", "/")) or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", href)
+            return href if keep else f"{folder.rstrip('/')}/{href}"
+
+        def cell(v: Any) -> Any:
+            return {**v, "href": move(v["href"])} if isinstance(v, dict) and "href" in v else v
+
+        blocks = []
+        for b in self.blocks:
+            b = dict(b)
+            if b["type"] == "link":
+                b["href"] = move(b["href"])
+            elif b["type"] == "table":
+                b["rows"] = [[cell(v) for v in row] for row in b["rows"]]
+            blocks.append(b)
+        return Section(self.title, blocks)
 
 
 @dataclass

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from triptych.core.demo import register_demo
+from triptych.core.demo import DemoResult, register_demo
 from triptych.core.report import Report, Section
 
 DEMO_QUERY_INDEX = 0  # the first test caption is the example query
 
 
-def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 128) -> Section:
+def run_demo(out_dir: Path, count: int = 160, epochs: int = 15, hidden: int = 128) -> DemoResult:
     """Encode ``count`` shapes, train the predictor and CLIP heads, report recall and one search."""
     import torch
 
@@ -84,6 +84,8 @@ def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 12
         f"{len(index.images)} test images against their {len(index.captions)} captions."
     )
     section.table(rows, caption="Test-split retrieval")
+    verdict = compare_methods(rows)
+    section.text(verdict)
     if usage:
         section.text("Expert usage in the last training epoch (share of top-k assignments): "
                      + ", ".join(f"{u:.2f}" for u in usage))
@@ -98,10 +100,28 @@ def run_demo(out_dir: Path, count: int = 240, epochs: int = 15, hidden: int = 12
     report.add(section)
     report.write(out_dir / "report.html")
     write_text(out_dir / "results.md", markdown_table(rows, floatfmt="{:.1f}"))
-    return section
+    return DemoResult(section, verdict.split(". ")[0] + ".")
+
+
+def compare_methods(rows: list[dict], method: str = "m3jepa", baseline: str = "clip_linear") -> str:
+    """One plain sentence on the method against its baseline over every (task, Recall@K) cell, then what it means."""
+    mine = {(r["task"], k): v for r in rows if r["method"] == method for k, v in r.items() if k.startswith("R")}
+    base = {(r["task"], k): v for r in rows if r["method"] == baseline for k, v in r.items() if k.startswith("R")}
+    cells = sorted(mine.keys() & base.keys())
+    wins = sum(mine[c] > base[c] for c in cells)
+    losses = sum(mine[c] < base[c] for c in cells)
+    mean_gap = sum(mine[c] - base[c] for c in cells) / max(len(cells), 1)
+    head = (f"M3-JEPA beats the CLIP-style baseline in {wins} of {len(cells)} cells, loses {losses} and ties "
+            f"{len(cells) - wins - losses} (mean difference {mean_gap:+.1f} recall points)")
+    if wins > losses:
+        return head + ". On this small toy set the predictor is ahead, as on Flickr8k in the README."
+    return (head + ". So on this tiny toy set (a few hundred template captions, a few seconds of training) the "
+            "baseline is as good or better: a linear head already separates exact template captions, and the "
+            "MoE predictor needs more data and epochs to pay off (on Flickr8k, 16 epochs, it wins all six "
+            "recalls; see the README). This demo shows the pipeline, not the method's advantage.")
 
 
 @register_demo("m3jepa", "M3-JEPA: multimodal alignment")
-def demo(out_dir: Path) -> Section:
+def demo(out_dir: Path) -> DemoResult:
     """The registered demo step (embedded shapes, default sizes)."""
     return run_demo(out_dir)
