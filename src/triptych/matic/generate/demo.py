@@ -48,9 +48,10 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
     names = (predictor.tasks[0], predictor.tasks[1])
     actives = load_actives(None, names)
     threshold = rationale_threshold(predictor, actives.per_task)
-    cfg = GenerateConfig(n=n, max_actives=3, pool=24, max_rationales=8, merge_pairs=40,
-                         mcts=MCTSConfig(rollouts=6, threshold=threshold),
-                         finetune=FinetuneConfig(rounds=1, samples_per_round=60, min_keep=3))
+    # the demo's budget: MCTS over 2 actives per task dominates the cost, so it is kept small
+    cfg = GenerateConfig(n=n, max_actives=2, pool=16, max_rationales=6, merge_pairs=24,
+                         mcts=MCTSConfig(rollouts=4, threshold=threshold),
+                         finetune=FinetuneConfig(rounds=1, samples_per_round=40, min_keep=3))
     oracle = CountingOracle(predictor)
     try:
         result = generate(CompletionModel.load(default_checkpoint()), oracle, (0, 1), actives, cfg)
@@ -58,7 +59,7 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
         return Section("MATIC: generation round").text(f"No molecules generated: {exc}"), "generation: none (no rationale)"
     with atomic_output_dir(out_dir) as stage:
         section = write_generation(stage, result.table, result.metrics, names, [], result.dual,
-                                   "triptych matic generate --checkpoint MODEL --n 100 --rounds 1 --max-actives 3")
+                                   f"triptych matic generate --checkpoint MODEL --n {n} --rounds 1 --max-actives {cfg.max_actives}")
     m = result.metrics
     section.title = "MATIC: generation round"
     section.blocks.insert(0, {"type": "text", "text": (
