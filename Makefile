@@ -51,8 +51,8 @@ bench: $(VENV)/.stamp-dev
 	$(BIN)/python benchmarks/run_all.py
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks || true
+	$(BIN)/ruff check src tests benchmarks requirements
+	$(BIN)/ruff format --check src tests benchmarks requirements
 
 clean:
 	rm -rf $(VENV) $(LATEST) .venv-lock $(OUT)

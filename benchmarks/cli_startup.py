@@ -33,8 +33,10 @@ def commands() -> dict[str, list[str]]:
     """The console script when installed (what users run), else ``python -m triptych.cli``."""
     script = Path(sys.executable).with_name("triptych")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "triptych.cli"]
-    return {" ".join(["triptych", *args]): base + args
-            for args in (["--help"], ["pdcr", "--help"], ["matic", "--help"], ["m3jepa", "--help"])}
+    return {
+        " ".join(["triptych", *args]): base + args
+        for args in (["--help"], ["pdcr", "--help"], ["matic", "--help"], ["m3jepa", "--help"])
+    }
 
 
 def time_once(cmd: list[str]) -> tuple[float, float]:
@@ -56,13 +58,21 @@ def time_once(cmd: list[str]) -> tuple[float, float]:
 def import_profile(top: int = 10) -> tuple[list[dict], list[str], float]:
     """(slowest imports by cumulative time, heavy modules loaded, total import seconds) of ``import triptych.cli``."""
     code = f"import json, sys, triptych.cli; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=ROOT
+    )
     rows = []
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
         if m:
-            rows.append({"module": m.group(4), "self_ms": int(m.group(1)) / 1000,
-                         "cumulative_ms": int(m.group(2)) / 1000, "depth": (len(m.group(3)) - 1) // 2})
+            rows.append(
+                {
+                    "module": m.group(4),
+                    "self_ms": int(m.group(1)) / 1000,
+                    "cumulative_ms": int(m.group(2)) / 1000,
+                    "depth": (len(m.group(3)) - 1) // 2,
+                }
+            )
     total = sum(r["self_ms"] for r in rows) / 1000
     slowest = sorted(rows, key=lambda r: -r["cumulative_ms"])[:top]
     return slowest, json.loads(proc.stdout.strip().splitlines()[-1]), total
@@ -91,14 +101,28 @@ def main() -> None:
     results = {
         "runs": args.runs,
         "target_median_s": TARGET_S,
-        "commands": {name: {"median_s": round(statistics.median(t), 3), "min_s": round(min(t), 3),
-                            "max_s": round(max(t), 3), "median_cpu_s": round(statistics.median(cpu[name]), 3),
-                            "times_s": [round(x, 3) for x in t], "cpu_s": [round(x, 3) for x in cpu[name]]}
-                     for name, t in times.items()},
-        "import_triptych_cli": {"heavy_modules_loaded": heavy, "total_import_s": round(import_total, 3),
-                                "slowest_cumulative": slowest},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(load_after[0], 2)},
+        "commands": {
+            name: {
+                "median_s": round(statistics.median(t), 3),
+                "min_s": round(min(t), 3),
+                "max_s": round(max(t), 3),
+                "median_cpu_s": round(statistics.median(cpu[name]), 3),
+                "times_s": [round(x, 3) for x in t],
+                "cpu_s": [round(x, 3) for x in cpu[name]],
+            }
+            for name, t in times.items()
+        },
+        "import_triptych_cli": {
+            "heavy_modules_loaded": heavy,
+            "total_import_s": round(import_total, 3),
+            "slowest_cumulative": slowest,
+        },
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_1min_before": round(load_before[0], 2),
+            "loadavg_1min_after": round(load_after[0], 2),
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -122,8 +146,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, r in results["commands"].items():
-        lines.append(f"| `{name}` | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | "
-                     f"{r['median_cpu_s']:.2f} | {'below' if r['median_s'] < TARGET_S else 'above'} {TARGET_S} s |")
+        lines.append(
+            f"| `{name}` | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['max_s']:.2f} | "
+            f"{r['median_cpu_s']:.2f} | {'below' if r['median_s'] < TARGET_S else 'above'} {TARGET_S} s |"
+        )
     lines += [
         "",
         f"`import triptych.cli`: {import_total:.2f} s of imports (`python -X importtime`); heavy libraries loaded: "
@@ -139,7 +165,10 @@ def main() -> None:
     (args.out / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
     if shutil.which("triptych") is None and not Path(sys.executable).with_name("triptych").is_file():
-        print("note: the triptych console script is not installed; timed `python -m triptych.cli`", file=sys.stderr)
+        print(
+            "note: the triptych console script is not installed; timed `python -m triptych.cli`",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -71,9 +71,17 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     test_rows = np.asarray([everything.images.index(p) for p in test.images])
     np.save(work / "query_image.npy", test_rows[test.caption_image])
     members = len(args.checkpoint)
-    return {"real_images": everything.count("image"), "bank_captions": len(bank), "queries": len(test.captions),
-            "dim": int(bank.shape[1]), "members": members, "fused": everything.fused, "scale": everything.scale,
-            "images": list(everything.images), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "real_images": everything.count("image"),
+        "bank_captions": len(bank),
+        "queries": len(test.captions),
+        "dim": int(bank.shape[1]),
+        "members": members,
+        "fused": everything.fused,
+        "scale": everything.scale,
+        "images": list(everything.images),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def prepare_synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -102,13 +110,24 @@ def prepare_synthetic(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     np.save(work / "bank.npy", bank)
     np.save(work / "queries.npy", queries.astype(np.float32))
     np.save(work / "query_image.npy", own)
-    return {"real_images": 0, "seed_vectors": len(real), "bank_captions": len(bank), "queries": len(queries),
-            "dim": dim, "members": 1, "fused": True, "scale": 2.0, "synthetic_only": True,
-            "images": [f"seed/{i:05d}" for i in range(len(real))], "peak_rss_mb": peak_rss_mb()}
+    return {
+        "real_images": 0,
+        "seed_vectors": len(real),
+        "bank_captions": len(bank),
+        "queries": len(queries),
+        "dim": dim,
+        "members": 1,
+        "fused": True,
+        "scale": 2.0,
+        "synthetic_only": True,
+        "images": [f"seed/{i:05d}" for i in range(len(real))],
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
-def synthetic_blocks(real: np.ndarray, members: int, fused: bool, count: int, block: int, seed: int,
-                     bandwidth: float = 0.0):
+def synthetic_blocks(
+    real: np.ndarray, members: int, fused: bool, count: int, block: int, seed: int, bandwidth: float = 0.0
+):
     """Synthetic items with the real vectors' mean μ and covariance Σ, each unit block renormalised.
 
     ``bandwidth`` 0: x ~ N(μ, Σ). ``bandwidth`` h > 0: a smoothed bootstrap, x = μ + (r - μ + h·e) / sqrt(1 + h²)
@@ -125,7 +144,9 @@ def synthetic_blocks(real: np.ndarray, members: int, fused: bool, count: int, bl
         n = min(block, count - start)
         noise = rng.standard_normal((n, real.shape[1])) @ chol.T
         if bandwidth > 0:
-            x = mean + (real[rng.integers(0, len(real), n)] - mean + bandwidth * noise) / np.sqrt(1 + bandwidth ** 2)
+            x = mean + (real[rng.integers(0, len(real), n)] - mean + bandwidth * noise) / np.sqrt(
+                1 + bandwidth**2
+            )
         else:
             x = mean + noise
         x = x.astype(np.float32)
@@ -153,13 +174,17 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     folded = np.lib.format.open_memmap(work / "folded.npy", "w+", np.float32, (total, width))
     row, bias_s = 0, 0.0
     with progress_bar(total=total, desc="synthetic items + QB-norm bias") as bar:
-        for keys in [real, *synthetic_blocks(real, prep["members"], prep["fused"], total - n_real,
-                                                 args.block, args.seed, args.bandwidth)]:
+        for keys in [
+            real,
+            *synthetic_blocks(
+                real, prep["members"], prep["fused"], total - n_real, args.block, args.seed, args.bandwidth
+            ),
+        ]:
             t = time.perf_counter()
             k = torch.from_numpy(np.ascontiguousarray(keys))
             b = hubness(bank, lambda s, e, k=k: k[s:e], len(k), args.beta, prep["scale"])
             bias_s += time.perf_counter() - t
-            folded[row:row + len(k)] = fold(keys, b.numpy(), prep["scale"])
+            folded[row : row + len(k)] = fold(keys, b.numpy(), prep["scale"])
             row += len(k)
             bar.update(len(k))
     folded.flush()
@@ -171,18 +196,40 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     metadata_s = time.perf_counter() - t
     del folded
     folded = np.load(work / "folded.npy", mmap_mode="r")
-    config = AnnConfig(nlist=args.nlist, nprobe=max(args.nprobe), storage=args.storage, rerank=max(args.rerank),
-                       train_size=args.train_size, block_size=args.block)
+    config = AnnConfig(
+        nlist=args.nlist,
+        nprobe=max(args.nprobe),
+        storage=args.storage,
+        rerank=max(args.rerank),
+        train_size=args.train_size,
+        block_size=args.block,
+    )
     sample = np.unique(np.linspace(0, total - 1, min(config.train_size, total)).astype(np.int64))
     with progress_bar(total=total, desc="IVF index (add)") as bar:
-        record = build_ivf(folded[sample], blocks_of(folded, config.block_size), total, work / "index", "image",
-                           config, progress=bar.update)
-    return {"items": total, "real_items": n_real, "synthetic_items": total - n_real, "dim": width,
-            "vectors_and_bias_seconds": vectors_s, "bias_seconds": bias_s, "metadata_seconds": metadata_s,
-            "ivf": record, "ivf_train_seconds": record["train_seconds"], "ivf_seconds": record["build_seconds"],
-            "build_seconds_total": vectors_s + metadata_s + record["build_seconds"],
-            "files_mb": {p.name: p.stat().st_size / 2**20 for p in (work / "index").iterdir()},
-            "peak_rss_mb": peak_rss_mb()}
+        record = build_ivf(
+            folded[sample],
+            blocks_of(folded, config.block_size),
+            total,
+            work / "index",
+            "image",
+            config,
+            progress=bar.update,
+        )
+    return {
+        "items": total,
+        "real_items": n_real,
+        "synthetic_items": total - n_real,
+        "dim": width,
+        "vectors_and_bias_seconds": vectors_s,
+        "bias_seconds": bias_s,
+        "metadata_seconds": metadata_s,
+        "ivf": record,
+        "ivf_train_seconds": record["train_seconds"],
+        "ivf_seconds": record["build_seconds"],
+        "build_seconds_total": vectors_s + metadata_s + record["build_seconds"],
+        "files_mb": {p.name: p.stat().st_size / 2**20 for p in (work / "index").iterdir()},
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def exact(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -198,7 +245,7 @@ def exact(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     best_i = torch.zeros((len(queries), 10), dtype=torch.long)
     start = time.perf_counter()
     for s in range(0, len(folded), args.block):
-        chunk = torch.from_numpy(np.array(folded[s:s + args.block]))  # a copy: writable, one block
+        chunk = torch.from_numpy(np.array(folded[s : s + args.block]))  # a copy: writable, one block
         scores = queries @ chunk.T
         cand_s = torch.cat([best_s, scores], 1)
         cand_i = torch.cat([best_i, torch.arange(s, s + len(chunk)).expand(len(queries), -1)], 1)
@@ -207,8 +254,12 @@ def exact(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     np.save(work / "exact_top10.npy", best_i.numpy())
     # the own image's exact rank among all N (how far real distractors + synthetic ones push it)
-    return {"queries": len(queries), "seconds": seconds, "ms_per_query_batched": 1000 * seconds / len(queries),
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "queries": len(queries),
+        "seconds": seconds,
+        "ms_per_query_batched": 1000 * seconds / len(queries),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -241,13 +292,25 @@ def query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             found.append(rows[0])
         found = np.asarray(found)
         recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth, strict=True)]))
-        sweep.append({"nprobe": nprobe, "rerank": rerank, "p50_ms": 1000 * float(np.percentile(times, 50)),
-                      "p95_ms": 1000 * float(np.percentile(times, 95)), "recall_at_10": recall,
-                      "own_image_in_top10_ann": 100 * float(np.mean((found == own[:, None]).any(1))),
-                      "own_image_in_top10_exact": 100 * float(np.mean((truth == own[:, None]).any(1)))})
+        sweep.append(
+            {
+                "nprobe": nprobe,
+                "rerank": rerank,
+                "p50_ms": 1000 * float(np.percentile(times, 50)),
+                "p95_ms": 1000 * float(np.percentile(times, 95)),
+                "recall_at_10": recall,
+                "own_image_in_top10_ann": 100 * float(np.mean((found == own[:, None]).any(1))),
+                "own_image_in_top10_exact": 100 * float(np.mean((truth == own[:, None]).any(1))),
+            }
+        )
         print(sweep[-1], flush=True)
-    return {"open_seconds": open_s, "peak_rss_after_open_mb": rss_open, "sweep": sweep, "threads": 1,
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "open_seconds": open_s,
+        "peak_rss_after_open_mb": rss_open,
+        "sweep": sweep,
+        "threads": 1,
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def encoder(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -268,10 +331,13 @@ def encoder(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         searcher.query_vectors("text", "image", [c])
         enc.append(searcher.timings["encode_s"])
         pred.append(searcher.timings["predict_s"])
-    return {"captions": len(captions), "threads": 1,
-            "encode_ms": {f"p{q}": 1000 * float(np.percentile(enc, q)) for q in (50, 95)},
-            "predict_ms": {f"p{q}": 1000 * float(np.percentile(pred, q)) for q in (50, 95)},
-            "peak_rss_mb": peak_rss_mb()}
+    return {
+        "captions": len(captions),
+        "threads": 1,
+        "encode_ms": {f"p{q}": 1000 * float(np.percentile(enc, q)) for q in (50, 95)},
+        "predict_ms": {f"p{q}": 1000 * float(np.percentile(pred, q)) for q in (50, 95)},
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 # ---- driver ------------------------------------------------------------------------------------
@@ -279,42 +345,69 @@ def markdown(r: dict[str, Any]) -> str:
     from triptych.core.results import markdown_table
 
     b, q, e, x, p = r["build"], r["query"], r.get("encoder"), r["exact"], r["prepare"]
-    rows = [{"nprobe": s["nprobe"], "re-ranked": s.get("rerank"), "p50 ms": s["p50_ms"], "p95 ms": s["p95_ms"], "Recall@10 vs exact": s["recall_at_10"],
-             "own image in top 10 (ANN) %": s["own_image_in_top10_ann"],
-             "own image in top 10 (exact) %": s["own_image_in_top10_exact"]} for s in q["sweep"]]
+    rows = [
+        {
+            "nprobe": s["nprobe"],
+            "re-ranked": s.get("rerank"),
+            "p50 ms": s["p50_ms"],
+            "p95 ms": s["p95_ms"],
+            "Recall@10 vs exact": s["recall_at_10"],
+            "own image in top 10 (ANN) %": s["own_image_in_top10_ann"],
+            "own image in top 10 (exact) %": s["own_image_in_top10_exact"],
+        }
+        for s in q["sweep"]
+    ]
     chosen = r["chosen"]
-    enc = (f"Encoder, excluded above (one caption at a time, one thread, {e['captions']} captions): MiniLM "
-           f"encode p50 {e['encode_ms']['p50']:.1f} ms, predictor p50 {e['predict_ms']['p50']:.1f} ms."
-           if e else "Encoder latency not measured (--skip-encoder).")
+    enc = (
+        f"Encoder, excluded above (one caption at a time, one thread, {e['captions']} captions): MiniLM "
+        f"encode p50 {e['encode_ms']['p50']:.1f} ms, predictor p50 {e['predict_ms']['p50']:.1f} ms."
+        if e
+        else "Encoder latency not measured (--skip-encoder)."
+    )
     h = r["args"]["bandwidth"]
-    fill = ("drawn from a Gaussian with their mean and full covariance" if not h else
-            f"drawn by a smoothed bootstrap around them (x = μ + (r − μ + {h:g}·e)/sqrt(1 + {h:g}²), r a random "
-            f"one of them, e ~ N(0, Σ): the same mean μ and covariance Σ, items gathered around existing ones)")
+    fill = (
+        "drawn from a Gaussian with their mean and full covariance"
+        if not h
+        else f"drawn by a smoothed bootstrap around them (x = μ + (r − μ + {h:g}·e)/sqrt(1 + {h:g}²), r a random "
+        f"one of them, e ~ N(0, Σ): the same mean μ and covariance Σ, items gathered around existing ones)"
+    )
     if p.get("synthetic_only"):
-        source = (f"Collection: **synthetic only** (no encoded Flickr8k cache was used): {p['seed_vectors']:,} seed "
-                  f"vectors of one fused checkpoint's shape (two unit blocks of {p['dim'] // 2} dims) from an "
-                  f"anisotropic Gaussian (covariance eigenvalues ∝ 1/rank, a shared mean direction), then "
-                  f"{b['synthetic_items']:,} items {fill.replace('them', 'the seed vectors')}, "
-                  f"each unit block renormalised; QB-norm β {r['args']['beta']:g} from a bank of "
-                  f"{p['bank_captions']:,} vectors of the seed distribution. Queries: seed items plus noise. ")
+        source = (
+            f"Collection: **synthetic only** (no encoded Flickr8k cache was used): {p['seed_vectors']:,} seed "
+            f"vectors of one fused checkpoint's shape (two unit blocks of {p['dim'] // 2} dims) from an "
+            f"anisotropic Gaussian (covariance eigenvalues ∝ 1/rank, a shared mean direction), then "
+            f"{b['synthetic_items']:,} items {fill.replace('them', 'the seed vectors')}, "
+            f"each unit block renormalised; QB-norm β {r['args']['beta']:g} from a bank of "
+            f"{p['bank_captions']:,} vectors of the seed distribution. Queries: seed items plus noise. "
+        )
     else:
-        source = (f"Collection: the {b['real_items']:,} real Flickr8k images' index vectors ({p['members']} "
-                  f"checkpoint(s), fused, QB-norm β {r['args']['beta']:g} from {p['bank_captions']:,} training "
-                  f"captions) plus {b['synthetic_items']:,} synthetic ones {fill.replace('them', 'the real vectors')}, "
-                  f"each unit block renormalised (see the script's docstring). Queries: "
-                  f"real test captions. ")
+        source = (
+            f"Collection: the {b['real_items']:,} real Flickr8k images' index vectors ({p['members']} "
+            f"checkpoint(s), fused, QB-norm β {r['args']['beta']:g} from {p['bank_captions']:,} training "
+            f"captions) plus {b['synthetic_items']:,} synthetic ones {fill.replace('them', 'the real vectors')}, "
+            f"each unit block renormalised (see the script's docstring). Queries: "
+            f"real test captions. "
+        )
     return (
-        f"# M3-JEPA search at scale: {b['items']:,} items\n\n" + source +
-        f"Folded vectors [K/c, -b] of {b['dim']} dims (zero-padded); FAISS `{b['ivf']['kind']}`, inner product"
-        + (", the best candidates (re-ranked column) re-scored exactly from the memory-mapped vectors"
-           if r["args"]["storage"] == "PQ" else ", lists on disk and memory-mapped")
+        f"# M3-JEPA search at scale: {b['items']:,} items\n\n"
+        + source
+        + f"Folded vectors [K/c, -b] of {b['dim']} dims (zero-padded); FAISS `{b['ivf']['kind']}`, inner product"
+        + (
+            ", the best candidates (re-ranked column) re-scored exactly from the memory-mapped vectors"
+            if r["args"]["storage"] == "PQ"
+            else ", lists on disk and memory-mapped"
+        )
         + f". {x['queries']:,} queries, one at a time, one thread; encoder excluded.\n\n"
         + markdown_table(rows, floatfmt="{:.3f}")
-        + ("\n**Fastest setting with Recall@10 ≥ 0.95" if chosen["recall_at_10"] >= 0.95
-           else "\n**No setting reached Recall@10 0.95; the best") + f": nprobe {chosen['nprobe']}, re-ranked "
-          f"{chosen.get('rerank')}, p50 {chosen['p50_ms']:.2f} ms, Recall@10 vs exact "
-          f"{chosen['recall_at_10']:.3f}.** Exact search over the same N: {x['ms_per_query_batched']:.1f} ms per "
-          f"query in batches of {x['queries']} ({args_threads(r)} thread(s)).\n\n"
+        + (
+            "\n**Fastest setting with Recall@10 ≥ 0.95"
+            if chosen["recall_at_10"] >= 0.95
+            else "\n**No setting reached Recall@10 0.95; the best"
+        )
+        + f": nprobe {chosen['nprobe']}, re-ranked "
+        f"{chosen.get('rerank')}, p50 {chosen['p50_ms']:.2f} ms, Recall@10 vs exact "
+        f"{chosen['recall_at_10']:.3f}.** Exact search over the same N: {x['ms_per_query_batched']:.1f} ms per "
+        f"query in batches of {x['queries']} ({args_threads(r)} thread(s)).\n\n"
         f"Build on {r['args']['threads']} thread(s): {b['build_seconds_total']:.0f} s in all "
         f"({b['vectors_and_bias_seconds']:.0f} s synthetic vectors + QB-norm biases, of which bias "
         f"{b['bias_seconds']:.0f} s; metadata {b['metadata_seconds']:.0f} s; IVF {b['ivf_seconds']:.0f} s, of which "
@@ -322,7 +415,10 @@ def markdown(r: dict[str, Any]) -> str:
         f"{q['peak_rss_mb']:.0f} MB (after opening the index {q['peak_rss_after_open_mb']:.0f} MB), exact ground "
         f"truth {x['peak_rss_mb']:.0f} MB (RSS counts the pages of the memory-mapped vector file a process has "
         f"touched: the build writes all of it, a query reads its candidates' rows). Files: "
-        + ", ".join(f"{k} {v:.0f} MB" for k, v in b["files_mb"].items()) + ".\n\n" + enc + "\n"
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in b["files_mb"].items())
+        + ".\n\n"
+        + enc
+        + "\n"
     )
 
 
@@ -331,12 +427,19 @@ def args_threads(r: dict[str, Any]) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cache", type=Path, help="encoded Flickr8k (triptych m3jepa encode)")
     parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="repeat for an ensemble")
-    parser.add_argument("--synthetic-only", action="store_true",
-                        help="no cache/checkpoint: seed vectors from an anisotropic Gaussian (stated in the report)")
-    parser.add_argument("--synthetic-width", type=int, default=128, help="P of the synthetic-only seed vectors")
+    parser.add_argument(
+        "--synthetic-only",
+        action="store_true",
+        help="no cache/checkpoint: seed vectors from an anisotropic Gaussian (stated in the report)",
+    )
+    parser.add_argument(
+        "--synthetic-width", type=int, default=128, help="P of the synthetic-only seed vectors"
+    )
     parser.add_argument("--n", type=int, default=1_000_000, help="items in the collection")
     parser.add_argument("--out", type=Path, default=Path("bench_out/m3jepa_search_scale"))
     parser.add_argument("--work", type=Path, default=None, help="index files (default OUT/work)")
@@ -346,14 +449,22 @@ def main() -> None:
     parser.add_argument("--nprobe", default="8,16,32,64,128")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: about 4 sqrt(N))")
-    parser.add_argument("--storage", default="PQ", help="PQ (fast-scan codes + exact re-ranking), Flat or SQ8")
-    parser.add_argument("--rerank", default="200", help="PQ: candidates re-scored exactly (comma-separated: a sweep)")
+    parser.add_argument(
+        "--storage", default="PQ", help="PQ (fast-scan codes + exact re-ranking), Flat or SQ8"
+    )
+    parser.add_argument(
+        "--rerank", default="200", help="PQ: candidates re-scored exactly (comma-separated: a sweep)"
+    )
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=50_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bandwidth", type=float, default=0.0,
-                        help="0: synthetic items ~ N(mean, cov) of the real ones; h > 0: smoothed bootstrap around "
-                             "real items with the same mean and cov")
+    parser.add_argument(
+        "--bandwidth",
+        type=float,
+        default=0.0,
+        help="0: synthetic items ~ N(mean, cov) of the real ones; h > 0: smoothed bootstrap around "
+        "real items with the same mean and cov",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--phase", choices=PHASES, default=None, help="(internal) run one phase")
     parser.add_argument("--skip", default="", help="comma-separated phases already done in --work")
@@ -361,14 +472,20 @@ def main() -> None:
     if not args.synthetic_only and (args.cache is None or not args.checkpoint):
         parser.error("give --cache and --checkpoint (real Flickr8k keys), or --synthetic-only")
     args.rerank = [int(r) for r in str(args.rerank).split(",")]
-    args.nprobe = [int(p) for p in str(args.nprobe).split(",")] if isinstance(args.nprobe, str) else args.nprobe
+    args.nprobe = (
+        [int(p) for p in str(args.nprobe).split(",")] if isinstance(args.nprobe, str) else args.nprobe
+    )
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if args.phase:  # a child process: one phase, its record to work/<phase>.json
         prep = json.loads((work / "prepare.json").read_text()) if args.phase == "build" else {}
-        fn = {"prepare": lambda: prepare_synthetic(args, work) if args.synthetic_only else prepare(args, work), "build": lambda: build(args, work, prep),
-              "exact": lambda: exact(args, work), "query": lambda: query(args, work),
-              "encoder": lambda: encoder(args, work)}[args.phase]
+        fn = {
+            "prepare": lambda: prepare_synthetic(args, work) if args.synthetic_only else prepare(args, work),
+            "build": lambda: build(args, work, prep),
+            "exact": lambda: exact(args, work),
+            "query": lambda: query(args, work),
+            "encoder": lambda: encoder(args, work),
+        }[args.phase]
         save_json(work / f"{args.phase}.json", fn())
         return
     skip = {s for s in args.skip.split(",") if s}
@@ -380,16 +497,24 @@ def main() -> None:
             continue
         print(f"== {phase}", flush=True)
         subprocess.run([sys.executable, __file__, *sys.argv[1:], "--phase", phase], check=True, env=env)
-    record = {p: json.loads((work / f"{p}.json").read_text()) for p in PHASES if (work / f"{p}.json").is_file()}
+    record = {
+        p: json.loads((work / f"{p}.json").read_text()) for p in PHASES if (work / f"{p}.json").is_file()
+    }
     record["prepare"].pop("images", None)
     good = [s for s in record["query"]["sweep"] if s["recall_at_10"] >= args.target_recall]
-    record["chosen"] = min(good, key=lambda s: s["p50_ms"]) if good else max(record["query"]["sweep"],
-                                                                           key=lambda s: s["recall_at_10"])
-    record["args"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                      if k not in ("phase", "skip")}
+    record["chosen"] = (
+        min(good, key=lambda s: s["p50_ms"])
+        if good
+        else max(record["query"]["sweep"], key=lambda s: s["recall_at_10"])
+    )
+    record["args"] = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("phase", "skip")
+    }
     record["args"]["checkpoint"] = [str(c) for c in args.checkpoint]
-    record["acceptance"] = {"p50_ms_at_most_5": record["chosen"]["p50_ms"] <= 5.0,
-                            "recall_at_10_at_least_0.95": record["chosen"]["recall_at_10"] >= 0.95}
+    record["acceptance"] = {
+        "p50_ms_at_most_5": record["chosen"]["p50_ms"] <= 5.0,
+        "recall_at_10_at_least_0.95": record["chosen"]["recall_at_10"] >= 0.95,
+    }
     from triptych.core.results import write_results
 
     write_results(args.out, record, markdown(record))

@@ -27,7 +27,9 @@ DIMS = {"image": 1280, "text": 384}
 LENGTHS = {"image": 49, "text": 48}
 
 
-def fake_batch(modality: str, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fake_batch(
+    modality: str, batch: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tokens B×L×D, mask B×L (text: 10-20 real tokens, as Flickr8k captions), pooled B×D."""
     tokens = torch.randn(batch, LENGTHS[modality], DIMS[modality], generator=gen)
     if modality == "text":
@@ -44,16 +46,26 @@ def agd_step(model: M3Predictor, opt: torch.optim.Optimizer, data: dict) -> None
         s_tok, s_mask, _ = data[src]
         t_tok, t_mask, t_pool = data[tgt]
         out = model(src, tgt, s_tok, s_mask)
-        loss = alpha_mix(info_nce(out.contrastive, model.project_target(tgt, t_tok, t_mask), 0.03),
-                         latent_regression(out.regression, t_pool))
+        loss = alpha_mix(
+            info_nce(out.contrastive, model.project_target(tgt, t_tok, t_mask), 0.03),
+            latent_regression(out.regression, t_pool),
+        )
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
 
-def measure(hidden: int, experts: int, top_k: int, batch: int, steps: int, rounds: int,
-            seed: int = 0, device: str = "cpu") -> dict[str, dict]:
+def measure(
+    hidden: int,
+    experts: int,
+    top_k: int,
+    batch: int,
+    steps: int,
+    rounds: int,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, dict]:
     gen = torch.Generator().manual_seed(seed)
     data = {m: tuple(t.to(device) for t in fake_batch(m, batch, gen)) for m in DIMS}
 
@@ -64,8 +76,11 @@ def measure(hidden: int, experts: int, top_k: int, batch: int, steps: int, round
     models, opts = {}, {}
     for mode in ("sparse", "dense"):
         torch.manual_seed(seed)
-        models[mode] = M3Predictor(PredictorConfig(DIMS, hidden=hidden, contrastive_dim=hidden, experts=experts,
-                                                   top_k=top_k, dispatch=mode)).to(device)
+        models[mode] = M3Predictor(
+            PredictorConfig(
+                DIMS, hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dispatch=mode
+            )
+        ).to(device)
         opts[mode] = torch.optim.AdamW(models[mode].parameters(), lr=1e-4)
         agd_step(models[mode], opts[mode], data)  # warm-up
     times: dict[str, list[float]] = {"sparse": [], "dense": []}
@@ -81,8 +96,11 @@ def measure(hidden: int, experts: int, top_k: int, batch: int, steps: int, round
     out = {}
     for mode, ts in times.items():
         rates = [pairs / t for t in ts]
-        out[mode] = {"pairs_per_s": float(np.median(rates)), "pairs_per_s_rounds": rates,
-                     "params": sum(p.numel() for p in models[mode].parameters())}
+        out[mode] = {
+            "pairs_per_s": float(np.median(rates)),
+            "pairs_per_s_rounds": rates,
+            "params": sum(p.numel() for p in models[mode].parameters()),
+        }
     return out
 
 
@@ -99,25 +117,48 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    result = measure(args.hidden, args.experts, args.top_k, args.batch, args.steps, args.rounds, device=args.device)
-    where = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-             else f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)")
+    result = measure(
+        args.hidden, args.experts, args.top_k, args.batch, args.steps, args.rounds, device=args.device
+    )
+    where = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s)"
+    )
     ratio = result["sparse"]["pairs_per_s"] / result["dense"]["pairs_per_s"]
     results = {
-        "config": {"hidden": args.hidden, "experts": args.experts, "top_k": args.top_k, "batch": args.batch,
-                   "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
-                   "device": args.device, "machine": where,
-                   "torch": torch.__version__},
-        "sparse": result["sparse"], "dense": result["dense"], "speedup_sparse_over_dense": ratio,
+        "config": {
+            "hidden": args.hidden,
+            "experts": args.experts,
+            "top_k": args.top_k,
+            "batch": args.batch,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "device": args.device,
+            "machine": where,
+            "torch": torch.__version__,
+        },
+        "sparse": result["sparse"],
+        "dense": result["dense"],
+        "speedup_sparse_over_dense": ratio,
         "expert_share_computed": args.top_k / args.experts,
     }
-    rows = [{"dispatch": mode, "pairs/s (median of rounds)": result[mode]["pairs_per_s"],
-             "params": result[mode]["params"]} for mode in ("sparse", "dense")]
-    md = (f"# M3-JEPA predictor training throughput: sparse vs dense dispatch\n\n"
-          f"E = {args.experts}, k = {args.top_k}, H = {args.hidden}, batch {args.batch}, {where}; "
-          f"one step = one AGD update per direction.\n\n"
-          + markdown_table(rows, floatfmt="{:.1f}")
-          + f"\nSparse / dense throughput: **{ratio:.2f}×** (experts computed per token: {args.top_k}/{args.experts}).\n")
+    rows = [
+        {
+            "dispatch": mode,
+            "pairs/s (median of rounds)": result[mode]["pairs_per_s"],
+            "params": result[mode]["params"],
+        }
+        for mode in ("sparse", "dense")
+    ]
+    md = (
+        f"# M3-JEPA predictor training throughput: sparse vs dense dispatch\n\n"
+        f"E = {args.experts}, k = {args.top_k}, H = {args.hidden}, batch {args.batch}, {where}; "
+        f"one step = one AGD update per direction.\n\n"
+        + markdown_table(rows, floatfmt="{:.1f}")
+        + f"\nSparse / dense throughput: **{ratio:.2f}×** (experts computed per token: {args.top_k}/{args.experts}).\n"
+    )
     write_results(args.out, results, md)
     print(md)
 

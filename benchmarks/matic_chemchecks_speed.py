@@ -37,7 +37,7 @@ def main() -> None:
     with gzip.open(MOSES, "rt") as src:
         next(src)
         lines = [next(src).strip() for _ in range(args.n + args.ref)]
-    smiles, ref = lines[:args.n], lines[args.n:]
+    smiles, ref = lines[: args.n], lines[args.n :]
     rows, load = [], os.getloadavg()[0]
 
     def timed(name, fn, n=args.n):
@@ -54,19 +54,36 @@ def main() -> None:
     k = min(1000, args.n)
     timed("standardise (parent + canonical tautomer)", lambda: [taut(m) for m in mols[:k]], k)
     timed("PAINS + Brenk alerts", lambda: alert_columns(parents))
-    domain = timed(f"domain: fingerprint {args.ref} reference molecules",
-                   lambda: Domain([Chem.MolFromSmiles(s) for s in ref]), args.ref)
+    domain = timed(
+        f"domain: fingerprint {args.ref} reference molecules",
+        lambda: Domain([Chem.MolFromSmiles(s) for s in ref]),
+        args.ref,
+    )
     timed(f"domain: max Tanimoto to {args.ref} references", lambda: domain.max_similarity(parents))
     with tempfile.TemporaryDirectory() as tmp:
         lib = Path(tmp) / "lib.smi.gz"
         with gzip.open(lib, "wt") as f:
             f.write("".join(f"{s} m{i}\n" for i, s in enumerate(smiles)))
-        timed("plan + read shards (.smi.gz, shards of 1000)", lambda: sum(1 for _ in iter_library(lib, shard_size=1000)))
-    md = (f"# MATIC chemistry checks: molecules per second\n\n{args.n} MOSES SMILES, one process, one thread, "
-          f"on a shared {os.cpu_count()}-CPU machine (load average {load:.1f} at the start, "
-          f"{os.getloadavg()[0]:.1f} at the end).\n\n" + markdown_table(rows))
-    write_results(args.out, {"n": args.n, "ref": args.ref, "load_avg_start": load,
-                             "load_avg_end": os.getloadavg()[0], "steps": rows}, md)
+        timed(
+            "plan + read shards (.smi.gz, shards of 1000)",
+            lambda: sum(1 for _ in iter_library(lib, shard_size=1000)),
+        )
+    md = (
+        f"# MATIC chemistry checks: molecules per second\n\n{args.n} MOSES SMILES, one process, one thread, "
+        f"on a shared {os.cpu_count()}-CPU machine (load average {load:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end).\n\n" + markdown_table(rows)
+    )
+    write_results(
+        args.out,
+        {
+            "n": args.n,
+            "ref": args.ref,
+            "load_avg_start": load,
+            "load_avg_end": os.getloadavg()[0],
+            "steps": rows,
+        },
+        md,
+    )
     print(md)
 
 

@@ -47,8 +47,9 @@ def roc_per_task(table: MolTable, probs: np.ndarray) -> dict[str, float]:
     return out
 
 
-def bootstrap_gap(table: MolTable, a: np.ndarray, b: np.ndarray, j: int, n: int = 2000, seed: int = 0
-                  ) -> tuple[float, float, float]:
+def bootstrap_gap(
+    table: MolTable, a: np.ndarray, b: np.ndarray, j: int, n: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """Paired bootstrap of ROC-AUC(a) − ROC-AUC(b) on task ``j``: (gap, 2.5%, 97.5%)."""
     keep = ~np.isnan(table.labels[:, j])
     y, pa, pb = table.labels[keep, j], a[keep, j], b[keep, j]
@@ -81,8 +82,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="matic:../shared/data/matic")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the forest, and of each config without :N")
-    ap.add_argument("--configs", default=",".join(CONFIGS),
-                    help="comma-separated subset of " + ",".join(CONFIGS) + "; NAME:N runs N seeds")
+    ap.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help="comma-separated subset of " + ",".join(CONFIGS) + "; NAME:N runs N seeds",
+    )
     ap.add_argument("--trees", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("bench_out/matic_diagnosis"))
@@ -110,21 +114,38 @@ def main() -> None:
                     continue
                 for j, t in enumerate(tasks):
                     g, lo, hi = bootstrap_gap(splits.test, np.mean(probs, axis=0), rf, j)
-                    gaps.append({"model (seed-averaged probabilities)": name, "task": t, "ROC-AUC − RF": round(g, 3),
-                                 "95% bootstrap CI": f"[{lo:.3f}, {hi:.3f}]"})
-        md = ["# Why PLE loses to the random forest on the paper's split\n",
-              f"Data `{args.data}`; ROC-AUC on train / val / test, mean ± sd over seeds; PLE with full (Attentive FP) "
-              f"gates unless noted; {args.threads} torch thread(s). Configs: "
-              + "; ".join(f"`{k}` = {v}" for k, v in CONFIGS.items()) + ".\n",
-              markdown_table(rows), "\n## Test gap to the random forest (paired bootstrap over test molecules)\n",
-              markdown_table(gaps) if gaps else "(no forest run)"]
+                    gaps.append(
+                        {
+                            "model (seed-averaged probabilities)": name,
+                            "task": t,
+                            "ROC-AUC − RF": round(g, 3),
+                            "95% bootstrap CI": f"[{lo:.3f}, {hi:.3f}]",
+                        }
+                    )
+        md = [
+            "# Why PLE loses to the random forest on the paper's split\n",
+            f"Data `{args.data}`; ROC-AUC on train / val / test, mean ± sd over seeds; PLE with full (Attentive FP) "
+            f"gates unless noted; {args.threads} torch thread(s). Configs: "
+            + "; ".join(f"`{k}` = {v}" for k, v in CONFIGS.items())
+            + ".\n",
+            markdown_table(rows),
+            "\n## Test gap to the random forest (paired bootstrap over test molecules)\n",
+            markdown_table(gaps) if gaps else "(no forest run)",
+        ]
         write_results(args.out, {"runs": runs, "gaps": gaps, "configs": CONFIGS}, "\n".join(md))
 
     for seed in range(args.seeds):
         start = time.perf_counter()
         probs = rf_all(splits, seed, args.trees)
-        runs.append({"model": "rf", "seed": seed, "epochs": 0, "seconds": time.perf_counter() - start,
-                     **{k: roc_per_task(getattr(splits, k), probs[k]) for k in probs}})
+        runs.append(
+            {
+                "model": "rf",
+                "seed": seed,
+                "epochs": 0,
+                "seconds": time.perf_counter() - start,
+                **{k: roc_per_task(getattr(splits, k), probs[k]) for k in probs},
+            }
+        )
         test_probs.setdefault("rf", []).append(probs["test"])
         save()
     for spec in args.configs.split(","):
@@ -136,12 +157,23 @@ def main() -> None:
                 path = train_predictor(splits, config, tmp, progress=False)
                 predictor = load_predictor(path)
                 epochs = int(read_header(path)["extra"].get("epochs_run", -1))
-                probs = {k: predictor.predict_proba(getattr(splits, k).smiles) for k in ("train", "val", "test")}
-            runs.append({"model": name, "seed": seed, "epochs": epochs, "seconds": time.perf_counter() - start,
-                         **{k: roc_per_task(getattr(splits, k), probs[k]) for k in probs}})
+                probs = {
+                    k: predictor.predict_proba(getattr(splits, k).smiles) for k in ("train", "val", "test")
+                }
+            runs.append(
+                {
+                    "model": name,
+                    "seed": seed,
+                    "epochs": epochs,
+                    "seconds": time.perf_counter() - start,
+                    **{k: roc_per_task(getattr(splits, k), probs[k]) for k in probs},
+                }
+            )
             test_probs.setdefault(name, []).append(probs["test"])
-            print(f"{name} seed {seed}: test {runs[-1]['test']} ({runs[-1]['seconds']:.0f} s, {epochs} epochs)",
-                  flush=True)
+            print(
+                f"{name} seed {seed}: test {runs[-1]['test']} ({runs[-1]['seconds']:.0f} s, {epochs} epochs)",
+                flush=True,
+            )
             save()
 
 

@@ -93,9 +93,25 @@ def main() -> None:
     if not model.is_file():  # a rerun in the same --work folder reuses the model
         model = train_model(work / "model")
     out = work / f"screen_{n}_{args.workers}"
-    cmd = [sys.executable, "-m", "triptych.cli", "matic", "screen", "--checkpoint", str(model), "--input", str(lib),
-           "--out", str(out), "--workers", str(args.workers), "--shard-size", str(args.shard_size),
-           "--domain-ref", str(work / "model" / "train.smi")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "triptych.cli",
+        "matic",
+        "screen",
+        "--checkpoint",
+        str(model),
+        "--input",
+        str(lib),
+        "--out",
+        str(out),
+        "--workers",
+        str(args.workers),
+        "--shard-size",
+        str(args.shard_size),
+        "--domain-ref",
+        str(work / "model" / "train.smi"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TRIPTYCH_QUIET": "1"}
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -109,27 +125,39 @@ def main() -> None:
     if proc.returncode:
         sys.exit(f"screen failed ({proc.returncode}):\n{output}")
     summary = json.loads((out / "summary.json").read_text())
-    result = {"n": n, "workers": args.workers, "shard_size": args.shard_size, "wall_s": round(wall, 1),
-              "molecules_per_s": round(n / wall, 1), "peak_rss_tree_gb": round(peak[0] / 2**30, 3),
-              "peak_pss_tree_gb": round(peak[1] / 2**30, 3), "peak_rss_one_process_gb": round(peak[2] / 2**30, 3),
-              "load_avg_before": [round(x, 2) for x in load_before],
-              "load_avg_after": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-              "n_valid": summary["n_valid"], "n_duplicates": summary["n_duplicates"], "command": " ".join(cmd),
-              "cli_output": output.strip().splitlines()[-1:]}
+    result = {
+        "n": n,
+        "workers": args.workers,
+        "shard_size": args.shard_size,
+        "wall_s": round(wall, 1),
+        "molecules_per_s": round(n / wall, 1),
+        "peak_rss_tree_gb": round(peak[0] / 2**30, 3),
+        "peak_pss_tree_gb": round(peak[1] / 2**30, 3),
+        "peak_rss_one_process_gb": round(peak[2] / 2**30, 3),
+        "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "cpus": os.cpu_count(),
+        "n_valid": summary["n_valid"],
+        "n_duplicates": summary["n_duplicates"],
+        "command": " ".join(cmd),
+        "cli_output": output.strip().splitlines()[-1:],
+    }
     from triptych.core.results import write_results
 
-    md = (f"# matic screen at library scale\n\n{n} MOSES SMILES (gzipped .smi), `--workers {args.workers}`, "
-          f"shards of {args.shard_size}, whole CLI process, on a shared {os.cpu_count()}-CPU machine.\n\n"
-          f"| molecules | wall (s) | mol/s | peak PSS, process tree (GB) | peak RSS summed (GB) | "
-          f"largest process RSS (GB) | load avg before / after |\n|---|---|---|---|---|---|---|\n"
-          f"| {n} | {result['wall_s']} | {result['molecules_per_s']} | {result['peak_pss_tree_gb']} | "
-          f"{result['peak_rss_tree_gb']} | {result['peak_rss_one_process_gb']} | "
-          f"{result['load_avg_before'][0]} / {result['load_avg_after'][0]} |\n\n"
-          "Memory is sampled every 0.5 s over the driver, Ray's own processes and the workers; PSS shares "
-          "pages between the processes that map them (the real footprint), summed RSS counts shared "
-          "libraries once per process. "
-          "The load average counts every helper sharing the machine: throughput is what this run got, "
-          "not what the code does on an idle machine.\n")
+    md = (
+        f"# matic screen at library scale\n\n{n} MOSES SMILES (gzipped .smi), `--workers {args.workers}`, "
+        f"shards of {args.shard_size}, whole CLI process, on a shared {os.cpu_count()}-CPU machine.\n\n"
+        f"| molecules | wall (s) | mol/s | peak PSS, process tree (GB) | peak RSS summed (GB) | "
+        f"largest process RSS (GB) | load avg before / after |\n|---|---|---|---|---|---|---|\n"
+        f"| {n} | {result['wall_s']} | {result['molecules_per_s']} | {result['peak_pss_tree_gb']} | "
+        f"{result['peak_rss_tree_gb']} | {result['peak_rss_one_process_gb']} | "
+        f"{result['load_avg_before'][0]} / {result['load_avg_after'][0]} |\n\n"
+        "Memory is sampled every 0.5 s over the driver, Ray's own processes and the workers; PSS shares "
+        "pages between the processes that map them (the real footprint), summed RSS counts shared "
+        "libraries once per process. "
+        "The load average counts every helper sharing the machine: throughput is what this run got, "
+        "not what the code does on an idle machine.\n"
+    )
     out_dir = args.out / f"n{n}_w{args.workers}"
     write_results(out_dir, result, md)
     print(json.dumps(result, indent=2))

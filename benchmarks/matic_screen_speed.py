@@ -47,7 +47,7 @@ def library(n: int, path: Path) -> Path:
     """The first ``n`` SMILES of the embedded MOSES subset, as a CSV with a ``smiles`` column."""
     src = resources.files("triptych.matic.generate") / "data" / "moses_train_50k.csv.gz"
     with gzip.open(src.open("rb"), "rt") as handle:
-        smiles = [line.strip() for line in handle][1:n + 1]
+        smiles = [line.strip() for line in handle][1 : n + 1]
     path.write_text("smiles\n" + "\n".join(smiles) + "\n")
     return path
 
@@ -82,27 +82,77 @@ def split_files(data_dir: Path, work: Path) -> list[Path]:
 
 
 def triptych_train(data_dir: Path, out: Path, epochs: int) -> list[str]:
-    return [str(Path(sys.executable).parent / "triptych"), "matic", "train", "--data", f"matic:{data_dir}",
-            "--out", str(out), "--epochs", str(epochs), "--patience", str(epochs + 1), "--seed", "0"]
+    return [
+        str(Path(sys.executable).parent / "triptych"),
+        "matic",
+        "train",
+        "--data",
+        f"matic:{data_dir}",
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--patience",
+        str(epochs + 1),
+        "--seed",
+        "0",
+    ]
 
 
 def chemprop_train(chemprop: str, files: list[Path], out: Path, epochs: int) -> list[str]:
     # chemprop refuses fewer epochs than its 2 warm-up epochs; warm-up only shapes the learning-rate
     # schedule (not the cost of an epoch), so the 1-epoch run turns it off.
     warmup = ["--warmup-epochs", "0"] if epochs <= 2 else []
-    return [chemprop, "train", "--data-path", *map(str, files), "--task-type", "classification",
-            "--epochs", str(epochs), *warmup, "--save-dir", str(out), "--smiles-columns", "smiles",
-            "--target-columns", *TASKS, "--data-seed", "0", "--pytorch-seed", "0"]
+    return [
+        chemprop,
+        "train",
+        "--data-path",
+        *map(str, files),
+        "--task-type",
+        "classification",
+        "--epochs",
+        str(epochs),
+        *warmup,
+        "--save-dir",
+        str(out),
+        "--smiles-columns",
+        "smiles",
+        "--target-columns",
+        *TASKS,
+        "--data-seed",
+        "0",
+        "--pytorch-seed",
+        "0",
+    ]
 
 
 def triptych_screen(model: Path, lib: Path, out: Path) -> list[str]:
-    return [str(Path(sys.executable).parent / "triptych"), "matic", "screen", "--checkpoint", str(model),
-            "--input", str(lib), "--out", str(out)]
+    return [
+        str(Path(sys.executable).parent / "triptych"),
+        "matic",
+        "screen",
+        "--checkpoint",
+        str(model),
+        "--input",
+        str(lib),
+        "--out",
+        str(out),
+    ]
 
 
 def chemprop_predict(chemprop: str, model: Path, lib: Path, out: Path) -> list[str]:
-    return [chemprop, "predict", "--test-path", str(lib), "--model-paths", str(model), "--preds-path", str(out),
-            "--smiles-columns", "smiles"]
+    return [
+        chemprop,
+        "predict",
+        "--test-path",
+        str(lib),
+        "--model-paths",
+        str(model),
+        "--preds-path",
+        str(out),
+        "--smiles-columns",
+        "smiles",
+    ]
 
 
 def ranking_agreement(model: Path, lib: Path, n: int = 2000) -> dict:
@@ -113,20 +163,29 @@ def ranking_agreement(model: Path, lib: Path, n: int = 2000) -> dict:
     from triptych.matic.predictor import load_predictor
 
     torch.set_num_threads(1)
-    smiles = lib.read_text().split()[1:n + 1]
+    smiles = lib.read_text().split()[1 : n + 1]
     p = load_predictor(model)
     p.model.stacked = True
     fast = p.predict_proba(smiles, 64).prod(axis=1)
     p.model.stacked = False
     ref = p.predict_proba(smiles, 64).prod(axis=1)
     ok = np.isfinite(ref)
-    return {"n": int(ok.sum()), "max_abs_diff_dual": float(np.abs(fast[ok] - ref[ok]).max()),
-            "spearman_dual": float(spearmanr(fast[ok], ref[ok]).statistic)}
+    return {
+        "n": int(ok.sum()),
+        "max_abs_diff_dual": float(np.abs(fast[ok] - ref[ok]).max()),
+        "spearman_dual": float(spearmanr(fast[ok], ref[ok]).statistic),
+    }
 
 
-def report(args: argparse.Namespace, screen_pairs: list[dict], train_pairs: list[dict], runs: list[dict],
-           agreement: dict | None) -> None:
+def report(
+    args: argparse.Namespace,
+    screen_pairs: list[dict],
+    train_pairs: list[dict],
+    runs: list[dict],
+    agreement: dict | None,
+) -> None:
     """Write results.json and results.md from what has been measured so far (called after every pair)."""
+
     def med(values) -> float | None:
         values = list(values)
         return statistics.median(values) if values else None
@@ -142,41 +201,91 @@ def report(args: argparse.Namespace, screen_pairs: list[dict], train_pairs: list
         "triptych_s_per_epoch_median": med(p["s_per_epoch"]["triptych"] for p in train_pairs),
         "chemprop_s_per_epoch_median": med(p["s_per_epoch"]["chemprop"] for p in train_pairs),
     }
-    results = {"summary": summary, "screen_pairs": screen_pairs, "train_pairs": train_pairs, "runs": runs,
-               "stacked_vs_pyg": agreement,
-               "settings": {"n": args.n, "train_pairs": args.train_pairs, "epochs": args.epochs, "screen_pairs": args.screen_pairs, "chemprop": args.chemprop,
-                            "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-                            "load_avg_at_end": os.getloadavg()}}
+    results = {
+        "summary": summary,
+        "screen_pairs": screen_pairs,
+        "train_pairs": train_pairs,
+        "runs": runs,
+        "stacked_vs_pyg": agreement,
+        "settings": {
+            "n": args.n,
+            "train_pairs": args.train_pairs,
+            "epochs": args.epochs,
+            "screen_pairs": args.screen_pairs,
+            "chemprop": args.chemprop,
+            "cpus": os.cpu_count(),
+            "machine": platform.processor() or platform.machine(),
+            "load_avg_at_end": os.getloadavg(),
+        },
+    }
     md = [
         "# MATIC screening and training speed against chemprop\n",
         f"{args.n} MOSES SMILES screened; training on the MATIC paper split. Whole processes, defaults, "
         f"alternating A/B, {len(train_pairs)} training pairs and {len(screen_pairs)} screening pairs; medians of per-pair "
         f"ratios. {os.cpu_count()} cores shared with other jobs (load average at the end: "
         f"{os.getloadavg()[0]:.1f}), so absolute numbers are noisy; the ratios are the result.\n",
-        markdown_table([
-            {"measure": "screen throughput, triptych / chemprop (wall)", "median": summary["screen_throughput_ratio_median"],
-             "target": ">= 1.5"},
-            {"measure": "screen, chemprop CPU s / triptych CPU s", "median": summary["screen_cpu_ratio_median"],
-             "target": ""},
-            {"measure": "triptych screen, mol/s", "median": summary["triptych_mol_per_s_median"], "target": ""},
-            {"measure": "chemprop predict, mol/s", "median": summary["chemprop_mol_per_s_median"], "target": ""},
-            {"measure": "train s/epoch, triptych / chemprop (wall)", "median": summary["train_s_per_epoch_ratio_median"],
-             "target": "<= 1.5"},
-            {"measure": "train CPU s/epoch, triptych / chemprop", "median": summary["train_cpu_per_epoch_ratio_median"],
-             "target": ""},
-            {"measure": f"train whole run of {args.epochs} epochs, triptych / chemprop",
-             "median": summary["train_whole_run_ratio_median"], "target": ""},
-            {"measure": "triptych s/epoch", "median": summary["triptych_s_per_epoch_median"], "target": ""},
-            {"measure": "chemprop s/epoch", "median": summary["chemprop_s_per_epoch_median"], "target": ""},
-        ], floatfmt="{:.2f}"),
+        markdown_table(
+            [
+                {
+                    "measure": "screen throughput, triptych / chemprop (wall)",
+                    "median": summary["screen_throughput_ratio_median"],
+                    "target": ">= 1.5",
+                },
+                {
+                    "measure": "screen, chemprop CPU s / triptych CPU s",
+                    "median": summary["screen_cpu_ratio_median"],
+                    "target": "",
+                },
+                {
+                    "measure": "triptych screen, mol/s",
+                    "median": summary["triptych_mol_per_s_median"],
+                    "target": "",
+                },
+                {
+                    "measure": "chemprop predict, mol/s",
+                    "median": summary["chemprop_mol_per_s_median"],
+                    "target": "",
+                },
+                {
+                    "measure": "train s/epoch, triptych / chemprop (wall)",
+                    "median": summary["train_s_per_epoch_ratio_median"],
+                    "target": "<= 1.5",
+                },
+                {
+                    "measure": "train CPU s/epoch, triptych / chemprop",
+                    "median": summary["train_cpu_per_epoch_ratio_median"],
+                    "target": "",
+                },
+                {
+                    "measure": f"train whole run of {args.epochs} epochs, triptych / chemprop",
+                    "median": summary["train_whole_run_ratio_median"],
+                    "target": "",
+                },
+                {
+                    "measure": "triptych s/epoch",
+                    "median": summary["triptych_s_per_epoch_median"],
+                    "target": "",
+                },
+                {
+                    "measure": "chemprop s/epoch",
+                    "median": summary["chemprop_s_per_epoch_median"],
+                    "target": "",
+                },
+            ],
+            floatfmt="{:.2f}",
+        ),
         "\n## Runs\n",
-        markdown_table([{k: v for k, v in r.items() if k != "max_rss_mb_children_so_far"} for r in runs],
-                       floatfmt="{:.1f}"),
+        markdown_table(
+            [{k: v for k, v in r.items() if k != "max_rss_mb_children_so_far"} for r in runs],
+            floatfmt="{:.1f}",
+        ),
     ]
     if agreement:
-        md.append(f"\nStacked (batched) PLE pass against PyG's per-network forward on {agreement['n']} library SMILES: "
-                  f"max |dual score difference| {agreement['max_abs_diff_dual']:.2e}, "
-                  f"Spearman {agreement['spearman_dual']:.6f}.\n")
+        md.append(
+            f"\nStacked (batched) PLE pass against PyG's per-network forward on {agreement['n']} library SMILES: "
+            f"max |dual score difference| {agreement['max_abs_diff_dual']:.2e}, "
+            f"Spearman {agreement['spearman_dual']:.6f}.\n"
+        )
     write_results(args.out, results, "\n".join(md))
 
 
@@ -184,15 +293,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/matic_screen_speed"))
     ap.add_argument("--work", type=Path, default=Path("bench_out/matic_screen_speed"))
-    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "matic",
-                    help="folder with multi_{train,val,test}.csv (the MATIC paper split)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "data" / "matic",
+        help="folder with multi_{train,val,test}.csv (the MATIC paper split)",
+    )
     ap.add_argument("--chemprop", default=shutil.which("chemprop") or ".venv-chemprop/bin/chemprop")
     ap.add_argument("--n", type=int, default=10_000, help="SMILES to screen")
     ap.add_argument("--screen-pairs", type=int, default=3, help="alternating A/B screening pairs")
-    ap.add_argument("--train-pairs", type=int, default=2, help="alternating A/B training pairs (1 and E epochs each)")
-    ap.add_argument("--reuse-models", action="store_true",
-                    help="screen with 1-epoch models already in --work (from an earlier, interrupted run)")
-    ap.add_argument("--epochs", type=int, default=2, help="E: the longer training run (the shorter is 1 epoch)")
+    ap.add_argument(
+        "--train-pairs", type=int, default=2, help="alternating A/B training pairs (1 and E epochs each)"
+    )
+    ap.add_argument(
+        "--reuse-models",
+        action="store_true",
+        help="screen with 1-epoch models already in --work (from an earlier, interrupted run)",
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=2, help="E: the longer training run (the shorter is 1 epoch)"
+    )
     args = ap.parse_args()
     if not (args.data / "multi_train.csv").is_file():
         sys.exit(f"{args.data}: no multi_train.csv; pass --data with the MATIC paper split")
@@ -211,8 +331,11 @@ def main() -> None:
     def train(tool: str, ep: int, k: int) -> dict:
         out = work / f"train_{tool}_{ep}ep_{k}"
         shutil.rmtree(out, ignore_errors=True)
-        cmd = triptych_train(args.data.resolve(), out, ep) if tool == "triptych" else chemprop_train(
-            args.chemprop, files, out, ep)
+        cmd = (
+            triptych_train(args.data.resolve(), out, ep)
+            if tool == "triptych"
+            else chemprop_train(args.chemprop, files, out, ep)
+        )
         return run(tool, "train", cmd, f"train_{tool}_{ep}_{k}", epochs=ep, pair=k)
 
     # 1. One-epoch training of both (the first half of training pair 0; these models are screened:
@@ -221,7 +344,10 @@ def main() -> None:
     for t in ("triptych", "chemprop"):
         done = work / f"train_{t}_1ep_0"
         if args.reuse_models and any(done.rglob("model.safetensors" if t == "triptych" else "best*.pt")):
-            print(f"{t}: reusing the 1-epoch model in {done} (its training is not timed in this run)", flush=True)
+            print(
+                f"{t}: reusing the 1-epoch model in {done} (its training is not timed in this run)",
+                flush=True,
+            )
             continue
         trained[(t, 1, 0)] = train(t, 1, 0)
     our_model = work / "train_triptych_1ep_0" / "model.safetensors"
@@ -234,13 +360,21 @@ def main() -> None:
         pair = {}
         for tool in order:
             out = work / f"preds_{tool}_{k}.csv"
-            cmd = triptych_screen(our_model, lib, out) if tool == "triptych" else chemprop_predict(
-                args.chemprop, cp_model, lib, out)
+            cmd = (
+                triptych_screen(our_model, lib, out)
+                if tool == "triptych"
+                else chemprop_predict(args.chemprop, cp_model, lib, out)
+            )
             pair[tool] = run(tool, "screen", cmd, f"screen_{tool}_{k}", pair=k)
-        screen_pairs.append({"pair": k, "throughput_ratio": pair["chemprop"]["wall_s"] / pair["triptych"]["wall_s"],
-                             "cpu_ratio": pair["chemprop"]["cpu_s"] / pair["triptych"]["cpu_s"],
-                             "triptych_mol_per_s": args.n / pair["triptych"]["wall_s"],
-                             "chemprop_mol_per_s": args.n / pair["chemprop"]["wall_s"]})
+        screen_pairs.append(
+            {
+                "pair": k,
+                "throughput_ratio": pair["chemprop"]["wall_s"] / pair["triptych"]["wall_s"],
+                "cpu_ratio": pair["chemprop"]["cpu_s"] / pair["triptych"]["cpu_s"],
+                "triptych_mol_per_s": args.n / pair["triptych"]["wall_s"],
+                "chemprop_mol_per_s": args.n / pair["chemprop"]["wall_s"],
+            }
+        )
         report(args, screen_pairs, [], runs, None)
 
     # 3. Training pairs: 1 and E epochs of both, alternating.
@@ -248,20 +382,33 @@ def main() -> None:
     for k in range(args.train_pairs if len(trained) == 2 else 0):
         order = [("chemprop", args.epochs), ("triptych", args.epochs)]
         if k > 0:
-            order = [("triptych", 1), ("chemprop", 1), *order] if k % 2 == 0 else [("chemprop", 1), ("triptych", 1),
-                                                                                   *order[::-1]]
+            order = (
+                [("triptych", 1), ("chemprop", 1), *order]
+                if k % 2 == 0
+                else [("chemprop", 1), ("triptych", 1), *order[::-1]]
+            )
         for tool, ep in order:
             trained[(tool, ep, k)] = train(tool, ep, k)
         pair = {(t, e): trained[(t, e, k)] for t in ("triptych", "chemprop") for e in (1, args.epochs)}
-        per_epoch = {t: (pair[(t, args.epochs)]["wall_s"] - pair[(t, 1)]["wall_s"]) / (args.epochs - 1)
-                     for t in ("triptych", "chemprop")}
-        per_epoch_cpu = {t: (pair[(t, args.epochs)]["cpu_s"] - pair[(t, 1)]["cpu_s"]) / (args.epochs - 1)
-                         for t in ("triptych", "chemprop")}
-        train_pairs.append({"pair": k, "s_per_epoch": per_epoch, "cpu_s_per_epoch": per_epoch_cpu,
-                            "ratio_s_per_epoch": per_epoch["triptych"] / per_epoch["chemprop"],
-                            "ratio_cpu_per_epoch": per_epoch_cpu["triptych"] / per_epoch_cpu["chemprop"],
-                            "ratio_whole_run_E": pair[("triptych", args.epochs)]["wall_s"]
-                            / pair[("chemprop", args.epochs)]["wall_s"]})
+        per_epoch = {
+            t: (pair[(t, args.epochs)]["wall_s"] - pair[(t, 1)]["wall_s"]) / (args.epochs - 1)
+            for t in ("triptych", "chemprop")
+        }
+        per_epoch_cpu = {
+            t: (pair[(t, args.epochs)]["cpu_s"] - pair[(t, 1)]["cpu_s"]) / (args.epochs - 1)
+            for t in ("triptych", "chemprop")
+        }
+        train_pairs.append(
+            {
+                "pair": k,
+                "s_per_epoch": per_epoch,
+                "cpu_s_per_epoch": per_epoch_cpu,
+                "ratio_s_per_epoch": per_epoch["triptych"] / per_epoch["chemprop"],
+                "ratio_cpu_per_epoch": per_epoch_cpu["triptych"] / per_epoch_cpu["chemprop"],
+                "ratio_whole_run_E": pair[("triptych", args.epochs)]["wall_s"]
+                / pair[("chemprop", args.epochs)]["wall_s"],
+            }
+        )
         report(args, screen_pairs, train_pairs, runs, None)
 
     report(args, screen_pairs, train_pairs, runs, ranking_agreement(our_model, lib))

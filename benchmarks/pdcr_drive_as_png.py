@@ -22,7 +22,9 @@ def main(src: Path, dst: Path) -> None:
         for tif in sorted((src / split / "images").glob("*.tif")):
             stem = tif.stem.split("_")[0]
             Image.open(tif).convert("RGB").save(dst / split / "images" / f"{stem}.png")
-            manual = np.asarray(Image.open(src / split / "1st_manual" / f"{stem}_manual1.gif").convert("L")) > 0
+            manual = (
+                np.asarray(Image.open(src / split / "1st_manual" / f"{stem}_manual1.gif").convert("L")) > 0
+            )
             Image.fromarray(manual.astype(np.uint8) * 255).save(dst / split / "masks" / f"{stem}.png")
 
 

@@ -56,12 +56,18 @@ def main() -> None:
     variants = {
         "pdcr adaptive (benchmark)": dict(estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped),
         "pdcr reference N=50": dict(estimator="reference"),
-        "pdcr adaptive, blur do()": dict(estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped,
-                                         intervention=Blur(cfg.blur_sigma)),
-        "pdcr adaptive, zero do()": dict(estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped,
-                                         intervention=Zero()),
-        "pdcr adaptive, soft-mass outcome": dict(estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped,
-                                                 outcome="soft_mass"),
+        "pdcr adaptive, blur do()": dict(
+            estimator="adaptive",
+            coarse_block=cfg.coarse_block,
+            rule=capped,
+            intervention=Blur(cfg.blur_sigma),
+        ),
+        "pdcr adaptive, zero do()": dict(
+            estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped, intervention=Zero()
+        ),
+        "pdcr adaptive, soft-mass outcome": dict(
+            estimator="adaptive", coarse_block=cfg.coarse_block, rule=capped, outcome="soft_mass"
+        ),
     }
     for k, case in enumerate(cases):
         target = Target.build(model, case.image, case.roi, "dice_self")
@@ -70,8 +76,16 @@ def main() -> None:
         maps = []
         for name, opts in variants.items():
             opts = {"intervention": bank, "outcome": target.outcome_fn, **opts}
-            exp = explain_regions(model, case.image, case.roi, block=cfg.block, seed=cfg.seed, batch_size=64,
-                                  show_progress=False, **opts)
+            exp = explain_regions(
+                model,
+                case.image,
+                case.roi,
+                block=cfg.block,
+                seed=cfg.seed,
+                batch_size=64,
+                show_progress=False,
+                **opts,
+            )
             maps.append(saliency_from_ate(exp.ate, exp.seconds, exp.forward_passes, method=name))
             if name == "pdcr reference N=50":
                 additivity += additivity_check(target, case.image, removed["patch_bank"], exp.ate, units, k)
@@ -92,19 +106,33 @@ def main() -> None:
         table.append(row)
     add = np.array([(a["sum_of_ates"], a["joint_effect"]) for a in additivity])
     corr = float(np.corrcoef(add[:, 0], add[:, 1])[0, 1]) if len(add) > 2 else float("nan")
-    ratio = float(np.median(add[:, 1] / np.where(add[:, 0] == 0, np.nan, add[:, 0]))) if len(add) else float("nan")
-    md = "\n".join([
-        "# Why PdCR does or does not win the deletion metric\n",
-        f"{len(cases)} DRIVE test RoIs, model `{args.checkpoint}`, the benchmark's crops, units and operators "
-        "(deletion AUC: lower is better).\n",
-        markdown_table(table),
-        "\n## Additivity (patch-bank removal of the top-k blocks of the reference map)\n",
-        f"Correlation of the sum of the k single-block ATEs with the joint effect of removing them together: "
-        f"{corr:.3f}; median joint/sum ratio {ratio:.2f} (1 = additive).\n",
-        markdown_table(additivity),
-    ])
-    write_results(args.out, {"methods": table, "additivity": additivity, "additivity_corr": corr,
-                             "additivity_median_ratio": ratio}, md)
+    ratio = (
+        float(np.median(add[:, 1] / np.where(add[:, 0] == 0, np.nan, add[:, 0])))
+        if len(add)
+        else float("nan")
+    )
+    md = "\n".join(
+        [
+            "# Why PdCR does or does not win the deletion metric\n",
+            f"{len(cases)} DRIVE test RoIs, model `{args.checkpoint}`, the benchmark's crops, units and operators "
+            "(deletion AUC: lower is better).\n",
+            markdown_table(table),
+            "\n## Additivity (patch-bank removal of the top-k blocks of the reference map)\n",
+            f"Correlation of the sum of the k single-block ATEs with the joint effect of removing them together: "
+            f"{corr:.3f}; median joint/sum ratio {ratio:.2f} (1 = additive).\n",
+            markdown_table(additivity),
+        ]
+    )
+    write_results(
+        args.out,
+        {
+            "methods": table,
+            "additivity": additivity,
+            "additivity_corr": corr,
+            "additivity_median_ratio": ratio,
+        },
+        md,
+    )
     print(md)
 
 
@@ -118,8 +146,14 @@ def additivity_check(target, image, removed, ate, units, case_index: int) -> lis
         for i in order[:k]:
             x[(slice(None), *units[i])] = removed[(slice(None), *units[i])]
         joint = float(target.outcome(x[None])[0]) * 100 - base
-        out.append({"roi": case_index, "k": k, "sum_of_ates": float(sum(ate[units[i]].flat[0] for i in order[:k])),
-                    "joint_effect": joint})
+        out.append(
+            {
+                "roi": case_index,
+                "k": k,
+                "sum_of_ates": float(sum(ate[units[i]].flat[0] for i in order[:k])),
+                "joint_effect": joint,
+            }
+        )
     return out
 
 

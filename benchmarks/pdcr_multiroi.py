@@ -35,14 +35,14 @@ def rois_in_crop(mask: np.ndarray, n: int, side: int, seed: int) -> list[RoI]:
     """``n`` non-overlapping ``side`` boxes centred on foreground pixels of the crop's mask (or anywhere)."""
     rng = np.random.default_rng(seed)
     h, w = mask.shape
-    inner = mask[side:h - side, side:w - side]
+    inner = mask[side : h - side, side : w - side]
     ys, xs = np.nonzero(inner if inner.sum() >= 4 * n else np.ones_like(inner))
     taken = np.zeros_like(mask)
     out = []
     for i in rng.permutation(len(ys)):
         y, x = int(ys[i]) + side - side // 2, int(xs[i]) + side - side // 2
-        if not taken[y:y + side, x:x + side].any():
-            taken[y:y + side, x:x + side] = True
+        if not taken[y : y + side, x : x + side].any():
+            taken[y : y + side, x : x + side] = True
             out.append(RoI.box(x, y, side, side, mask.shape))
         if len(out) == n:
             break
@@ -68,9 +68,13 @@ def main() -> None:
     sample = next(s for s in load_dataset(args.data, "test") if s.mask is not None and s.mask.any())
     h, w = sample.mask.shape
     y0, x0 = (h - args.crop) // 2, (w - args.crop) // 2
-    image = sample.image[:, y0:y0 + args.crop, x0:x0 + args.crop].contiguous()
-    rois = rois_in_crop(sample.mask[y0:y0 + args.crop, x0:x0 + args.crop], args.rois, args.roi_size, args.seed)
-    bank = PatchBank.from_images([s.image for s in load_dataset(args.data, "training")], args.block, seed=args.seed)
+    image = sample.image[:, y0 : y0 + args.crop, x0 : x0 + args.crop].contiguous()
+    rois = rois_in_crop(
+        sample.mask[y0 : y0 + args.crop, x0 : x0 + args.crop], args.rois, args.roi_size, args.seed
+    )
+    bank = PatchBank.from_images(
+        [s.image for s in load_dataset(args.data, "training")], args.block, seed=args.seed
+    )
     rule = SequentialRule(tol=args.tol, max_draws=args.max_draws)
     kw = {"intervention": bank, "outcome": "dice_self", "block": args.block, "rule": rule}
     t = time.perf_counter()
@@ -84,27 +88,50 @@ def main() -> None:
         blocks = [u for u in block_grid(image.shape[1:], args.block) if not overlaps(u, rois[k].mask)]
         va = np.array([a.ate[block_slices(u)].flat[0] for u in blocks])
         vb = np.array([b.ate[block_slices(u)].flat[0] for u in blocks])
-        rows.append({"roi": rois[k].description, "single passes": b.forward_passes,
-                     "Spearman shared vs single": float(spearmanr(va, vb).statistic),
-                     "MAE shared vs single": float(np.abs(va - vb).mean())})
+        rows.append(
+            {
+                "roi": rois[k].description,
+                "single passes": b.forward_passes,
+                "Spearman shared vs single": float(spearmanr(va, vb).statistic),
+                "MAE shared vs single": float(np.abs(va - vb).mean()),
+            }
+        )
     passes_single = sum(e.forward_passes for e in single)
-    results = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "image": sample.name, "crop_origin": [y0, x0], "rois": len(rois),
-               "shared": {"forward_passes": shared[0].forward_passes, "seconds": shared_s},
-               "single": {"forward_passes": passes_single, "seconds": single_s},
-               "passes_ratio": passes_single / shared[0].forward_passes, "time_ratio": single_s / shared_s,
-               "per_roi": rows}
-    md = "\n".join([
-        "# PdCR: many RoIs per forward pass\n",
-        f"{len(rois)} RoIs of {args.roi_size}² on `{sample.name}`, {args.crop}² crop, {args.block}-px blocks, "
-        f"sequential rule (tol {args.tol}, ≤ {args.max_draws} draws), outcome dice_self, {args.threads} thread(s). "
-        "Shared: one run serves all RoIs (common random numbers); single: one run per RoI (independent draws).\n",
-        markdown_table([{"run": "single (one RoI at a time)", "forward passes": passes_single, "seconds": single_s},
-                        {"run": "shared (all RoIs per pass)", "forward passes": shared[0].forward_passes,
-                         "seconds": shared_s}]),
-        f"\nPasses ratio {results['passes_ratio']:.2f}×, wall-time ratio {results['time_ratio']:.2f}×.\n",
-        markdown_table(rows),
-    ])
+    results = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "image": sample.name,
+        "crop_origin": [y0, x0],
+        "rois": len(rois),
+        "shared": {"forward_passes": shared[0].forward_passes, "seconds": shared_s},
+        "single": {"forward_passes": passes_single, "seconds": single_s},
+        "passes_ratio": passes_single / shared[0].forward_passes,
+        "time_ratio": single_s / shared_s,
+        "per_roi": rows,
+    }
+    md = "\n".join(
+        [
+            "# PdCR: many RoIs per forward pass\n",
+            f"{len(rois)} RoIs of {args.roi_size}² on `{sample.name}`, {args.crop}² crop, {args.block}-px blocks, "
+            f"sequential rule (tol {args.tol}, ≤ {args.max_draws} draws), outcome dice_self, {args.threads} thread(s). "
+            "Shared: one run serves all RoIs (common random numbers); single: one run per RoI (independent draws).\n",
+            markdown_table(
+                [
+                    {
+                        "run": "single (one RoI at a time)",
+                        "forward passes": passes_single,
+                        "seconds": single_s,
+                    },
+                    {
+                        "run": "shared (all RoIs per pass)",
+                        "forward passes": shared[0].forward_passes,
+                        "seconds": shared_s,
+                    },
+                ]
+            ),
+            f"\nPasses ratio {results['passes_ratio']:.2f}×, wall-time ratio {results['time_ratio']:.2f}×.\n",
+            markdown_table(rows),
+        ]
+    )
     write_results(args.out, results, md)
     print(md)
 

@@ -50,8 +50,9 @@ def paper_loop(model, image, outcome, bank, blocks, seed: int, tau: float) -> tu
     return np.array(ates), problem.forward_passes, time.perf_counter() - start
 
 
-def truth_map(model, image, outcome, bank, blocks, draws: int, seed: int, cache: Path | None = None
-              ) -> tuple[np.ndarray, np.ndarray, int, float]:
+def truth_map(
+    model, image, outcome, bank, blocks, draws: int, seed: int, cache: Path | None = None
+) -> tuple[np.ndarray, np.ndarray, int, float]:
     """Mean and SE of ``draws`` effect draws for every block: the high-sample truth.
 
     With ``cache``, the raw draws ``[blocks, draws]`` are kept there and reused by a later run
@@ -82,7 +83,7 @@ def min_passes_for_mae(sd: np.ndarray, mae: float) -> float:
     """
     k = sd.size
     spread = float((sd[sd > 0] ** (2 / 3)).sum())
-    return 2 / np.pi * spread ** 3 / (k ** 2 * mae ** 2) + int((sd == 0).sum())
+    return 2 / np.pi * spread**3 / (k**2 * mae**2) + int((sd == 0).sum())
 
 
 def errors(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -99,47 +100,72 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=8)
     ap.add_argument("--truth-draws", type=int, default=200)
     ap.add_argument("--outcome", default="dice_gt")
-    ap.add_argument("--truth-cache", type=Path, help="keep (or reuse) the truth's raw draws in this .npz file")
+    ap.add_argument(
+        "--truth-cache", type=Path, help="keep (or reuse) the truth's raw draws in this .npz file"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="where the forward passes run: cpu or cuda")
     ap.add_argument("--profile", action="store_true", help="also profile (a) and (c) and write the top calls")
-    ap.add_argument("--loose", action="store_true",
-                    help="also run (d): adaptive with a looser rule (CI tolerance 0.5, at most 12 draws per block)")
+    ap.add_argument(
+        "--loose",
+        action="store_true",
+        help="also run (d): adaptive with a looser rule (CI tolerance 0.5, at most 12 draws per block)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    where = (f"{torch.cuda.get_device_name(0)} (CUDA)" if args.device.startswith("cuda")
-             else f"the CPU, {args.threads} torch thread(s)")
+    where = (
+        f"{torch.cuda.get_device_name(0)} (CUDA)"
+        if args.device.startswith("cuda")
+        else f"the CPU, {args.threads} torch thread(s)"
+    )
     kind, root = parse_data(args.data)
     model = load_model(args.checkpoint).to(args.device)
     test = load_split(kind, root, "test")
     case = sample_cases(test, 1, args.crop, args.roi, args.seed)[0]
     sample = next(s for s in test if s.name == case.image_name)
     y0, x0 = case.origin
-    gt = sample.mask[y0:y0 + args.crop, x0:x0 + args.crop]
+    gt = sample.mask[y0 : y0 + args.crop, x0 : x0 + args.crop]
     image, roi = case.image, case.roi
     # one bank of natural 4·block patches from the training images (the explained image is a test image)
-    bank = PatchBank.from_images([s.image for s in load_split(kind, root, "training")], 4 * args.block, seed=args.seed)
+    bank = PatchBank.from_images(
+        [s.image for s in load_split(kind, root, "training")], 4 * args.block, seed=args.seed
+    )
     outcome = make_outcome(args.outcome, model, image, roi, gt)
     blocks = [b for b in block_grid(image.shape[1:], args.block) if not overlaps(b, roi.mask)]
     tau = 0.02
 
-    truth, truth_se, truth_passes, truth_s = truth_map(model, image, outcome, bank, blocks, args.truth_draws, args.seed,
-                                                            args.truth_cache)
+    truth, truth_se, truth_passes, truth_s = truth_map(
+        model, image, outcome, bank, blocks, args.truth_draws, args.seed, args.truth_cache
+    )
     rows, profiles = [], {}
 
     def run_a():
         return paper_loop(model, image, outcome, bank, blocks, args.seed, tau)
 
     def run_explain(estimator, rule=None):
-        exp = explain_regions(model, image, roi, outcome=outcome, intervention=bank, block=args.block,
-                              estimator=estimator, seed=args.seed, batch_size=64, tau=tau, rule=rule,
-                              show_progress=False)
+        exp = explain_regions(
+            model,
+            image,
+            roi,
+            outcome=outcome,
+            intervention=bank,
+            block=args.block,
+            estimator=estimator,
+            seed=args.seed,
+            batch_size=64,
+            tau=tau,
+            rule=rule,
+            show_progress=False,
+        )
         return block_values(exp.ate, blocks), exp.forward_passes, exp.seconds
 
-    runs = [("(a) paper, per-block batches", run_a), ("(b) reference, batched", lambda: run_explain("reference")),
-            ("(c) adaptive", lambda: run_explain("adaptive"))]
+    runs = [
+        ("(a) paper, per-block batches", run_a),
+        ("(b) reference, batched", lambda: run_explain("reference")),
+        ("(c) adaptive", lambda: run_explain("adaptive")),
+    ]
     if args.loose:
         loose = SequentialRule(tau=tau, tol=0.5, max_draws=12)
         runs.append(("(d) adaptive, tol 0.5, ≤12 draws", lambda: run_explain("adaptive", loose)))
@@ -152,23 +178,48 @@ def main() -> None:
             profiles[name] = buf.getvalue()
         else:
             est, passes, secs = fn()
-        rows.append({"method": name, "forward_passes": int(passes), "seconds": float(secs), **errors(est, truth)})
+        rows.append(
+            {"method": name, "forward_passes": int(passes), "seconds": float(secs), **errors(est, truth)}
+        )
     a, c = rows[0], rows[2]
-    ratios = {"passes_a_over_c": a["forward_passes"] / c["forward_passes"], "seconds_a_over_c": a["seconds"] / c["seconds"],
-              "mae_c_minus_a": c["mae"] - a["mae"]}
+    ratios = {
+        "passes_a_over_c": a["forward_passes"] / c["forward_passes"],
+        "seconds_a_over_c": a["seconds"] / c["seconds"],
+        "mae_c_minus_a": c["mae"] - a["mae"],
+    }
     # How far could any sampler go? The per-draw SD of each block, from the truth's draws, bounds the passes
     # needed to match (a)'s error (the truth's own noise is part of (a)'s MAE, which makes the bound generous).
     sd = truth_se * np.sqrt(args.truth_draws)
     bound = min_passes_for_mae(sd, a["mae"])
-    ratios.update({"min_passes_to_match_a": bound, "max_pass_ratio_at_equal_mae": a["forward_passes"] / bound})
+    ratios.update(
+        {"min_passes_to_match_a": bound, "max_pass_ratio_at_equal_mae": a["forward_passes"] / bound}
+    )
     results = {
-        "config": {"checkpoint": str(args.checkpoint), "data": args.data, "image": case.image_name,
-                   "crop_origin": list(case.origin), "crop": args.crop, "roi": roi.description, "block": args.block,
-                   "blocks": len(blocks), "outcome": args.outcome, "tau": tau, "truth_draws": args.truth_draws,
-                   "threads": args.threads, "seed": args.seed, "device": where},
-        "truth": {"forward_passes": truth_passes, "seconds": truth_s, "mean_abs_ate": float(np.abs(truth).mean()),
-                  "mean_se": float(truth_se.mean()), "share_abs_ate_ge_tau": float((np.abs(truth) >= tau).mean())},
-        "methods": rows, "ratios": ratios,
+        "config": {
+            "checkpoint": str(args.checkpoint),
+            "data": args.data,
+            "image": case.image_name,
+            "crop_origin": list(case.origin),
+            "crop": args.crop,
+            "roi": roi.description,
+            "block": args.block,
+            "blocks": len(blocks),
+            "outcome": args.outcome,
+            "tau": tau,
+            "truth_draws": args.truth_draws,
+            "threads": args.threads,
+            "seed": args.seed,
+            "device": where,
+        },
+        "truth": {
+            "forward_passes": truth_passes,
+            "seconds": truth_s,
+            "mean_abs_ate": float(np.abs(truth).mean()),
+            "mean_se": float(truth_se.mean()),
+            "share_abs_ate_ge_tau": float((np.abs(truth) >= tau).mean()),
+        },
+        "methods": rows,
+        "ratios": ratios,
     }
     md = [
         "# PdCR speed against the paper's configuration\n",

@@ -23,10 +23,25 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PAGES_EXPECTED = ["index.html", "pdcr/report.html", "matic/report.html", "matic/explain/report.html",
-                  "matic/generate/report.html", "m3jepa/report.html", "m3jepa/search.html"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAGES_EXPECTED = [
+    "index.html",
+    "pdcr/report.html",
+    "matic/report.html",
+    "matic/explain/report.html",
+    "matic/generate/report.html",
+    "m3jepa/report.html",
+    "m3jepa/search.html",
+]
 
 
 def chromium_path() -> str:
@@ -55,8 +70,13 @@ def demo_out(tmp_path_factory) -> Path:
         return Path(os.environ["TRIPTYCH_DEMO_OUT"])
     out = tmp_path_factory.mktemp("demo") / "demo_out"
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    proc = subprocess.run([sys.executable, "-m", "triptych.cli", "demo", "--out", str(out)], capture_output=True,
-                          text=True, timeout=2400, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "triptych.cli", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=2400,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
@@ -78,8 +98,12 @@ def test_every_page_renders_with_live_links_and_visible_images(demo_out, tmp_pat
     visited: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1200, "height": 900})
+            str(tmp_path / "profile"),
+            executable_path=chromium_path(),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1200, "height": 900},
+        )
         try:
             page = browser.new_page()
             queue = [demo_out / "index.html"]
@@ -98,19 +122,26 @@ def test_every_page_renders_with_live_links_and_visible_images(demo_out, tmp_pat
                         assert page.locator(f"[id='{fragment}']").count() == 1, f"{rel}: no id {fragment!r}"
                     if target.suffix == ".html" and target not in queue:
                         queue.append(target)
-                images = page.eval_on_selector_all("img", """els => els.map(e => {
+                images = page.eval_on_selector_all(
+                    "img",
+                    """els => els.map(e => {
                     const r = e.getBoundingClientRect();
                     return {src: e.currentSrc.slice(0, 60), natural: e.naturalWidth, w: r.width, h: r.height};
-                })""")
+                })""",
+                )
                 for img in images:
-                    assert img["natural"] > 0 and img["w"] > 0 and img["h"] > 0, f"{rel}: image not shown {img}"
+                    assert img["natural"] > 0 and img["w"] > 0 and img["h"] > 0, (
+                        f"{rel}: image not shown {img}"
+                    )
                 name = rel.replace("/", "_").removesuffix(".html")
                 page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
         finally:
             browser.close()
     missing = [p for p in PAGES_EXPECTED if p not in visited]
     assert not missing, f"pages not reached from index.html: {missing} (reached {visited})"
-    assert all((shots / f"{p.replace('/', '_').removesuffix('.html')}.png").stat().st_size > 0 for p in visited)
+    assert all(
+        (shots / f"{p.replace('/', '_').removesuffix('.html')}.png").stat().st_size > 0 for p in visited
+    )
     index = (demo_out / "index.html").read_text()
     assert index.index("Summary") < index.index("PdCR: causal") and "FAILED" not in index
     print("screenshots:", sorted(f.name for f in shots.iterdir()))

@@ -43,8 +43,12 @@ def _root(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the report and each system's outputs.")] = Path("demo_out"),
-    only: Annotated[str | None, typer.Option(help="Comma-separated systems to run (default: all registered).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the report and each system's outputs.")] = Path(
+        "demo_out"
+    ),
+    only: Annotated[
+        str | None, typer.Option(help="Comma-separated systems to run (default: all registered).")
+    ] = None,
 ) -> None:
     """Run every registered system's demo on the embedded data and shipped weights; write <out>/index.html.
 
@@ -60,7 +64,9 @@ def demo(
         wanted = {s.strip() for s in only.split(",") if s.strip()}
         unknown = wanted - set(SYSTEMS)
         if unknown:
-            raise TriptychError(f"--only {only!r}: unknown system(s) {sorted(unknown)}; choose from {list(SYSTEMS)}")
+            raise TriptychError(
+                f"--only {only!r}: unknown system(s) {sorted(unknown)}; choose from {list(SYSTEMS)}"
+            )
         steps = [s for s in steps if s.name in wanted]
     if not steps:
         typer.echo("No system demo is registered yet; nothing to run.")
@@ -69,8 +75,12 @@ def demo(
     run = run_demos(steps, out, echo=typer.echo)
     typer.echo(f"Report: {out / 'index.html'} ({time.perf_counter() - start:.0f} s)")
     if run.failed:
-        typer.secho(f"{len(run.failed)} of {len(steps)} demo step(s) failed: "
-                    + ", ".join(o.step.name for o in run.failed), fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"{len(run.failed)} of {len(steps)} demo step(s) failed: "
+            + ", ".join(o.step.name for o in run.failed),
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(1)
 
 

@@ -22,15 +22,22 @@ class PolyWorker:
         self.log, self.scale, self.block = Path(log), scale, set(block)
         self.log.mkdir(parents=True, exist_ok=True)
         (self.log / f"built.{os.getpid()}.{time.time_ns()}").write_text(
-            json.dumps({"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")}))
+            json.dumps({"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS")})
+        )
 
     def __call__(self, shard: dict) -> pd.DataFrame:
         (self.log / f"call.{shard['id']}.{os.getpid()}.{time.time_ns()}").write_text(str(os.getpid()))
         while shard["id"] in self.block:
             time.sleep(0.05)
         i = pd.RangeIndex(shard["start"], shard["start"] + shard["size"])
-        return pd.DataFrame({"shard": shard["id"], "i": i, "y": self.scale * i.to_numpy() ** 2 - 1.0,
-                             "odd": i.to_numpy() % 2 == 1})
+        return pd.DataFrame(
+            {
+                "shard": shard["id"],
+                "i": i,
+                "y": self.scale * i.to_numpy() ** 2 - 1.0,
+                "odd": i.to_numpy() % 2 == 1,
+            }
+        )
 
 
 class FailsOn:

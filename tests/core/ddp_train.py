@@ -42,7 +42,9 @@ class DistributedUnionBatches(Sampler):
 
     def __iter__(self):
         self.epoch += 1  # Lightning does not call set_epoch on a batch_sampler; one pass = one epoch
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        perm = torch.randperm(
+            self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+        ).tolist()
         shards = [perm[r :: self.world] for r in range(self.world)]
         for s in range(0, len(shards[0]), self.b):
             yield [i for shard in shards for i in shard[s : s + self.b]]

@@ -45,8 +45,14 @@ def toy_train(out: Path, epochs: int = 3, pause: float = 0.0, resume: Path | Non
 
     torch.set_num_threads(1)
     with training_run_dir(out, resume) as run:
-        trainer = make_trainer(TrainerFlags(accelerator="cpu", devices="1"), max_epochs=epochs, default_root_dir=run,
-                               monitor=None, enable_progress_bar=False, callbacks=[Announce()])
+        trainer = make_trainer(
+            TrainerFlags(accelerator="cpu", devices="1"),
+            max_epochs=epochs,
+            default_root_dir=run,
+            monitor=None,
+            enable_progress_bar=False,
+            callbacks=[Announce()],
+        )
         fit(trainer, Tiny(), DataLoader(IndexedData(), batch_size=16), resume=resume)
         (run / "done.txt").write_text(f"{epochs} epochs\n")
     print("finished", flush=True)

@@ -22,10 +22,17 @@ def test_importing_the_cli_loads_no_heavy_library():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
 
 
-@pytest.mark.parametrize("args", [[], ["pdcr"], ["matic"], ["m3jepa"]], ids=["triptych", "pdcr", "matic", "m3jepa"])
+@pytest.mark.parametrize(
+    "args", [[], ["pdcr"], ["matic"], ["m3jepa"]], ids=["triptych", "pdcr", "matic", "m3jepa"]
+)
 def test_help_exits_zero_as_a_process(args):
-    proc = subprocess.run([sys.executable, "-m", "triptych.cli", *args, "--help"], capture_output=True, text=True,
-                          timeout=300, env=ENV)
+    proc = subprocess.run(
+        [sys.executable, "-m", "triptych.cli", *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout and "Traceback" not in proc.stderr
 

@@ -46,7 +46,9 @@ def ray_cluster():
 def test_two_ray_workers_return_exactly_the_single_process_table(tmp_path, ray_cluster):
     factory = partial(PolyWorker, str(tmp_path / "log_ray"))
     got = run_sharded(factory, SHARDS, tmp_path / "ray", workers=2, progress_desc="test")
-    reference = run_sharded(partial(PolyWorker, str(tmp_path / "log_ref")), SHARDS, tmp_path / "ref", workers=0)
+    reference = run_sharded(
+        partial(PolyWorker, str(tmp_path / "log_ref")), SHARDS, tmp_path / "ref", workers=0
+    )
     pd.testing.assert_frame_equal(got, reference, check_exact=True)
     # ... and the reference is the worker's own output, concatenated in shard order.
     direct = PolyWorker(str(tmp_path / "log_direct"))
@@ -93,8 +95,11 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(tmp_path, ray_clus
     script = tmp_path / "driver.py"
     script.write_text(DRIVER.format(test_dir=str(Path(__file__).parent)))
     # The driver joins this file's cluster through its address (the --ray-address path).
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(log), ray_cluster],
-                            env={**os.environ, "TRIPTYCH_QUIET": "1"}, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(out), str(log), ray_cluster],
+        env={**os.environ, "TRIPTYCH_QUIET": "1"},
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while len(list((out / "shards").glob("*.parquet"))) < 5:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -108,12 +113,16 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(tmp_path, ray_clus
 
     got = run_sharded(partial(PolyWorker, str(log)), SHARDS, out, workers=2)
     # The rerun called the worker once on each unfinished shard and never on a finished one.
-    rerun_calls = sorted(name.removeprefix("call.").rsplit(".", 2)[0]
-                         for name in {path.name for path in log.glob("call.*")} - before)
+    rerun_calls = sorted(
+        name.removeprefix("call.").rsplit(".", 2)[0]
+        for name in {path.name for path in log.glob("call.*")} - before
+    )
     assert rerun_calls == [s["id"] for s in SHARDS[5:]]
     assert all(len(_calls(log)[s["id"]]) == 1 for s in SHARDS[:5])
     assert not list((out / "shards").glob(".*.tmp"))
-    reference = run_sharded(partial(PolyWorker, str(tmp_path / "log_ref")), SHARDS, tmp_path / "ref", workers=0)
+    reference = run_sharded(
+        partial(PolyWorker, str(tmp_path / "log_ref")), SHARDS, tmp_path / "ref", workers=0
+    )
     pd.testing.assert_frame_equal(got, reference, check_exact=True)
 
 
@@ -126,18 +135,21 @@ def test_a_worker_error_reaches_the_caller_as_itself_and_keeps_finished_shards(t
     assert {p.stem for p in (tmp_path / "local" / "shards").glob("*.parquet")} == {"s0", "s1", "s2"}
 
 
-@pytest.mark.parametrize(("shards", "kwargs", "message"), [
-    ([{"id": "a"}, {"id": "a"}], {}, "shard id 'a' appears twice"),
-    ([{"name": "a"}], {}, "must be a dict with an 'id'"),
-    (["a"], {}, "must be a dict with an 'id'"),
-    ({"id": "a"}, {}, "must be a list of dicts"),
-    ([{"id": "../escape"}], {}, "letters, digits"),
-    ([{"id": 3}], {}, "letters, digits"),
-    ([{"id": "a", "path": Path("x")}], {}, "not JSON-able"),
-    ([{"id": "a", "x": float("nan")}], {}, "not JSON-able"),
-    ([{"id": "a"}], {"workers": -1}, "--workers -1"),
-    ([{"id": "a"}], {"threads_per_worker": 0}, "threads per worker 0"),
-])
+@pytest.mark.parametrize(
+    ("shards", "kwargs", "message"),
+    [
+        ([{"id": "a"}, {"id": "a"}], {}, "shard id 'a' appears twice"),
+        ([{"name": "a"}], {}, "must be a dict with an 'id'"),
+        (["a"], {}, "must be a dict with an 'id'"),
+        ({"id": "a"}, {}, "must be a list of dicts"),
+        ([{"id": "../escape"}], {}, "letters, digits"),
+        ([{"id": 3}], {}, "letters, digits"),
+        ([{"id": "a", "path": Path("x")}], {}, "not JSON-able"),
+        ([{"id": "a", "x": float("nan")}], {}, "not JSON-able"),
+        ([{"id": "a"}], {"workers": -1}, "--workers -1"),
+        ([{"id": "a"}], {"threads_per_worker": 0}, "threads per worker 0"),
+    ],
+)
 def test_bad_arguments_fail_in_one_line(tmp_path, shards, kwargs, message):
     with pytest.raises(InputError, match=message) as err:
         run_sharded(partial(PolyWorker, str(tmp_path / "log")), shards, tmp_path, **kwargs)

@@ -14,7 +14,9 @@ def _state():
     g = torch.Generator().manual_seed(0)
     return {
         "state_dict": {"w": torch.randn(3, 2, generator=g), "b": torch.zeros(2)},
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}],
+        "optimizer_states": [
+            {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+        ],
         "epoch": 2,
         "shape": (3, 2),
         "name": "tiny",
@@ -103,7 +105,9 @@ def test_pickle_is_refused_and_never_executed(tmp_path, writer):
 def test_cli_prints_one_error_line_for_bad_input(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "triptych.cli", "demo", "--only", "nonsense", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

@@ -47,7 +47,9 @@ def test_a_failed_step_is_marked_and_the_next_one_still_runs(tmp_path):
 
         return DemoStep(step.name, step.title, run)
 
-    run = run_demos([spy(ok_step("a")), spy(broken_step("b")), spy(ok_step("c"))], tmp_path, echo=lambda s: None)
+    run = run_demos(
+        [spy(ok_step("a")), spy(broken_step("b")), spy(ok_step("c"))], tmp_path, echo=lambda s: None
+    )
     assert seen == ["a", "b", "c"]
     assert [o.status for o in run.outcomes] == ["ok", "failed", "ok"]
     assert [o.step.name for o in run.failed] == ["b"]
@@ -73,7 +75,13 @@ def test_every_link_of_the_index_resolves(tmp_path):
 
 
 def test_rebased_leaves_anchors_urls_and_data_alone():
-    sec = Section("s").link("x/y.html", "rel").link("#a", "anchor").link("https://e.org", "url").link("/abs", "abs")
+    sec = (
+        Section("s")
+        .link("x/y.html", "rel")
+        .link("#a", "anchor")
+        .link("https://e.org", "url")
+        .link("/abs", "abs")
+    )
     moved = [b["href"] for b in sec.rebased("pdcr").blocks]
     assert moved == ["pdcr/x/y.html", "#a", "https://e.org", "/abs"]
     assert [b["href"] for b in sec.blocks][0] == "x/y.html"  # the original is untouched

@@ -26,7 +26,9 @@ from triptych.core.errors import InputError, TriptychError
 from triptych.core.inputs import at_least, open_text, read_json, read_text
 from triptych.core.results import json_text, write_json
 
-PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def one_line(exc: BaseException) -> str:
@@ -76,13 +78,16 @@ def test_gzip_is_recognised_by_its_magic_not_its_name(tmp_path):
     assert read_text(unnamed) == "CCO\n"
 
 
-@pytest.mark.parametrize(("name", "content", "message"), [
-    ("plain.smi.gz", b"CCO\nCCN\n", "is named .gz but is not gzip-compressed"),
-    ("cut.csv.gz", gzip.compress(b"smiles\n" + b"CCO\n" * 1000)[:40], "corrupt or truncated gzip"),
-    ("image.smi", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file (a NUL byte at offset 8)"),
-    ("book.csv", b"PK\x03\x04\x14\x00\x06\x00", "zip archive"),
-    ("bad16.csv", b"\xff\xfeA\x00\x00\xd8", "not valid UTF-16"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("plain.smi.gz", b"CCO\nCCN\n", "is named .gz but is not gzip-compressed"),
+        ("cut.csv.gz", gzip.compress(b"smiles\n" + b"CCO\n" * 1000)[:40], "corrupt or truncated gzip"),
+        ("image.smi", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file (a NUL byte at offset 8)"),
+        ("book.csv", b"PK\x03\x04\x14\x00\x06\x00", "zip archive"),
+        ("bad16.csv", b"\xff\xfeA\x00\x00\xd8", "not valid UTF-16"),
+    ],
+)
 def test_unreadable_text_files_are_one_line(tmp_path, name, content, message):
     path = tmp_path / name
     path.write_bytes(content)
@@ -120,13 +125,29 @@ def test_at_least():
 
 
 def test_strict_json_writes_null_not_nan(tmp_path):
-    metrics = {"roc_auc": float("nan"), "pr": np.float32("nan"), "inf": float("inf"), "ok": np.float64(0.5),
-               "n": np.int64(3), "arr": np.array([1.0, np.nan]), "nested": [{"x": -math.inf}], "t": (1, 2)}
+    metrics = {
+        "roc_auc": float("nan"),
+        "pr": np.float32("nan"),
+        "inf": float("inf"),
+        "ok": np.float64(0.5),
+        "n": np.int64(3),
+        "arr": np.array([1.0, np.nan]),
+        "nested": [{"x": -math.inf}],
+        "t": (1, 2),
+    }
     text = json_text(metrics)
     assert "NaN" not in text and "Infinity" not in text
     back = json.loads(text)
-    assert back == {"roc_auc": None, "pr": None, "inf": None, "ok": 0.5, "n": 3, "arr": [1.0, None],
-                    "nested": [{"x": None}], "t": [1, 2]}
+    assert back == {
+        "roc_auc": None,
+        "pr": None,
+        "inf": None,
+        "ok": 0.5,
+        "n": 3,
+        "arr": [1.0, None],
+        "nested": [{"x": None}],
+        "t": [1, 2],
+    }
     path = write_json(tmp_path / "metrics.json", metrics)
     json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     with pytest.raises(TypeError):
@@ -139,28 +160,39 @@ def test_strict_json_writes_null_not_nan(tmp_path):
 
 def _crafted(path, metadata) -> None:
     """A safetensors file with one tensor and the given ``__metadata__`` (or a whole other header)."""
-    header = metadata if not isinstance(metadata, dict) else {
-        "__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    header = (
+        metadata
+        if not isinstance(metadata, dict)
+        else {"__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    )
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x00" * 4)
 
 
-GOOD = {"format": "triptych-checkpoint/1", "kind": "test", "config": "{}", "extra": "{}",
-        "tree": '{"__dict__": [["w", {"__tensor__": "w"}]]}'}
+GOOD = {
+    "format": "triptych-checkpoint/1",
+    "kind": "test",
+    "config": "{}",
+    "extra": "{}",
+    "tree": '{"__dict__": [["w", {"__tensor__": "w"}]]}',
+}
 
 
-@pytest.mark.parametrize(("metadata", "message"), [
-    ([1, 2, 3], "not a triptych checkpoint"),  # the header is a JSON list
-    ({k: v for k, v in GOOD.items() if k != "kind"}, "no 'kind'"),
-    ({**GOOD, "config": "{not json"}, "header field 'config' is not valid"),
-    ({**GOOD, "config": "[1, 2]"}, "config is a list, not a mapping"),
-    ({**GOOD, "extra": '{"__dict__": 5}'}, "header field 'extra' is not valid"),
-    ({**GOOD, "tree": '{"__dict__": [[1]]}'}, "state tree is malformed"),
-    ({**GOOD, "tree": "[1]"}, "state is a list"),
-    ({**GOOD, "tree": '{"__tensor__": "missing"}'}, "tensor 'missing' is missing"),
-    ({**GOOD, "kind": 3}, "no 'kind'"),
-])
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ([1, 2, 3], "not a triptych checkpoint"),  # the header is a JSON list
+        ({k: v for k, v in GOOD.items() if k != "kind"}, "no 'kind'"),
+        ({**GOOD, "config": "{not json"}, "header field 'config' is not valid"),
+        ({**GOOD, "config": "[1, 2]"}, "config is a list, not a mapping"),
+        ({**GOOD, "extra": '{"__dict__": 5}'}, "header field 'extra' is not valid"),
+        ({**GOOD, "tree": '{"__dict__": [[1]]}'}, "state tree is malformed"),
+        ({**GOOD, "tree": "[1]"}, "state is a list"),
+        ({**GOOD, "tree": '{"__tensor__": "missing"}'}, "tensor 'missing' is missing"),
+        ({**GOOD, "kind": 3}, "no 'kind'"),
+    ],
+)
 def test_crafted_checkpoint_headers_are_one_line(tmp_path, metadata, message):
     path = tmp_path / "crafted.safetensors"
     _crafted(path, metadata)
@@ -248,20 +280,38 @@ def test_random_bytes_are_not_checkpoints(tmp_path, data):
         load_checkpoint(path)
 
 
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
-                                                                                      max_size=3), max_leaves=4)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=4,
+)
 
 
-TRICKY = st.sampled_from(['{"__dict__": 5}', '{"__dict__": [[1, 2, 3]]}', '{"__dict__": [[["k"], 1]]}',
-                          '{"__tuple__": 3}', '{"__tensor__": "w"}', '{"__tensor__": ["w"]}', '[[[[]]]]', "{",
-                          '{"__dict__": [["w", {"__tensor__": "nope"}]]}', '{"state_dict": {"__tensor__": 1}}'])
+TRICKY = st.sampled_from(
+    [
+        '{"__dict__": 5}',
+        '{"__dict__": [[1, 2, 3]]}',
+        '{"__dict__": [[["k"], 1]]}',
+        '{"__tuple__": 3}',
+        '{"__tensor__": "w"}',
+        '{"__tensor__": ["w"]}',
+        "[[[[]]]]",
+        "{",
+        '{"__dict__": [["w", {"__tensor__": "nope"}]]}',
+        '{"state_dict": {"__tensor__": 1}}',
+    ]
+)
 
 
 @PROPERTY
-@given(fields=st.dictionaries(st.sampled_from(["format", "kind", "config", "extra", "tree", "x"]),
-                              JSON_VALUES | JSON_VALUES.map(json.dumps) | TRICKY, max_size=6),
-       keep_format=st.booleans())
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["format", "kind", "config", "extra", "tree", "x"]),
+        JSON_VALUES | JSON_VALUES.map(json.dumps) | TRICKY,
+        max_size=6,
+    ),
+    keep_format=st.booleans(),
+)
 def test_crafted_metadata_fields(tmp_path, fields, keep_format):
     if keep_format:
         fields["format"] = "triptych-checkpoint/1"

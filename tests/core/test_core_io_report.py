@@ -42,7 +42,9 @@ def test_report_is_one_self_contained_file(tmp_path):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
     report = Report("Demo <report>")
-    report.section("First part").text("hello & welcome").figure(fig, "a line").table([{"model": "x", "auc": 0.91234}])
+    report.section("First part").text("hello & welcome").figure(fig, "a line").table(
+        [{"model": "x", "auc": 0.91234}]
+    )
     report.section("Second part").link("other.html", "more")
     path = report.write(tmp_path / "index.html")
     html = path.read_text()

@@ -128,9 +128,14 @@ def test_a_real_command_rerun_leaves_no_file_of_the_earlier_run(tmp_path):
     for seed in (0, 1):
         part = tmp_path / f"seed{seed}"
         part.mkdir()
-        (part / "results.json").write_text(json.dumps({
-            "datasets": {"toy": {"ple": {"a": {"roc_auc": [0.6 + seed / 10], "pr_auc": [0.5]}}}},
-            "seconds": {"toy": {"ple": 1.0}}}))
+        (part / "results.json").write_text(
+            json.dumps(
+                {
+                    "datasets": {"toy": {"ple": {"a": {"roc_auc": [0.6 + seed / 10], "pr_auc": [0.5]}}}},
+                    "seconds": {"toy": {"ple": 1.0}},
+                }
+            )
+        )
         parts += ["--merge", str(part)]
     out = tmp_path / "bench"
     runner = CliRunner()
@@ -164,8 +169,14 @@ class _CrashAt(L.Callback):
 def _train_into(run: Path, epochs: int, resume: Path | None = None, callbacks=()) -> Tiny:
     seed_everything(0)
     model = Tiny()
-    trainer = make_trainer(max_epochs=epochs, default_root_dir=run, monitor=None, enable_progress_bar=False,
-                           callbacks=list(callbacks), accelerator="cpu")
+    trainer = make_trainer(
+        max_epochs=epochs,
+        default_root_dir=run,
+        monitor=None,
+        enable_progress_bar=False,
+        callbacks=list(callbacks),
+        accelerator="cpu",
+    )
     fit(trainer, model, DataLoader(IndexedData(), batch_size=16), resume=resume)
     (run / "metrics.json").write_text(json.dumps({"epochs": epochs}))
     return model
@@ -173,7 +184,9 @@ def _train_into(run: Path, epochs: int, resume: Path | None = None, callbacks=()
 
 def test_an_interrupted_training_rerun_keeps_the_earlier_run_and_can_resume(tmp_path, capsys, monkeypatch):
     torch.set_num_threads(1)
-    monkeypatch.setattr("triptych.core.io.COMMAND_LINE", ["triptych", "toy", "train", "--out", str(tmp_path / "run")])
+    monkeypatch.setattr(
+        "triptych.core.io.COMMAND_LINE", ["triptych", "toy", "train", "--out", str(tmp_path / "run")]
+    )
     out = tmp_path / "run"
     with training_run_dir(out) as run:
         _train_into(run, epochs=1)
@@ -215,9 +228,20 @@ def test_an_interruption_before_any_checkpoint_says_nothing_was_written(tmp_path
 
 
 def test_resume_command_replaces_an_earlier_resume():
-    argv = ["/venv/bin/triptych", "matic", "train", "--out", "my run", "--resume", "a.safetensors", "--epochs", "3"]
+    argv = [
+        "/venv/bin/triptych",
+        "matic",
+        "train",
+        "--out",
+        "my run",
+        "--resume",
+        "a.safetensors",
+        "--epochs",
+        "3",
+    ]
     assert resume_command("my run.partial/checkpoints/last.safetensors", argv) == (
-        "triptych matic train --out 'my run' --epochs 3 --resume 'my run.partial/checkpoints/last.safetensors'")
+        "triptych matic train --out 'my run' --epochs 3 --resume 'my run.partial/checkpoints/last.safetensors'"
+    )
 
 
 class _Logged(Tiny):
@@ -232,8 +256,14 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(tmp_pat
     torch.set_num_threads(1)
     seed_everything(0)
     model = _Logged()
-    trainer = make_trainer(max_epochs=3, default_root_dir=tmp_path, monitor="train_loss", mode="max",
-                           enable_progress_bar=False, accelerator="cpu")
+    trainer = make_trainer(
+        max_epochs=3,
+        default_root_dir=tmp_path,
+        monitor="train_loss",
+        mode="max",
+        enable_progress_bar=False,
+        accelerator="cpu",
+    )
     fit(trainer, model, DataLoader(IndexedData(), batch_size=16))
     assert _names(tmp_path / "checkpoints") == ["best.safetensors", "last.safetensors"]
     best, _ = load_checkpoint(tmp_path / "checkpoints" / "best.safetensors")
@@ -248,8 +278,14 @@ def test_last_checkpoint_is_written_every_epoch_even_without_improvement(tmp_pat
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, str(HERE / "interrupt_cli.py"), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "interrupt_cli.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def _wait_for(proc: subprocess.Popen, line: str, timeout: float = 240) -> None:
@@ -265,7 +301,9 @@ def _wait_for(proc: subprocess.Popen, line: str, timeout: float = 240) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    ("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
 def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path, sig, code):
     torch.set_num_threads(1)
     out = tmp_path / "run"
@@ -279,10 +317,16 @@ def test_ctrl_c_during_training_prints_one_line_with_the_resume_command(tmp_path
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     last = partial_dir(out) / "checkpoints" / "last.safetensors"
-    want = (f"interrupted: {out} is unchanged; the run so far is in {partial_dir(out)}/; resume with: "
-            f"triptych toy-train {out} --epochs 5 --pause 30 --resume {last}")
+    want = (
+        f"interrupted: {out} is unchanged; the run so far is in {partial_dir(out)}/; resume with: "
+        f"triptych toy-train {out} --epochs 5 --pause 30 --resume {last}"
+    )
     # Lightning's start-up lines come first; about the interruption there is exactly one line, the last
-    about = [line for line in err.splitlines() if any(w in line.lower() for w in ("interrupt", "traceback", "abort"))]
+    about = [
+        line
+        for line in err.splitlines()
+        if any(w in line.lower() for w in ("interrupt", "traceback", "abort"))
+    ]
     assert about == [want] and err.rstrip().endswith(want), err
     assert (out / "checkpoints" / "last.safetensors").read_bytes() == before  # the earlier run is intact
     assert load_checkpoint(last)[0]["epoch"] == 1

@@ -24,7 +24,11 @@ def _run(out: Path, devices: int, batch_size: int) -> dict[str, torch.Tensor]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, str(HERE / "ddp_train.py"), str(out), str(devices), str(batch_size)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=out,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=out,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     state, _ = load_checkpoint(out / "final.safetensors", kind="test.tiny")
@@ -69,8 +73,14 @@ class _AdamTiny(Tiny):
 def _train(root: Path, max_epochs: int, resume: Path | None = None, callbacks=()):
     seed_everything(0)
     model = _AdamTiny()
-    trainer = make_trainer(max_epochs=max_epochs, default_root_dir=root, monitor=None,
-                           enable_progress_bar=False, callbacks=list(callbacks), accelerator="cpu")
+    trainer = make_trainer(
+        max_epochs=max_epochs,
+        default_root_dir=root,
+        monitor=None,
+        enable_progress_bar=False,
+        callbacks=list(callbacks),
+        accelerator="cpu",
+    )
     fit(trainer, model, DataLoader(IndexedData(), batch_size=16, shuffle=False), resume=resume)
     return model
 
@@ -112,16 +122,46 @@ def test_trainer_options_declares_the_flags_once_and_passes_them_as_trainer_flag
         pass
 
     help_text = invoke(app, ["train", "--help"]).output
-    for flag in ("--accelerator", "--devices", "--strategy", "--precision", "--max-time", "--resume", "--epochs"):
+    for flag in (
+        "--accelerator",
+        "--devices",
+        "--strategy",
+        "--precision",
+        "--max-time",
+        "--resume",
+        "--epochs",
+    ):
         assert flag in help_text
     assert "--flags" not in help_text
     assert invoke(app, ["train"]).exit_code == 0
     assert seen[-1] == (3, TrainerFlags(max_time="00:00:01:00"))
-    result = invoke(app, ["train", "--epochs", "5", "--accelerator", "cpu", "--devices", "2",
-                                 "--strategy", "ddp", "--resume", "last.safetensors"])
+    result = invoke(
+        app,
+        [
+            "train",
+            "--epochs",
+            "5",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--resume",
+            "last.safetensors",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert seen[-1] == (5, TrainerFlags(accelerator="cpu", devices="2", strategy="ddp", max_time="00:00:01:00",
-                                        resume=Path("last.safetensors")))
+    assert seen[-1] == (
+        5,
+        TrainerFlags(
+            accelerator="cpu",
+            devices="2",
+            strategy="ddp",
+            max_time="00:00:01:00",
+            resume=Path("last.safetensors"),
+        ),
+    )
     with pytest.raises(TypeError):
         trainer_options(gpus=2)
 
@@ -139,8 +179,13 @@ def test_a_rerun_into_the_same_folder_replaces_best_and_last(tmp_path):
     def run(epochs: int) -> _Logged:
         seed_everything(0)
         model = _Logged()
-        trainer = make_trainer(max_epochs=epochs, default_root_dir=tmp_path, monitor="train_loss",
-                               enable_progress_bar=False, accelerator="cpu")
+        trainer = make_trainer(
+            max_epochs=epochs,
+            default_root_dir=tmp_path,
+            monitor="train_loss",
+            enable_progress_bar=False,
+            accelerator="cpu",
+        )
         fit(trainer, model, DataLoader(IndexedData(), batch_size=16, shuffle=False))
         return model
 

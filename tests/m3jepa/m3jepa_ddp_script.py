@@ -17,14 +17,34 @@ if __name__ == "__main__":
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
     cache = caption_set(n_images=80)
-    model = {"type": "predictor", "dims": DIMS, "hidden": 16, "contrastive_dim": 8, "experts": 4, "top_k": 2,
-             "dropout": 0.0}
+    model = {
+        "type": "predictor",
+        "dims": DIMS,
+        "hidden": 16,
+        "contrastive_dim": 8,
+        "experts": 4,
+        "top_k": 2,
+        "dropout": 0.0,
+    }
     flags = TrainerFlags(accelerator="cpu", devices="2", strategy="ddp")
-    result = train_aligner(split_tasks(cache, "train"), split_tasks(cache, "dev"), model,
-                           TrainConfig(schedule="sampled", max_epochs=2, batch_size=8, patience=5), out_dir=out,
-                           flags=flags, enable_progress_bar=False)
+    result = train_aligner(
+        split_tasks(cache, "train"),
+        split_tasks(cache, "dev"),
+        model,
+        TrainConfig(schedule="sampled", max_epochs=2, batch_size=8, patience=5),
+        out_dir=out,
+        flags=flags,
+        enable_progress_bar=False,
+    )
     trainer = result.module.trainer
     params = torch.cat([p.detach().flatten() for p in result.model.parameters()])
-    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(
-        {"sum": float(params.sum()), "abs": float(params.abs().sum()), "steps": int(trainer.global_step),
-         "world": int(trainer.world_size)}))
+    (out / f"rank{trainer.global_rank}.json").write_text(
+        json.dumps(
+            {
+                "sum": float(params.sum()),
+                "abs": float(params.abs().sum()),
+                "steps": int(trainer.global_step),
+                "world": int(trainer.world_size),
+            }
+        )
+    )

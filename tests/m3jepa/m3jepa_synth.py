@@ -14,13 +14,28 @@ from triptych.m3jepa.features import Features, PairedCache, ShardedArray
 DIMS = {"image": 32, "text": 24}
 
 
-def features(tokens: np.ndarray, mask: np.ndarray, ids: list[str], modality: str, encoder: str = "synthetic") -> Features:
+def features(
+    tokens: np.ndarray, mask: np.ndarray, ids: list[str], modality: str, encoder: str = "synthetic"
+) -> Features:
     tokens = np.where(mask[..., None], tokens, 0).astype(np.float16)
     pooled = (tokens.astype(np.float32) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    manifest = {"format": "test", "modality": modality, "encoder": encoder, "fingerprint": "f0",
-                "dim": tokens.shape[-1], "length": tokens.shape[1], "count": len(ids)}
-    return Features(ShardedArray([tokens]), ShardedArray([mask]), ShardedArray([pooled.astype(np.float32)]),
-                    ids, manifest, None)
+    manifest = {
+        "format": "test",
+        "modality": modality,
+        "encoder": encoder,
+        "fingerprint": "f0",
+        "dim": tokens.shape[-1],
+        "length": tokens.shape[1],
+        "count": len(ids),
+    }
+    return Features(
+        ShardedArray([tokens]),
+        ShardedArray([mask]),
+        ShardedArray([pooled.astype(np.float32)]),
+        ids,
+        manifest,
+        None,
+    )
 
 
 def caption_set(n_images: int = 120, captions_per_image: int = 2, seed: int = 0, noise: float = 0.6):
@@ -31,15 +46,26 @@ def caption_set(n_images: int = 120, captions_per_image: int = 2, seed: int = 0,
     latent = g.normal(size=(n_images, 8))
     img = np.tanh(latent @ w_img)[:, None, :] + noise * g.normal(size=(n_images, 6, DIMS["image"]))
     cap_img = np.repeat(np.arange(n_images), captions_per_image)
-    txt = np.tanh(latent[cap_img] @ w_txt)[:, None, :] + noise * g.normal(size=(len(cap_img), 5, DIMS["text"]))
+    txt = np.tanh(latent[cap_img] @ w_txt)[:, None, :] + noise * g.normal(
+        size=(len(cap_img), 5, DIMS["text"])
+    )
     txt_mask = np.ones((len(cap_img), 5), bool)
     txt_mask[:, 4] = g.random(len(cap_img)) > 0.5
     names = [f"img{i:04d}.png" for i in range(n_images)]
     a, b = int(0.6 * n_images), int(0.8 * n_images)
-    data = ImageCaptions("synthetic", None, names, [f"caption {j}" for j in range(len(cap_img))], cap_img,
-                         {"train": names[:a], "dev": names[a:b], "test": names[b:]})
-    return PairedCache(data, features(img, np.ones((n_images, 6), bool), names, "image"),
-                       features(txt, txt_mask, data.caption_ids, "text"))
+    data = ImageCaptions(
+        "synthetic",
+        None,
+        names,
+        [f"caption {j}" for j in range(len(cap_img))],
+        cap_img,
+        {"train": names[:a], "dev": names[a:b], "test": names[b:]},
+    )
+    return PairedCache(
+        data,
+        features(img, np.ones((n_images, 6), bool), names, "image"),
+        features(txt, txt_mask, data.caption_ids, "text"),
+    )
 
 
 class _ArrayEncoder:
@@ -68,9 +94,12 @@ def write_cache(root, cache: PairedCache) -> None:
     record = cache.data.to_json()
     record["root"] = str(root)
     (root / "dataset.json").write_text(json.dumps(record))
-    write_features(root / "image", cache.data.images, lambda i: i, _ArrayEncoder(cache.image, "image"), shard_size=64)
-    write_features(root / "text", cache.data.caption_ids, lambda i: i, _ArrayEncoder(cache.text, "text"),
-                   shard_size=64)
+    write_features(
+        root / "image", cache.data.images, lambda i: i, _ArrayEncoder(cache.image, "image"), shard_size=64
+    )
+    write_features(
+        root / "text", cache.data.caption_ids, lambda i: i, _ArrayEncoder(cache.text, "text"), shard_size=64
+    )
 
 
 CLASSES = ["cat", "dog", "hot_dog"]
@@ -100,10 +129,20 @@ def label_set(per_class: int = 5, wrong: dict[int, int] | None = None, noise: fl
         look[row] = c
     img = np.eye(3)[look][:, None, :] + noise * g.normal(size=(len(names), 1, 3))
     txt = np.eye(3)[classes][:, None, :]
-    data = ImageCaptions("labels", None, names, [LABELS[c] for c in classes], np.arange(len(names)), splits,
-                         labels=list(LABELS))
-    return PairedCache(data, features(img, np.ones((len(names), 1), bool), names, "image"),
-                       features(txt, np.ones((len(names), 1), bool), data.caption_ids, "text"))
+    data = ImageCaptions(
+        "labels",
+        None,
+        names,
+        [LABELS[c] for c in classes],
+        np.arange(len(names)),
+        splits,
+        labels=list(LABELS),
+    )
+    return PairedCache(
+        data,
+        features(img, np.ones((len(names), 1), bool), names, "image"),
+        features(txt, np.ones((len(names), 1), bool), data.caption_ids, "text"),
+    )
 
 
 def cli_train_evaluate(tmp_path, *train_args: str) -> tuple[dict, str, dict]:
@@ -118,17 +157,42 @@ def cli_train_evaluate(tmp_path, *train_args: str) -> tuple[dict, str, dict]:
     from triptych.m3jepa.cli import app
 
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "run"),
-                              "--accelerator", "cpu", "--devices", "1", *train_args])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "run"),
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+            *train_args,
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
-    res = runner.invoke(app, ["evaluate", "--checkpoint", summary["checkpoint"], "--cache", str(tmp_path / "cache"),
-                              "--out", str(tmp_path / "eval")])
+    res = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            summary["checkpoint"],
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     return summary, res.output, json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
 
 
-def recall_by_hand(checkpoint, cache, split: str = "test", fuse: bool | None = None) -> dict[str, dict[str, float]]:
+def recall_by_hand(
+    checkpoint, cache, split: str = "test", fuse: bool | None = None
+) -> dict[str, dict[str, float]]:
     """Recall@1/5/10 of a saved checkpoint on a split, written out independently of ``retrieval``.
 
     Every query's items are scored with the checkpoint's own normalised vectors (both
@@ -168,5 +232,7 @@ def recall_by_hand(checkpoint, cache, split: str = "test", fuse: bool | None = N
         return out
 
     captions_of = [{j for j, i in enumerate(caption_image) if i == img} for img in range(len(image_rows))]
-    return {f"{media}->text": recall(i2t, captions_of),
-            f"text->{media}": recall(t2i, [{int(i)} for i in caption_image])}
+    return {
+        f"{media}->text": recall(i2t, captions_of),
+        f"text->{media}": recall(t2i, [{int(i)} for i in caption_image]),
+    }

@@ -43,8 +43,16 @@ def make_index(n: int = 3000, p: int = 8) -> SearchIndex:
     keys = torch.tensor(unit(centres[rng.integers(0, 20, n)] + 0.4 * rng.normal(size=(n, p))))
     own = torch.tensor(unit(rng.normal(size=(n, p))))
     captions = [f"caption {j}" for j in range(n)]
-    index = SearchIndex([f"img{i}.png" for i in range(n)], keys, {}, captions=captions,
-                        caption_image=np.arange(n), text_keys=own, image_queries=own, text_queries=keys)
+    index = SearchIndex(
+        [f"img{i}.png" for i in range(n)],
+        keys,
+        {},
+        captions=captions,
+        caption_image=np.arange(n),
+        text_keys=own,
+        image_queries=own,
+        text_queries=keys,
+    )
     index.image_bias = torch.tensor(rng.uniform(0.1, 0.3, n), dtype=torch.float32)
     return index
 
@@ -53,13 +61,17 @@ def make_index(n: int = 3000, p: int = 8) -> SearchIndex:
 def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tmp_path, storage):
     """Every cell visited (and, for PQ codes, every candidate re-scored): the exact search's rows and scores."""
     index = make_index()
-    index.save(tmp_path / "idx", ann=AnnConfig(nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000,
-                                              block_size=700))
+    index.save(
+        tmp_path / "idx",
+        ann=AnnConfig(nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000, block_size=700),
+    )
     want = "IVF16_HNSW32,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
     assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == want
     shutil.move(tmp_path / "idx", tmp_path / "moved")  # the lists file is found next to the index file
     loaded = load_index(tmp_path / "moved")
-    assert loaded.images[7] == "img7.png" and loaded.captions[5] == "caption 5" and len(loaded.captions) == 3000
+    assert (
+        loaded.images[7] == "img7.png" and loaded.captions[5] == "caption 5" and len(loaded.captions) == 3000
+    )
     rng = np.random.default_rng(2)
     q = torch.tensor(unit(rng.normal(size=(5, 16))))
     approximate, exact = Searcher(loaded, None), Searcher(loaded, None, exact=True)

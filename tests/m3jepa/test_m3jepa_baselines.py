@@ -23,8 +23,14 @@ def test_clip_heads_train_with_learnable_temperature(tmp_path):
     cache = caption_set(n_images=150)
     train, dev, test = (split_tasks(cache, s) for s in ("train", "dev", "test"))
     model_cfg, overrides = method_configs(PRED, clip_dim=16)["clip_linear"]
-    result = train_aligner(train, dev, model_cfg, TrainConfig(max_epochs=8, batch_size=30, **overrides),
-                           out_dir=tmp_path, enable_progress_bar=False)
+    result = train_aligner(
+        train,
+        dev,
+        model_cfg,
+        TrainConfig(max_epochs=8, batch_size=30, **overrides),
+        out_dir=tmp_path,
+        enable_progress_bar=False,
+    )
     assert isinstance(result.model, ClipHeads)
     assert evaluate_task(result.model, test[0])["r5"] > 35  # chance: ~17
     tau = float(result.module.loss.temperature())

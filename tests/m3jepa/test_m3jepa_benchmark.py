@@ -16,10 +16,25 @@ def test_benchmark_writes_the_results_schema(tmp_path):
 
     write_cache(tmp_path / "cache", caption_set(n_images=100))
     cache = load_cache(tmp_path / "cache")
-    cfg = DEFAULTS.with_(hidden=16, contrastive_dim=16, experts=4, top_k=2, max_epochs=2, batch_size=30,
-                         temperature=0.1, grid_pool=0)
-    run_benchmark(cache, tmp_path / "out", seeds=[0, 1], methods=["m3jepa", "clip_linear"], config=cfg,
-                  work_dir=tmp_path / "work", enable_progress_bar=False)
+    cfg = DEFAULTS.with_(
+        hidden=16,
+        contrastive_dim=16,
+        experts=4,
+        top_k=2,
+        max_epochs=2,
+        batch_size=30,
+        temperature=0.1,
+        grid_pool=0,
+    )
+    run_benchmark(
+        cache,
+        tmp_path / "out",
+        seeds=[0, 1],
+        methods=["m3jepa", "clip_linear"],
+        config=cfg,
+        work_dir=tmp_path / "work",
+        enable_progress_bar=False,
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results["methods"]) == {"m3jepa", "clip_linear"}
     for r in results["methods"].values():
@@ -37,8 +52,18 @@ def test_benchmark_writes_the_results_schema(tmp_path):
         for seed in (0, 1):
             run = json.loads((tmp_path / "work" / method / f"seed{seed}" / "result.json").read_text())
             want = recall_by_hand(run["checkpoint"], cache, "test")
-            res = CliRunner().invoke(app, ["evaluate", "--checkpoint", run["checkpoint"], "--cache",
-                                           str(tmp_path / "cache"), "--out", str(tmp_path / "eval")])
+            res = CliRunner().invoke(
+                app,
+                [
+                    "evaluate",
+                    "--checkpoint",
+                    run["checkpoint"],
+                    "--cache",
+                    str(tmp_path / "cache"),
+                    "--out",
+                    str(tmp_path / "eval"),
+                ],
+            )
             assert res.exit_code == 0, res.output
             got = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
             for way, task in (("i2t", "image->text"), ("t2i", "text->image")):
@@ -46,8 +71,15 @@ def test_benchmark_writes_the_results_schema(tmp_path):
                     assert results["methods"][method][way][k][seed] == pytest.approx(want[task][k])
                     assert got[task][k] == pytest.approx(want[task][k]), (method, seed, task, k)
     # finished runs are kept: a rerun with the same work folder resumes without training again
-    again = run_benchmark(cache, tmp_path / "out2", seeds=[0, 1], methods=["m3jepa", "clip_linear"], config=cfg,
-                          work_dir=tmp_path / "work", enable_progress_bar=False)
+    again = run_benchmark(
+        cache,
+        tmp_path / "out2",
+        seeds=[0, 1],
+        methods=["m3jepa", "clip_linear"],
+        config=cfg,
+        work_dir=tmp_path / "work",
+        enable_progress_bar=False,
+    )
     assert again["methods"] == results["methods"]
 
 
@@ -61,9 +93,30 @@ def test_benchmark_command_in_parallel_workers(tmp_path, invoke):
     captions.write_text("image,caption\n" + "".join(f"img{i:04d}.png,caption {i}\n" for i in range(60)))
     for i in range(60):
         (tmp_path / f"img{i:04d}.png").write_bytes(b"")
-    res = invoke(app, ["benchmark", "--data", f"captions:{captions}", "--cache", str(tmp_path / "cache"),
-                                   "--out", str(tmp_path / "out"), "--seeds", "2", "--methods", "mlp,clip_linear",
-                                   "--hidden", "16", "--epochs", "1", "--grid-pool", "0", "--jobs", "2"])
+    res = invoke(
+        app,
+        [
+            "benchmark",
+            "--data",
+            f"captions:{captions}",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "out"),
+            "--seeds",
+            "2",
+            "--methods",
+            "mlp,clip_linear",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--grid-pool",
+            "0",
+            "--jobs",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results["methods"]) == {"mlp", "clip_linear"} and results["protocol"]["parallel_jobs"] == 2

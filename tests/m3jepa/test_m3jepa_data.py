@@ -21,8 +21,9 @@ def images(folder: Path, names: list[str]) -> None:
 
 def test_csv_with_several_captions_per_image_and_splits(tmp_path):
     images(tmp_path / "images", ["a.png", "b.png"])
-    (tmp_path / "caps.csv").write_text("image,caption,split\na.png,a red thing,train\nb.png,blue,test\n"
-                                       "a.png,  another red one ,train\n")
+    (tmp_path / "caps.csv").write_text(
+        "image,caption,split\na.png,a red thing,train\nb.png,blue,test\na.png,  another red one ,train\n"
+    )
     data = load_dataset(f"captions:{tmp_path / 'caps.csv'}")
     assert data.images == ["a.png", "b.png"] and data.captions == ["a red thing", "blue", "another red one"]
     assert data.caption_image.tolist() == [0, 1, 0]
@@ -35,13 +36,19 @@ def test_csv_with_several_captions_per_image_and_splits(tmp_path):
 
 def test_json_list_and_coco(tmp_path):
     images(tmp_path, ["x.jpg", "y.jpg"])
-    (tmp_path / "caps.json").write_text(json.dumps([{"image": "x.jpg", "captions": ["one", "two"]},
-                                                    {"image": "y.jpg", "caption": "three"}]))
+    (tmp_path / "caps.json").write_text(
+        json.dumps([{"image": "x.jpg", "captions": ["one", "two"]}, {"image": "y.jpg", "caption": "three"}])
+    )
     data = load_dataset(f"captions:{tmp_path / 'caps.json'}")
     assert data.captions == ["one", "two", "three"] and data.caption_image.tolist() == [0, 0, 1]
-    coco = {"images": [{"id": 7, "file_name": "y.jpg"}, {"id": 3, "file_name": "x.jpg"}],
-            "annotations": [{"image_id": 3, "caption": "c1"}, {"image_id": 7, "caption": "c2"},
-                            {"image_id": 3, "caption": "c3"}]}
+    coco = {
+        "images": [{"id": 7, "file_name": "y.jpg"}, {"id": 3, "file_name": "x.jpg"}],
+        "annotations": [
+            {"image_id": 3, "caption": "c1"},
+            {"image_id": 7, "caption": "c2"},
+            {"image_id": 3, "caption": "c3"},
+        ],
+    }
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     for spec in (f"coco:{tmp_path / 'coco.json'}", f"captions:{tmp_path / 'coco.json'}"):
         data = load_dataset(spec)
@@ -58,8 +65,12 @@ def test_flickr_layout_and_label_folder(tmp_path):
     data = load_dataset(str(root))  # the layout is recognised without a KIND:
     assert len(data.images) == 3 and len(data.captions) == 6
     train = data.subset("train")
-    assert train.images == ["1.jpg", "3.jpg"] and train.captions == ["caption 1-0", "caption 1-1",
-                                                                      "caption 3-0", "caption 3-1"]
+    assert train.images == ["1.jpg", "3.jpg"] and train.captions == [
+        "caption 1-0",
+        "caption 1-1",
+        "caption 3-0",
+        "caption 3-1",
+    ]
     assert train.caption_image.tolist() == [0, 0, 1, 1]
     with pytest.raises(InputError, match="no split 'dev'"):
         data.subset("dev")
@@ -79,9 +90,11 @@ def test_label_folder_splits(tmp_path):
     images(labels / "dog", [f"{k}.png" for k in range(10)])
     data = load_dataset(f"labels:{labels}")
     # per class, in file-name order: 60% train, 20% dev, 20% test
-    assert data.splits == {"train": ["cat/0.png", "cat/1.png", "cat/2.png"] + [f"dog/{k}.png" for k in range(6)],
-                           "dev": ["cat/3.png", "dog/6.png", "dog/7.png"],
-                           "test": ["cat/4.png", "dog/8.png", "dog/9.png"]}
+    assert data.splits == {
+        "train": ["cat/0.png", "cat/1.png", "cat/2.png"] + [f"dog/{k}.png" for k in range(6)],
+        "dev": ["cat/3.png", "dog/6.png", "dog/7.png"],
+        "test": ["cat/4.png", "dog/8.png", "dog/9.png"],
+    }
     assert image_labels(data.subset("test")).tolist() == [0, 1, 1]
 
     folders = tmp_path / "imagenet_style"
@@ -89,8 +102,10 @@ def test_label_folder_splits(tmp_path):
     images(folders / "train" / "dog", ["c.png"])
     images(folders / "val" / "dog", ["d.png"])
     data = load_dataset(str(folders))  # a folder without captions.csv is an image-label folder
-    assert data.splits == {"train": ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png"],
-                           "dev": ["val/dog/d.png"]}
+    assert data.splits == {
+        "train": ["train/cat/a.png", "train/cat/b.png", "train/dog/c.png"],
+        "dev": ["val/dog/d.png"],
+    }
     assert data.labels == ["a photo of a cat.", "a photo of a dog."]
     assert image_labels(data).tolist() == [0, 0, 1, 1]
     images(folders / "bird", ["e.png"])

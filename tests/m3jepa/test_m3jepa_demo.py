@@ -19,10 +19,15 @@ def test_small_demo_writes_report_with_recall_and_search(tmp_path):
 
     from triptych.m3jepa.features import load_cache
 
-    want = recall_by_hand(tmp_path / "runs" / "m3jepa" / "checkpoints" / "best.safetensors",
-                          load_cache(tmp_path / "cache"), "test")
+    want = recall_by_hand(
+        tmp_path / "runs" / "m3jepa" / "checkpoints" / "best.safetensors",
+        load_cache(tmp_path / "cache"),
+        "test",
+    )
     for row in table["rows"]:
         if row[0] == "m3jepa":
-            assert [float(v) for v in row[2:]] == pytest.approx([round(want[row[1]][k], 1) for k in ("r1", "r5", "r10")])
+            assert [float(v) for v in row[2:]] == pytest.approx(
+                [round(want[row[1]][k], 1) for k in ("r1", "r5", "r10")]
+            )
     assert (tmp_path / "search.html").is_file()
     assert sum(b["type"] == "figure" for b in section.blocks) == 5

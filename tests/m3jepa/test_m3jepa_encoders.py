@@ -33,7 +33,9 @@ def test_minilm_tokens_mask_and_pooled():
     assert out.tokens.shape == (2, 16, 384) and out.mask.shape == (2, 16) and out.pooled.shape == (2, 384)
     lengths = [len(enc.model.tokenizer(c)["input_ids"]) for c in CAPTIONS]
     assert out.mask.sum(1).tolist() == lengths  # [CLS] ... [SEP], the rest is padding
-    torch.testing.assert_close(out.pooled, reference)  # the same sentence embedding sentence-transformers gives
+    torch.testing.assert_close(
+        out.pooled, reference
+    )  # the same sentence embedding sentence-transformers gives
     pooled = torch.nn.functional.normalize(masked_mean(out.tokens, out.mask), dim=-1)
     torch.testing.assert_close(pooled, out.pooled, atol=1e-5, rtol=1e-4)
     with torch.inference_mode():
@@ -74,16 +76,31 @@ def test_hf_text_models_bert_and_llama(tokenizer, tmp_path):
     from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
     enc = HFEncoder("tiny-bert", bert, tokenizer, length=24)
     assert enc.modality == "text" and enc.dim == 32
     out = check_batch(enc, CAPTIONS, 24, 32)
     assert out.mask.sum(1).tolist() == [len(tokenizer(c)["input_ids"]) for c in CAPTIONS]
     assert float(out.tokens[0, ~out.mask[0]].abs().sum()) == 0.0
 
-    llama = LlamaModel(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1))
+    llama = LlamaModel(
+        LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     check_batch(HFEncoder("tiny-llama", llama, tokenizer, length=24), CAPTIONS, 24, 32)
 
     bert.save_pretrained(tmp_path / "bert")  # a local path works like a hub name, offline
@@ -97,8 +114,16 @@ def test_hf_vision_dinov2():
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, image_size=28, patch_size=14))
+    model = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+        )
+    )
     processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     enc = HFEncoder("tiny-dinov2", model, processor)
     assert enc.modality == "image" and enc.length == 1 + 2 * 2  # [CLS] + 2 x 2 patches
@@ -110,9 +135,18 @@ def test_hf_audio_whisper_encoder():
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     torch.manual_seed(0)
-    model = WhisperModel(WhisperConfig(d_model=32, encoder_layers=1, encoder_attention_heads=2, decoder_layers=1,
-                                       decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-                                       num_mel_bins=80))
+    model = WhisperModel(
+        WhisperConfig(
+            d_model=32,
+            encoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            num_mel_bins=80,
+        )
+    )
     enc = HFEncoder("tiny-whisper", model, WhisperFeatureExtractor(), length=10)
     assert enc.modality == "audio" and enc.dim == 32
     t = np.arange(16000) / 16000
@@ -125,8 +159,15 @@ def test_lora_only_on_the_last_layers(tokenizer):
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=3,
-                                num_attention_heads=2, intermediate_size=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
     enc = HFEncoder("tiny-bert", bert, tokenizer, length=16)
     with torch.inference_mode():
         before = enc.encode(CAPTIONS).tokens
@@ -152,6 +193,8 @@ def test_tflite_normalisation_is_the_more_confident_on_real_photos(shared_datase
     confidence = {}
     for normalise in ("tflite", "imagenet"):
         with torch.inference_mode():
-            confidence[normalise] = float(EfficientNetLite0(normalise=normalise).classify(photos).max(-1).values.mean())
+            confidence[normalise] = float(
+                EfficientNetLite0(normalise=normalise).classify(photos).max(-1).values.mean()
+            )
     print(f"mean top-class probability on {len(photos)} test photos: {confidence}")  # quoted in the README
     assert confidence["tflite"] > confidence["imagenet"] + 0.03, confidence

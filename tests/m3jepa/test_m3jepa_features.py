@@ -51,8 +51,9 @@ def expected_tokens(n: int, dim: int = 4, length: int = 5) -> np.ndarray:
 
 def test_round_trip_across_shards(tmp_path):
     n = 23
-    feats = write_features(tmp_path / "c", [f"item{i}" for i in range(n)], lambda i: i, FakeEncoder(),
-                           shard_size=5, batch_size=2)
+    feats = write_features(
+        tmp_path / "c", [f"item{i}" for i in range(n)], lambda i: i, FakeEncoder(), shard_size=5, batch_size=2
+    )
     manifest = read_manifest(tmp_path / "c")
     assert manifest["complete"] and [s["count"] for s in manifest["shards"]] == [5, 5, 5, 5, 3]
     assert feats.tokens.shape == (23, 5, 4) and feats.mask.shape == (23, 5) and feats.pooled.shape == (23, 4)
@@ -145,8 +146,14 @@ def test_sharded_array_bounds():
 def test_paired_cache_splits(tmp_path):
     from triptych.m3jepa.data import ImageCaptions
 
-    data = ImageCaptions("toy", tmp_path, ["a.png", "b.png", "c.png"], ["x", "y", "z", "w"], [2, 0, 2, 1],
-                         {"train": ["a.png", "b.png"], "test": ["c.png"]})
+    data = ImageCaptions(
+        "toy",
+        tmp_path,
+        ["a.png", "b.png", "c.png"],
+        ["x", "y", "z", "w"],
+        [2, 0, 2, 1],
+        {"train": ["a.png", "b.png"], "test": ["c.png"]},
+    )
     data.load_image = lambda i: i  # images are the integers the fake encoder understands
 
     class FakeImage(FakeEncoder):
@@ -164,7 +171,9 @@ def test_paired_cache_splits(tmp_path):
     image_rows, caption_rows, caption_image = cache.split("test")
     assert image_rows.tolist() == [2] and caption_rows.tolist() == [0, 2] and caption_image.tolist() == [0, 0]
     image_rows, caption_rows, caption_image = cache.split("train")
-    assert image_rows.tolist() == [0, 1] and caption_rows.tolist() == [1, 3] and caption_image.tolist() == [0, 1]
+    assert (
+        image_rows.tolist() == [0, 1] and caption_rows.tolist() == [1, 3] and caption_image.tolist() == [0, 1]
+    )
     with pytest.raises(InputError, match="no split 'dev'"):
         cache.split("dev")
     with pytest.raises(InputError, match="holds 3-d features"):

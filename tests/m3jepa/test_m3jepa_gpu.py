@@ -17,13 +17,22 @@ pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 
 def test_sparse_and_dense_agree_on_cuda():
     torch.manual_seed(0)
-    sparse = M3Predictor(PredictorConfig(DIMS, hidden=64, contrastive_dim=32, experts=12, top_k=4, dropout=0.0,
-                                         dispatch="sparse"))
-    dense = M3Predictor(PredictorConfig(DIMS, hidden=64, contrastive_dim=32, experts=12, top_k=4, dropout=0.0,
-                                        dispatch="dense"))
+    sparse = M3Predictor(
+        PredictorConfig(
+            DIMS, hidden=64, contrastive_dim=32, experts=12, top_k=4, dropout=0.0, dispatch="sparse"
+        )
+    )
+    dense = M3Predictor(
+        PredictorConfig(
+            DIMS, hidden=64, contrastive_dim=32, experts=12, top_k=4, dropout=0.0, dispatch="dense"
+        )
+    )
     dense.load_state_dict(sparse.state_dict())
     g = torch.Generator().manual_seed(1)
-    x, mask = torch.randn(16, 9, DIMS["image"], generator=g).cuda(), torch.ones(16, 9, dtype=torch.bool).cuda()
+    x, mask = (
+        torch.randn(16, 9, DIMS["image"], generator=g).cuda(),
+        torch.ones(16, 9, dtype=torch.bool).cuda(),
+    )
     outs = []
     for model in (sparse.cuda(), dense.cuda()):
         out = model("image", "text", x, mask)
@@ -40,11 +49,25 @@ def test_agd_training_on_the_gpu_learns(tmp_path):
     torch.manual_seed(0)
     cache = caption_set(n_images=150)
     tasks = {s: split_tasks(cache, s) for s in ("train", "dev", "test")}
-    predictor = {"type": "predictor", "dims": DIMS, "hidden": 32, "contrastive_dim": 16, "experts": 4, "top_k": 2,
-                 "dropout": 0.0}
+    predictor = {
+        "type": "predictor",
+        "dims": DIMS,
+        "hidden": 32,
+        "contrastive_dim": 16,
+        "experts": 4,
+        "top_k": 2,
+        "dropout": 0.0,
+    }
     cfg = TrainConfig(max_epochs=6, batch_size=30, patience=10, temperature=0.1)
-    result = train_aligner(tasks["train"], tasks["dev"], predictor, cfg, out_dir=tmp_path, enable_progress_bar=False,
-                           flags=TrainerFlags(accelerator="gpu", devices="1"))
+    result = train_aligner(
+        tasks["train"],
+        tasks["dev"],
+        predictor,
+        cfg,
+        out_dir=tmp_path,
+        enable_progress_bar=False,
+        flags=TrainerFlags(accelerator="gpu", devices="1"),
+    )
     assert type(result.module.trainer.accelerator).__name__ == "CUDAAccelerator"
     assert evaluate_task(result.model, tasks["test"][0])["r5"] > 50  # chance is ~17 %
 
@@ -82,20 +105,48 @@ def lora_on(tmp_path, device: str) -> None:
     from triptych.m3jepa.lora import finetune_lora
 
     words = ["a", "plain", "square", "red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    (tmp_path / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n"
+    )
     tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))  # no hub download
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=len(words) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                intermediate_size=64))
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                    image_size=28, patch_size=14))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(words) + 5,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    dino = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+        )
+    )
     processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     base = [p.detach().clone() for m in (bert, dino) for p in m.parameters()]
-    encoders = {"image": HFEncoder("tiny-dinov2", dino, processor),
-                "text": HFEncoder("tiny-bert", bert, tokenizer, length=12)}
+    encoders = {
+        "image": HFEncoder("tiny-dinov2", dino, processor),
+        "text": HFEncoder("tiny-bert", bert, tokenizer, length=12),
+    }
     data = read_caption_table(dataset(tmp_path / "data"))
-    result = finetune_lora(data, encoders, PREDICTOR, lora_layers=1, steps=12, batch_size=6, lr=3e-3, split="train",
-                           device=device)
+    result = finetune_lora(
+        data,
+        encoders,
+        PREDICTOR,
+        lora_layers=1,
+        steps=12,
+        batch_size=6,
+        lr=3e-3,
+        split="train",
+        device=device,
+    )
     assert next(result.predictor.parameters()).device.type == device
     assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3]) - 0.05, result.losses
     frozen = [p for m in (bert, dino) for n, p in m.named_parameters() if "lora_" not in n]

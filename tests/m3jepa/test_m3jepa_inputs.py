@@ -15,7 +15,9 @@ from PIL import Image
 from triptych.core.errors import TriptychError
 from triptych.m3jepa.data import load_dataset, read_caption_table, read_image
 
-PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 EDITS = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6)
 
 
@@ -43,35 +45,49 @@ def _images(folder, names) -> None:
 # ------------------------------------------------------------------ CLI regressions
 
 
-@pytest.mark.parametrize(("content", "needles"), [
-    ('[{"image": "a.png", "caption": "x",}]', ("not valid JSON", "line 1 column")),
-    ('["a.png", "b.png"]', ("entry 1 is a str",)),
-    ('{"images": {"id": 1}, "annotations": []}', ("not COCO caption JSON",)),
-    ('{"images": [{"id": [1], "file_name": "a.png"}], "annotations": [{"image_id": [1], "caption": "x"}]}',
-     ("not COCO caption JSON",)),
-])
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        ('[{"image": "a.png", "caption": "x",}]', ("not valid JSON", "line 1 column")),
+        ('["a.png", "b.png"]', ("entry 1 is a str",)),
+        ('{"images": {"id": 1}, "annotations": []}', ("not COCO caption JSON",)),
+        (
+            '{"images": [{"id": [1], "file_name": "a.png"}], "annotations": [{"image_id": [1], "caption": "x"}]}',
+            ("not COCO caption JSON",),
+        ),
+    ],
+)
 def test_malformed_caption_json_is_one_line(tmp_path, monkeypatch, capsys, content, needles):
     path = tmp_path / "caps.json"
     path.write_text(content)
-    code, err = run_cli(["m3jepa", "encode", "--data", f"captions:{path}", "--out", tmp_path / "cache"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["m3jepa", "encode", "--data", f"captions:{path}", "--out", tmp_path / "cache"], monkeypatch, capsys
+    )
     assert_one_line_error(code, err, str(path), *needles)
     assert not (tmp_path / "cache").exists()
 
 
 def test_caption_folder_and_binary_csv(tmp_path, monkeypatch, capsys):
     (tmp_path / "dir.csv").mkdir()
-    code, err = run_cli(["m3jepa", "encode", "--data", f"captions:{tmp_path / 'dir.csv'}", "--out", tmp_path / "c"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["m3jepa", "encode", "--data", f"captions:{tmp_path / 'dir.csv'}", "--out", tmp_path / "c"],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line_error(code, err, "is a folder, not a file")
     (tmp_path / "bin.csv").write_bytes(b"image,caption\n\x00\x01\x02")
-    code, err = run_cli(["m3jepa", "encode", "--data", f"captions:{tmp_path / 'bin.csv'}", "--out", tmp_path / "c"],
-                        monkeypatch, capsys)
+    code, err = run_cli(
+        ["m3jepa", "encode", "--data", f"captions:{tmp_path / 'bin.csv'}", "--out", tmp_path / "c"],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line_error(code, err, "binary file")
 
 
 def test_search_refuses_k_zero(tmp_path, monkeypatch, capsys):
-    code, err = run_cli(["m3jepa", "search", "--index", tmp_path, "--text", "a dog", "-k", "0"], monkeypatch, capsys)
+    code, err = run_cli(
+        ["m3jepa", "search", "--index", tmp_path, "--text", "a dog", "-k", "0"], monkeypatch, capsys
+    )
     assert_one_line_error(code, err, "-k=0", ">= 1")
 
 
@@ -83,12 +99,16 @@ def test_search_index_with_broken_json(tmp_path, monkeypatch, capsys):
 
 def test_latin1_and_bom_caption_csvs_are_read(tmp_path, capsys):
     _images(tmp_path / "images", ["a.png", "b.png"])
-    (tmp_path / "latin1.csv").write_bytes("image,caption\na.png,un caf\u00e9 cr\u00e8me\nb.png,plain\n".encode("latin-1"))
+    (tmp_path / "latin1.csv").write_bytes(
+        "image,caption\na.png,un caf\u00e9 cr\u00e8me\nb.png,plain\n".encode("latin-1")
+    )
     data = read_caption_table(tmp_path / "latin1.csv")
     assert data.captions == ["un caf\u00e9 cr\u00e8me", "plain"]
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "Latin-1" in warnings[0]
-    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfimage,caption,split\r\na.png,x,train\r\nb.png,y,test\r\n")
+    (tmp_path / "excel.csv").write_bytes(
+        b"\xef\xbb\xbfimage,caption,split\r\na.png,x,train\r\nb.png,y,test\r\n"
+    )
     data = read_caption_table(tmp_path / "excel.csv")
     assert data.images == ["a.png", "b.png"] and data.splits == {"train": ["a.png"], "test": ["b.png"]}
 
@@ -112,10 +132,15 @@ def _only_user_errors(call, *args):
 
 
 VALID_CSV = b"image,caption,split\na.png,a red square,train\nb.png,a blue circle,test\na.png,red,train\n"
-VALID_JSON = json.dumps([{"image": "a.png", "captions": ["a red square", "red"]},
-                         {"image": "b.png", "caption": "a blue circle"}]).encode()
-VALID_COCO = json.dumps({"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
-                         "annotations": [{"image_id": 1, "caption": "red"}, {"image_id": 2, "caption": "blue"}]}).encode()
+VALID_JSON = json.dumps(
+    [{"image": "a.png", "captions": ["a red square", "red"]}, {"image": "b.png", "caption": "a blue circle"}]
+).encode()
+VALID_COCO = json.dumps(
+    {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [{"image_id": 1, "caption": "red"}, {"image_id": 2, "caption": "blue"}],
+    }
+).encode()
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +151,13 @@ def caption_dir(tmp_path_factory):
 
 
 @PROPERTY
-@given(data=st.binary(max_size=600) | st.builds(_mutate, st.sampled_from([VALID_CSV, VALID_JSON, VALID_COCO]), EDITS,
-                                                 st.none() | st.integers(0, 300)),
-       kind=st.sampled_from(["captions:caps.csv", "captions:caps.json", "coco:caps.json", "audio:caps.csv"]))
+@given(
+    data=st.binary(max_size=600)
+    | st.builds(
+        _mutate, st.sampled_from([VALID_CSV, VALID_JSON, VALID_COCO]), EDITS, st.none() | st.integers(0, 300)
+    ),
+    kind=st.sampled_from(["captions:caps.csv", "captions:caps.json", "coco:caps.json", "audio:caps.csv"]),
+)
 def test_caption_files_load_or_raise_input_error(caption_dir, data, kind):
     name = kind.partition(":")[2]
     (caption_dir / name).write_bytes(data)
@@ -140,8 +169,10 @@ Image.new("RGB", (9, 7), (200, 10, 30)).save(VALID_PNG, format="PNG")
 
 
 @PROPERTY
-@given(data=st.binary(max_size=400) | st.builds(_mutate, st.just(VALID_PNG.getvalue()), EDITS,
-                                                 st.none() | st.integers(0, 200)))
+@given(
+    data=st.binary(max_size=400)
+    | st.builds(_mutate, st.just(VALID_PNG.getvalue()), EDITS, st.none() | st.integers(0, 200))
+)
 def test_images_load_or_raise_input_error(tmp_path, data):
     path = tmp_path / "x.png"
     path.write_bytes(data)
@@ -159,12 +190,23 @@ def aligner_bytes(tmp_path_factory):
     from triptych.m3jepa.aligner import KIND, build_model
 
     torch.manual_seed(0)
-    config = {"type": "predictor", "dims": {"image": 6, "text": 5}, "hidden": 8, "contrastive_dim": 8,
-              "experts": 2, "top_k": 1}
+    config = {
+        "type": "predictor",
+        "dims": {"image": 6, "text": 5},
+        "hidden": 8,
+        "contrastive_dim": 8,
+        "experts": 2,
+        "top_k": 1,
+    }
     model = build_model(config)
     hparams = {"model_config": config, "encoders": {}}
-    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams}
-    path = save_checkpoint(tmp_path_factory.mktemp("aligner") / "a.safetensors", state, kind=KIND, config=hparams)
+    state = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": hparams,
+    }
+    path = save_checkpoint(
+        tmp_path_factory.mktemp("aligner") / "a.safetensors", state, kind=KIND, config=hparams
+    )
     return path.read_bytes()
 
 

@@ -20,10 +20,25 @@ def tiny_models(tokenizer):
     from transformers import BertConfig, BertModel, BitImageProcessor, Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
-    bert = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=2, intermediate_size=64))
-    dino = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=64, image_size=28, patch_size=14))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        )
+    )
+    dino = Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=28,
+            patch_size=14,
+        )
+    )
     processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     return bert, dino, processor
 
@@ -31,8 +46,16 @@ def tiny_models(tokenizer):
 def dataset(root):
     """8 plain-colour images with captions naming the colour; 6 train, 2 test."""
     (root / "images").mkdir(parents=True)
-    rgb = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30),
-           "purple": (140, 40, 180), "orange": (250, 140, 20), "black": (10, 10, 10), "white": (250, 250, 250)}
+    rgb = {
+        "red": (220, 30, 30),
+        "green": (30, 200, 30),
+        "blue": (30, 30, 220),
+        "yellow": (230, 220, 30),
+        "purple": (140, 40, 180),
+        "orange": (250, 140, 20),
+        "black": (10, 10, 10),
+        "white": (250, 250, 250),
+    }
     rows = ["image,caption,split"]
     for k, colour in enumerate(COLOURS):
         Image.new("RGB", (32, 32), rgb[colour]).save(root / "images" / f"{colour}.png")
@@ -44,10 +67,14 @@ def dataset(root):
 def test_only_adapters_and_predictor_learn(tokenizer, tmp_path):
     bert, dino, processor = tiny_models(tokenizer)
     base = [(p, p.detach().clone()) for m in (bert, dino) for p in m.parameters()]
-    encoders = {"image": HFEncoder("tiny-dinov2", dino, processor), "text": HFEncoder("tiny-bert", bert, tokenizer,
-                                                                                        length=12)}
+    encoders = {
+        "image": HFEncoder("tiny-dinov2", dino, processor),
+        "text": HFEncoder("tiny-bert", bert, tokenizer, length=12),
+    }
     data = read_caption_table(dataset(tmp_path))
-    result = finetune_lora(data, encoders, PREDICTOR, lora_layers=1, steps=12, batch_size=6, lr=3e-3, split="train")
+    result = finetune_lora(
+        data, encoders, PREDICTOR, lora_layers=1, steps=12, batch_size=6, lr=3e-3, split="train"
+    )
     losses = result.losses
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05, losses
     # every base-encoder weight is exactly as before; the adapters sit only in the last layer (1 of 0..1)
@@ -67,7 +94,9 @@ def test_only_adapters_and_predictor_learn(tokenizer, tmp_path):
     every = [p for m in (result.predictor, *(e.model for e in encoders.values())) for p in m.parameters()]
     with_grad = [p for p in every if p.grad is not None]
     assert with_grad and all(id(p) in trainable for p in with_grad)
-    assert any(p.grad is not None for e in encoders.values() for n, p in e.model.named_parameters() if "lora_" in n)
+    assert any(
+        p.grad is not None for e in encoders.values() for n, p in e.model.named_parameters() if "lora_" in n
+    )
     assert all(p.grad is None for p, _ in base)
 
 
@@ -91,21 +120,71 @@ def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path, inv
     processor.save_pretrained(tmp_path / "dino")
     captions = dataset(tmp_path / "data")
     run = tmp_path / "run"
-    res = invoke(app, ["finetune-lora", "--data", f"captions:{captions}", "--image-encoder",
-                              str(tmp_path / "dino"), "--text-encoder", str(tmp_path / "bert"), "--out", str(run),
-                              "--lora-layers", "1", "--steps", "3", "--batch-size", "4", "--lr", "1e-2",
-                              "--hidden", "8", "--experts", "2", "--top-k", "1", "--text-length", "12",
-                              "--device", "cpu"])
+    res = invoke(
+        app,
+        [
+            "finetune-lora",
+            "--data",
+            f"captions:{captions}",
+            "--image-encoder",
+            str(tmp_path / "dino"),
+            "--text-encoder",
+            str(tmp_path / "bert"),
+            "--out",
+            str(run),
+            "--lora-layers",
+            "1",
+            "--steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-2",
+            "--hidden",
+            "8",
+            "--experts",
+            "2",
+            "--top-k",
+            "1",
+            "--text-length",
+            "12",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (run / "encoders" / "image" / "config.json").is_file() and (run / "encoders" / "text").is_dir()
     assert len(json.loads((run / "lora_summary.json").read_text())["losses"]) == 3
     # the merged encoders are plain HF folders: encode with them, then evaluate the saved aligner on that cache
-    res = invoke(app, ["encode", "--data", f"captions:{captions}", "--out", str(tmp_path / "cache"),
-                              "--image-encoder", str(run / "encoders" / "image"),
-                              "--text-encoder", str(run / "encoders" / "text"), "--text-length", "12"])
+    res = invoke(
+        app,
+        [
+            "encode",
+            "--data",
+            f"captions:{captions}",
+            "--out",
+            str(tmp_path / "cache"),
+            "--image-encoder",
+            str(run / "encoders" / "image"),
+            "--text-encoder",
+            str(run / "encoders" / "text"),
+            "--text-length",
+            "12",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = invoke(app, ["evaluate", "--checkpoint", str(run / "checkpoints" / "lora.safetensors"),
-                              "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")])
+    res = invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run / "checkpoints" / "lora.safetensors"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
     assert set(results) == {"image->text", "text->image"}
@@ -113,6 +192,8 @@ def test_finetune_lora_command_then_encode_and_evaluate(tokenizer, tmp_path, inv
     from triptych.m3jepa.encoders import make_encoder
 
     with torch.inference_mode():
-        merged = make_encoder(str(run / "encoders" / "text"), modality="text", length=12).encode(["a red square"])
+        merged = make_encoder(str(run / "encoders" / "text"), modality="text", length=12).encode(
+            ["a red square"]
+        )
         plain = HFEncoder("tiny-bert", bert, tokenizer, length=12).encode(["a red square"])
     assert merged.tokens.shape == plain.tokens.shape and not torch.allclose(merged.tokens, plain.tokens)

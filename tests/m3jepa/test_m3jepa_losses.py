@@ -34,7 +34,9 @@ def test_duplicate_items_in_a_batch_are_positives():
     a, b = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / 0.05
     target = torch.tensor([[0.5, 0, 0.5, 0], [0, 1, 0, 0], [0.5, 0, 0.5, 0], [0, 0, 0, 1]])
-    want = 0.5 * (-(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean())
+    want = 0.5 * (
+        -(target * logits.log_softmax(1)).sum(1).mean() - (target * logits.T.log_softmax(1)).sum(1).mean()
+    )
     torch.testing.assert_close(info_nce(a, b, 0.05, pos), want)
     assert not torch.isclose(info_nce(a, b, 0.05, pos), info_nce(a, b, 0.05))
 
@@ -77,7 +79,8 @@ def test_m3jepa_loss_owns_tau_alpha_and_the_regression_kind():
     want = 0.3 * info_nce(q, k, 0.2, pos) + 0.7 * torch.nn.functional.mse_loss(pred, target)
     torch.testing.assert_close(got, want)
     assert set(parts) == {"contrastive", "regression"} and [n for n, _ in loss.named_parameters()] == [
-        "temperature.log_tau"]
+        "temperature.log_tau"
+    ]
     clip_only, _ = loss(q, k, ids, torch.arange(6))  # no predictions: InfoNCE alone
     torch.testing.assert_close(clip_only, info_nce(q, k, 0.2, pos))
 
@@ -94,7 +97,8 @@ def _gathered_loss(rank: int, world: int, init: str, out: str) -> None:
     half = slice(4 * rank, 4 * rank + 4)
     local_q = q[half].clone().requires_grad_(True)
     value, _ = M3JepaLoss(temperature=0.1, learnable_temperature=False, gather=True)(
-        local_q, k[half], ids[half], ids[half])
+        local_q, k[half], ids[half], ids[half]
+    )
     value.backward()
     torch.save({"loss": value.detach(), "grad": local_q.grad}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -115,4 +119,4 @@ def test_gathered_infonce_on_two_ranks_is_the_full_batch_loss(tmp_path):
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got["loss"], full.detach())
-        torch.testing.assert_close(got["grad"], q.grad[4 * rank:4 * rank + 4])
+        torch.testing.assert_close(got["grad"], q.grad[4 * rank : 4 * rank + 4])

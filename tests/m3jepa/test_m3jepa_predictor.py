@@ -21,7 +21,9 @@ def _inputs(seed=0):
 def _pair(**kw):
     torch.manual_seed(0)
     kw.setdefault("dispatch", "sparse")
-    sparse = M3Predictor(PredictorConfig(DIMS, hidden=16, contrastive_dim=8, experts=6, top_k=3, dropout=0.0, **kw))
+    sparse = M3Predictor(
+        PredictorConfig(DIMS, hidden=16, contrastive_dim=8, experts=6, top_k=3, dropout=0.0, **kw)
+    )
     dense = copy.deepcopy(sparse)
     dense.mixer.dispatch = "dense"
     return sparse, dense
@@ -35,9 +37,12 @@ def test_sparse_and_dense_dispatch_give_same_outputs_and_gradients(renormalize):
     for model in (sparse, dense):
         model.train()
         out = model("image", "text", x, mask)
-        target = model.project_target("text", torch.randn(5, 3, 12, generator=torch.Generator().manual_seed(1)),
-                                      torch.ones(5, 3, dtype=torch.bool))
-        ((out.contrastive @ target.T).logsumexp(1).sum() + (out.regression ** 2).sum()).backward()
+        target = model.project_target(
+            "text",
+            torch.randn(5, 3, 12, generator=torch.Generator().manual_seed(1)),
+            torch.ones(5, 3, dtype=torch.bool),
+        )
+        ((out.contrastive @ target.T).logsumexp(1).sum() + (out.regression**2).sum()).backward()
         outs.append(out)
     torch.testing.assert_close(outs[0].contrastive, outs[1].contrastive, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(outs[0].regression, outs[1].regression, rtol=1e-5, atol=1e-6)
@@ -59,7 +64,9 @@ def test_sparse_dispatch_computes_only_selected_experts():
     seen = {"sparse": 0, "dense": 0, "auto": 0}
     for name, model in (("sparse", sparse), ("dense", dense), ("auto", auto)):
         for expert in model.mixer.experts:
-            expert.register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, seen[name] + a[0].shape[0]))
+            expert.register_forward_hook(
+                lambda m, a, o, name=name: seen.__setitem__(name, seen[name] + a[0].shape[0])
+            )
         out = model("image", "text", x, mask)
     n_routed = 2 * int(mask.sum())  # both branches, valid tokens only
     assert seen["sparse"] == n_routed * 3  # k = 3
@@ -117,8 +124,11 @@ def test_grid_pooling_of_image_tokens():
     pooled, mask = pool_grid(x, torch.ones(2, 16, dtype=torch.bool), 2)
     assert pooled.shape == (2, 4, 3) and mask.all()
     torch.testing.assert_close(pooled[0, 0], x[0, [0, 1, 4, 5]].mean(0))  # top-left 2×2 window
-    model = M3Predictor(PredictorConfig(DIMS, hidden=16, contrastive_dim=8, experts=4, top_k=2, dropout=0.0,
-                                        grid_pool={"image": 2}))
+    model = M3Predictor(
+        PredictorConfig(
+            DIMS, hidden=16, contrastive_dim=8, experts=4, top_k=2, dropout=0.0, grid_pool={"image": 2}
+        )
+    )
     seen = []
     model.input_projection["image"].register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
     model("image", "text", torch.randn(3, 16, 20), torch.ones(3, 16, dtype=torch.bool))

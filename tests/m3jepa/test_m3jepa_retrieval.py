@@ -13,8 +13,12 @@ from triptych.m3jepa.retrieval import (
 
 def test_recall_with_several_captions_per_image():
     # 2 images, 4 captions; image 0 owns captions 0,1; image 1 owns 2,3
-    scores = torch.tensor([[0.1, 0.9, 0.8, 0.0],   # image 0: best caption is its own caption 1 → rank 0
-                           [0.9, 0.8, 0.1, 0.7]])  # image 1: its captions 2,3 rank 4th and 3rd → rank 2
+    scores = torch.tensor(
+        [
+            [0.1, 0.9, 0.8, 0.0],  # image 0: best caption is its own caption 1 → rank 0
+            [0.9, 0.8, 0.1, 0.7],
+        ]
+    )  # image 1: its captions 2,3 rank 4th and 3rd → rank 2
     rel = relevance_matrix(np.array([[0, 0], [0, 1], [1, 2], [1, 3]]), 2, 4)
     r = recall_at_k(scores, rel, ks=(1, 2, 3))
     assert r == {"r1": 50.0, "r2": 50.0, "r3": 100.0}
@@ -49,9 +53,16 @@ def test_zero_shot_accuracy_on_known_answers():
     assert wrong == 100.0 * float((perm[labels] == labels).float().mean())  # only the fixed points of perm
     # three images that all look like class 0: exactly one of three is right at top 1; ties count as hits
     acc = zero_shot_accuracy(torch.tensor([[2.0, 0, 0]] * 3), torch.eye(3), [0, 1, 2], ks=(1, 2, 3, 5))
-    assert acc["top1"] == pytest.approx(100 / 3) and acc["top2"] == 100.0 and set(acc) == {"top1", "top2", "top3"}
+    assert (
+        acc["top1"] == pytest.approx(100 / 3)
+        and acc["top2"] == 100.0
+        and set(acc) == {"top1", "top2", "top3"}
+    )
     # scale does not matter (cosine), direction does
-    assert zero_shot_accuracy(torch.tensor([[0.1, 5.0]]), torch.tensor([[1.0, 0], [0, 100.0]]), [1])["top1"] == 100.0
+    assert (
+        zero_shot_accuracy(torch.tensor([[0.1, 5.0]]), torch.tensor([[1.0, 0], [0, 100.0]]), [1])["top1"]
+        == 100.0
+    )
     with pytest.raises(ValueError, match="one label in 0..2 per image"):
         zero_shot_accuracy(torch.eye(3), torch.eye(3), [0, 1, 3])
     with pytest.raises(ValueError, match="per image"):
@@ -86,7 +97,9 @@ def test_zero_shot_task_on_a_label_cache():
     # 10 per class: test rows 8-9, 18-19, 28-29; two of six wrong → 4/6; train has 18 images
     cache = label_set(per_class=10, wrong={9: 2, 28: 1, 3: 1})
     assert zero_shot_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
-    assert zero_shot_task(model, cache, "train")["top1"] == pytest.approx(100 * 17 / 18)  # row 3 (a cat) looks like a dog
+    assert zero_shot_task(model, cache, "train")["top1"] == pytest.approx(
+        100 * 17 / 18
+    )  # row 3 (a cat) looks like a dog
     # a label that captions no image cannot be a key, and does not change the answer
     cache.data.labels = [*LABELS, "a photo of a bird."]
     assert zero_shot_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
@@ -124,7 +137,9 @@ def test_fused_directions():
     torch.manual_seed(0)
     clip = ClipHeads({"image": 32, "text": 24}, dim=8)
     assert evaluate_tasks(clip, tasks, fuse=True) == evaluate_tasks(clip, tasks, fuse=False)
-    pred = M3Predictor(PredictorConfig({"image": 32, "text": 24}, hidden=8, contrastive_dim=8, experts=2, top_k=1))
+    pred = M3Predictor(
+        PredictorConfig({"image": 32, "text": 24}, hidden=8, contrastive_dim=8, experts=2, top_k=1)
+    )
     s_it, rel = task_scores(pred, tasks[0])
     s_ti, _ = task_scores(pred, tasks[1])
     want = recall_at_k(s_it + s_ti.T, rel)

@@ -20,19 +20,34 @@ W_IMG, W_TXT = G.normal(size=(P, D_IMG)), G.normal(size=(P, D_TXT))
 
 def feats(x: np.ndarray, modality: str, encoder: str) -> Features:
     tokens = x[:, None, :].astype(np.float16)
-    manifest = {"modality": modality, "encoder": encoder, "fingerprint": f"{encoder}-v1", "dim": x.shape[1],
-                "length": 1}
-    return Features(ShardedArray([tokens]), ShardedArray([np.ones((len(x), 1), bool)]),
-                    ShardedArray([tokens[:, 0].astype(np.float32)]), [str(i) for i in range(len(x))], manifest, None)
+    manifest = {
+        "modality": modality,
+        "encoder": encoder,
+        "fingerprint": f"{encoder}-v1",
+        "dim": x.shape[1],
+        "length": 1,
+    }
+    return Features(
+        ShardedArray([tokens]),
+        ShardedArray([np.ones((len(x), 1), bool)]),
+        ShardedArray([tokens[:, 0].astype(np.float32)]),
+        [str(i) for i in range(len(x))],
+        manifest,
+        None,
+    )
 
 
 class ExactAligner:
     """Undoes the 'encoders' exactly: both modalities map back to the shared latent."""
 
-    encoders = {"image": {"encoder": "img", "fingerprint": "img-v1", "dim": D_IMG},
-                "text": {"encoder": "txt", "fingerprint": "txt-v1", "dim": D_TXT}}
-    inverse = {"image": torch.tensor(np.linalg.pinv(W_IMG), dtype=torch.float32),
-               "text": torch.tensor(np.linalg.pinv(W_TXT), dtype=torch.float32)}
+    encoders = {
+        "image": {"encoder": "img", "fingerprint": "img-v1", "dim": D_IMG},
+        "text": {"encoder": "txt", "fingerprint": "txt-v1", "dim": D_TXT},
+    }
+    inverse = {
+        "image": torch.tensor(np.linalg.pinv(W_IMG), dtype=torch.float32),
+        "text": torch.tensor(np.linalg.pinv(W_TXT), dtype=torch.float32),
+    }
 
     def embed_key(self, tgt: str, batch: EncodedBatch) -> torch.Tensor:
         return batch.pooled @ self.inverse[tgt]
@@ -49,17 +64,24 @@ class RowEncoder:
 
     def encode(self, rows):
         rows = [int(r) for r in rows]
-        x = torch.tensor(LATENT[rows] @ self.w + 0.01 * G.normal(size=(len(rows), self.w.shape[1])),
-                         dtype=torch.float32)
+        x = torch.tensor(
+            LATENT[rows] @ self.w + 0.01 * G.normal(size=(len(rows), self.w.shape[1])), dtype=torch.float32
+        )
         return EncodedBatch(x[:, None], torch.ones(len(rows), 1, dtype=torch.bool), x)
 
 
 def make_index():
     captions = [f"caption {i} {k}" for i in range(N) for k in range(2)]
     caption_image = np.repeat(np.arange(N), 2)
-    return build_index(ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
-                       text_features=feats(LATENT[caption_image] @ W_TXT, "text", "txt"), captions=captions,
-                       caption_image=caption_image, checkpoints=["ckpt"])
+    return build_index(
+        ExactAligner(),
+        feats(LATENT @ W_IMG, "image", "img"),
+        [f"img{i}.png" for i in range(N)],
+        text_features=feats(LATENT[caption_image] @ W_TXT, "text", "txt"),
+        captions=captions,
+        caption_image=caption_image,
+        checkpoints=["ckpt"],
+    )
 
 
 def test_text_and_image_queries_find_their_match(tmp_path):
@@ -69,14 +91,23 @@ def test_text_and_image_queries_find_their_match(tmp_path):
     index.save(tmp_path / "idx")
     loaded = load_index(tmp_path / "idx")
     torch.testing.assert_close(loaded.image_keys, index.image_keys)
-    assert list(loaded.captions) == index.captions and loaded.caption_image.tolist() == index.caption_image.tolist()
-    assert loaded.images[3] == "img3.png" and loaded.captions[-1] == "caption 11 1" and len(loaded.images) == N
+    assert (
+        list(loaded.captions) == index.captions
+        and loaded.caption_image.tolist() == index.caption_image.tolist()
+    )
+    assert (
+        loaded.images[3] == "img3.png" and loaded.captions[-1] == "caption 11 1" and len(loaded.images) == N
+    )
 
-    searcher = Searcher(loaded, ExactAligner(), encoders={"text": RowEncoder(W_TXT), "image": RowEncoder(W_IMG)})
+    searcher = Searcher(
+        loaded, ExactAligner(), encoders={"text": RowEncoder(W_TXT), "image": RowEncoder(W_IMG)}
+    )
     for i in (0, 5, 11):
         hits = searcher.text_to_images([str(i)], k=3)[0]
         assert [h.rank for h in hits] == [1, 2, 3] and hits[0].item == f"img{i}.png" and hits[0].row == i
-        assert hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[0].score >= hits[1].score >= hits[2].score
+        assert (
+            hits[0].score == pytest.approx(1.0, abs=1e-3) and hits[0].score >= hits[1].score >= hits[2].score
+        )
         caps = searcher.image_to_captions([i], k=2)[0]
         assert {h.item for h in caps} == {f"caption {i} 0", f"caption {i} 1"}
     assert set(searcher.timings) == {"encode_s", "predict_s", "score_s"}
@@ -86,7 +117,9 @@ def test_wrong_inputs_are_refused(tmp_path):
     images = feats(LATENT @ W_IMG, "image", "other-encoder")
     with pytest.raises(InputError, match="made with encoder 'other-encoder', not 'img'"):
         build_index(ExactAligner(), images, [f"img{i}.png" for i in range(N)])
-    images_only = build_index(ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [str(i) for i in range(N)])
+    images_only = build_index(
+        ExactAligner(), feats(LATENT @ W_IMG, "image", "img"), [str(i) for i in range(N)]
+    )
     with pytest.raises(InputError, match="no captions"):
         Searcher(images_only, ExactAligner(), encoders={"image": RowEncoder(W_IMG)}).image_to_captions([0])
     with pytest.raises(InputError, match="not a search index"):
@@ -110,25 +143,72 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch, invoke):
 
     cache, runs, idx = tmp_path / "cache", tmp_path / "runs", tmp_path / "idx"
     run("encode", "--data", "shapes:20", "--out", str(cache), "--text-length", "16", "--batch-size", "20")
-    run("train", "--cache", str(cache), "--out", str(runs), "--hidden", "16", "--epochs", "1", "--experts", "4",
-        "--top-k", "2", "--batch-size", "8")
+    run(
+        "train",
+        "--cache",
+        str(cache),
+        "--out",
+        str(runs),
+        "--hidden",
+        "16",
+        "--epochs",
+        "1",
+        "--experts",
+        "4",
+        "--top-k",
+        "2",
+        "--batch-size",
+        "8",
+    )
     ckpt = json.loads((runs / "train_summary.json").read_text())["checkpoint"]
     # two members (the same run twice) and, by default, a querybank from the cache's train split
-    run("index", "--checkpoint", ckpt, "--checkpoint", ckpt, "--cache", str(cache), "--split", "test", "--out",
-        str(idx))
+    run(
+        "index",
+        "--checkpoint",
+        ckpt,
+        "--checkpoint",
+        ckpt,
+        "--cache",
+        str(cache),
+        "--split",
+        "test",
+        "--out",
+        str(idx),
+    )
     index = load_index(idx)
     assert len(index.images) == 4 and len(index.captions) == 8 and len(index.checkpoints) == 2
-    assert index.querybank["beta"] == 20.0 and index.querybank["captions"] == 24  # 12 train images x 2 captions
+    assert (
+        index.querybank["beta"] == 20.0 and index.querybank["captions"] == 24
+    )  # 12 train images x 2 captions
     assert index.image_bias.shape == (4,) and index.text_bias.shape == (8,)
-    out = run("search", "--index", str(idx), "--text", "a large red circle on the left", "-k", "3",
-              "--html", str(tmp_path / "t.html"))
+    out = run(
+        "search",
+        "--index",
+        str(idx),
+        "--text",
+        "a large red circle on the left",
+        "-k",
+        "3",
+        "--html",
+        str(tmp_path / "t.html"),
+    )
     lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
     assert [int(x[0]) for x in lines] == [1, 2, 3], repr(out)
     assert all(x[3] in index.images for x in lines)
     assert float(lines[0][1]) >= float(lines[1][1]) >= float(lines[2][1])
     assert "querybank bias" in out
     assert "latency (ms)" in out and (tmp_path / "t.html").read_text().count("data:image/png;base64") == 3
-    out = run("search", "--index", str(idx), "--image", index.images[0], "-k", "2", "--html", str(tmp_path / "i.html"))
+    out = run(
+        "search",
+        "--index",
+        str(idx),
+        "--image",
+        index.images[0],
+        "-k",
+        "2",
+        "--html",
+        str(tmp_path / "i.html"),
+    )
     lines = [m.groups() for m in map(hit.match, out.splitlines()) if m]
     assert len(lines) == 2 and all(x[3] in index.captions for x in lines)
 
@@ -137,30 +217,85 @@ def test_cli_encode_train_index_search(tmp_path, monkeypatch, invoke):
     assert report["latency_ms"]["total"]["p50"] > 0
 
     folder_idx = tmp_path / "folder_idx"
-    result = invoke(app, ["m3jepa", "index", "--checkpoint", ckpt, "--images", str(tmp_path / "nope"),
-                                 "--out", str(folder_idx)])
+    result = invoke(
+        app,
+        [
+            "m3jepa",
+            "index",
+            "--checkpoint",
+            ckpt,
+            "--images",
+            str(tmp_path / "nope"),
+            "--out",
+            str(folder_idx),
+        ],
+    )
     assert isinstance(result.exception, InputError) and "is not a folder" in str(result.exception)
     images_dir = index.images[0].rsplit("/", 1)[0]
     run("index", "--checkpoint", ckpt, "--images", images_dir, "--out", str(folder_idx))
     assert len(load_index(folder_idx).images) == 20 and load_index(folder_idx).text_keys is None
     captions = tmp_path / "mine.csv"  # a caption file kept elsewhere than the images
     captions.write_text("image,caption\nshape0001.png,a thing\nshape0003.png,another thing\n")
-    run("index", "--checkpoint", ckpt, "--images", images_dir, "--captions", str(captions), "--out",
-        str(tmp_path / "cap_idx"))
+    run(
+        "index",
+        "--checkpoint",
+        ckpt,
+        "--images",
+        images_dir,
+        "--captions",
+        str(captions),
+        "--out",
+        str(tmp_path / "cap_idx"),
+    )
     with_captions = load_index(tmp_path / "cap_idx")
-    assert list(with_captions.captions) == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    assert (
+        list(with_captions.captions) == ["a thing", "another thing"] and with_captions.text_keys.shape[0] == 2
+    )
     # an approximate index (forced on for 20 images; 2 cells, both visited): the same hits as exact search
     ann_idx = tmp_path / "ann_idx"
-    run("index", "--checkpoint", ckpt, "--images", images_dir, "--out", str(ann_idx), "--ann", "on", "--nlist", "2",
-        "--nprobe", "2")
+    run(
+        "index",
+        "--checkpoint",
+        ckpt,
+        "--images",
+        images_dir,
+        "--out",
+        str(ann_idx),
+        "--ann",
+        "on",
+        "--nlist",
+        "2",
+        "--nprobe",
+        "2",
+    )
     assert load_index(ann_idx).ann["image"]["count"] == 20
-    approximate = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--html",
-                      str(tmp_path / "a.html"))
-    exact = run("search", "--index", str(ann_idx), "--text", "a small blue square", "-k", "5", "--exact", "--html",
-                str(tmp_path / "e.html"))
+    approximate = run(
+        "search",
+        "--index",
+        str(ann_idx),
+        "--text",
+        "a small blue square",
+        "-k",
+        "5",
+        "--html",
+        str(tmp_path / "a.html"),
+    )
+    exact = run(
+        "search",
+        "--index",
+        str(ann_idx),
+        "--text",
+        "a small blue square",
+        "-k",
+        "5",
+        "--exact",
+        "--html",
+        str(tmp_path / "e.html"),
+    )
     assert "(approximate search)" in approximate and "(exact search)" in exact
     assert [m.group(4) for m in map(hit.match, approximate.splitlines()) if m] == [
-        m.group(4) for m in map(hit.match, exact.splitlines()) if m]
+        m.group(4) for m in map(hit.match, exact.splitlines()) if m
+    ]
 
 
 class CaptionEncoder:
@@ -197,16 +332,23 @@ class ExactRowEncoder(RowEncoder):
 class TwoWayAligner(ExactAligner):
     """Queries and keys differ (as in a trained predictor), so the fused score is not a plain cosine."""
 
-    mix = {m: torch.tensor(np.random.default_rng(7).normal(size=(P, P)), dtype=torch.float32) for m in ("a", "b")}
+    mix = {
+        m: torch.tensor(np.random.default_rng(7).normal(size=(P, P)), dtype=torch.float32) for m in ("a", "b")
+    }
 
     def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> torch.Tensor:
         return (batch.pooled @ self.inverse[src]) @ self.mix["a" if src == "text" else "b"]
 
 
 def test_search_ranks_by_the_fused_score_of_both_directions(tmp_path):
-    index = build_index(TwoWayAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
-                        text_features=feats(LATENT @ W_TXT, "text", "txt"), captions=[str(i) for i in range(N)],
-                        caption_image=np.arange(N))
+    index = build_index(
+        TwoWayAligner(),
+        feats(LATENT @ W_IMG, "image", "img"),
+        [f"img{i}.png" for i in range(N)],
+        text_features=feats(LATENT @ W_TXT, "text", "txt"),
+        captions=[str(i) for i in range(N)],
+        caption_image=np.arange(N),
+    )
     index.save(tmp_path / "idx")
     index = load_index(tmp_path / "idx")
     assert index.fused and index.image_queries.shape == (N, P) and index.text_queries.shape == (N, P)
@@ -217,10 +359,16 @@ def test_search_ranks_by_the_fused_score_of_both_directions(tmp_path):
     aligner, norm = TwoWayAligner(), torch.nn.functional.normalize
     t = feats(LATENT[[3]] @ W_TXT, "text", "txt").batch(np.arange(1))
     imgs = feats(LATENT @ W_IMG, "image", "img").batch(np.arange(N))
-    want = (norm(aligner.embed_query("text", "image", t), dim=-1) @ norm(aligner.embed_key("image", imgs), dim=-1).T
-            + norm(aligner.embed_key("text", t), dim=-1) @ norm(aligner.embed_query("image", "text", imgs), dim=-1).T)[0]
+    want = (
+        norm(aligner.embed_query("text", "image", t), dim=-1)
+        @ norm(aligner.embed_key("image", imgs), dim=-1).T
+        + norm(aligner.embed_key("text", t), dim=-1)
+        @ norm(aligner.embed_query("image", "text", imgs), dim=-1).T
+    )[0]
     assert [h.row for h in hits] == want.argsort(descending=True).tolist()
-    assert [h.score for h in hits] == pytest.approx((want.sort(descending=True).values / 2).tolist(), abs=1e-3)  # fp16 cache
+    assert [h.score for h in hits] == pytest.approx(
+        (want.sort(descending=True).values / 2).tolist(), abs=1e-3
+    )  # fp16 cache
     # an index without the query vectors (made before fusion) still searches, by the plain cosine
     (tmp_path / "idx" / "image_queries.npy").unlink()
     plain = Searcher(load_index(tmp_path / "idx"), TwoWayAligner(), encoders={"text": text_encoder})
@@ -237,9 +385,15 @@ def test_querybank_bias_is_the_inverted_softmax_and_demotes_a_hub():
     latent[0] = centre  # image 0 is a hub: the centre of everything
     caption_image = np.arange(N)
     text_latent = latent + 0.7 * rng.normal(size=latent.shape)
-    index = build_index(ExactAligner(), feats(latent @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
-                        text_features=feats(text_latent @ W_TXT, "text", "txt"), captions=[str(i) for i in range(N)],
-                        caption_image=caption_image)
+    index = build_index(
+        ExactAligner(),
+        feats(latent @ W_IMG, "image", "img"),
+        [f"img{i}.png" for i in range(N)],
+        text_features=feats(text_latent @ W_TXT, "text", "txt"),
+        captions=[str(i) for i in range(N)],
+        caption_image=caption_image,
+    )
+
     def hub_wins() -> int:  # captions of other images whose top result is the hub
         queries = torch.cat([index.text_queries, index.text_keys], 1)[1:]
         return int((index.scores(queries, "image")[0].argmax(1) == 0).sum())
@@ -266,7 +420,9 @@ def test_querybank_bias_is_the_inverted_softmax_and_demotes_a_hub():
     searcher = Searcher(index, ExactAligner(), encoders={"text": ExactRowEncoder(W_TXT)})
     hits = searcher.text_to_images(["4"], k=N)[0]
     cos = torch.tensor([h.cosine for h in hits])
-    torch.testing.assert_close(torch.tensor([h.score for h in hits]), cos - index.image_bias[[h.row for h in hits]])
+    torch.testing.assert_close(
+        torch.tensor([h.score for h in hits]), cos - index.image_bias[[h.row for h in hits]]
+    )
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     with pytest.raises(InputError, match="beta must be > 0"):
         add_querybank(index, bank_queries(ExactAligner(), Bank(), split=None), beta=0.0)
@@ -306,9 +462,14 @@ def test_offline_ranks_match_the_live_self_test():
     rng = np.random.default_rng(11)
     caption_image = np.repeat(np.arange(N), 2)
     noisy = LATENT[caption_image] + 0.8 * rng.normal(size=(2 * N, P))
-    index = build_index(TwoWayAligner(), feats(LATENT @ W_IMG, "image", "img"), [f"img{i}.png" for i in range(N)],
-                        text_features=feats(noisy @ W_TXT, "text", "txt"), captions=[str(j) for j in range(2 * N)],
-                        caption_image=caption_image)
+    index = build_index(
+        TwoWayAligner(),
+        feats(LATENT @ W_IMG, "image", "img"),
+        [f"img{i}.png" for i in range(N)],
+        text_features=feats(noisy @ W_TXT, "text", "txt"),
+        captions=[str(j) for j in range(2 * N)],
+        caption_image=caption_image,
+    )
 
     class Noisy:
         def encode(self, texts):

@@ -16,8 +16,15 @@ from triptych.m3jepa.train import (
     warmup_cosine,
 )
 
-PREDICTOR = {"type": "predictor", "dims": DIMS, "hidden": 32, "contrastive_dim": 16, "experts": 4, "top_k": 2,
-             "dropout": 0.0}
+PREDICTOR = {
+    "type": "predictor",
+    "dims": DIMS,
+    "hidden": 32,
+    "contrastive_dim": 16,
+    "experts": 4,
+    "top_k": 2,
+    "dropout": 0.0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,9 @@ def tasks():
 
 def _train(tasks, tmp_path, **kw):
     cfg = TrainConfig(**{"max_epochs": 6, "batch_size": 30, "patience": 10, "temperature": 0.1, **kw})
-    return train_aligner(tasks["train"], tasks["dev"], PREDICTOR, cfg, out_dir=tmp_path, enable_progress_bar=False)
+    return train_aligner(
+        tasks["train"], tasks["dev"], PREDICTOR, cfg, out_dir=tmp_path, enable_progress_bar=False
+    )
 
 
 def test_agd_training_learns_the_alignment_and_reloads(tasks, tmp_path):
@@ -48,8 +57,10 @@ def test_agd_training_learns_the_alignment_and_reloads(tasks, tmp_path):
     # the best checkpoint, reloaded for search, embeds exactly like the selected model
     aligner = load_aligner(result.checkpoint)
     batch = tasks["test"][0].src_features.batch(np.arange(4))
-    torch.testing.assert_close(aligner.embed_query("image", "text", batch),
-                               torch.nn.functional.normalize(result.model.embed_query("image", "text", batch), dim=-1))
+    torch.testing.assert_close(
+        aligner.embed_query("image", "text", batch),
+        torch.nn.functional.normalize(result.model.embed_query("image", "text", batch), dim=-1),
+    )
     best = max(h["val_recall"] for h in result.val_history)
     # selection ranks by the fused score (the default), so the dev recall is recomputed the same way
     dev = evaluate_tasks(aligner.model, tasks["dev"], fuse=True).values()
@@ -62,7 +73,9 @@ def test_summed_and_sampled_schedules(tasks, tmp_path):
     sampled = _train(tasks, tmp_path / "sampled", schedule="sampled", max_epochs=2)
     assert sampled.module.trainer.global_step == 2 * 3 * 2
     probs = sampled.module.task_probs
-    assert torch.isclose(probs.sum(), torch.tensor(1.0)) and not torch.allclose(probs, torch.full_like(probs, 0.5))
+    assert torch.isclose(probs.sum(), torch.tensor(1.0)) and not torch.allclose(
+        probs, torch.full_like(probs, 0.5)
+    )
 
 
 def test_sampling_probabilities_favour_the_worse_task():
@@ -93,8 +106,21 @@ def test_train_and_evaluate_commands(tmp_path):
     from m3jepa_synth import cli_train_evaluate, write_cache
 
     write_cache(tmp_path / "cache", caption_set(n_images=60))
-    summary, _, results = cli_train_evaluate(tmp_path, "--hidden", "16", "--experts", "4", "--top-k", "2",
-                                             "--epochs", "2", "--grid-pool", "0", "--batch-size", "16")
+    summary, _, results = cli_train_evaluate(
+        tmp_path,
+        "--hidden",
+        "16",
+        "--experts",
+        "4",
+        "--top-k",
+        "2",
+        "--epochs",
+        "2",
+        "--grid-pool",
+        "0",
+        "--batch-size",
+        "16",
+    )
     assert len(summary["val_history"]) == 2 and len(summary["expert_usage_last_epoch"]) == 4
     # the command's numbers are the checkpoint's own recall, recomputed by hand (fused, as it was trained)
     from m3jepa_synth import recall_by_hand
@@ -114,13 +140,28 @@ def test_evaluate_reports_zero_shot_accuracy_on_a_label_cache(tmp_path):
     from triptych.m3jepa.retrieval import zero_shot_task
 
     write_cache(tmp_path / "cache", label_set(per_class=10, noise=0.3))
-    summary, output, results = cli_train_evaluate(tmp_path, "--hidden", "8", "--experts", "2", "--top-k", "1",
-                                                  "--epochs", "1", "--grid-pool", "0", "--batch-size", "6")
+    summary, output, results = cli_train_evaluate(
+        tmp_path,
+        "--hidden",
+        "8",
+        "--experts",
+        "2",
+        "--top-k",
+        "1",
+        "--epochs",
+        "1",
+        "--grid-pool",
+        "0",
+        "--batch-size",
+        "6",
+    )
     checkpoint = summary["checkpoint"]
     assert "zero_shot" in output and "top1" in output
     assert set(results) == {"image->text", "text->image", "zero_shot"}
     # 3 classes: only top-1 is reported (top-5 would be trivially 100)
     want = zero_shot_task(load_aligner(checkpoint).model, load_cache(tmp_path / "cache"), "test")
-    assert set(results["zero_shot"]) == {"top1"} and results["zero_shot"]["top1"] == pytest.approx(want["top1"])
+    assert set(results["zero_shot"]) == {"top1"} and results["zero_shot"]["top1"] == pytest.approx(
+        want["top1"]
+    )
     top1 = results["zero_shot"]["top1"]
     assert any(top1 == pytest.approx(100 * n / 6) for n in range(7)), top1  # a share of the 6 test images

@@ -25,12 +25,20 @@ def test_random_forest_learns_a_substructure_rule():
     test = MolTable(acids[4:] + others[4:], np.array([[1], [1], [0], [0]], dtype=float), ["acid"])
     probs = random_forest_probs(train, test, seed=0, n_trees=50)
     assert evaluate(test.labels, probs, ["acid"])["acid"]["roc_auc"] == 1.0
-    assert morgan_fingerprints(["CCO", "bad("]).shape == (2, 2048) and morgan_fingerprints(["bad("]).sum() == 0
+    assert (
+        morgan_fingerprints(["CCO", "bad("]).shape == (2, 2048) and morgan_fingerprints(["bad("]).sum() == 0
+    )
 
 
 def test_merge_and_markdown():
-    a = {"datasets": {"d": {"ple": {"t": {"roc_auc": [0.8], "pr_auc": [0.7]}}}}, "seconds": {"d": {"ple": 10.0}}}
-    b = {"datasets": {"d": {"ple": {"t": {"roc_auc": [0.9], "pr_auc": [0.6]}}}}, "seconds": {"d": {"ple": 5.0}}}
+    a = {
+        "datasets": {"d": {"ple": {"t": {"roc_auc": [0.8], "pr_auc": [0.7]}}}},
+        "seconds": {"d": {"ple": 10.0}},
+    }
+    b = {
+        "datasets": {"d": {"ple": {"t": {"roc_auc": [0.9], "pr_auc": [0.6]}}}},
+        "seconds": {"d": {"ple": 5.0}},
+    }
     m = merge_results([a, b])
     assert m["datasets"]["d"]["ple"]["t"] == {"roc_auc": [0.8, 0.9], "pr_auc": [0.7, 0.6]}
     assert m["seconds"]["d"]["ple"] == 15.0

@@ -14,8 +14,24 @@ from triptych.matic.data import (
     scaffold_split,
 )
 
-SMILES = ["CCO", "c1ccccc1CC", "c1ccccc1CCC", "C1CCCCC1N", "C1CCCCC1NC", "c1ccncc1C", "CCN", "c1ccc2ccccc2c1",
-          "c1ccc2ccccc2c1O", "C1CCOC1", "C1CCOC1C", "CC(=O)O", "c1ccsc1", "c1ccsc1C", "CCCC", "c1cnc2ccccc2c1"]
+SMILES = [
+    "CCO",
+    "c1ccccc1CC",
+    "c1ccccc1CCC",
+    "C1CCCCC1N",
+    "C1CCCCC1NC",
+    "c1ccncc1C",
+    "CCN",
+    "c1ccc2ccccc2c1",
+    "c1ccc2ccccc2c1O",
+    "C1CCOC1",
+    "C1CCOC1C",
+    "CC(=O)O",
+    "c1ccsc1",
+    "c1ccsc1C",
+    "CCCC",
+    "c1cnc2ccccc2c1",
+]
 
 
 def write(path, text):
@@ -24,7 +40,10 @@ def write(path, text):
 
 
 def test_loader_canonicalises_merges_and_reports_invalid(tmp_path, capsys):
-    f = write(tmp_path / "a.csv", "smiles,t1,t2\nOCC,1,\nCCO,,0\nC(C)O,1,\nnot_smiles,0,1\nc1ccccc1,0,1\nc1ccccc1,1,1\n")
+    f = write(
+        tmp_path / "a.csv",
+        "smiles,t1,t2\nOCC,1,\nCCO,,0\nC(C)O,1,\nnot_smiles,0,1\nc1ccccc1,0,1\nc1ccccc1,1,1\n",
+    )
     t = load_table(f)
     assert t.tasks == ["t1", "t2"] and t.smiles == ["CCO", "c1ccccc1"]
     np.testing.assert_array_equal(t.labels[0], [1, 0])  # one-sided labels merge

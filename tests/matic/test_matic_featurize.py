@@ -54,7 +54,9 @@ def test_chirality_r_and_s():
     np.testing.assert_array_equal(s_ala.x[1].numpy(), atom_vec("C", 3, hs=1, cip="S", possible=1))
     np.testing.assert_array_equal(r_ala.x[1].numpy(), atom_vec("C", 3, hs=1, cip="R", possible=1))
     # an unspecified stereocentre is flagged possible but carries no R/S
-    np.testing.assert_array_equal(smiles_to_graph("NC(C)C(=O)O").x[1].numpy(), atom_vec("C", 3, hs=1, possible=1))
+    np.testing.assert_array_equal(
+        smiles_to_graph("NC(C)C(=O)O").x[1].numpy(), atom_vec("C", 3, hs=1, possible=1)
+    )
 
 
 def test_aromatic_pyridine_and_bonds():
@@ -87,4 +89,6 @@ def test_disk_cache_round_trip(tmp_path):
     again = featurize(smiles, cache_dir=tmp_path)
     assert first[1] is None and again[1] is None
     for a, b in zip([first[0], first[2]], [again[0], again[2]], strict=True):
-        assert (a.x == b.x).all() and (a.edge_index == b.edge_index).all() and (a.edge_attr == b.edge_attr).all()
+        assert (
+            (a.x == b.x).all() and (a.edge_index == b.edge_index).all() and (a.edge_attr == b.edge_attr).all()
+        )

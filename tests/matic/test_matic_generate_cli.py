@@ -37,9 +37,30 @@ def test_generate_writes_every_output(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "gen"
-    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives), "--n", "40",
-                                   "--rounds", "1", "--samples-per-round", "20", "--max-actives", "2",
-                                   "--rollouts", "4", "--min-atoms", "8", "--out", str(out)])
+    res = invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--actives",
+            str(actives),
+            "--n",
+            "40",
+            "--rounds",
+            "1",
+            "--samples-per-round",
+            "20",
+            "--max-actives",
+            "2",
+            "--rollouts",
+            "4",
+            "--min-atoms",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     table = pd.read_csv(out / "molecules.csv")
     assert list(table.columns) == ["smiles", "p_a", "p_b", "qed", "sa", "success", "novel", "rationale"]
@@ -55,8 +76,22 @@ def test_rationales_command_draws_them(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "rat"
-    res = invoke(app, ["rationales", "--checkpoint", str(ckpt), "--actives", str(actives),
-                                   "--min-atoms", "8", "--rollouts", "5", "--out", str(out)])
+    res = invoke(
+        app,
+        [
+            "rationales",
+            "--checkpoint",
+            str(ckpt),
+            "--actives",
+            str(actives),
+            "--min-atoms",
+            "8",
+            "--rollouts",
+            "5",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = pd.read_csv(out / "rationales.csv")
     assert {"quinoline", "amide", "quinoline+amide"} <= set(rows["tasks"])
@@ -66,11 +101,35 @@ def test_rationales_command_draws_them(app, actives, tmp_path, invoke):
 def test_bad_inputs_fail_with_one_line(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
-    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
-                                   "--tasks", "quinoline,nope", "--out", str(tmp_path / "x")])
+    res = invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--actives",
+            str(actives),
+            "--tasks",
+            "quinoline,nope",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code != 0 and "--tasks" in str(res.exception)
-    res = invoke(app, ["generate", "--checkpoint", str(ckpt), "--actives", str(actives),
-                                   "--method", "adam", "--out", str(tmp_path / "x")])
+    res = invoke(
+        app,
+        [
+            "generate",
+            "--checkpoint",
+            str(ckpt),
+            "--actives",
+            str(actives),
+            "--method",
+            "adam",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert res.exit_code != 0 and "--method" in str(res.exception)
     assert not (tmp_path / "x").exists()
 
@@ -79,14 +138,38 @@ def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, in
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
     out = tmp_path / "bench"
-    res = invoke(app, ["benchmark-generate", "--checkpoint", str(ckpt), "--actives", str(actives),
-                                   "--n", "30", "--rounds", "1", "--samples-per-round", "20", "--max-actives", "2",
-                                   "--rollouts", "3", "--out", str(out)])
+    res = invoke(
+        app,
+        [
+            "benchmark-generate",
+            "--checkpoint",
+            str(ckpt),
+            "--actives",
+            str(actives),
+            "--n",
+            "30",
+            "--rounds",
+            "1",
+            "--samples-per-round",
+            "20",
+            "--max-actives",
+            "2",
+            "--rollouts",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"methods"}
-    assert set(results["methods"]) == {"matic_filtered_mle", "matic_policy_gradient", "matic_no_rl", "graph_ga",
-                                       "best_of_dataset"}
+    assert set(results["methods"]) == {
+        "matic_filtered_mle",
+        "matic_policy_gradient",
+        "matic_no_rl",
+        "graph_ga",
+        "best_of_dataset",
+    }
     keys = {"success", "novelty", "diversity", "validity", "uniqueness", "oracle_calls", "seconds"}
     assert all(set(m) == keys for m in results["methods"].values())
     budget = results["methods"]["matic_filtered_mle"]["oracle_calls"]
@@ -98,8 +181,16 @@ def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, in
 def test_pretrain_makes_a_loadable_completion_model(tmp_path):
     from triptych.matic.generate.completion import CompletionModel, embedded_corpus, pretrain
 
-    model, info = pretrain(embedded_corpus()[:60], tmp_path / "c.safetensors", n_molecules=60, vocab_size=40, hidden=16, epochs=1,
-                           root_dir=tmp_path / "train", check_samples=40)
+    model, info = pretrain(
+        embedded_corpus()[:60],
+        tmp_path / "c.safetensors",
+        n_molecules=60,
+        vocab_size=40,
+        hidden=16,
+        epochs=1,
+        root_dir=tmp_path / "train",
+        check_samples=40,
+    )
     again = CompletionModel.load(tmp_path / "c.safetensors")
     assert len(again.vocabulary) == info["vocab_size"] <= 40 and info["n_train_steps"] > 50
     assert info["heldout_completion_check"]["containment"] == 1.0

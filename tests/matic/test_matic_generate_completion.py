@@ -25,7 +25,9 @@ def test_teacher_forcing_rebuilds_the_molecule():
     model = CompletionModel(build_vocabulary([smiles], 50))
     steps = model.trajectory(smiles, random.Random(1))
     assert len(steps) >= 2 and steps[-1].fragment == -1  # grows, then stops
-    assert all(0 <= s.choice < len(s.state.atoms) and 0 <= s.fragment < len(model.vocabulary) for s in steps[:-1])
+    assert all(
+        0 <= s.choice < len(s.state.atoms) and 0 <= s.fragment < len(model.vocabulary) for s in steps[:-1]
+    )
     # the state at the stop decision is the whole molecule
     full = encode_state(Chem.MolFromSmiles(smiles))
     assert sorted(steps[-1].state.mol_ids.tolist()) == sorted(full.mol_ids.tolist())

@@ -31,7 +31,10 @@ def test_mcts_finds_the_substructure_the_oracle_rewards():
         mol = Chem.MolFromSmiles(r.smiles)
         assert mol.HasSubstructMatch(query) and mol.GetNumAtoms() <= 20 and r.proba[0] >= 0.5
         # atom indices point into the canonical source molecule and rebuild the rationale
-        assert Chem.MolToSmiles(induced_submol(Chem.MolFromSmiles(r.source), r.atoms, keep_valence=False)) == r.smiles
+        assert (
+            Chem.MolToSmiles(induced_submol(Chem.MolFromSmiles(r.source), r.atoms, keep_valence=False))
+            == r.smiles
+        )
     assert 0 < oracle.calls < 400
 
 
@@ -56,10 +59,14 @@ def test_merge_builds_dual_rationales_that_hold_both_substructures(tmp_path):
     oracle = _oracle()
     cfg = MCTSConfig(min_atoms=10)
     rat_a = extract_rationales([DRUG], oracle, 0, cfg, cache=tmp_path / "c.json", oracle_id="hand")
-    rat_b = extract_rationales([DRUG, "CS(=O)(=O)Nc1ccccc1"], oracle, 1, cfg, cache=tmp_path / "c.json", oracle_id="hand")
+    rat_b = extract_rationales(
+        [DRUG, "CS(=O)(=O)Nc1ccccc1"], oracle, 1, cfg, cache=tmp_path / "c.json", oracle_id="hand"
+    )
     calls = oracle.calls
     again = extract_rationales([DRUG], oracle, 0, cfg, cache=tmp_path / "c.json", oracle_id="hand")
-    assert [r.smiles for r in again] == [r.smiles for r in rat_a] and oracle.calls == calls  # served from the cache
+    assert [r.smiles for r in again] == [
+        r.smiles for r in rat_a
+    ] and oracle.calls == calls  # served from the cache
     dual = merge_rationales(rat_a, rat_b, oracle, (0, 1))
     assert dual
     for r in dual:

@@ -21,10 +21,12 @@ from triptych.matic.generate.scoring import (
 )
 
 PATTERNS = {"quinoline": "c1ccc2ncccc2c1", "amide": "C(=O)N"}
-ACTIVES = Actives((
-    ["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CC(=O)Nc1ccc2ncccc2c1", "Cc1ccc2ncccc2c1"],
-    ["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CC(C)NC(=O)c1ccccc1", "CN(C)C(=O)C1CCCC1"],
-))
+ACTIVES = Actives(
+    (
+        ["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CC(=O)Nc1ccc2ncccc2c1", "Cc1ccc2ncccc2c1"],
+        ["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CC(C)NC(=O)c1ccccc1", "CN(C)C(=O)C1CCCC1"],
+    )
+)
 
 
 def test_counting_oracle_caches_counts_and_enforces_the_budget():
@@ -38,8 +40,13 @@ def test_counting_oracle_caches_counts_and_enforces_the_budget():
 
 
 def test_success_needs_all_four_constraints():
-    s = Scores(["CCO", "CCN", None], np.array([0.6, 0.4, np.nan]), np.array([0.7, 0.9, np.nan]),
-               np.array([0.65, 0.9, np.nan]), np.array([3.0, 2.0, np.nan]))
+    s = Scores(
+        ["CCO", "CCN", None],
+        np.array([0.6, 0.4, np.nan]),
+        np.array([0.7, 0.9, np.nan]),
+        np.array([0.65, 0.9, np.nan]),
+        np.array([3.0, 2.0, np.nan]),
+    )
     assert s.success(Thresholds()).tolist() == [True, False, False]
     assert s.success(Thresholds(qed=0.7)).tolist() == [False, False, False]
 
@@ -50,8 +57,13 @@ def test_metrics_on_known_sets():
     ref = [fp for fp in fingerprints(["O=C(Nc1ccc2ncccc2c1)C1CCCCC1"])]
     novel = novel_flags(["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CCCCCCCCO", None], ref)
     assert novel.tolist() == [False, True, False]
-    s = Scores(["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CCCCCCCCO", "CCCCCCCCO", None], np.array([0.9, 0.9, 0.9, np.nan]),
-               np.array([0.9, 0.9, 0.9, np.nan]), np.array([0.9, 0.9, 0.9, np.nan]), np.array([2.0, 2.0, 2.0, np.nan]))
+    s = Scores(
+        ["O=C(Nc1ccc2ncccc2c1)C1CCCCC1", "CCCCCCCCO", "CCCCCCCCO", None],
+        np.array([0.9, 0.9, 0.9, np.nan]),
+        np.array([0.9, 0.9, 0.9, np.nan]),
+        np.array([0.9, 0.9, 0.9, np.nan]),
+        np.array([2.0, 2.0, 2.0, np.nan]),
+    )
     m = generation_metrics(s, Thresholds(), np.array([False, True, True, False]))
     assert m["validity"] == 0.75 and m["uniqueness"] == pytest.approx(2 / 3) and m["success"] == 0.75
     assert m["novelty"] == pytest.approx(2 / 3) and m["n_success_unique"] == 2
@@ -62,7 +74,9 @@ def test_ga_operators_give_valid_new_molecules_and_respect_the_budget():
 
     rng = random.Random(0)
     corpus = embedded_corpus()[:60]
-    kids = [mutate(s, rng) for s in corpus[:20]] + [crossover(a, b, rng) for a, b in zip(corpus[:20], corpus[20:40], strict=True)]
+    kids = [mutate(s, rng) for s in corpus[:20]] + [
+        crossover(a, b, rng) for a, b in zip(corpus[:20], corpus[20:40], strict=True)
+    ]
     made = [k for k in kids if k is not None]
     assert len(made) >= 30 and all(Chem.MolFromSmiles(k) is not None for k in made)
     oracle = CountingOracle(SubstructureOracle(PATTERNS), budget=150)
@@ -79,8 +93,13 @@ def test_ga_operators_give_valid_new_molecules_and_respect_the_budget():
 def test_pipeline_keeps_rationales_and_reports_metrics(method):
     model = CompletionModel.load(default_checkpoint())
     oracle = CountingOracle(SubstructureOracle(PATTERNS))
-    cfg = GenerateConfig(n=60, max_actives=3, max_rationales=6, mcts=MCTSConfig(min_atoms=8, rollouts=5),
-                         finetune=FinetuneConfig(method=method, rounds=2, samples_per_round=40, min_keep=2))
+    cfg = GenerateConfig(
+        n=60,
+        max_actives=3,
+        max_rationales=6,
+        mcts=MCTSConfig(min_atoms=8, rollouts=5),
+        finetune=FinetuneConfig(method=method, rounds=2, samples_per_round=40, min_keep=2),
+    )
     before = {k: v.clone() for k, v in model.policy.state_dict().items()}
     result = generate(model, oracle, (0, 1), ACTIVES, cfg)
     t = result.table
@@ -104,7 +123,10 @@ def test_seeds_put_rationales_within_the_sa_limit_first():
     def rat(smiles: str, p: float) -> Rationale:
         return Rationale(smiles, smiles, ("a", "b"), (), (p, p))
 
-    hard = [rat("CC1OCC=C2C1CCC1C2CCC2CC(=O)C=CC21", 0.95), rat("C=CC(=O)OC1C2CC=CC2C(C)CC2OCC(C)C21", 0.9)]  # SA 4.8, 4.9
+    hard = [
+        rat("CC1OCC=C2C1CCC1C2CCC2CC(=O)C=CC21", 0.95),
+        rat("C=CC(=O)OC1C2CC=CC2C(C)CC2OCC(C)C21", 0.9),
+    ]  # SA 4.8, 4.9
     easy = [rat("O=C(N)c1ccccc1", 0.7), rat("Cc1ccc(NC(=O)c2ccncc2)cc1", 0.6)]  # SA 1.2, 1.4; QED 0.59, 0.83
     ranked = feasible_first(hard + easy, Thresholds())
     # within the limit first; among those p_A·p_B·QED decides (0.49·0.59 = 0.29 < 0.36·0.83 = 0.30)

@@ -26,9 +26,23 @@ from triptych.matic.screen import read_chunks
 from triptych.matic.train import KIND, TrainConfig
 
 torch.set_num_threads(1)
-PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "CCN(CC)CC", "O=C(O)c1ccccc1", "CCCCCCCC", "c1ccncc1",
-          "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "OCC(O)CO", "CC#N", "C1CCCCC1", "Clc1ccccc1"]
+PROPERTY = settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+SMILES = [
+    "CCO",
+    "c1ccccc1O",
+    "CC(=O)Nc1ccc(O)cc1",
+    "CCN(CC)CC",
+    "O=C(O)c1ccccc1",
+    "CCCCCCCC",
+    "c1ccncc1",
+    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "OCC(O)CO",
+    "CC#N",
+    "C1CCCCC1",
+    "Clc1ccccc1",
+]
 
 
 def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
@@ -60,7 +74,10 @@ def checkpoint(tmp_path_factory):
     config = TrainConfig(tasks=["a", "b"], gate="light", hidden=16, layers=1)
     model = config.build_model()
     hparams = {"config": asdict(config), "kind": KIND}
-    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "hyper_parameters": hparams}
+    state = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "hyper_parameters": hparams,
+    }
     path = tmp_path_factory.mktemp("matic_inputs") / "model.safetensors"
     return save_checkpoint(path, state, kind=KIND, config=hparams)
 
@@ -68,23 +85,29 @@ def checkpoint(tmp_path_factory):
 # ------------------------------------------------------------------ CLI regressions, one per class
 
 
-@pytest.mark.parametrize(("name", "content", "needle"), [
-    ("binary.smi", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary file"),
-    ("plain.smi.gz", b"CCO\nCCN\n", "is named .gz but is not gzip-compressed"),
-    ("book.csv", b"PK\x03\x04\x14\x00\x06\x00\x08\x00", "zip archive"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("binary.smi", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary file"),
+        ("plain.smi.gz", b"CCO\nCCN\n", "is named .gz but is not gzip-compressed"),
+        ("book.csv", b"PK\x03\x04\x14\x00\x06\x00\x08\x00", "zip archive"),
+    ],
+)
 def test_screen_refuses_unreadable_files(checkpoint, tmp_path, monkeypatch, capsys, name, content, needle):
     path = tmp_path / name
     path.write_bytes(content)
     out = tmp_path / "preds.csv"
-    result = run_cli(["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", out], monkeypatch,
-                      capsys)
+    result = run_cli(
+        ["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", out], monkeypatch, capsys
+    )
     assert_one_line_error(result, str(path), needle)
     assert not out.exists()
 
 
 def test_screen_refuses_a_folder(checkpoint, tmp_path, monkeypatch, capsys):
-    result = run_cli(["matic", "screen", "--checkpoint", checkpoint, "--input", tmp_path], monkeypatch, capsys)
+    result = run_cli(
+        ["matic", "screen", "--checkpoint", checkpoint, "--input", tmp_path], monkeypatch, capsys
+    )
     assert_one_line_error(result, str(tmp_path), "is a folder, not a file")
 
 
@@ -102,8 +125,9 @@ def test_screen_reads_latin1_with_one_warning(checkpoint, tmp_path, monkeypatch,
     path = tmp_path / "vendor.smi"
     path.write_bytes("CCO caf\u00e9\nc1ccccc1O na\u00efve\n".encode("latin-1"))
     out = tmp_path / "preds.csv"
-    code, _, err = run_cli(["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", out],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", out], monkeypatch, capsys
+    )
     assert code == 0, err
     assert [ln for ln in err.splitlines() if ln.startswith("warning:") and "Latin-1" in ln] != []
     names = {line.split(",")[3] for line in out.read_text(encoding="utf-8").splitlines()[1:]}
@@ -114,19 +138,25 @@ def test_excel_bom_csv_finds_the_smiles_column(checkpoint, tmp_path, monkeypatch
     path = tmp_path / "excel.csv"
     rows = "".join(f"{s},{i % 2},{(i // 2) % 2}\r\n" for i, s in enumerate(SMILES))
     path.write_bytes(b"\xef\xbb\xbf" + f"SMILES,a,b\r\n{rows}".encode())
-    code, out, err = run_cli(["matic", "evaluate", "--checkpoint", checkpoint, "--data", path], monkeypatch, capsys)
+    code, out, err = run_cli(
+        ["matic", "evaluate", "--checkpoint", checkpoint, "--data", path], monkeypatch, capsys
+    )
     assert code == 0, err
     assert out.startswith("a: ") and "roc_auc" in out
     preds = tmp_path / "preds.csv"
-    code, _, err = run_cli(["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", preds],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["matic", "screen", "--checkpoint", checkpoint, "--input", path, "--out", preds], monkeypatch, capsys
+    )
     assert code == 0, err
     assert len(preds.read_text().splitlines()) == len(SMILES) + 1
 
 
 def _crafted_checkpoint(path, metadata) -> None:
-    raw = json.dumps(metadata if not isinstance(metadata, dict) else {
-        "__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    raw = json.dumps(
+        metadata
+        if not isinstance(metadata, dict)
+        else {"__metadata__": metadata, "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    ).encode()
     raw += b" " * (-len(raw) % 8)
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\x00" * 4)
 
@@ -134,21 +164,32 @@ def _crafted_checkpoint(path, metadata) -> None:
 GOOD = {"format": "triptych-checkpoint/1", "kind": KIND, "config": "{}", "extra": "{}", "tree": "{}"}
 
 
-@pytest.mark.parametrize(("metadata", "needle"), [
-    (["a", "list"], "not a triptych checkpoint"),
-    ({k: v for k, v in GOOD.items() if k != "kind"}, "no 'kind'"),
-    ({**GOOD, "config": "{oops"}, "'config' is not valid"),
-    ({**GOOD, "tree": '{"state_dict": {}, "hyper_parameters": {"config": {"tasks": ["a"], "hidden": "big"}}}'},
-     "cannot build a model"),
-    ({**GOOD, "tree": '{"state_dict": 3}'}, "lacks a state_dict"),
-])
+@pytest.mark.parametrize(
+    ("metadata", "needle"),
+    [
+        (["a", "list"], "not a triptych checkpoint"),
+        ({k: v for k, v in GOOD.items() if k != "kind"}, "no 'kind'"),
+        ({**GOOD, "config": "{oops"}, "'config' is not valid"),
+        (
+            {
+                **GOOD,
+                "tree": '{"state_dict": {}, "hyper_parameters": {"config": {"tasks": ["a"], "hidden": "big"}}}',
+            },
+            "cannot build a model",
+        ),
+        ({**GOOD, "tree": '{"state_dict": 3}'}, "lacks a state_dict"),
+    ],
+)
 def test_crafted_checkpoints_are_one_line(tmp_path, monkeypatch, capsys, metadata, needle):
     ckpt = tmp_path / "crafted.safetensors"
     _crafted_checkpoint(ckpt, metadata)
     smi = tmp_path / "x.smi"
     smi.write_text("CCO\n")
-    result = run_cli(["matic", "screen", "--checkpoint", ckpt, "--input", smi, "--out", tmp_path / "p.csv"],
-                     monkeypatch, capsys)
+    result = run_cli(
+        ["matic", "screen", "--checkpoint", ckpt, "--input", smi, "--out", tmp_path / "p.csv"],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line_error(result, str(ckpt), needle)
 
 
@@ -156,8 +197,9 @@ def test_single_class_metrics_are_strict_json(checkpoint, tmp_path, monkeypatch,
     data = tmp_path / "one_class.csv"
     data.write_text("smiles,a,b\n" + "".join(f"{s},1,0\n" for s in SMILES))
     out = tmp_path / "metrics.json"
-    code, _, err = run_cli(["matic", "evaluate", "--checkpoint", checkpoint, "--data", data, "--out", out],
-                           monkeypatch, capsys)
+    code, _, err = run_cli(
+        ["matic", "evaluate", "--checkpoint", checkpoint, "--data", data, "--out", out], monkeypatch, capsys
+    )
     assert code == 0, err
     text = out.read_text()
     metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{out} holds {c}, not strict JSON"))
@@ -169,15 +211,35 @@ def test_explain_names_the_bad_smiles_instead_of_dropping_it(checkpoint, tmp_pat
     ref = tmp_path / "ref.smi"
     ref.write_text("\n".join(SMILES) + "\n")
     out = tmp_path / "explain"
-    result = run_cli(["matic", "explain", "--checkpoint", checkpoint, "--smiles", "CCO", "--smiles", "C1CC(",
-                      "--smiles", "c1ccccc1O", "--reference", ref, "--out", out], monkeypatch, capsys)
+    result = run_cli(
+        [
+            "matic",
+            "explain",
+            "--checkpoint",
+            checkpoint,
+            "--smiles",
+            "CCO",
+            "--smiles",
+            "C1CC(",
+            "--smiles",
+            "c1ccccc1O",
+            "--reference",
+            ref,
+            "--out",
+            out,
+        ],
+        monkeypatch,
+        capsys,
+    )
     assert_one_line_error(result, "1 of the 3 SMILES", "#2 'C1CC('")
     assert not out.exists()
 
 
 # ------------------------------------------------------------------ properties of the SMILES loaders
 
-VALID_CSV = ("smiles,a,b\n" + "".join(f"{s},{i % 2},{'' if i % 3 else 1}\n" for i, s in enumerate(SMILES))).encode()
+VALID_CSV = (
+    "smiles,a,b\n" + "".join(f"{s},{i % 2},{'' if i % 3 else 1}\n" for i, s in enumerate(SMILES))
+).encode()
 VALID_SMI = ("".join(f"{s} mol{i}\n" for i, s in enumerate(SMILES))).encode()
 EDITS = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=6)
 
@@ -203,9 +265,12 @@ def _drain(path, **kwargs) -> None:
 
 
 @PROPERTY
-@given(data=st.binary(max_size=1024) | st.builds(_mutate, st.sampled_from([VALID_CSV, VALID_SMI]), EDITS,
-                                                  st.none() | st.integers(0, 400)),
-       name=st.sampled_from(["lib.smi", "lib.csv", "lib.csv.gz", "lib.smi.gz"]), gz=st.booleans())
+@given(
+    data=st.binary(max_size=1024)
+    | st.builds(_mutate, st.sampled_from([VALID_CSV, VALID_SMI]), EDITS, st.none() | st.integers(0, 400)),
+    name=st.sampled_from(["lib.smi", "lib.csv", "lib.csv.gz", "lib.smi.gz"]),
+    gz=st.booleans(),
+)
 def test_smiles_files_load_or_raise_input_error(tmp_path, data, name, gz):
     path = tmp_path / name
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)

@@ -9,8 +9,13 @@ from rdkit import Chem
 from triptych.core.errors import InputError
 from triptych.matic.library import iter_library, iter_rows, plan_shards, read_shard
 
-MOLS = [("CCO", "ethanol"), ("c1ccccc1O", "phenol"), ("CC(=O)Nc1ccc(O)cc1", "paracetamol"), ("C1CCNCC1", "pip"),
-        ("c1ccncc1", "pyridine")]
+MOLS = [
+    ("CCO", "ethanol"),
+    ("c1ccccc1O", "phenol"),
+    ("CC(=O)Nc1ccc(O)cc1", "paracetamol"),
+    ("C1CCNCC1", "pip"),
+    ("c1ccncc1", "pyridine"),
+]
 
 
 def _write(path, text: str):
@@ -33,8 +38,13 @@ def test_smi_shards_cover_every_line_once(tmp_path, name):
     path = _write(tmp_path / name, text)
     shards = plan_shards(path, shard_size=2)
     assert [s["rows"] for s in shards] == [2, 2, 1] and len({s["id"] for s in shards}) == 3
-    assert _all_rows(shards) == [(1, "CCO", "ethanol"), (2, "c1ccccc1O", "phenol"),
-                                 (4, "CC(=O)Nc1ccc(O)cc1", "paracetamol"), (5, "C1CCNCC1", "pip"), (6, "c1ccncc1", "")]
+    assert _all_rows(shards) == [
+        (1, "CCO", "ethanol"),
+        (2, "c1ccccc1O", "phenol"),
+        (4, "CC(=O)Nc1ccc(O)cc1", "paracetamol"),
+        (5, "C1CCNCC1", "pip"),
+        (6, "c1ccncc1", ""),
+    ]
     # the last shard alone reads the same rows as the whole pass (a worker reads only its shard)
     assert list(iter_rows(shards[-1])) == [(6, "c1ccncc1", "")]
 
@@ -113,6 +123,7 @@ def test_bad_library_files_are_one_line_errors(tmp_path):
 
 # ---------------------------------------------------------------- standardisation, alerts, domain
 
+
 def test_standardizer_strips_salts_neutralises_and_merges_duplicates():
     from triptych.matic.standardize import (
         SeenKeys,
@@ -124,7 +135,12 @@ def test_standardizer_strips_salts_neutralises_and_merges_duplicates():
 
     std = Standardizer()
     assert std.smiles(["[Na+].CC(=O)[O-]", "C[NH3+].[Cl-]", "c1ccccc1C(=O)O.O.O", "C1CC((", ""]) == [
-        "CC(=O)O", "CN", "O=C(O)c1ccccc1", None, None]
+        "CC(=O)O",
+        "CN",
+        "O=C(O)c1ccccc1",
+        None,
+        None,
+    ]
     parents = [std(mol_from_smiles(s)) for s in ["CCO", "OCC", "[Na+].[O-]CC", "CCN", "C1CC(("]]
     for key in ("smiles", "inchikey"):
         keys = dedup_keys(parents, key)
@@ -143,7 +159,9 @@ def test_pains_and_brenk_alert_columns():
     from triptych.matic.alerts import alert_columns
 
     # 5-benzylidene rhodanine: the textbook PAINS (ene_rhod); nitrobenzene: a Brenk alert only
-    mols = [Chem.MolFromSmiles(s) for s in ["O=C1NC(=S)SC1=Cc1ccccc1", "O=[N+]([O-])c1ccccc1", "CCO"]] + [None]
+    mols = [Chem.MolFromSmiles(s) for s in ["O=C1NC(=S)SC1=Cc1ccccc1", "O=[N+]([O-])c1ccccc1", "CCO"]] + [
+        None
+    ]
     df = alert_columns(mols)
     assert list(df["pains"]) == [True, False, False, False]
     assert "ene_rhod" in df.loc[0, "pains_alert"] and df.loc[2, "pains_alert"] == ""
@@ -155,8 +173,14 @@ def test_domain_similarity_is_one_for_a_training_molecule():
 
     train = ["CC(=O)Nc1ccc(O)cc1", "c1ccccc1O", "CCN(CC)CC"]
     domain = Domain([Chem.MolFromSmiles(s) for s in train], threshold=0.4)
-    queries = [Chem.MolFromSmiles(s) for s in ["c1ccccc1O", "CC(=O)Nc1ccc(OC)cc1", "FC(F)(F)C(F)(F)C(F)(F)F"]] + [None]
+    queries = [
+        Chem.MolFromSmiles(s) for s in ["c1ccccc1O", "CC(=O)Nc1ccc(OC)cc1", "FC(F)(F)C(F)(F)C(F)(F)F"]
+    ] + [None]
     cols = domain.columns(queries)
     assert cols["max_sim_train"][0] == pytest.approx(1.0)
-    assert 0.4 < cols["max_sim_train"][1] < 1.0 and cols["max_sim_train"][2] < 0.1 and np.isnan(cols["max_sim_train"][3])
+    assert (
+        0.4 < cols["max_sim_train"][1] < 1.0
+        and cols["max_sim_train"][2] < 0.1
+        and np.isnan(cols["max_sim_train"][3])
+    )
     assert list(cols["in_domain"]) == [True, True, False, False]

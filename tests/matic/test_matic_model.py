@@ -15,13 +15,27 @@ from triptych.matic.predictor import load_predictor
 from triptych.matic.screen import screen
 from triptych.matic.train import TrainConfig, train_predictor
 
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CCNCC1", "c1ccncc1", "CCN(CC)CC", "O=C(O)c1ccccc1",
-          "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "c1ccc2[nH]ccc2c1", "CCCCCCO", "Clc1ccc(Cl)cc1", "N#Cc1ccccc1"]
+SMILES = [
+    "CCO",
+    "c1ccccc1O",
+    "CC(=O)Nc1ccc(O)cc1",
+    "C1CCNCC1",
+    "c1ccncc1",
+    "CCN(CC)CC",
+    "O=C(O)c1ccccc1",
+    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "c1ccc2[nH]ccc2c1",
+    "CCCCCCO",
+    "Clc1ccc(Cl)cc1",
+    "N#Cc1ccccc1",
+]
 NAN = np.nan
 
 
-@pytest.mark.parametrize(("arch", "gate", "n_experts", "gate_width"),
-                         [("ple", "full", 3, 2), ("ple", "light", 3, 2), ("mmoe", "light", 3, 3), ("single", "full", 2, 1)])
+@pytest.mark.parametrize(
+    ("arch", "gate", "n_experts", "gate_width"),
+    [("ple", "full", 3, 2), ("ple", "light", 3, 2), ("mmoe", "light", 3, 3), ("single", "full", 2, 1)],
+)
 def test_architectures_expose_attention_gates_embeddings(arch, gate, n_experts, gate_width):
     torch.manual_seed(0)
     model = MultiTaskAttentiveFP(2, arch, gate, hidden=16).eval()
@@ -29,8 +43,12 @@ def test_architectures_expose_attention_gates_embeddings(arch, gate, n_experts, 
     out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
     model.stacked = False  # PyG's AttentiveFP network by network: the batched pass must agree with it
     ref = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
-    for a, b in [(out.logits, ref.logits), (out.attention, ref.attention), (out.expert_embeddings, ref.expert_embeddings),
-                 *zip(out.gates, ref.gates, strict=True)]:
+    for a, b in [
+        (out.logits, ref.logits),
+        (out.attention, ref.attention),
+        (out.expert_embeddings, ref.expert_embeddings),
+        *zip(out.gates, ref.gates, strict=True),
+    ]:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     assert out.logits.shape == (3, 2)
     assert out.expert_embeddings.shape == (3, n_experts, 16) and out.task_embeddings.shape == (3, 2, 16)
@@ -62,10 +80,25 @@ def _table(smiles, labels, tasks=("a", "b")):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    labels = [[1, 0], [0, NAN], [1, 1], [0, 0], [NAN, 1], [0, 0], [1, NAN], [1, 1], [0, 1], [0, 0], [1, 0], [NAN, 0]]
+    labels = [
+        [1, 0],
+        [0, NAN],
+        [1, 1],
+        [0, 0],
+        [NAN, 1],
+        [0, 0],
+        [1, NAN],
+        [1, 1],
+        [0, 1],
+        [0, 0],
+        [1, 0],
+        [NAN, 0],
+    ]
     t = _table(SMILES, labels)
     splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
-    config = TrainConfig(tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=2, patience=2, batch_size=4)
+    config = TrainConfig(
+        tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=2, patience=2, batch_size=4
+    )
     return train_predictor(splits, config, out, progress=False)
 
 
@@ -102,7 +135,11 @@ def test_screen_ranks_reports_invalid_and_keeps_old_output(trained, tmp_path):
     assert float(r["dual_score"]) == pytest.approx(float(r["p_a"]) * float(r["p_b"]), abs=2e-4)
     assert (tmp_path / "preds.invalid.csv").read_text().splitlines()[1] == "14,C1CC(("
     before = out.read_text()
-    for content, match in [("", "empty"), ("smiles\nxx\nyy\n", "none of the 2 SMILES"), ("mol\nCCO\n", "no SMILES")]:
+    for content, match in [
+        ("", "empty"),
+        ("smiles\nxx\nyy\n", "none of the 2 SMILES"),
+        ("mol\nCCO\n", "no SMILES"),
+    ]:
         bad = tmp_path / "bad.csv"
         bad.write_text(content)
         with pytest.raises(InputError, match=match):
@@ -117,9 +154,16 @@ def test_explain_writes_maps_gates_and_correlations(trained, tmp_path):
     names = {p.name for p in (tmp_path / "x").iterdir()}
     for stem in ("mol1_expert_shared", "mol1_expert_a-private", "mol1_task_a", "mol1_task_b"):
         assert f"{stem}.png" in names and f"{stem}.svg" in names
-    assert {"report.html", "gate_weights.csv", "property_correlations.csv", "property_correlations.png"} <= names
+    assert {
+        "report.html",
+        "gate_weights.csv",
+        "property_correlations.csv",
+        "property_correlations.png",
+    } <= names
     rows = list(csv.DictReader((tmp_path / "x" / "gate_weights.csv").open()))
-    assert len(rows) == 2 and float(rows[0]["a-private"]) + float(rows[0]["shared"]) == pytest.approx(1, abs=1e-6)
+    assert len(rows) == 2 and float(rows[0]["a-private"]) + float(rows[0]["shared"]) == pytest.approx(
+        1, abs=1e-6
+    )
     corr = list(csv.DictReader((tmp_path / "x" / "property_correlations.csv").open()))
     assert corr[0]["quantity"] == "gate a: shared weight" and -1 <= float(corr[0]["logP"]) <= 1
 
@@ -137,8 +181,20 @@ def test_cli_bad_inputs_give_clear_errors_and_write_nothing(trained, tmp_path):
     other.write_text("smiles,label_x\nCCO,1\n")
     res = _invoke(["matic", "evaluate", "--checkpoint", str(trained), "--data", str(other)])
     assert isinstance(res.exception, InputError) and "trained for tasks ['a', 'b']" in str(res.exception)
-    res = _invoke(["matic", "screen", "--checkpoint", str(trained), "--input", str(other), "--tasks", "x",
-                   "--out", str(tmp_path / "p.csv")])
+    res = _invoke(
+        [
+            "matic",
+            "screen",
+            "--checkpoint",
+            str(trained),
+            "--input",
+            str(other),
+            "--tasks",
+            "x",
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     assert isinstance(res.exception, InputError) and not (tmp_path / "p.csv").exists()
     bad = tmp_path / "bad.csv"
     bad.write_text("smiles,a\nCCO,yes\n")
@@ -150,8 +206,18 @@ def test_cli_bad_inputs_give_clear_errors_and_write_nothing(trained, tmp_path):
 def test_cli_evaluate_reports_metrics(trained, tmp_path):
     data = tmp_path / "t.csv"
     data.write_text("smiles,a,b\n" + "".join(f"{s},{i % 2},{(i // 2) % 2}\n" for i, s in enumerate(SMILES)))
-    res = _invoke(["matic", "evaluate", "--checkpoint", str(trained), "--data", str(data),
-                   "--out", str(tmp_path / "m.json")])
+    res = _invoke(
+        [
+            "matic",
+            "evaluate",
+            "--checkpoint",
+            str(trained),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert res.exit_code == 0, res.output
     import json
 
@@ -166,8 +232,12 @@ def test_screen_smiles_in_order_and_worker_processes_change_nothing(trained, tmp
     smiles = [*SMILES, "C1CC((", "CCO"]
     df = screen_smiles(p, smiles, batch_size=4)
     assert list(df["smiles"]) == smiles and list(df["valid"]) == [True] * 12 + [False, True]
-    np.testing.assert_allclose(df[["p_a", "p_b"]].to_numpy()[df["valid"]], p.predict_proba(smiles)[df["valid"]], rtol=1e-5)
-    assert np.isnan(df.loc[12, "dual_score"]) and df.loc[13, "dual_score"] == pytest.approx(df.loc[0, "dual_score"])
+    np.testing.assert_allclose(
+        df[["p_a", "p_b"]].to_numpy()[df["valid"]], p.predict_proba(smiles)[df["valid"]], rtol=1e-5
+    )
+    assert np.isnan(df.loc[12, "dual_score"]) and df.loc[13, "dual_score"] == pytest.approx(
+        df.loc[0, "dual_score"]
+    )
     # featurising in 2 worker processes (batches shared out between them) gives the same table
     pd_two = screen_smiles(p, smiles, batch_size=3, workers=2)
     np.testing.assert_allclose(pd_two["dual_score"].to_numpy(), df["dual_score"].to_numpy(), rtol=1e-5)

@@ -16,21 +16,55 @@ from triptych.matic.train import TrainConfig, train_predictor
 # Ray is not imported here: init_ray sets Ray's environment (loopback only, auth) before Ray's first import.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the [ray] extra")
 
-SMILES = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CCNCC1", "c1ccncc1", "CCN(CC)CC", "O=C(O)c1ccccc1",
-          "CC(C)Cc1ccc(C(C)C(=O)O)cc1", "c1ccc2[nH]ccc2c1", "CCCCCCO", "Clc1ccc(Cl)cc1", "N#Cc1ccccc1"]
+SMILES = [
+    "CCO",
+    "c1ccccc1O",
+    "CC(=O)Nc1ccc(O)cc1",
+    "C1CCNCC1",
+    "c1ccncc1",
+    "CCN(CC)CC",
+    "O=C(O)c1ccccc1",
+    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
+    "c1ccc2[nH]ccc2c1",
+    "CCCCCCO",
+    "Clc1ccc(Cl)cc1",
+    "N#Cc1ccccc1",
+]
 NAN = np.nan
 # A library with a salt of a training molecule, a duplicate parent, a PAINS and an invalid line.
-LIBRARY = [*SMILES, "[Na+].[O-]C(=O)c1ccccc1", "O=C1NC(=S)SC1=Cc1ccccc1", "C1CC((", "OCC", "CCCCCCCCCCCCN",
-           "Cc1ccc(S(N)(=O)=O)cc1"]
+LIBRARY = [
+    *SMILES,
+    "[Na+].[O-]C(=O)c1ccccc1",
+    "O=C1NC(=S)SC1=Cc1ccccc1",
+    "C1CC((",
+    "OCC",
+    "CCCCCCCCCCCCN",
+    "Cc1ccc(S(N)(=O)=O)cc1",
+]
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    labels = [[1, 0], [0, NAN], [1, 1], [0, 0], [NAN, 1], [0, 0], [1, NAN], [1, 1], [0, 1], [0, 0], [1, 0], [NAN, 0]]
+    labels = [
+        [1, 0],
+        [0, NAN],
+        [1, 1],
+        [0, 0],
+        [NAN, 1],
+        [0, 0],
+        [1, NAN],
+        [1, 1],
+        [0, 1],
+        [0, 0],
+        [1, 0],
+        [NAN, 0],
+    ]
     t = MolTable(list(SMILES), np.array(labels, dtype=float), ["a", "b"])
     splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
-    config = TrainConfig(tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=1, patience=1, batch_size=4)
+    config = TrainConfig(
+        tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=1, patience=1, batch_size=4
+    )
     return train_predictor(splits, config, out, progress=False)
 
 
@@ -59,27 +93,40 @@ def ray_local():
 
 
 def _config(model, library, **kw):
-    return LibraryScreenConfig(checkpoint=str(model), batch_size=4, domain_reference=(str(library / "train.smi"),),
-                               **kw)
+    return LibraryScreenConfig(
+        checkpoint=str(model), batch_size=4, domain_reference=(str(library / "train.smi"),), **kw
+    )
 
 
 def test_in_process_screen_columns_dedup_and_top(model, library, tmp_path):
     import torch
 
     torch.set_num_threads(1)
-    res = screen_library(str(library / "part-*.smi.gz"), _config(model, library), tmp_path / "one", shard_size=4,
-                         top_n=5, workers=0)
+    res = screen_library(
+        str(library / "part-*.smi.gz"),
+        _config(model, library),
+        tmp_path / "one",
+        shard_size=4,
+        top_n=5,
+        workers=0,
+    )
     df = pd.read_parquet(res.predictions)
     assert (res.n_total, res.shards) == (len(LIBRARY), 6)
     assert list(df["smiles"]) == LIBRARY and df["file"].str.endswith(("part-0.smi.gz", "part-1.smi.gz")).all()
     salt = LIBRARY.index("[Na+].[O-]C(=O)c1ccccc1")
-    assert df.loc[salt, "parent_smiles"] == "O=C(O)c1ccccc1" and df.loc[salt, "duplicate"]  # same parent as row 6
+    assert (
+        df.loc[salt, "parent_smiles"] == "O=C(O)c1ccccc1" and df.loc[salt, "duplicate"]
+    )  # same parent as row 6
     assert df.loc[LIBRARY.index("OCC"), "duplicate"] and not df.loc[0, "duplicate"]
     bad = LIBRARY.index("C1CC((")
-    assert not df.loc[bad, "valid"] and np.isnan(df.loc[bad, "dual_score"]) and res.n_valid == len(LIBRARY) - 1
+    assert (
+        not df.loc[bad, "valid"] and np.isnan(df.loc[bad, "dual_score"]) and res.n_valid == len(LIBRARY) - 1
+    )
     assert res.n_duplicates == 2
     # a duplicate parent has the scores of its first occurrence
-    np.testing.assert_allclose(df.loc[salt, ["p_a", "p_b"]].astype(float), df.loc[6, ["p_a", "p_b"]].astype(float))
+    np.testing.assert_allclose(
+        df.loc[salt, ["p_a", "p_b"]].astype(float), df.loc[6, ["p_a", "p_b"]].astype(float)
+    )
     np.testing.assert_allclose(df["dual_score"], df["p_a"] * df["p_b"], rtol=1e-6)
     assert df.loc[LIBRARY.index("O=C1NC(=S)SC1=Cc1ccccc1"), "pains"] and df["pains"].sum() == 1
     np.testing.assert_allclose(df.loc[:11, "max_sim_train"], 1.0, rtol=1e-6)  # the training molecules
@@ -109,7 +156,9 @@ def test_two_ray_workers_equal_single_process_and_resume(model, library, tmp_pat
     assert again.shards_reused == again.shards == 6
     pd.testing.assert_frame_equal(pd.read_parquet(again.predictions), b)
     with pytest.raises(InputError, match="different shard"):
-        screen_library(inputs, _config(model, library, tautomers=True), tmp_path / "two", shard_size=4, workers=2)
+        screen_library(
+            inputs, _config(model, library, tautomers=True), tmp_path / "two", shard_size=4, workers=2
+        )
 
 
 def test_cli_library_run_and_errors(model, library, tmp_path):
@@ -119,18 +168,35 @@ def test_cli_library_run_and_errors(model, library, tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "cli"
-    args = ["matic", "screen", "--checkpoint", str(model), "--input", str(library / "part-*.smi.gz"), "--out", str(out),
-            "--workers", "0", "--shard-size", "5", "--top", "3", "--domain-ref", str(library / "train.smi")]
+    args = [
+        "matic",
+        "screen",
+        "--checkpoint",
+        str(model),
+        "--input",
+        str(library / "part-*.smi.gz"),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--shard-size",
+        "5",
+        "--top",
+        "3",
+        "--domain-ref",
+        str(library / "train.smi"),
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "screened 17/18 molecules (2 duplicate parents)" in result.output
     assert len(pd.read_csv(out / "top.csv")) == 3 and len(pd.read_parquet(out / "predictions.parquet")) == 18
     base = ["matic", "screen", "--checkpoint", str(model)]
     lib = ["--input", str(library / "part-*.smi.gz")]
-    for argv, match in [(lib + ["--out", str(tmp_path / "x.csv")], "screens one .smi/.csv"),
-                        (lib + ["--out", str(tmp_path / "y.csv"), "--workers", "2"], "writes a folder"),
-                        (lib + ["--out", str(out), "--workers", "0", "--dedup", "mass"], "--dedup 'mass' unknown"),
-                        (["--input", str(tmp_path / "none-*.sdf"), "--out", str(out), "--workers", "0"],
-                         "matches no file")]:
+    for argv, match in [
+        (lib + ["--out", str(tmp_path / "x.csv")], "screens one .smi/.csv"),
+        (lib + ["--out", str(tmp_path / "y.csv"), "--workers", "2"], "writes a folder"),
+        (lib + ["--out", str(out), "--workers", "0", "--dedup", "mass"], "--dedup 'mass' unknown"),
+        (["--input", str(tmp_path / "none-*.sdf"), "--out", str(out), "--workers", "0"], "matches no file"),
+    ]:
         result = runner.invoke(app, base + argv)
         assert isinstance(result.exception, InputError) and match in str(result.exception), result.output

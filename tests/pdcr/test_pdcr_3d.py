@@ -19,9 +19,19 @@ def test_3d_volume_end_to_end(tmp_path, invoke, tiny_unet):
     volumes = synthetic(4, 16, spatial_dims=3, seed=0)
     image = volumes[0].image
     roi = RoI.parse("6,6,6,4,4,4", (16, 16, 16))
-    exp = explain_regions(model, image, roi, outcome="soft_mass", intervention="patch_bank",
-                          dataset=[v.image for v in volumes], exclude=0, block=4, coarse_block=8, seed=0,
-                          show_progress=False)
+    exp = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention="patch_bank",
+        dataset=[v.image for v in volumes],
+        exclude=0,
+        block=4,
+        coarse_block=8,
+        seed=0,
+        show_progress=False,
+    )
     assert exp.ate.shape == (16, 16, 16) and exp.se.shape == (16, 16, 16)
     assert np.all(exp.ate[roi.mask] == 0)
     assert np.abs(exp.ate).max() > 0  # untrained U-Nets still respond to their input
@@ -29,16 +39,43 @@ def test_3d_volume_end_to_end(tmp_path, invoke, tiny_unet):
     assert any(all(hi - lo == 4 for lo, hi in b["block"]) and b["n"] > 0 for b in exp.blocks)
     summary = exp.summary()
     assert summary["positive_blocks"] + summary["negative_blocks"] + summary["zero_blocks"] == 64 - 8
-    comps = explain_components(model, image, roi, components="stages", outcome="soft_mass", intervention="swap",
-                               dataset=[v.image for v in volumes[1:]], seed=0)
+    comps = explain_components(
+        model,
+        image,
+        roi,
+        components="stages",
+        outcome="soft_mass",
+        intervention="swap",
+        dataset=[v.image for v in volumes[1:]],
+        seed=0,
+    )
     assert len(comps.rows) >= 3 and comps.rows[0]["rank"] == 1
 
     ckpt = save_model(model, tmp_path / "model3d.safetensors")
     np.save(tmp_path / "volume.npy", image[0].numpy())
     out = tmp_path / "out"
-    result = invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "volume.npy"),
-                                      "--roi", "6,6,6,4,4,4", "--out", str(out), "--block", "4", "--outcome",
-                                      "soft_mass", "--data", "synthetic", "--components", "stages"])
+    result = invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(ckpt),
+            "--image",
+            str(tmp_path / "volume.npy"),
+            "--roi",
+            "6,6,6,4,4,4",
+            "--out",
+            str(out),
+            "--block",
+            "4",
+            "--outcome",
+            "soft_mass",
+            "--data",
+            "synthetic",
+            "--components",
+            "stages",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert np.load(out / "ate.npy").shape == (16, 16, 16)
     assert json.loads((out / "summary.json").read_text())["forward_passes"] > 10
@@ -54,9 +91,26 @@ def test_nifti_round_trip_keeps_the_affine(tmp_path, tiny_unet):
     affine = np.array([[2.0, 0, 0, -30.0], [0, 1.5, 0, 12.0], [0, 0, 1.0, 4.5], [0, 0, 0, 1]])
     volume = (np.random.default_rng(0).random((16, 16, 16)) * 800 - 100).astype(np.float32)  # scanner units
     nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "vol.nii.gz"))
-    result = CliRunner().invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "vol.nii.gz"),
-                                      "--roi", "6,6,6,4,4,4", "--intervention", "zero", "--block", "4",
-                                      "--components", "none", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(ckpt),
+            "--image",
+            str(tmp_path / "vol.nii.gz"),
+            "--roi",
+            "6,6,6,4,4,4",
+            "--intervention",
+            "zero",
+            "--block",
+            "4",
+            "--components",
+            "none",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     out = nib.load(str(tmp_path / "out" / "ate.nii.gz"))
     np.testing.assert_allclose(out.affine, affine)

@@ -52,7 +52,11 @@ def test_sign_shares_and_concentration():
     assert concentration([1.0, 1.0, 1.0, 1.0]) == pytest.approx(0.0)
     assert 0 < concentration([3.0, 1.0, 1.0, 1.0]) < 1
     stats = explanation_statistics(ring_map(3), roi_centre(), [-1.0, 0.0], [2.0, 2.0], d=5)
-    assert stats["share_within"] == 1.0 and stats["negative"] == 0.5 and stats["concentration"] == pytest.approx(0.0)
+    assert (
+        stats["share_within"] == 1.0
+        and stats["negative"] == 0.5
+        and stats["concentration"] == pytest.approx(0.0)
+    )
 
 
 def test_holm_adjustment():
@@ -87,13 +91,20 @@ def test_compare_report_separates_a_local_from_a_global_model(tmp_path):
 
     def maps(radius: float) -> dict[str, np.ndarray]:
         ate = np.stack([ring_map(radius + rng.normal(0, 0.5)) * rng.uniform(0.5, 1.5) for _ in range(12)])
-        return {"ate": ate, "roi": np.stack([roi] * 12), "block_ate": -np.abs(rng.normal(size=(12, 10))),
-                "component_ate": rng.normal(size=(12, 4)), "image_name": np.array(["im1", "im2", "im3"] * 4)}
+        return {
+            "ate": ate,
+            "roi": np.stack([roi] * 12),
+            "block_ate": -np.abs(rng.normal(size=(12, 10))),
+            "component_ate": rng.normal(size=(12, 4)),
+            "image_name": np.array(["im1", "im2", "im3"] * 4),
+        }
 
     results = run_compare({"local": maps(3), "global": maps(12), "mid": maps(7)}, tmp_path / "cmp", d=6)
     test = {t["statistic"]: t for t in results["between_models"]}
     assert test["share_within"]["p"] < 0.01 and test["support_radius"]["p"] < 0.01
-    assert results["models"]["local"]["share_within"] > 0.9 > 0.1 > results["models"]["global"]["share_within"]
+    assert (
+        results["models"]["local"]["share_within"] > 0.9 > 0.1 > results["models"]["global"]["share_within"]
+    )
     html = (tmp_path / "cmp" / "report.html").read_text()
     assert "Friedman" in html and html.count("<img") >= 3
     assert json.loads((tmp_path / "cmp" / "results.json").read_text())["config"]["rois"] == 12

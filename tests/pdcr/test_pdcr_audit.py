@@ -50,8 +50,10 @@ def reference(dataset, tmp_path_factory):
 
     data, ckpt = dataset
     out = tmp_path_factory.mktemp("audit_ref") / "out"
-    result = CliRunner().invoke(app, ["audit", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out),
-                                      *ARGS, "--workers", "0"])
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), *ARGS, "--workers", "0"],
+    )
     assert result.exit_code == 0, result.output
     return out, pd.read_parquet(out / "results.parquet")
 
@@ -68,7 +70,9 @@ def test_audit_writes_table_maps_and_report(reference):
     assert (table["forward_passes"] > 1).all() and (table["base_outcome"] >= 0).all()
     blocks = table[["significant_negative", "significant_positive", "not_significant", "called_zero"]].sum(1)
     assert (blocks == table[["negative_blocks", "positive_blocks", "zero_blocks"]].sum(1)).all()
-    assert table["significant_negative"].sum() + table["significant_positive"].sum() > 0  # something was found
+    assert (
+        table["significant_negative"].sum() + table["significant_positive"].sum() > 0
+    )  # something was found
     with np.load(out / table["maps"][0]) as z:
         assert z["ate"].shape == z["se"].shape == z["roi"].shape == (32, 32)
         assert np.abs(z["ate"]).max() > 0 and not z["ate"][z["roi"]].any()
@@ -109,8 +113,22 @@ def test_sigkilled_audit_process_resumes(dataset, reference, tmp_path):
     """A real SIGKILL of the CLI once some images are done; the rerun matches the reference."""
     data, ckpt = dataset
     out = tmp_path / "out"
-    cmd = [sys.executable, "-c", "from triptych.cli import main; main()", "pdcr", "audit", "--checkpoint", str(ckpt), "--data", str(data),
-           "--out", str(out), *ARGS, "--workers", "0"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from triptych.cli import main; main()",
+        "pdcr",
+        "audit",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *ARGS,
+        "--workers",
+        "0",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600  # a loaded machine starts slowly
@@ -156,22 +174,36 @@ def test_roi_makers():
     assert all(np.array_equal(a, b) for a, b in zip(boxes, sampled_rois(mask, 3, 4, seed=1), strict=True))
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--data", "nowhere:x"], "--data"),
-    (["--data", "missing.csv"], "--data"),
-    (["--rois", "no_such_boxes.csv"], "--rois"),
-    (["--rois-per-image", "0"], "--rois-per-image"),
-    (["--estimator", "magic"], "--estimator"),
-    (["--rois", "BOXES_BAD"], "--rois"),
-    (["--workers", "2", "--ray-address", "no-port-here"], "--ray-address"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--data", "nowhere:x"], "--data"),
+        (["--data", "missing.csv"], "--data"),
+        (["--rois", "no_such_boxes.csv"], "--rois"),
+        (["--rois-per-image", "0"], "--rois-per-image"),
+        (["--estimator", "magic"], "--estimator"),
+        (["--rois", "BOXES_BAD"], "--rois"),
+        (["--workers", "2", "--ray-address", "no-port-here"], "--ray-address"),
+    ],
+)
 def test_bad_inputs_fail_in_one_line(dataset, tmp_path, invoke, extra, message):
     data, ckpt = dataset
     if "BOXES_BAD" in extra:
         bad = tmp_path / "boxes.csv"
         bad.write_text("image,x,y,w,h\nnot_an_image,1,1,4,4\n")
         extra = [str(bad) if e == "BOXES_BAD" else e for e in extra]
-    args = ["audit", "--checkpoint", ckpt, "--data", data, "--out", tmp_path / "out", "--workers", "0", *extra]
+    args = [
+        "audit",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data,
+        "--out",
+        tmp_path / "out",
+        "--workers",
+        "0",
+        *extra,
+    ]
     result = invoke(app, args)
     assert isinstance(result.exception, InputError), result.output
     text = str(result.exception)
@@ -182,7 +214,10 @@ def test_given_boxes(dataset, tmp_path):
     data, ckpt = dataset
     boxes = tmp_path / "boxes.csv"
     boxes.write_text("image,x,y,w,h\nsynthetic_000,4,4,8,8\nsynthetic_002.npy,20,10,6,6\n")
-    result = audit(ckpt, str(data), tmp_path / "out", AuditConfig(rois=str(boxes), max_draws=4), workers=0,
-                   report=False)
-    assert result.table[["image", "roi_box"]].values.tolist() == [["synthetic_000", "4,4,8,8"],
-                                                                 ["synthetic_002", "20,10,6,6"]]
+    result = audit(
+        ckpt, str(data), tmp_path / "out", AuditConfig(rois=str(boxes), max_draws=4), workers=0, report=False
+    )
+    assert result.table[["image", "roi_box"]].values.tolist() == [
+        ["synthetic_000", "4,4,8,8"],
+        ["synthetic_002", "20,10,6,6"],
+    ]

@@ -49,7 +49,9 @@ def linear_target(outcome: str = "soft_mass") -> tuple[Target, torch.Tensor, np.
     w, per_block = block_weights()
     # mean logit 0 on an all-ones image keeps the sigmoid near its linear range
     net = WeightedSum(w, bias=float(w.sum()) / 2)
-    model = wrap_model(net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid")
+    model = wrap_model(
+        net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid"
+    )
     image = torch.ones(1, H, H)
     roi = RoI.box(0, 0, BLOCK, BLOCK, (H, H))  # block 0
     return Target.build(model.eval(), image, roi, outcome), image, per_block
@@ -95,7 +97,7 @@ class TwoPath(nn.Module):
         self.bottleneck = nn.AvgPool2d(4)
         half = torch.zeros(2, H, H)
         half[0, :, : H // 2] = 1.0
-        half[1, :, H // 2:] = 1.0
+        half[1, :, H // 2 :] = 1.0
         self.register_buffer("sides", half)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,13 +108,15 @@ class TwoPath(nn.Module):
 
 def test_seg_grad_cam_follows_the_channel_that_drives_the_roi():
     net = TwoPath()
-    model = wrap_model(net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid")
+    model = wrap_model(
+        net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid"
+    )
     image = torch.rand(1, H, H, generator=torch.Generator().manual_seed(0))
     target = Target.build(model, image, RoI.box(20, 20, 4, 4, (H, H)), "soft_mass")
     assert bottleneck_layer(net, image[None]) is net.bottleneck
     cam = SegGradCAM(target).attribute(image[None])[0, 0].detach().numpy()
     assert cam.shape == (H, H)
-    left, right = cam[:, : H // 2 - 4].sum(), cam[:, H // 2 + 4:].sum()
+    left, right = cam[:, : H // 2 - 4].sum(), cam[:, H // 2 + 4 :].sum()
     assert left > 0 and right == pytest.approx(0.0, abs=1e-6)
 
 
@@ -121,7 +125,9 @@ def test_every_baseline_runs_on_a_small_monai_unet(method, tiny_unet):
     model = tiny_unet(in_channels=3).eval()
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
     target = Target.build(model, image, RoI.box(12, 12, 8, 8, (32, 32)), "dice_self")
-    opts = {"rise": {"n_masks": 40}, "misure": {"steps": 5}, "integrated_gradients": {"n_steps": 8}}.get(method, {})
+    opts = {"rise": {"n_masks": 40}, "misure": {"steps": 5}, "integrated_gradients": {"n_steps": 8}}.get(
+        method, {}
+    )
     s = explain_baseline(method, target, image, **opts)
     assert s.map.shape == (32, 32) and np.isfinite(s.map).all()
     assert s.forward_passes > 0 and s.seconds > 0

@@ -28,14 +28,25 @@ def test_benchmark_writes_the_documented_schema(tmp_path, tiny_unet, write_png):
     checkpoints = tmp_path / "runs" / "pdcr_toy_unet" / "checkpoints"
     checkpoints.mkdir(parents=True)
     save_model(tiny_unet(patch_size=(32, 32)), checkpoints / "best.safetensors")
-    config = BenchConfig(crop=32, roi=8, block=8, coarse_block=16, max_draws=4, steps=4, rise_masks=20,
-                         misure_steps=3, ig_steps=4)
+    config = BenchConfig(
+        crop=32,
+        roi=8,
+        block=8,
+        coarse_block=16,
+        max_draws=4,
+        steps=4,
+        rise_masks=20,
+        misure_steps=3,
+        ig_steps=4,
+    )
     out = tmp_path / "bench"
     results = run_benchmark(f"folder:{data}", ["unet"], 2, out, models_dir=tmp_path / "runs", config=config)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     entry = on_disk["models"]["unet"]
-    assert 0.0 <= entry["test_dice"] <= 1.0  # computed on the test split (no metrics.json beside the checkpoint)
+    assert (
+        0.0 <= entry["test_dice"] <= 1.0
+    )  # computed on the test split (no metrics.json beside the checkpoint)
     assert set(entry["methods"]) == {"pdcr", "random", *BASELINES}
     for m in entry["methods"].values():
         assert set(m) == {"deletion_auc", "insertion_auc", "leakage", "seconds", "forward_passes"}
@@ -70,6 +81,6 @@ def test_drive_rois_lie_on_test_vessels_and_are_seeded(shared_dataset):
     for case in a:
         sample = next(s for s in test if s.name == case.image_name)
         y0, x0 = case.origin
-        crop_mask = sample.mask[y0:y0 + 64, x0:x0 + 64]
+        crop_mask = sample.mask[y0 : y0 + 64, x0 : x0 + 64]
         assert crop_mask[case.roi.mask].any()  # the RoI covers ground-truth vessel pixels
         assert (case.truth == crop_mask).all()

@@ -27,8 +27,17 @@ def test_driver_channel_ranks_first(toy, intervention, estimator):
     model, image, data, roi = toy
     comps = list_components(model, image, "channels", layers=["net.features"])
     assert [c.name for c in comps] == [f"net.features[{c}]" for c in range(6)]
-    exp = explain_components(model, image, roi, components=comps, outcome="soft_mass", intervention=intervention,
-                             dataset=data, estimator=estimator, seed=0)
+    exp = explain_components(
+        model,
+        image,
+        roi,
+        components=comps,
+        outcome="soft_mass",
+        intervention=intervention,
+        dataset=data,
+        estimator=estimator,
+        seed=0,
+    )
     assert exp.rows[0]["component"] == "net.features[2]"
     top, second = abs(exp.rows[0]["mean"]), abs(exp.rows[1]["mean"])
     assert top > 3 * second
@@ -48,8 +57,16 @@ def test_unet_candidates_blocks_and_skips_and_parse(tiny_unet):
     with pytest.raises(InputError, match="no module"):
         Component.parse("net.nothing", model)
     data = [torch.rand(1, 32, 32) for _ in range(4)]
-    exp = explain_components(model, image, RoI.box(8, 8, 8, 8, (32, 32)), components=["skip:net.model.1", "net.model.0[0:4]"],
-                             outcome="soft_mass", intervention="swap", dataset=data, seed=0)
+    exp = explain_components(
+        model,
+        image,
+        RoI.box(8, 8, 8, 8, (32, 32)),
+        components=["skip:net.model.1", "net.model.0[0:4]"],
+        outcome="soft_mass",
+        intervention="swap",
+        dataset=data,
+        seed=0,
+    )
     assert {r["component"] for r in exp.rows} == {"skip:net.model.1", "net.model.0[0:4]"}
     assert all(np.isfinite(r["mean"]) for r in exp.rows)
     assert exp.forward_passes > 2
@@ -67,20 +84,43 @@ def test_drive_component_ranking_stable_across_seeds(tmp_path, shared_dataset):
     torch.set_num_threads(2)
     # a short in-test training: the ranking's stability is about the estimator, not the model's quality
     # a short in-test training at 128² (the ranking's stability is about the estimator, not the model's quality)
-    result = train_model(str(drive), tmp_path / "run", patch=64, image_size=128, features=(8, 16, 32, 64),
-                         batch_size=8, patches_per_epoch=64, epochs=4, res_units=1, seed=0, progress=False,
-                         flags=TrainerFlags(accelerator="cpu", devices="1"), evaluate_test=False)
+    result = train_model(
+        str(drive),
+        tmp_path / "run",
+        patch=64,
+        image_size=128,
+        features=(8, 16, 32, 64),
+        batch_size=8,
+        patches_per_epoch=64,
+        epochs=4,
+        res_units=1,
+        seed=0,
+        progress=False,
+        flags=TrainerFlags(accelerator="cpu", devices="1"),
+        evaluate_test=False,
+    )
     model = load_model(result.checkpoint)
     test = resize_sample(load_drive(drive, "test")[0], (128, 128))
     train = [resize_sample(s, (128, 128)).image for s in load_drive(drive, "training")[:6]]
     image, mask = test.image[:, 48:112, 32:96], test.mask[48:112, 32:96]
     roi = RoI.box(16, 16, 32, 32, (64, 64))
-    comps = list_components(model, image, "stages") + list_components(model, image, "channels",
-                                                                      layers=["net.model.0"])
+    comps = list_components(model, image, "stages") + list_components(
+        model, image, "channels", layers=["net.model.0"]
+    )
     ranks = []
     for seed in (0, 1):
-        exp = explain_components(model, image, roi, components=comps, outcome="soft_mass", ground_truth=mask,
-                                 intervention="swap", dataset=train, estimator="adaptive", seed=seed)
+        exp = explain_components(
+            model,
+            image,
+            roi,
+            components=comps,
+            outcome="soft_mass",
+            ground_truth=mask,
+            intervention="swap",
+            dataset=train,
+            estimator="adaptive",
+            seed=seed,
+        )
         effect = {r["component"]: r["mean"] for r in exp.rows}
         ranks.append([abs(effect[c.name]) for c in comps])
     rho = spearmanr(ranks[0], ranks[1]).statistic

@@ -45,16 +45,28 @@ def no_tf32():
 @gpu
 def test_regions_and_components_on_cuda_match_the_cpu(no_tf32):
     model, images, roi = _setup()
-    kwargs = {"outcome": "soft_mass", "intervention": "patch_bank", "dataset": images, "exclude": 0, "block": 8,
-              "seed": 3, "show_progress": False}
+    kwargs = {
+        "outcome": "soft_mass",
+        "intervention": "patch_bank",
+        "dataset": images,
+        "exclude": 0,
+        "block": 8,
+        "seed": 3,
+        "show_progress": False,
+    }
     cpu = explain_regions(model.eval(), images[0], roi, **kwargs)
     cuda_model = model.to("cuda")
     assert cuda_model.device.type == "cuda"
     cuda = explain_regions(cuda_model, images[0], roi, **kwargs)
     assert cpu.forward_passes == cuda.forward_passes  # the same draws and decisions
     np.testing.assert_allclose(cuda.ate, cpu.ate, atol=1e-4)
-    comp_kwargs = {"components": "stages", "outcome": "soft_mass", "intervention": "swap", "dataset": images[1:],
-                   "seed": 0}
+    comp_kwargs = {
+        "components": "stages",
+        "outcome": "soft_mass",
+        "intervention": "swap",
+        "dataset": images[1:],
+        "seed": 0,
+    }
     on_cuda = explain_components(cuda_model, images[0], roi, **comp_kwargs)
     on_cpu = explain_components(model.to("cpu"), images[0], roi, **comp_kwargs)
     assert on_cuda.ranking() == on_cpu.ranking()
@@ -70,7 +82,21 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path, invoke):
     model, images, _ = _setup()
     ckpt = save_model(model, tmp_path / "m.safetensors")
     np.save(tmp_path / "im.npy", images[0][0].numpy())
-    result = invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(tmp_path / "im.npy"),
-                                      "--roi", "24,24,12,12", "--out", str(tmp_path / "out"), "--device", "cuda"])
+    result = invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(ckpt),
+            "--image",
+            str(tmp_path / "im.npy"),
+            "--roi",
+            "24,24,12,12",
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cuda",
+        ],
+    )
     assert isinstance(result.exception, InputError) and "no CUDA GPU is visible" in str(result.exception)
     assert not (tmp_path / "out").exists()

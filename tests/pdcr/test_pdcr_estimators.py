@@ -21,7 +21,9 @@ def setup():
     gen = torch.Generator().manual_seed(0)
     # block-wise brightness, so that blocks differ from the bank's mean patch
     coarse = torch.rand(1, 1, H // 8, H // 8, generator=gen)
-    image = (torch.nn.functional.interpolate(coarse, scale_factor=8)[0] + 0.05 * torch.rand(1, H, H, generator=gen)).clamp(0, 1)
+    image = (
+        torch.nn.functional.interpolate(coarse, scale_factor=8)[0] + 0.05 * torch.rand(1, H, H, generator=gen)
+    ).clamp(0, 1)
     roi = RoI.box(24, 24, 16, 16, (H, H))
     rng = np.random.default_rng(1)
     weights = {}
@@ -35,8 +37,11 @@ def setup():
     def bank(size: int) -> PatchBank:
         return PatchBank(values.view(-1, 1, 1, 1).expand(-1, 1, size, size).clone())
 
-    truth = {b: linear_block_ate(model, image, b, float(values.mean())) for b in block_grid((H, H), 8)
-             if not overlaps(b, roi.mask)}
+    truth = {
+        b: linear_block_ate(model, image, b, float(values.mean()))
+        for b in block_grid((H, H), 8)
+        if not overlaps(b, roi.mask)
+    }
     return model, image, roi, bank, truth
 
 
@@ -50,8 +55,17 @@ def _errors(exp, truth):
 
 def test_reference_recovers_known_ates_within_se(setup):
     model, image, roi, bank, truth = setup
-    exp = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(8), block=8,
-                          estimator="reference", seed=0, show_progress=False)
+    exp = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(8),
+        block=8,
+        estimator="reference",
+        seed=0,
+        show_progress=False,
+    )
     rows = _errors(exp, truth)
     estimated = rows[:, 1] != 0
     assert estimated.sum() >= 8  # the strong blocks are found
@@ -73,7 +87,9 @@ def test_reference_screen_and_dead_zone_rule(setup):
     out = make_outcome("soft_mass", model, image, roi)
     problem = RegionProblem(model, image, out, bank(8), show_progress=False)
     units = list(truth)
-    results = reference_estimate(problem, units, torch.Generator().manual_seed(3), screen=3, draws=50, tau=TAU)
+    results = reference_estimate(
+        problem, units, torch.Generator().manual_seed(3), screen=3, draws=50, tau=TAU
+    )
     statuses = {r.status for r in results}
     assert {"screened", "estimated"} <= statuses
     for r in results:
@@ -89,10 +105,28 @@ def test_reference_screen_and_dead_zone_rule(setup):
 
 def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
     model, image, roi, bank, truth = setup
-    ref = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(8), block=8,
-                          estimator="reference", seed=0, show_progress=False)
-    ada = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(32), block=8,
-                          estimator="adaptive", seed=0, show_progress=False)
+    ref = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(8),
+        block=8,
+        estimator="reference",
+        seed=0,
+        show_progress=False,
+    )
+    ada = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(32),
+        block=8,
+        estimator="adaptive",
+        seed=0,
+        show_progress=False,
+    )
     rows = _errors(ada, truth)
     strong = np.abs(rows[:, 0]) > 0.3
     assert strong.sum() >= 5
@@ -110,13 +144,34 @@ def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
     # tolerance (100 points · (1 − 0.05^{1/n}) < tol needs far more than max_draws), so quiet blocks
     # draw to max_draws and end "unresolved": here adaptive costs more than the reference (0.61×).
     assert ratio > 0.5
-    assert all(r["status"] == "unresolved" for r in ada.blocks if r["n"] and r["ate"] == 0 and r["mean"] == 0
-               and r["status"] not in ("relevant", "skipped"))
-    again = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(32), block=8,
-                            estimator="adaptive", seed=0, show_progress=False)
+    assert all(
+        r["status"] == "unresolved"
+        for r in ada.blocks
+        if r["n"] and r["ate"] == 0 and r["mean"] == 0 and r["status"] not in ("relevant", "skipped")
+    )
+    again = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(32),
+        block=8,
+        estimator="adaptive",
+        seed=0,
+        show_progress=False,
+    )
     np.testing.assert_array_equal(ada.ate, again.ate)
-    other = explain_regions(model, image, roi, outcome="soft_mass", intervention=bank(32), block=8,
-                            estimator="adaptive", seed=1, show_progress=False)
+    other = explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(32),
+        block=8,
+        estimator="adaptive",
+        seed=1,
+        show_progress=False,
+    )
     assert not np.array_equal(ada.ate, other.ate)
 
 

@@ -45,20 +45,31 @@ def case(operator: str):
     per_block = np.random.default_rng(0).permutation(16).astype(np.float32)
     per_block[0] = 0.0  # the RoI's block
     per_block /= per_block.sum()
-    weight = torch.from_numpy(np.kron(per_block.reshape(4, 4), np.ones((BLOCK, BLOCK), np.float32)) / BLOCK**2)
+    weight = torch.from_numpy(
+        np.kron(per_block.reshape(4, 4), np.ones((BLOCK, BLOCK), np.float32)) / BLOCK**2
+    )
     energy = operator != "zero"
     if energy:  # a checkerboard has full contrast energy; blur and flat patches remove it
         yy, xx = np.meshgrid(np.arange(H), np.arange(H), indexing="ij")
         image = torch.from_numpy(((yy + xx) % 2).astype(np.float32))[None]
     else:
         image = torch.ones(1, H, H)
-    model = wrap_model(BlockEnergy(weight, energy), spatial_dims=2, in_channels=1, out_channels=1,
-                       emits="logits", activation="sigmoid").eval()
+    model = wrap_model(
+        BlockEnergy(weight, energy),
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        emits="logits",
+        activation="sigmoid",
+    ).eval()
     roi = RoI.box(0, 0, BLOCK, BLOCK, (H, H))
     target = Target.build(model, image, roi, "soft_mass")
     units = grid_units((H, H), BLOCK, roi.mask)
-    op = {"zero": Zero(), "blur": Blur(sigma=2.0),
-          "patch_bank": PatchBank(torch.full((10, 1, BLOCK, BLOCK), 0.5))}[operator]
+    op = {
+        "zero": Zero(),
+        "blur": Blur(sigma=2.0),
+        "patch_bank": PatchBank(torch.full((10, 1, BLOCK, BLOCK), 0.5)),
+    }[operator]
     truth = np.array([per_block[(u[0].start // BLOCK) * 4 + u[1].start // BLOCK] for u in units])
     return target, image, units, op, truth
 
@@ -76,10 +87,14 @@ def test_true_order_beats_random_beats_reversed(operator):
     removed = removed_image(op, image, units)
     best, worst = np.argsort(-truth), np.argsort(truth)
     rand = np.random.default_rng(1).permutation(len(units))
-    dels = {name: auc(*deletion_curve(target, image, removed, o, units, steps=15))
-            for name, o in [("best", best), ("random", rand), ("worst", worst)]}
-    ins = {name: auc(*insertion_curve(target, image, removed, o, units, steps=15))
-           for name, o in [("best", best), ("random", rand), ("worst", worst)]}
+    dels = {
+        name: auc(*deletion_curve(target, image, removed, o, units, steps=15))
+        for name, o in [("best", best), ("random", rand), ("worst", worst)]
+    }
+    ins = {
+        name: auc(*insertion_curve(target, image, removed, o, units, steps=15))
+        for name, o in [("best", best), ("random", rand), ("worst", worst)]
+    }
     # deleting the heavy blocks first drops M fastest; restoring them first raises it fastest
     assert dels["best"] < dels["random"] < dels["worst"]
     assert ins["best"] > ins["random"] > ins["worst"]

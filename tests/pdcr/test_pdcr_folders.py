@@ -29,7 +29,9 @@ def write_split_folder(root: Path, n_train: int = 4, n_test: int = 2, ext: str =
         (root / split / "masks").mkdir(parents=True)
         for i, s in enumerate(synthetic(n, SIDE, seed=seed)):
             stem = f"{split[:2]}{i}"
-            Image.fromarray((s.image[0].numpy() * 255).astype(np.uint8)).save(root / split / "images" / f"{stem}.{ext}")
+            Image.fromarray((s.image[0].numpy() * 255).astype(np.uint8)).save(
+                root / split / "images" / f"{stem}.{ext}"
+            )
             Image.fromarray(s.mask.astype(np.uint8) * 255).save(root / split / "masks" / f"{stem}.png")
 
 
@@ -39,8 +41,22 @@ def run(*args: str):
     return result
 
 
-TINY_TRAIN = ("--patch", "32", "--features", "4,8,16", "--epochs", "1", "--patches-per-epoch", "8",
-              "--batch-size", "4", "--accelerator", "cpu", "--devices", "1")
+TINY_TRAIN = (
+    "--patch",
+    "32",
+    "--features",
+    "4,8,16",
+    "--epochs",
+    "1",
+    "--patches-per-epoch",
+    "8",
+    "--batch-size",
+    "4",
+    "--accelerator",
+    "cpu",
+    "--devices",
+    "1",
+)
 
 
 def test_png_split_folder_trains_explains_benchmarks_and_compares(tmp_path):
@@ -51,24 +67,82 @@ def test_png_split_folder_trains_explains_benchmarks_and_compares(tmp_path):
     for arch in ("unet", "attention_unet"):  # the benchmark's naming: <models-dir>/pdcr_<folder>_<arch>
         run("train", "--data", data, "--arch", arch, "--out", models / f"pdcr_mydata_{arch}", *TINY_TRAIN)
     metrics = json.loads((models / "pdcr_mydata_unet" / "metrics.json").read_text())
-    assert metrics["train_images"] + metrics["val_images"] == 4 and metrics["test_images"] == 2  # the test split
+    assert (
+        metrics["train_images"] + metrics["val_images"] == 4 and metrics["test_images"] == 2
+    )  # the test split
     ckpt = metrics["checkpoint"]
     ev = run("evaluate", "--checkpoint", ckpt, "--data", f"folder:{data}")
     assert "over 2 images" in ev.output
     image, mask = data / "test" / "images" / "te0.png", data / "test" / "masks" / "te0.png"
-    run("explain", "--checkpoint", ckpt, "--image", image, "--mask", mask, "--roi", "16,16,8,8", "--data", data,
-        "--components", "stages", "--seed", "0", "--out", tmp_path / "expl")
+    run(
+        "explain",
+        "--checkpoint",
+        ckpt,
+        "--image",
+        image,
+        "--mask",
+        mask,
+        "--roi",
+        "16,16,8,8",
+        "--data",
+        data,
+        "--components",
+        "stages",
+        "--seed",
+        "0",
+        "--out",
+        tmp_path / "expl",
+    )
     assert np.load(tmp_path / "expl" / "ate.npy").shape == (32, 32)  # the model's 32² window
-    bench = run("benchmark", "--data", f"folder:{data}", "--archs", "unet", "--rois", "2", "--models-dir", models,
-                "--crop", "32", "--roi-size", "8", "--max-draws", "4", "--steps", "4", "--rise-masks", "20",
-                "--misure-steps", "3", "--out", tmp_path / "bench")
+    bench = run(
+        "benchmark",
+        "--data",
+        f"folder:{data}",
+        "--archs",
+        "unet",
+        "--rois",
+        "2",
+        "--models-dir",
+        models,
+        "--crop",
+        "32",
+        "--roi-size",
+        "8",
+        "--max-draws",
+        "4",
+        "--steps",
+        "4",
+        "--rise-masks",
+        "20",
+        "--misure-steps",
+        "3",
+        "--out",
+        tmp_path / "bench",
+    )
     assert "unet: test Dice" in bench.output
     results = json.loads((tmp_path / "bench" / "results.json").read_text())
     assert set(results["models"]) == {"unet"} and "pdcr" in results["models"]["unet"]["methods"]
     details = json.loads((tmp_path / "bench" / "details.json").read_text())
     assert {r["image"] for r in details["rois"]} <= {"te0", "te1"}  # RoIs only on test images
-    run("compare", "--data", f"folder:{data}", "--archs", "unet,attention_unet", "--rois", "2", "--models-dir", models,
-        "--crop", "32", "--roi-size", "8", "--max-draws", "4", "--out", tmp_path / "compare")
+    run(
+        "compare",
+        "--data",
+        f"folder:{data}",
+        "--archs",
+        "unet,attention_unet",
+        "--rois",
+        "2",
+        "--models-dir",
+        models,
+        "--crop",
+        "32",
+        "--roi-size",
+        "8",
+        "--max-draws",
+        "4",
+        "--out",
+        tmp_path / "compare",
+    )
     assert json.loads((tmp_path / "compare" / "results.json").read_text())["config"]["rois"] == 2
 
 
@@ -77,7 +151,9 @@ def test_split_folder_is_not_drive_and_stems_must_match(tmp_path):
     write_split_folder(data, 2, 1, ext="tif")  # .tif images, but no 1st_manual/: a generic folder
     assert [s.name for s in load_dataset(str(data), "training")] == ["tr0", "tr1"]
     assert [s.name for s in load_dataset(f"folder:{data}", "test")] == ["te0"]
-    (data / "training" / "masks" / "extra.png").write_bytes((data / "training" / "masks" / "tr0.png").read_bytes())
+    (data / "training" / "masks" / "extra.png").write_bytes(
+        (data / "training" / "masks" / "tr0.png").read_bytes()
+    )
     with pytest.raises(InputError, match="extra.png match no image"):
         load_dataset(str(data), "training")
     (data / "training" / "masks" / "extra.png").unlink()
@@ -118,10 +194,30 @@ def test_authors_coordinate_file_runs_every_roi_end_to_end(tmp_path):
     parsed = read_roi_file(coords)
     assert (parsed.roi_size, parsed.block, len(parsed.entries)) == (8, 8, 3)
     out = tmp_path / "expl"
-    common = ("--checkpoint", ckpt, "--data", data, "--components", "none", "--estimator", "reference",
-              "--empty-dice", "0", "--roi-file", coords)
-    run("explain", *common, "--image", data / "test" / "images" / "te0.png", "--mask",
-        data / "test" / "masks" / "te0.png", "--out", out)
+    common = (
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data,
+        "--components",
+        "none",
+        "--estimator",
+        "reference",
+        "--empty-dice",
+        "0",
+        "--roi-file",
+        coords,
+    )
+    run(
+        "explain",
+        *common,
+        "--image",
+        data / "test" / "images" / "te0.png",
+        "--mask",
+        data / "test" / "masks" / "te0.png",
+        "--out",
+        out,
+    )
     rows = json.loads((out / "rois.json").read_text())
     assert [r["name"] for r in rows] == ["te0_r4_c24", "te0_r24_c4"]  # te1's line belongs to another image
     assert "x=24 y=4 w=8 h=8" in rows[0]["roi"]  # row 4, column 24 = x 24, y 4
@@ -133,21 +229,53 @@ def test_authors_coordinate_file_runs_every_roi_end_to_end(tmp_path):
     from triptych.pdcr.roi import make_outcome
 
     model = load_model(ckpt)
-    image, gt = read_image(data / "test" / "images" / "te0.png"), read_mask(data / "test" / "masks" / "te0.png")
+    image, gt = (
+        read_image(data / "test" / "images" / "te0.png"),
+        read_mask(data / "test" / "masks" / "te0.png"),
+    )
     roi = RoI.box(24, 4, 8, 8, (SIDE, SIDE))
     bank = PatchBank.from_images([s.image for s in load_dataset(str(data), "training")], 8, seed=0)
-    direct = explain_regions(model, image, roi, outcome=make_outcome("dice_gt", model, image, roi, gt, 0),
-                             intervention=bank, block=8, estimator="reference", seed=0, show_progress=False)
+    direct = explain_regions(
+        model,
+        image,
+        roi,
+        outcome=make_outcome("dice_gt", model, image, roi, gt, 0),
+        intervention=bank,
+        block=8,
+        estimator="reference",
+        seed=0,
+        show_progress=False,
+    )
     np.testing.assert_array_equal(np.load(out / "te0_r4_c24" / "ate.npy"), direct.ate)
     assert np.load(out / "te0_r4_c24" / "ate.npy")[4:12, 24:32].sum() == 0  # the RoI itself is not explained
     # a folder of images: every listed RoI of every image
-    run("explain", *common, "--image", data / "test" / "images", "--mask", data / "test" / "masks",
-        "--out", tmp_path / "all")
+    run(
+        "explain",
+        *common,
+        "--image",
+        data / "test" / "images",
+        "--mask",
+        data / "test" / "masks",
+        "--out",
+        tmp_path / "all",
+    )
     assert len(json.loads((tmp_path / "all" / "rois.json").read_text())) == 3
     bad = tmp_path / "coords.txt"
     bad.write_text("te0,4,24\n")
-    result = CliRunner().invoke(app, ["explain", "--checkpoint", str(ckpt), "--image", str(data / "test" / "images"),
-                                      "--roi-file", str(bad), "--out", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(ckpt),
+            "--image",
+            str(data / "test" / "images"),
+            "--roi-file",
+            str(bad),
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert isinstance(result.exception, InputError) and "--roi-size" in str(result.exception)
 
 
@@ -174,11 +302,26 @@ def test_raw_output_network_matches_its_logits_twin():
     image, gt = samples[0].image, samples[0].mask
     with torch.no_grad():
         ref = as_logits.predict(image[None])
-        assert torch.equal(as_raw.predict(image[None]), ref) and not torch.equal(wrong.predict(image[None]), ref)
+        assert torch.equal(as_raw.predict(image[None]), ref) and not torch.equal(
+            wrong.predict(image[None]), ref
+        )
     bank = PatchBank.from_images([s.image for s in samples[1:]], 8, seed=0)
     roi = RoI.box(12, 12, 8, 8, (32, 32))
-    maps = [explain_regions(m, image, roi, outcome="dice_gt", ground_truth=gt, intervention=bank, block=8,
-                            estimator="reference", seed=0, show_progress=False).ate for m in (as_raw, as_logits, wrong)]
+    maps = [
+        explain_regions(
+            m,
+            image,
+            roi,
+            outcome="dice_gt",
+            ground_truth=gt,
+            intervention=bank,
+            block=8,
+            estimator="reference",
+            seed=0,
+            show_progress=False,
+        ).ate
+        for m in (as_raw, as_logits, wrong)
+    ]
     np.testing.assert_array_equal(maps[0], maps[1])
     assert np.abs(maps[1]).sum() > 0 and not np.array_equal(maps[1], maps[2])
 
@@ -190,4 +333,6 @@ def test_empty_dice_convention():
     from triptych.pdcr.roi import make_outcome
 
     with pytest.raises(InputError, match="--empty-dice"):
-        make_outcome("dice_self", model, torch.zeros(1, 16, 16), RoI.box(0, 0, 4, 4, (16, 16)), empty_dice=0.5)
+        make_outcome(
+            "dice_self", model, torch.zeros(1, 16, 16), RoI.box(0, 0, 4, 4, (16, 16)), empty_dice=0.5
+        )

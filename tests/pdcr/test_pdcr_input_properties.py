@@ -22,7 +22,9 @@ from triptych.pdcr.models import build_model, load_model, save_model
 from triptych.pdcr.roi import RoI
 
 torch.set_num_threads(1)
-PROPERTY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPERTY = settings(
+    max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 EDITS = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6)
 
 
@@ -60,8 +62,12 @@ VALID = {fmt: _encoded(fmt) for fmt in ("png", "jpg", "gif", "bmp", "npy", "tif"
 
 
 @PROPERTY
-@given(fmt=st.sampled_from(sorted(VALID)), edits=EDITS, cut=st.none() | st.integers(0, 600),
-       spatial_dims=st.sampled_from([2, 3]))
+@given(
+    fmt=st.sampled_from(sorted(VALID)),
+    edits=EDITS,
+    cut=st.none() | st.integers(0, 600),
+    spatial_dims=st.sampled_from([2, 3]),
+)
 def test_mutated_images_and_masks_load_or_raise_input_error(tmp_path, fmt, edits, cut, spatial_dims):
     path = tmp_path / f"x.{fmt}"
     path.write_bytes(_mutate(VALID[fmt], edits, cut))
@@ -81,11 +87,23 @@ def test_random_bytes_as_images_and_masks(tmp_path, data, suffix):
 
 
 @PROPERTY
-@given(array=st.sampled_from([np.zeros((0, 4)), np.zeros(()), np.array(["a", "b"]), np.full((3, 3), np.nan),
-                              np.zeros((2, 2), dtype=complex), np.zeros((2, 2, 2, 2, 2)), np.ones((3, 3, 7)),
-                              np.array([[1, 2], [3, 4]], dtype=np.int64) * 10**12, np.full((3, 3), -np.inf),
-                              np.zeros((2, 2), dtype=[("a", "i4")])]),
-       spatial_dims=st.sampled_from([2, 3]))
+@given(
+    array=st.sampled_from(
+        [
+            np.zeros((0, 4)),
+            np.zeros(()),
+            np.array(["a", "b"]),
+            np.full((3, 3), np.nan),
+            np.zeros((2, 2), dtype=complex),
+            np.zeros((2, 2, 2, 2, 2)),
+            np.ones((3, 3, 7)),
+            np.array([[1, 2], [3, 4]], dtype=np.int64) * 10**12,
+            np.full((3, 3), -np.inf),
+            np.zeros((2, 2), dtype=[("a", "i4")]),
+        ]
+    ),
+    spatial_dims=st.sampled_from([2, 3]),
+)
 def test_odd_arrays_in_npy_files(tmp_path, array, spatial_dims):
     path = tmp_path / "odd.npy"
     np.save(path, array)
@@ -96,8 +114,11 @@ def test_odd_arrays_in_npy_files(tmp_path, array, spatial_dims):
 
 
 @PROPERTY
-@given(text=st.text(max_size=30) | st.lists(st.integers(-(10**20), 10**20), max_size=7).map(
-    lambda v: ",".join(map(str, v))), shape=st.sampled_from([(16, 12), (5, 6, 7), (1, 1)]))
+@given(
+    text=st.text(max_size=30)
+    | st.lists(st.integers(-(10**20), 10**20), max_size=7).map(lambda v: ",".join(map(str, v))),
+    shape=st.sampled_from([(16, 12), (5, 6, 7), (1, 1)]),
+)
 def test_roi_strings_parse_or_raise_input_error(text, shape):
     roi = _only_user_errors(RoI.parse, text, shape)
     if roi is not None:
@@ -138,8 +159,10 @@ def test_cli_folder_as_image_and_bad_roi(tmp_path, monkeypatch, capsys, checkpoi
     ckpt.write_bytes(checkpoint_bytes)
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(tmp_path / "image.png")
     base = ["pdcr", "explain", "--checkpoint", ckpt, "--out", tmp_path / "out", "--components", "none"]
-    for extra, needle in ((["--image", tmp_path, "--roi", "1,1,4,4"], "is a folder, not a file"),
-                          (["--image", tmp_path / "image.png", "--roi", "1,1,x,4"], "give integers")):
+    for extra, needle in (
+        (["--image", tmp_path, "--roi", "1,1,4,4"], "is a folder, not a file"),
+        (["--image", tmp_path / "image.png", "--roi", "1,1,x,4"], "give integers"),
+    ):
         code, err = run_cli([*base, *extra], monkeypatch, capsys)
         lines = [ln for ln in err.splitlines() if ln.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err

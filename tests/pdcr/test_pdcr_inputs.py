@@ -31,20 +31,37 @@ def files(tmp_path_factory, tiny_unet):
 
 
 def _explain(root, ckpt, out, *extra):
-    args = ["explain", "--checkpoint", str(ckpt), "--image", str(root / "image.png"), "--out", str(out),
-            "--components", "none", "--intervention", "zero", "--block", "8", *extra]
+    args = [
+        "explain",
+        "--checkpoint",
+        str(ckpt),
+        "--image",
+        str(root / "image.png"),
+        "--out",
+        str(out),
+        "--components",
+        "none",
+        "--intervention",
+        "zero",
+        "--block",
+        "8",
+        *extra,
+    ]
     return CliRunner().invoke(app, args)
 
 
-@pytest.mark.parametrize(("extra", "names", "message"), [
-    (["--mask", "small_mask.png", "--roi", "4,4,8,8"], "--mask", "shape"),
-    (["--roi", "28,28,8,8"], "--roi", "leaves the image"),
-    (["--roi", "4,4,0,8"], "--roi", "zero area"),
-    (["--mask", "gray_mask.png", "--roi", "4,4,8,8"], "--mask", "not binary"),
-    (["--roi-mask", "gray_mask.png"], "--roi-mask", "not binary"),
-    (["--mask", "broken.png", "--roi", "4,4,8,8"], "--mask", "not a readable image"),
-    (["--mask", "missing.png", "--roi", "4,4,8,8"], "--mask", "does not exist"),
-])
+@pytest.mark.parametrize(
+    ("extra", "names", "message"),
+    [
+        (["--mask", "small_mask.png", "--roi", "4,4,8,8"], "--mask", "shape"),
+        (["--roi", "28,28,8,8"], "--roi", "leaves the image"),
+        (["--roi", "4,4,0,8"], "--roi", "zero area"),
+        (["--mask", "gray_mask.png", "--roi", "4,4,8,8"], "--mask", "not binary"),
+        (["--roi-mask", "gray_mask.png"], "--roi-mask", "not binary"),
+        (["--mask", "broken.png", "--roi", "4,4,8,8"], "--mask", "not a readable image"),
+        (["--mask", "missing.png", "--roi", "4,4,8,8"], "--mask", "does not exist"),
+    ],
+)
 def test_bad_cli_inputs_fail_cleanly(files, tmp_path, extra, names, message):
     root, ckpt = files
     extra = [str(root / e) if e.endswith(".png") else e for e in extra]
@@ -59,8 +76,17 @@ def test_bad_cli_inputs_fail_cleanly(files, tmp_path, extra, names, message):
 
 def test_unreadable_image_and_checkpoint(files, tmp_path, invoke):
     root, ckpt = files
-    args = ["explain", "--checkpoint", str(ckpt), "--image", str(root / "broken.png"), "--roi", "1,1,2,2",
-            "--out", str(tmp_path / "o")]
+    args = [
+        "explain",
+        "--checkpoint",
+        str(ckpt),
+        "--image",
+        str(root / "broken.png"),
+        "--roi",
+        "1,1,2,2",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     result = invoke(app, args)
     assert isinstance(result.exception, InputError) and "--image" in str(result.exception)
     (tmp_path / "bad.safetensors").write_bytes(b"\x80\x04pickle")
@@ -89,10 +115,17 @@ class Shrinks(torch.nn.Module):
 
 
 def test_model_output_shape_mismatch():
-    model = wrap_model(Shrinks(), spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid")
+    model = wrap_model(
+        Shrinks(), spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid"
+    )
     with pytest.raises(InputError, match="does not match its input") as info:
-        explain_regions(model, torch.rand(1, 16, 16), RoI.box(2, 2, 4, 4, (16, 16)), intervention="zero",
-                        show_progress=False)
+        explain_regions(
+            model,
+            torch.rand(1, 16, 16),
+            RoI.box(2, 2, 4, 4, (16, 16)),
+            intervention="zero",
+            show_progress=False,
+        )
     assert "\n" not in str(info.value)
 
 

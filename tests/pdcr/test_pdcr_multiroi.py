@@ -40,7 +40,9 @@ def test_shared_draws_recover_known_effects_with_fewer_passes():
     values = torch.rand(300, generator=torch.Generator().manual_seed(1))
     bank = PatchBank(values.view(-1, 1, 1, 1).expand(-1, 1, 8, 8).clone())
     shared = explain_rois(model, image, rois, intervention=bank, outcome="soft_mass", seed=0)
-    separate = [explain_rois(model, image, [r], intervention=bank, outcome="soft_mass", seed=0)[0] for r in rois]
+    separate = [
+        explain_rois(model, image, [r], intervention=bank, outcome="soft_mass", seed=0)[0] for r in rois
+    ]
     passes_separate = sum(e.forward_passes for e in separate)
     assert shared[0].forward_passes < passes_separate / 2
     for exp, roi in zip(shared, rois, strict=True):

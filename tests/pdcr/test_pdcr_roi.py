@@ -23,13 +23,16 @@ def test_box_pixel_mask_and_parse():
     assert RoI.from_mask(m, (10, 12)).area == 4
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("8,8,8,8", "leaves the image"),
-    ("-1,0,2,2", "leaves the image"),
-    ("2,2,0,3", "zero area"),
-    ("a,b,c,d", "integers"),
-    ("1,2,3", "needs"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("8,8,8,8", "leaves the image"),
+        ("-1,0,2,2", "leaves the image"),
+        ("2,2,0,3", "zero area"),
+        ("a,b,c,d", "integers"),
+        ("1,2,3", "needs"),
+    ],
+)
 def test_bad_boxes_fail_with_one_line(text, message):
     with pytest.raises(InputError, match=message) as info:
         RoI.parse(text, (10, 12))
@@ -47,12 +50,16 @@ def test_dice_empty_sets_is_one_and_values():
     a = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
     b = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
     np.testing.assert_allclose(dice(a, b).numpy(), [1.0, 1.0, 0.0])
-    assert float(dice(torch.tensor([[1, 1, 1, 0]]).bool(), torch.tensor([[1, 0, 0, 0]]).bool())) == pytest.approx(0.5)
+    assert float(
+        dice(torch.tensor([[1, 1, 1, 0]]).bool(), torch.tensor([[1, 0, 0, 0]]).bool())
+    ) == pytest.approx(0.5)
 
 
 def test_outcomes_dice_gt_self_and_soft_mass():
     net = torch.nn.Identity()
-    model = wrap_model(net, spatial_dims=2, in_channels=1, out_channels=1, emits="probabilities", activation="sigmoid")
+    model = wrap_model(
+        net, spatial_dims=2, in_channels=1, out_channels=1, emits="probabilities", activation="sigmoid"
+    )
     image = torch.zeros(1, 8, 8)
     image[0, 2:4, 2:4] = 0.9
     image[0, 2:4, 4:6] = 0.2
@@ -60,9 +67,13 @@ def test_outcomes_dice_gt_self_and_soft_mass():
     gt = np.zeros((8, 8), dtype=bool)
     gt[2:4, 2:6] = True
     probs = model.probabilities(image[None])
-    assert float(make_outcome("dice_gt", model, image, roi, gt)(probs)[0]) == pytest.approx(100 * 2 * 4 / (4 + 8))
+    assert float(make_outcome("dice_gt", model, image, roi, gt)(probs)[0]) == pytest.approx(
+        100 * 2 * 4 / (4 + 8)
+    )
     assert float(make_outcome("dice_self", model, image, roi)(probs)[0]) == pytest.approx(100.0)
-    assert float(make_outcome("soft_mass", model, image, roi)(probs)[0]) == pytest.approx(100 * (0.9 + 0.2) / 2)
+    assert float(make_outcome("soft_mass", model, image, roi)(probs)[0]) == pytest.approx(
+        100 * (0.9 + 0.2) / 2
+    )
     # an empty prediction against an empty truth is perfect agreement, not 0
     empty = make_outcome("dice_gt", model, torch.zeros(1, 8, 8), roi, np.zeros((8, 8)))
     assert float(empty(model.probabilities(torch.zeros(1, 1, 8, 8)))[0]) == 100.0
@@ -74,14 +85,20 @@ def test_explicit_activation_is_used_never_guessed():
     torch.manual_seed(0)
     net = torch.nn.Conv2d(1, 1, 1)
     x = torch.randn(2, 1, 4, 4)
-    logits = wrap_model(net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid")
-    probs = wrap_model(net, spatial_dims=2, in_channels=1, out_channels=1, emits="probabilities", activation="sigmoid")
+    logits = wrap_model(
+        net, spatial_dims=2, in_channels=1, out_channels=1, emits="logits", activation="sigmoid"
+    )
+    probs = wrap_model(
+        net, spatial_dims=2, in_channels=1, out_channels=1, emits="probabilities", activation="sigmoid"
+    )
     with torch.no_grad():
         torch.testing.assert_close(logits.probabilities(x), torch.sigmoid(net(x)))
         torch.testing.assert_close(probs.probabilities(x), net(x))
     with pytest.raises(InputError, match="softmax"):
         build_model("unet", out_channels=1, activation="softmax")
-    multi = build_model("unet", in_channels=1, out_channels=3, activation="softmax", target_class=1, features=(4, 8))
+    multi = build_model(
+        "unet", in_channels=1, out_channels=3, activation="softmax", target_class=1, features=(4, 8)
+    )
     p = multi.probabilities(torch.rand(1, 1, 16, 16))
     torch.testing.assert_close(p.sum(1), torch.ones(1, 16, 16))
     assert multi.predict(torch.rand(1, 1, 16, 16)).dtype == torch.bool

@@ -42,7 +42,9 @@ def test_rare_but_large_block_stays_non_zero():
     hidden = [r for r in res if r.ate == 0]
     assert all(r.status == "unresolved" and r.ci[1] - r.mean >= 5.0 for r in hidden)  # its CI still holds −10
     # the coarse-to-fine screen splits it too
-    screened = screen_estimate(RareLarge(0.1), list(range(400)), torch.Generator().manual_seed(1), SequentialRule())
+    screened = screen_estimate(
+        RareLarge(0.1), list(range(400)), torch.Generator().manual_seed(1), SequentialRule()
+    )
     assert np.mean([r.status == "relevant" for r in screened]) >= 0.95
 
 
@@ -59,8 +61,17 @@ def test_benjamini_hochberg_across_blocks():
     units = []
     for k in range(200):
         d = rng.normal(3.0 if k < 20 else 0.0, 2.0, 30)
-        units.append(UnitResult(k, float(d.mean()), float(d.mean()), float(d.std(ddof=1) / np.sqrt(30)), 30,
-                                "significant", d.tolist()))
+        units.append(
+            UnitResult(
+                k,
+                float(d.mean()),
+                float(d.mean()),
+                float(d.std(ddof=1) / np.sqrt(30)),
+                30,
+                "significant",
+                d.tolist(),
+            )
+        )
     q = np.array(bh_significance(units, tau=0.02))
     found = q < 0.05
     assert found[:20].all()

@@ -18,24 +18,65 @@ from triptych.pdcr.models import load_model
 
 def test_train_cli_on_synthetic_learns_and_checkpoints(tmp_path, invoke, write_png):
     out = tmp_path / "run"
-    result = invoke(app, ["train", "--data", "synthetic", "--out", str(out), "--patch", "64",
-                                      "--features", "8,16,32", "--epochs", "6", "--patches-per-epoch", "32",
-                                      "--accelerator", "cpu", "--devices", "1"])
+    result = invoke(
+        app,
+        [
+            "train",
+            "--data",
+            "synthetic",
+            "--out",
+            str(out),
+            "--patch",
+            "64",
+            "--features",
+            "8,16,32",
+            "--epochs",
+            "6",
+            "--patches-per-epoch",
+            "32",
+            "--accelerator",
+            "cpu",
+            "--devices",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test_images"] == 8 and metrics["train_images"] + metrics["val_images"] == 24
     assert metrics["test_dice_fov"] > 0.5  # blobs are easy; an untrained net scores far lower
     model = load_model(metrics["checkpoint"])
-    assert model.spec.emits == "logits" and model.spec.activation == "sigmoid" and model.spec.patch_size == (64, 64)
+    assert (
+        model.spec.emits == "logits"
+        and model.spec.activation == "sigmoid"
+        and model.spec.patch_size == (64, 64)
+    )
     ev = invoke(app, ["evaluate", "--checkpoint", metrics["checkpoint"], "--data", "synthetic"])
     assert ev.exit_code == 0 and f"{metrics['test_dice_fov']:.4f}" in ev.output
     # a patch-trained model is explained on its 64² window around the RoI of a 96² image
     sample = synthetic(1, 96, seed=77)[0]
     write_png(tmp_path / "im.png", sample.image[0].numpy())
     write_png(tmp_path / "gt.png", sample.mask)
-    ex = invoke(app, ["explain", "--checkpoint", metrics["checkpoint"], "--image", str(tmp_path / "im.png"),
-                                  "--mask", str(tmp_path / "gt.png"), "--roi", "70,70,12,12", "--data", "synthetic",
-                                  "--out", str(tmp_path / "expl"), "--components", "blocks", "--save-bank"])
+    ex = invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            metrics["checkpoint"],
+            "--image",
+            str(tmp_path / "im.png"),
+            "--mask",
+            str(tmp_path / "gt.png"),
+            "--roi",
+            "70,70,12,12",
+            "--data",
+            "synthetic",
+            "--out",
+            str(tmp_path / "expl"),
+            "--components",
+            "blocks",
+            "--save-bank",
+        ],
+    )
     assert ex.exit_code == 0, ex.output
     summary = json.loads((tmp_path / "expl" / "summary.json").read_text())
     assert summary["window"] == [[32, 96], [32, 96]] and summary["outcome"] == "dice_gt"
@@ -53,7 +94,9 @@ def test_folder_loader_resize_and_patches(tmp_path):
     (tmp_path / "masks").mkdir()
     rng = np.random.default_rng(0)
     for i in range(2):
-        Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8)).save(tmp_path / "images" / f"a{i}.jpg")
+        Image.fromarray((rng.random((40, 30, 3)) * 255).astype(np.uint8)).save(
+            tmp_path / "images" / f"a{i}.jpg"
+        )
         mask = np.zeros((40, 30), dtype=np.uint8)
         mask[5:20, 5:15] = 255
         Image.fromarray(mask).save(tmp_path / "masks" / f"a{i}.png")

@@ -39,9 +39,11 @@ WorkerFactory = Callable[[], Worker]
 # under the same id is caught instead of silently reusing a stale table.
 _SHARD_KEY = b"triptych.shard"
 _ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
-_RAY_ADDRESS_HINT = ("start one with `ray start --head` on the head node, pass its address "
-                     "(`--ray-address HOST:6379`, `ray://HOST:10001` or `auto`), or omit "
-                     "`--ray-address` to run on this machine")
+_RAY_ADDRESS_HINT = (
+    "start one with `ray start --head` on the head node, pass its address "
+    "(`--ray-address HOST:6379`, `ray://HOST:10001` or `auto`), or omit "
+    "`--ray-address` to run on this machine"
+)
 
 
 @dataclass(frozen=True)
@@ -55,17 +57,33 @@ class ShardResult:
 
 
 @overload
-def run_sharded(worker_factory: WorkerFactory, shards: Sequence[Shard], out_dir: str | os.PathLike, *,
-                workers: int | None = ..., ray_address: str | None = ..., progress_desc: str = ...,
-                return_paths: Literal[False] = ..., threads_per_worker: int = ...,
-                gpus_per_worker: float = ...) -> pd.DataFrame: ...
+def run_sharded(
+    worker_factory: WorkerFactory,
+    shards: Sequence[Shard],
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = ...,
+    ray_address: str | None = ...,
+    progress_desc: str = ...,
+    return_paths: Literal[False] = ...,
+    threads_per_worker: int = ...,
+    gpus_per_worker: float = ...,
+) -> pd.DataFrame: ...
 
 
 @overload
-def run_sharded(worker_factory: WorkerFactory, shards: Sequence[Shard], out_dir: str | os.PathLike, *,
-                workers: int | None = ..., ray_address: str | None = ..., progress_desc: str = ...,
-                return_paths: Literal[True], threads_per_worker: int = ...,
-                gpus_per_worker: float = ...) -> list[Path]: ...
+def run_sharded(
+    worker_factory: WorkerFactory,
+    shards: Sequence[Shard],
+    out_dir: str | os.PathLike,
+    *,
+    workers: int | None = ...,
+    ray_address: str | None = ...,
+    progress_desc: str = ...,
+    return_paths: Literal[True],
+    threads_per_worker: int = ...,
+    gpus_per_worker: float = ...,
+) -> list[Path]: ...
 
 
 def run_sharded(
@@ -100,9 +118,16 @@ def run_sharded(
         reserves for it), so workers do not oversubscribe the cores.
     gpus_per_worker: GPUs Ray reserves for each worker (fractions share one GPU).
     """
-    results = run_shards(worker_factory, shards, out_dir, workers=workers, ray_address=ray_address,
-                         progress_desc=progress_desc, threads_per_worker=threads_per_worker,
-                         gpus_per_worker=gpus_per_worker)
+    results = run_shards(
+        worker_factory,
+        shards,
+        out_dir,
+        workers=workers,
+        ray_address=ray_address,
+        progress_desc=progress_desc,
+        threads_per_worker=threads_per_worker,
+        gpus_per_worker=gpus_per_worker,
+    )
     if return_paths:
         return [result.path for result in results]
     return read_shards(results)
@@ -125,8 +150,11 @@ def run_shards(
     shard_dir = Path(out_dir) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(shard_dir)
-    done = {shard["id"]: rows for shard in shards
-            if (rows := _finished_rows(shard_path(out_dir, shard["id"]), specs[shard["id"]])) is not None}
+    done = {
+        shard["id"]: rows
+        for shard in shards
+        if (rows := _finished_rows(shard_path(out_dir, shard["id"]), specs[shard["id"]])) is not None
+    }
     todo = [shard for shard in shards if shard["id"] not in done]
     computed: dict[str, int] = {}
     with progress_bar(total=len(shards), desc=progress_desc, unit="shard") as bar:
@@ -139,11 +167,24 @@ def run_shards(
         if todo and workers == 0:
             _run_in_process(worker_factory, todo, finish)
         elif todo:
-            _run_on_ray(worker_factory, todo, finish, workers=workers, ray_address=ray_address,
-                        threads_per_worker=threads_per_worker, gpus_per_worker=gpus_per_worker)
-    return [ShardResult(id=s["id"], path=shard_path(out_dir, s["id"]),
-                        rows=done[s["id"]] if s["id"] in done else computed[s["id"]],
-                        reused=s["id"] in done) for s in shards]
+            _run_on_ray(
+                worker_factory,
+                todo,
+                finish,
+                workers=workers,
+                ray_address=ray_address,
+                threads_per_worker=threads_per_worker,
+                gpus_per_worker=gpus_per_worker,
+            )
+    return [
+        ShardResult(
+            id=s["id"],
+            path=shard_path(out_dir, s["id"]),
+            rows=done[s["id"]] if s["id"] in done else computed[s["id"]],
+            reused=s["id"] in done,
+        )
+        for s in shards
+    ]
 
 
 def shard_path(out_dir: str | os.PathLike, shard_id: str) -> Path:
@@ -165,8 +206,12 @@ def read_shards(results: Sequence[ShardResult | str | os.PathLike]) -> pd.DataFr
 
 
 @contextlib.contextmanager
-def ray_session(workers: int | None = None, ray_address: str | None = None,
-                threads_per_worker: int = 1, gpus_per_worker: float = 0.0) -> Iterator[int]:
+def ray_session(
+    workers: int | None = None,
+    ray_address: str | None = None,
+    threads_per_worker: int = 1,
+    gpus_per_worker: float = 0.0,
+) -> Iterator[int]:
     """Use the Ray session already running in this process, or start/join one for the block.
 
     Yields the number of worker processes to use: ``workers``, or as many as the cluster's CPUs
@@ -186,12 +231,16 @@ def ray_session(workers: int | None = None, ray_address: str | None = None,
         if gpus_per_worker:
             capacity = min(capacity, int(resources.get("GPU", 0) / gpus_per_worker))
         if capacity < 1:
-            raise InputError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
-                             f"GPUs, too few for one worker ({threads_per_worker} threads, {gpus_per_worker:g} "
-                             "GPUs): lower the threads or GPUs per worker, or add nodes.")
+            raise InputError(
+                f"the Ray cluster has {resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} "
+                f"GPUs, too few for one worker ({threads_per_worker} threads, {gpus_per_worker:g} "
+                "GPUs): lower the threads or GPUs per worker, or add nodes."
+            )
         if workers is not None and workers > capacity:
-            print(f"triptych: {workers} workers asked, the Ray cluster holds {capacity}; using {capacity}.",
-                  file=sys.stderr)
+            print(
+                f"triptych: {workers} workers asked, the Ray cluster holds {capacity}; using {capacity}.",
+                file=sys.stderr,
+            )
         yield capacity if workers is None else min(workers, capacity)
     finally:
         if started:
@@ -202,8 +251,9 @@ class ShardWorker:
     """One worker per Ray worker process: it builds the (model-holding) worker once and then
     runs it on every shard it is handed. Also used as is by the in-process path."""
 
-    def __init__(self, worker_factory: WorkerFactory | bytes, threads: int | None = None,
-                 sys_path: Sequence[str] = ()) -> None:
+    def __init__(
+        self, worker_factory: WorkerFactory | bytes, threads: int | None = None, sys_path: Sequence[str] = ()
+    ) -> None:
         if threads is not None:
             limit_threads(threads)
         if isinstance(worker_factory, bytes):
@@ -241,16 +291,24 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def _run_in_process(worker_factory: WorkerFactory, todo: list[Shard],
-                    finish: Callable[[str, pd.DataFrame], None]) -> None:
+def _run_in_process(
+    worker_factory: WorkerFactory, todo: list[Shard], finish: Callable[[str, pd.DataFrame], None]
+) -> None:
     worker = ShardWorker(worker_factory)
     for shard in todo:
         finish(*worker.run(shard))
 
 
-def _run_on_ray(worker_factory: WorkerFactory, todo: list[Shard], finish: Callable[[str, pd.DataFrame], None],
-                *, workers: int | None, ray_address: str | None, threads_per_worker: int,
-                gpus_per_worker: float) -> None:
+def _run_on_ray(
+    worker_factory: WorkerFactory,
+    todo: list[Shard],
+    finish: Callable[[str, pd.DataFrame], None],
+    *,
+    workers: int | None,
+    ray_address: str | None,
+    threads_per_worker: int,
+    gpus_per_worker: float,
+) -> None:
     with ray_session(workers, ray_address, threads_per_worker, gpus_per_worker) as n_workers:
         import ray
         from ray import cloudpickle
@@ -258,8 +316,10 @@ def _run_on_ray(worker_factory: WorkerFactory, todo: list[Shard], finish: Callab
 
         factory = cloudpickle.dumps(worker_factory)
         actor_cls = ray.remote(num_cpus=threads_per_worker, num_gpus=gpus_per_worker)(ShardWorker)
-        actors = [actor_cls.remote(factory, threads_per_worker, list(sys.path))
-                  for _ in range(min(n_workers, len(todo)))]
+        actors = [
+            actor_cls.remote(factory, threads_per_worker, list(sys.path))
+            for _ in range(min(n_workers, len(todo)))
+        ]
         # ActorPool keeps one shard in flight per actor; each table is written and dropped as it
         # arrives, so the driver holds at most one shard's table at a time.
         pool = ActorPool(actors)
@@ -310,8 +370,9 @@ def init_ray(workers: int | None = None, ray_address: str | None = None, threads
         ray.init(address=ray_address, **quiet)
     except (ConnectionError, RuntimeError, TimeoutError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--ray-address {ray_address!r}: cannot join a Ray cluster ({first}); "
-                         f"{_RAY_ADDRESS_HINT}.") from None
+        raise InputError(
+            f"--ray-address {ray_address!r}: cannot join a Ray cluster ({first}); {_RAY_ADDRESS_HINT}."
+        ) from None
 
 
 def _check_reachable(ray_address: str) -> None:
@@ -321,13 +382,16 @@ def _check_reachable(ray_address: str) -> None:
     host_port = ray_address.removeprefix("ray://")
     host, sep, port = host_port.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise InputError(f"--ray-address {ray_address!r} is not HOST:PORT, ray://HOST:PORT or auto; "
-                         f"{_RAY_ADDRESS_HINT}.")
+        raise InputError(
+            f"--ray-address {ray_address!r} is not HOST:PORT, ray://HOST:PORT or auto; {_RAY_ADDRESS_HINT}."
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as err:
-        raise InputError(f"--ray-address {ray_address!r}: nothing answers there ({err.strerror or err}); "
-                         f"{_RAY_ADDRESS_HINT}.") from None
+        raise InputError(
+            f"--ray-address {ray_address!r}: nothing answers there ({err.strerror or err}); "
+            f"{_RAY_ADDRESS_HINT}."
+        ) from None
 
 
 def _local_cpus() -> int:
@@ -337,13 +401,16 @@ def _local_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _validate(shards: Sequence[Shard], workers: int | None, threads_per_worker: int,
-              gpus_per_worker: float) -> dict[str, str]:
+def _validate(
+    shards: Sequence[Shard], workers: int | None, threads_per_worker: int, gpus_per_worker: float
+) -> dict[str, str]:
     """Check the arguments; return each shard's canonical JSON by id."""
     if isinstance(shards, dict | str) or not isinstance(shards, Sequence):
         raise InputError(f"shards must be a list of dicts with an 'id', got {type(shards).__name__}.")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
-        raise InputError(f"--workers {workers!r}: give 0 (in this process) or a positive number of processes.")
+        raise InputError(
+            f"--workers {workers!r}: give 0 (in this process) or a positive number of processes."
+        )
     if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
         raise InputError(f"threads per worker {threads_per_worker!r}: give a positive integer.")
     if gpus_per_worker < 0:
@@ -354,15 +421,19 @@ def _validate(shards: Sequence[Shard], workers: int | None, threads_per_worker: 
             raise InputError(f"shard {i} must be a dict with an 'id' key, got {shard!r:.80}.")
         shard_id = shard["id"]
         if not isinstance(shard_id, str) or not _ID_RE.match(shard_id):
-            raise InputError(f"shard {i} has id {shard_id!r}: use a string of letters, digits, '.', '_' "
-                             "or '-' (it names the shard's file).")
+            raise InputError(
+                f"shard {i} has id {shard_id!r}: use a string of letters, digits, '.', '_' "
+                "or '-' (it names the shard's file)."
+            )
         if shard_id in specs:
             raise InputError(f"shard id {shard_id!r} appears twice: give every shard a unique id.")
         try:
             specs[shard_id] = json.dumps(shard, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise InputError(f"shard {shard_id!r} is not JSON-able ({err}): use plain str/int/float/"
-                             "list/dict values (e.g. file paths as str).") from None
+            raise InputError(
+                f"shard {shard_id!r} is not JSON-able ({err}): use plain str/int/float/"
+                "list/dict values (e.g. file paths as str)."
+            ) from None
     return specs
 
 
@@ -370,8 +441,10 @@ def _check_table(table: object, shard_id: str) -> None:
     import pandas as pd
 
     if not isinstance(table, pd.DataFrame):
-        raise TypeError(f"the worker returned {type(table).__name__} for shard {shard_id!r}; "
-                        "it must return a pandas.DataFrame.")
+        raise TypeError(
+            f"the worker returned {type(table).__name__} for shard {shard_id!r}; "
+            "it must return a pandas.DataFrame."
+        )
 
 
 def _write_shard(path: Path, table: pd.DataFrame, spec: str) -> int:
@@ -398,8 +471,10 @@ def _finished_rows(path: Path, spec: str) -> int | None:
         return None
     found = (meta.metadata or {}).get(_SHARD_KEY)
     if found is None or json.loads(found) != json.loads(spec):
-        raise InputError(f"{path} was written for a different shard ({(found or b'?').decode()[:120]}); "
-                         "give a new output folder, or delete it to start over.")
+        raise InputError(
+            f"{path} was written for a different shard ({(found or b'?').decode()[:120]}); "
+            "give a new output folder, or delete it to start over."
+        )
     return meta.num_rows
 
 

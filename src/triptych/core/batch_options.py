@@ -12,13 +12,19 @@ import typer
 
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", min=0, help="Ray worker processes, one model each (default: all CPUs; "
-                 "0 = run in this process without Ray)."),
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Ray worker processes, one model each (default: all CPUs; 0 = run in this process without Ray).",
+    ),
 ]
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option("--ray-address", help="Join a running Ray cluster: HOST:PORT, ray://HOST:10001 or auto "
-                 "(default: start Ray on this machine)."),
+    typer.Option(
+        "--ray-address",
+        help="Join a running Ray cluster: HOST:PORT, ray://HOST:10001 or auto "
+        "(default: start Ray on this machine).",
+    ),
 ]
 ThreadsPerWorkerOpt = Annotated[
     int,

@@ -141,27 +141,36 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
         try:
             raw = json.loads(handle.read(size))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise CheckpointError(f"checkpoint {path} has a corrupt header ({exc.__class__.__name__})") from None
+            raise CheckpointError(
+                f"checkpoint {path} has a corrupt header ({exc.__class__.__name__})"
+            ) from None
     meta = raw.get("__metadata__") if isinstance(raw, dict) else None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is a safetensors file but not a triptych checkpoint")
     fields = {}
     for key in ("kind", "config", "extra", "tree"):
         if not isinstance(meta.get(key), str):
-            raise CheckpointError(f"checkpoint {path} is corrupt: its header has no {key!r} string; "
-                                  "re-save or re-train it")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its header has no {key!r} string; re-save or re-train it"
+            )
     for key in ("config", "extra", "tree"):
         try:
             value = json.loads(meta[key])
-            fields[key] = value if key == "tree" else _decode(value, {})  # the tree is decoded with its tensors
+            fields[key] = (
+                value if key == "tree" else _decode(value, {})
+            )  # the tree is decoded with its tensors
         except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} is corrupt: its header field {key!r} is not valid "
-                                  f"({type(exc).__name__}); re-save or re-train it") from None
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its header field {key!r} is not valid "
+                f"({type(exc).__name__}); re-save or re-train it"
+            ) from None
     config, extra = fields["config"], fields["extra"]
     for key, value in (("config", config), ("extra", extra)):
         if not isinstance(value, dict):
-            raise CheckpointError(f"checkpoint {path} is corrupt: its {key} is a {type(value).__name__}, "
-                                  "not a mapping; re-save or re-train it")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt: its {key} is a {type(value).__name__}, "
+                "not a mapping; re-save or re-train it"
+            )
     return {
         "kind": meta["kind"],
         "triptych_version": meta.get("triptych_version"),
@@ -200,10 +209,14 @@ def load_checkpoint(
     except KeyError as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt: tensor {exc} is missing") from None
     except (TypeError, ValueError, RecursionError) as exc:  # a crafted tree: wrong shapes of __dict__ etc.
-        raise CheckpointError(f"checkpoint {path} is corrupt: its state tree is malformed "
-                              f"({type(exc).__name__}); re-save or re-train it") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its state tree is malformed "
+            f"({type(exc).__name__}); re-save or re-train it"
+        ) from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} is corrupt: its state is a {type(state).__name__}, not a mapping")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its state is a {type(state).__name__}, not a mapping"
+        )
     return state, meta
 
 
@@ -220,8 +233,10 @@ def rebuilding(path: Any) -> Iterator[None]:
     except TriptychError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-        raise CheckpointError(f"checkpoint {path} holds a config this version cannot build a model from "
-                              f"({type(exc).__name__}: {str(exc)[:120]}); re-train or re-export it") from None
+        raise CheckpointError(
+            f"checkpoint {path} holds a config this version cannot build a model from "
+            f"({type(exc).__name__}: {str(exc)[:120]}); re-train or re-export it"
+        ) from None
 
 
 def load_state_dict_into(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: Any) -> None:

@@ -65,7 +65,9 @@ class DemoRun:
 _REGISTRY: dict[str, DemoStep] = {}
 
 
-def register_demo(name: str, title: str) -> Callable[[Callable[[Path], DemoResult]], Callable[[Path], DemoResult]]:
+def register_demo(
+    name: str, title: str
+) -> Callable[[Callable[[Path], DemoResult]], Callable[[Path], DemoResult]]:
     """Decorator: register ``fn(out_dir) -> DemoResult`` as system ``name``'s demo step."""
 
     def wrap(fn: Callable[[Path], DemoResult]) -> Callable[[Path], DemoResult]:
@@ -100,8 +102,11 @@ def index_report(run: DemoRun) -> Report:
     """
     from triptych.core.report import Report
 
-    report = Report("triptych demo", intro="Each section below was produced by `triptych demo` on the data and "
-                    "weights shipped inside the package (nothing is downloaded, nothing is trained here).")
+    report = Report(
+        "triptych demo",
+        intro="Each section below was produced by `triptych demo` on the data and "
+        "weights shipped inside the package (nothing is downloaded, nothing is trained here).",
+    )
     rows = []
     for o in run.outcomes:
         name = o.step.name
@@ -113,9 +118,15 @@ def index_report(run: DemoRun) -> Report:
             page = {"text": "traceback", "href": o.log} if o.log else ""
         else:
             result, page = o.status, ""
-        rows.append({"system": o.step.title, "status": o.status,
-                     "seconds": f"{o.seconds:.0f}" if o.seconds is not None else "", "result": result,
-                     "full report": page})
+        rows.append(
+            {
+                "system": o.step.title,
+                "status": o.status,
+                "seconds": f"{o.seconds:.0f}" if o.seconds is not None else "",
+                "result": result,
+                "full report": page,
+            }
+        )
     summary = report.section("Summary")
     summary.table(rows, caption="One row per system; the result links to its section below.")
     for o in run.outcomes:
@@ -148,11 +159,15 @@ def run_demos(steps: list[DemoStep], out: Path, echo: Callable[[str], None] = pr
             o.status = "ok"
         except Exception as exc:  # a broken step must not hide the others; its error is shown, not swallowed
             o.status, o.error = "failed", one_line(exc)
-            o.log = write_text(out / f"{o.step.name}.error.txt", "".join(traceback.format_exception(exc))).name
+            o.log = write_text(
+                out / f"{o.step.name}.error.txt", "".join(traceback.format_exception(exc))
+            ).name
         o.seconds = time.perf_counter() - start
         if o.result is not None:
             o.result.section.text(f"Finished in {o.seconds:.1f} s.")
         index_report(run).write(index)
-        echo(f"[{i}/{len(steps)}] {o.step.title}: {o.status} in {o.seconds:.1f} s"
-             + (f" ({o.error})" if o.error else ""))
+        echo(
+            f"[{i}/{len(steps)}] {o.step.title}: {o.status} in {o.seconds:.1f} s"
+            + (f" ({o.error})" if o.error else "")
+        )
     return run

@@ -18,7 +18,9 @@ def choose_device(preference: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise InputError(f"--device {preference!r} is not a device; use auto, cpu, cuda or mps") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {preference!r} asked for CUDA but no CUDA GPU is visible; use --device cpu")
+        raise InputError(
+            f"--device {preference!r} asked for CUDA but no CUDA GPU is visible; use --device cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"--device {preference!r} asked for MPS but it is not available; use --device cpu")
     return device

@@ -93,8 +93,11 @@ def sniff(path: Path, what: str = "", hint: str = "give a text file") -> TextFor
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if bad is not None and key not in _WARNED:
         _WARNED.add(key)
-        print(f"warning: {label} is not UTF-8 (byte 0x{bad[1]:02X} at offset {bad[0]}); reading it as Latin-1 "
-              "(ISO-8859-1). Re-save it as UTF-8 to be sure of its characters", file=sys.stderr)
+        print(
+            f"warning: {label} is not UTF-8 (byte 0x{bad[1]:02X} at offset {bad[0]}); reading it as Latin-1 "
+            "(ISO-8859-1). Re-save it as UTF-8 to be sure of its characters",
+            file=sys.stderr,
+        )
     return fmt
 
 
@@ -103,25 +106,31 @@ def _sniff(path: Path, label: str, hint: str) -> tuple[TextFormat, tuple[int, in
         magic = handle.read(4)
     gzipped = magic[:2] == GZIP_MAGIC
     if not gzipped and path.suffix.lower() == ".gz":
-        raise InputError(f"{label} is named .gz but is not gzip-compressed; rename it without .gz "
-                         "or compress it with gzip")
+        raise InputError(
+            f"{label} is named .gz but is not gzip-compressed; rename it without .gz or compress it with gzip"
+        )
     try:
         with _open_bytes(path, gzipped) as raw:
             return _scan(raw, path, label, hint, gzipped)
     except (OSError, EOFError, zlib.error) as exc:
         if gzipped:
-            raise InputError(f"{label} is a corrupt or truncated gzip file ({type(exc).__name__}); "
-                             "re-create or re-download it") from None
+            raise InputError(
+                f"{label} is a corrupt or truncated gzip file ({type(exc).__name__}); "
+                "re-create or re-download it"
+            ) from None
         raise InputError(f"{label} cannot be read ({type(exc).__name__}: {exc}); {hint}") from None
 
 
-def _scan(raw: io.BufferedIOBase, path: Path, label: str, hint: str, gzipped: bool
-          ) -> tuple[TextFormat, tuple[int, int] | None]:
+def _scan(
+    raw: io.BufferedIOBase, path: Path, label: str, hint: str, gzipped: bool
+) -> tuple[TextFormat, tuple[int, int] | None]:
     """The format, and (offset, byte) of the first byte that is not UTF-8 (None if all are)."""
     first = raw.read(_CHUNK)
     if first.startswith(ZIP_MAGIC):
-        raise InputError(f"{label} is a zip archive (an Excel .xlsx workbook?), not text; "
-                         "export it as CSV (UTF-8) or unzip it")
+        raise InputError(
+            f"{label} is a zip archive (an Excel .xlsx workbook?), not text; "
+            "export it as CSV (UTF-8) or unzip it"
+        )
     if first.startswith(_UTF16_BOMS):
         decoder = codecs.getincrementaldecoder("utf-16")()
         try:
@@ -131,8 +140,9 @@ def _scan(raw: io.BufferedIOBase, path: Path, label: str, hint: str, gzipped: bo
                 chunk = raw.read(_CHUNK)
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise InputError(f"{label} starts with a UTF-16 mark but is not valid UTF-16; "
-                             "re-save it as UTF-8") from None
+            raise InputError(
+                f"{label} starts with a UTF-16 mark but is not valid UTF-16; re-save it as UTF-8"
+            ) from None
         return TextFormat(gzipped, "utf-16"), None
     skip = len(codecs.BOM_UTF8) if first.startswith(codecs.BOM_UTF8) else 0
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -140,8 +150,9 @@ def _scan(raw: io.BufferedIOBase, path: Path, label: str, hint: str, gzipped: bo
     while chunk:
         nul = chunk.find(b"\x00")
         if nul >= 0:
-            raise InputError(f"{label} looks like a binary file (a NUL byte at offset {offset + nul}), not text; "
-                             f"{hint}")
+            raise InputError(
+                f"{label} looks like a binary file (a NUL byte at offset {offset + nul}), not text; {hint}"
+            )
         if bad is None:
             try:
                 decoder.decode(chunk)
@@ -158,8 +169,9 @@ def _scan(raw: io.BufferedIOBase, path: Path, label: str, hint: str, gzipped: bo
 
 
 @contextlib.contextmanager
-def open_text(path: str | os.PathLike, what: str = "", hint: str = "give a text file",
-              newline: str | None = None) -> Iterator[TextIO]:
+def open_text(
+    path: str | os.PathLike, what: str = "", hint: str = "give a text file", newline: str | None = None
+) -> Iterator[TextIO]:
     """Open a user's text file (plain or gzip) for reading, after :func:`input_file` and :func:`sniff`.
 
     ``newline`` is passed to the text layer (``""`` for the ``csv`` module).
@@ -187,8 +199,10 @@ def read_json(path: str | os.PathLike, what: str = "", hint: str = "give a JSON 
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{_label(Path(path), what)} is not valid JSON ({exc.msg} at line {exc.lineno} column "
-                         f"{exc.colno}); fix it (check with `python -m json.tool`)") from None
+        raise InputError(
+            f"{_label(Path(path), what)} is not valid JSON ({exc.msg} at line {exc.lineno} column "
+            f"{exc.colno}); fix it (check with `python -m json.tool`)"
+        ) from None
     except RecursionError:
         raise InputError(f"{_label(Path(path), what)} nests JSON too deeply to read; flatten it") from None
 

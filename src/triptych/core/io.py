@@ -64,7 +64,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 MARKER = ".triptych-run"
 
 
-COMMAND_LINE: list[str] = []  # the process's arguments, set by ``triptych.cli.main``; sys.argv serves otherwise
+COMMAND_LINE: list[
+    str
+] = []  # the process's arguments, set by ``triptych.cli.main``; sys.argv serves otherwise
 
 
 def command_line() -> str:
@@ -88,9 +90,11 @@ def check_replaceable(path: str | os.PathLike, keep: Iterable[str] = ()) -> Path
     if path.is_dir() and not (path / MARKER).is_file():
         foreign = sorted(p.name for p in path.iterdir() if p.name not in set(keep))
         if foreign:
-            raise InputError(f"--out {path} holds files triptych did not write ({', '.join(foreign[:3])}"
-                             f"{' ...' if len(foreign) > 3 else ''}); a run replaces its --out folder whole, "
-                             "so give a new or empty folder")
+            raise InputError(
+                f"--out {path} holds files triptych did not write ({', '.join(foreign[:3])}"
+                f"{' ...' if len(foreign) > 3 else ''}); a run replaces its --out folder whole, "
+                "so give a new or empty folder"
+            )
     return path
 
 
@@ -191,4 +195,3 @@ def output_dir_in_place(path: str | os.PathLike) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
-

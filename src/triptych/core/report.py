@@ -19,7 +19,13 @@ _TEMPLATE = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html", "j2"]),
 ).get_template("report.html.j2")
 
-_MIME = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+_MIME = {
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+}
 
 
 def image_data_uri(image: Any, fmt: str = "png") -> str:

@@ -28,7 +28,9 @@ def mean_sd(values: Sequence[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(arr.mean())} ± {fmt.format(arr.std(ddof=1))}"
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = "{:.3f}") -> str:
+def markdown_table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, floatfmt: str = "{:.3f}"
+) -> str:
     """A GitHub-flavoured Markdown table of ``rows`` (dicts), columns in first-seen order."""
     if columns is None:
         columns = []
@@ -64,8 +66,10 @@ def strict(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
     if obj is None or isinstance(obj, bool | int | str):
         return obj
     if isinstance(obj, Mapping):
-        return {k if isinstance(k, str | int | float | bool) or k is None else str(k): strict(v, default)
-                for k, v in obj.items()}
+        return {
+            k if isinstance(k, str | int | float | bool) or k is None else str(k): strict(v, default)
+            for k, v in obj.items()
+        }
     if isinstance(obj, list | tuple | set | frozenset):
         return [strict(v, default) for v in obj]
     if isinstance(obj, np.generic | np.ndarray):
@@ -82,7 +86,8 @@ def json_text(obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | 
     return json.dumps(strict(obj, default), indent=indent, allow_nan=False) + "\n"
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2,
-               default: Callable[[Any], Any] | None = None) -> Path:
+def write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 2, default: Callable[[Any], Any] | None = None
+) -> Path:
     """Write ``obj`` to ``path`` as strict JSON, atomically."""
     return write_text(path, json_text(obj, indent, default))

@@ -113,16 +113,20 @@ def training_run_dir(out: str | os.PathLike, resume: str | os.PathLike | None = 
     resume = Path(resume) if resume else None
     last = partial / LAST
     if partial.exists() and not (resume is not None and _inside(resume, partial)) and any(partial.iterdir()):
-        raise InputError(f"{partial} holds an interrupted run; resume it with --resume {last}, "
-                         "or delete that folder to start afresh")
+        raise InputError(
+            f"{partial} holds an interrupted run; resume it with --resume {last}, "
+            "or delete that folder to start afresh"
+        )
     partial.mkdir(parents=True, exist_ok=True)
     try:
         yield partial
     except BaseException as exc:
         interrupted = isinstance(exc, KeyboardInterrupt | SystemExit)
         if last.is_file():
-            say(f"{'interrupted' if interrupted else 'stopped'}: {out} is unchanged; the run so far is in "
-                f"{partial}/; resume with: {resume_command(last)}")
+            say(
+                f"{'interrupted' if interrupted else 'stopped'}: {out} is unchanged; the run so far is in "
+                f"{partial}/; resume with: {resume_command(last)}"
+            )
         else:
             shutil.rmtree(partial, ignore_errors=True)
             if interrupted:

@@ -36,9 +36,13 @@ DevicesOpt = Annotated[str, typer.Option(help="Number of devices/processes, a li
 StrategyOpt = Annotated[str, typer.Option(help="auto, ddp (several processes or nodes), ddp_spawn, fsdp ...")]
 PrecisionOpt = Annotated[str, typer.Option(help="32-true, 16-mixed, bf16-mixed ...")]
 MaxTimeOpt = Annotated[str | None, typer.Option(help="Stop after this long, DD:HH:MM:SS (e.g. 00:00:15:00).")]
-ResumeOpt = Annotated[Path | None, typer.Option(
-    help="Continue from this training checkpoint (.safetensors), e.g. OUT.partial/checkpoints/last.safetensors "
-         "of an interrupted run.")]
+ResumeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Continue from this training checkpoint (.safetensors), e.g. OUT.partial/checkpoints/last.safetensors "
+        "of an interrupted run."
+    ),
+]
 
 _FLAG_OPTIONS: dict[str, tuple[Any, Any]] = {
     "accelerator": (AcceleratorOpt, "auto"),
@@ -62,18 +66,30 @@ def trainer_options(**defaults: Any) -> Callable[[Callable[..., Any]], Callable[
         raise TypeError(f"unknown trainer options {sorted(unknown)}")
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(command, eval_str=True)  # Typer reads the signature we publish: resolve it now
+        sig = inspect.signature(
+            command, eval_str=True
+        )  # Typer reads the signature we publish: resolve it now
         if "flags" not in sig.parameters:
             raise TypeError(f"{command.__name__} must take a `flags: TrainerFlags` parameter")
         params = [p for p in sig.parameters.values() if p.name != "flags"]
-        params += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                     default=defaults.get(name, default))
-                   for name, (annotation, default) in _FLAG_OPTIONS.items()]
+        params += [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=defaults.get(name, default),
+            )
+            for name, (annotation, default) in _FLAG_OPTIONS.items()
+        ]
 
         @functools.wraps(command)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            flags = TrainerFlags(**{name: kwargs.pop(name, defaults.get(name, default))
-                                    for name, (_, default) in _FLAG_OPTIONS.items()})
+            flags = TrainerFlags(
+                **{
+                    name: kwargs.pop(name, defaults.get(name, default))
+                    for name, (_, default) in _FLAG_OPTIONS.items()
+                }
+            )
             return command(*args, flags=flags, **kwargs)
 
         wrapper.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

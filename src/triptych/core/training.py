@@ -49,13 +49,17 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_WithoutInt
 class SafetensorsCheckpointIO(CheckpointIO):
     """Lightning checkpoint I/O through :func:`save_checkpoint` instead of ``torch.save``."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
         hparams = dict(checkpoint.get("hyper_parameters") or {})
         # A module that declares ``kind`` in its hyper-parameters gets checkpoints of that kind,
         # so that a MATIC checkpoint handed to PdCR fails at once with a clear line.
         save_checkpoint(path, checkpoint, kind=str(hparams.get("kind", LIGHTNING_KIND)), config=hparams)
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: Any = None
+    ) -> dict[str, Any]:
         state, _ = load_checkpoint(path)
         return state
 
@@ -115,9 +119,17 @@ def make_trainer(
     all_callbacks: list[L.Callback] = [ckpt]
     if monitor:
         # no monitor: saved every epoch, replacing the previous one, so --resume loses no epoch
-        all_callbacks.append(SafetensorsModelCheckpoint(
-            dirpath=dirpath, monitor=None, save_top_k=1, filename="last", every_n_epochs=every_n_epochs,
-            auto_insert_metric_name=False, enable_version_counter=False))
+        all_callbacks.append(
+            SafetensorsModelCheckpoint(
+                dirpath=dirpath,
+                monitor=None,
+                save_top_k=1,
+                filename="last",
+                every_n_epochs=every_n_epochs,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
     all_callbacks += callbacks or []
     if monitor and patience:
         all_callbacks.append(L.pytorch.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience))
@@ -153,11 +165,15 @@ def load_module_state(path: str | os.PathLike, kind: str) -> tuple[dict[str, Any
     state, _ = load_checkpoint(path, kind=kind)
     state_dict, hparams = state.get("state_dict"), state.get("hyper_parameters") or {}
     if not isinstance(state_dict, dict) or not isinstance(hparams, dict):
-        raise CheckpointError(f"checkpoint {path} is corrupt: it lacks a state_dict or hyper_parameters mapping; "
-                              "re-train or re-export it")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: it lacks a state_dict or hyper_parameters mapping; "
+            "re-train or re-export it"
+        )
     return state_dict, dict(hparams)
 
 
-def fit(trainer: L.Trainer, module: L.LightningModule, *args: Any, resume: Path | None = None, **kwargs: Any) -> None:
+def fit(
+    trainer: L.Trainer, module: L.LightningModule, *args: Any, resume: Path | None = None, **kwargs: Any
+) -> None:
     """``trainer.fit`` that resumes from ``resume`` when given."""
     trainer.fit(module, *args, ckpt_path=str(resume) if resume else None, **kwargs)

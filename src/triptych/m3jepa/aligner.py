@@ -91,8 +91,10 @@ class AlignerEnsemble:
         first = self.members[0]
         for other in self.members[1:]:
             if other.encoders != first.encoders:
-                raise InputError(f"checkpoints {first.path} and {other.path} were trained on different encoders; "
-                                 "an ensemble needs the same encoders")
+                raise InputError(
+                    f"checkpoints {first.path} and {other.path} were trained on different encoders; "
+                    "an ensemble needs the same encoders"
+                )
 
     @property
     def encoders(self) -> dict[str, Any]:
@@ -127,8 +129,13 @@ def load_aligner(checkpoint: str | Path) -> CheckpointAligner:
     prefix = "model."
     with rebuilding(checkpoint):  # a checkpoint with a broken config is a clear error, not a traceback
         model = build_model(hparams["model_config"])
-        model_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        model_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     load_state_dict_into(model, model_state, checkpoint)
     model.eval()
-    return CheckpointAligner(model, hparams["model_config"], hparams.get("encoders") or {}, Path(checkpoint),
-                             hparams.get("train_config") or {})
+    return CheckpointAligner(
+        model,
+        hparams["model_config"],
+        hparams.get("encoders") or {},
+        Path(checkpoint),
+        hparams.get("train_config") or {},
+    )

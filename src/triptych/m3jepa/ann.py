@@ -102,13 +102,22 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as exc:  # an optional dependency: a clear message, not a traceback
-        raise InputError("approximate search needs FAISS: pip install 'triptych[m3jepa]' (faiss-cpu), "
-                         "or search with --exact") from exc
+        raise InputError(
+            "approximate search needs FAISS: pip install 'triptych[m3jepa]' (faiss-cpu), "
+            "or search with --exact"
+        ) from exc
     return faiss
 
 
-def build_ivf(train: np.ndarray, blocks: Iterable[np.ndarray], count: int, folder: str | os.PathLike, name: str,
-              config: AnnConfig | None = None, progress: Any = None) -> dict[str, Any]:
+def build_ivf(
+    train: np.ndarray,
+    blocks: Iterable[np.ndarray],
+    count: int,
+    folder: str | os.PathLike,
+    name: str,
+    config: AnnConfig | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
     """Build an on-disk IVF index over ``count`` folded vectors arriving in ``blocks``; returns its record.
 
     ``train`` is a sample of the same vectors (at most ``config.train_size`` are used) for the
@@ -177,11 +186,26 @@ def build_ivf(train: np.ndarray, blocks: Iterable[np.ndarray], count: int, folde
     return _record(folder, name, kind, count, dim, cfg, nlist, trained_s, start)
 
 
-def _record(folder: Path, name: str, kind: str, count: int, dim: int, cfg: AnnConfig, nlist: int, trained_s: float,
-            start: float) -> dict[str, Any]:
-    record = {"kind": kind, "metric": "inner_product", "count": count, "dim": dim,
-              "config": {**asdict(cfg), "nlist": nlist}, "train_seconds": trained_s,
-              "build_seconds": time.perf_counter() - start}
+def _record(
+    folder: Path,
+    name: str,
+    kind: str,
+    count: int,
+    dim: int,
+    cfg: AnnConfig,
+    nlist: int,
+    trained_s: float,
+    start: float,
+) -> dict[str, Any]:
+    record = {
+        "kind": kind,
+        "metric": "inner_product",
+        "count": count,
+        "dim": dim,
+        "config": {**asdict(cfg), "nlist": nlist},
+        "train_seconds": trained_s,
+        "build_seconds": time.perf_counter() - start,
+    }
     (folder / META_FILE.format(name=name)).write_text(json.dumps(record, indent=1))
     return record
 
@@ -194,8 +218,10 @@ class AnnIndex:
         folder = Path(folder)
         path = folder / INDEX_FILE.format(name=name)
         if not path.is_file():
-            raise InputError(f"{folder} has no approximate index for {name}; rebuild it with `triptych m3jepa "
-                             "index`, or search with --exact")
+            raise InputError(
+                f"{folder} has no approximate index for {name}; rebuild it with `triptych m3jepa "
+                "index`, or search with --exact"
+            )
         self.record = json.loads((folder / META_FILE.format(name=name)).read_text())
         config = self.record["config"]
         if config["storage"] == "PQ":  # codes in RAM (dim/8 bytes a vector); full vectors stay memory-mapped
@@ -212,9 +238,14 @@ class AnnIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, folded_queries: np.ndarray, k: int, nprobe: int | None = None,
-               vectors: Callable[[np.ndarray], np.ndarray] | None = None,
-               rerank: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        folded_queries: np.ndarray,
+        k: int,
+        nprobe: int | None = None,
+        vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+        rerank: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by inner product with folded queries: (Q x k scores, Q x k rows; -1 = none found).
 
         With product-quantised codes, the best ``rerank`` candidates are re-scored exactly with
@@ -224,24 +255,29 @@ class AnnIndex:
         faiss = _faiss()
         queries = np.ascontiguousarray(folded_queries, dtype=np.float32)
         if queries.shape[1] != self.dim:
-            raise InputError(f"query vectors ({queries.shape[1]}-d folded) do not match the approximate index "
-                             f"({self.dim}-d); search with the checkpoints the index was built with")
+            raise InputError(
+                f"query vectors ({queries.shape[1]}-d folded) do not match the approximate index "
+                f"({self.dim}-d); search with the checkpoints the index was built with"
+            )
         params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe))
         k = int(min(k, len(self)))
         depth = max(k, self.rerank if rerank is None else rerank) if vectors is not None else k
         scores, rows = self.index.search(queries, int(min(depth, len(self))), params=params)
         if vectors is None or depth == 0:
             return scores[:, :k], rows[:, :k]
-        out_s, out_r = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        out_s, out_r = (
+            np.full((len(queries), k), -np.inf, np.float32),
+            np.full((len(queries), k), -1, np.int64),
+        )
         for i, (query, cand) in enumerate(zip(queries, rows, strict=True)):
             cand = np.sort(cand[cand >= 0])  # sorted rows: sequential reads of the memory map
             exact = vectors(cand) @ query
             best = np.argsort(-exact, kind="stable")[:k]
-            out_s[i, :len(best)], out_r[i, :len(best)] = exact[best], cand[best]
+            out_s[i, : len(best)], out_r[i, : len(best)] = exact[best], cand[best]
         return out_s, out_r
 
 
 def blocks_of(array: Any, size: int) -> Iterator[np.ndarray]:
     """Consecutive row blocks of an array-like (e.g. a memory-mapped .npy) as float32 arrays."""
     for start in range(0, len(array), size):
-        yield np.asarray(array[start:start + size], dtype=np.float32)
+        yield np.asarray(array[start : start + size], dtype=np.float32)

@@ -30,8 +30,9 @@ class ClipHeads(nn.Module):
         return self.heads[tgt](batch.pooled)
 
 
-def method_configs(predictor: dict[str, Any], clip_dim: int = 256,
-                   clip_temperature: float = 0.07) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def method_configs(
+    predictor: dict[str, Any], clip_dim: int = 256, clip_temperature: float = 0.07
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """``{method: (model_config, train-config overrides)}`` for M3-JEPA and its three baselines.
 
     ``predictor`` is the full predictor's config (``PredictorConfig`` fields); the
@@ -44,7 +45,11 @@ def method_configs(predictor: dict[str, Any], clip_dim: int = 256,
         "mlp": ({**full, "mixer": "mlp"}, {"schedule": "cyclic"}),
         "clip_linear": (
             {"type": "clip", "dims": dict(predictor["dims"]), "dim": clip_dim},
-            {"schedule": "summed", "learnable_temperature": True, "temperature": clip_temperature,
-             "alpha": 1.0},
+            {
+                "schedule": "summed",
+                "learnable_temperature": True,
+                "temperature": clip_temperature,
+                "alpha": 1.0,
+            },
         ),
     }

@@ -36,8 +36,14 @@ METHOD_TITLES = {
 }
 
 
-def run_one(cache: PairedCache, method: str, seed: int, cfg: M3JepaConfig, work: Path,
-            enable_progress_bar: bool = False) -> dict[str, Any]:
+def run_one(
+    cache: PairedCache,
+    method: str,
+    seed: int,
+    cfg: M3JepaConfig,
+    work: Path,
+    enable_progress_bar: bool = False,
+) -> dict[str, Any]:
     """Train one method with one seed (selected on dev), evaluate it on test."""
     import torch
 
@@ -46,22 +52,36 @@ def run_one(cache: PairedCache, method: str, seed: int, cfg: M3JepaConfig, work:
     dims = {cache.modality: int(cache.image.tokens.shape[-1]), "text": int(cache.text.tokens.shape[-1])}
     model_config, tc = cfg.method(method, dims, cache.modality, seed)
     start = time.perf_counter()
-    result = train_aligner(train, dev, model_config, tc, out_dir=work / method / f"seed{seed}",
-                           encoders={m: encoder_record(f) for m, f in caches.items()},
-                           enable_progress_bar=enable_progress_bar)
+    result = train_aligner(
+        train,
+        dev,
+        model_config,
+        tc,
+        out_dir=work / method / f"seed{seed}",
+        encoders={m: encoder_record(f) for m, f in caches.items()},
+        enable_progress_bar=enable_progress_bar,
+    )
     seconds = time.perf_counter() - start
     with torch.no_grad():
         metrics = direction_metrics(result.model, test, tc.fuse_directions)
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
     record = {
-        "metrics": metrics, "seconds": seconds, "checkpoint": str(result.checkpoint),
+        "metrics": metrics,
+        "seconds": seconds,
+        "checkpoint": str(result.checkpoint),
         "params": sum(p.numel() for p in result.model.parameters())
         + sum(p.numel() for p in result.module.loss.parameters()),
-        "selection": {"best_epoch": best.get("epoch"), "epochs_run": len(result.val_history),
-                      "best_dev_recall": best.get("val_recall")},
-        "expert_usage": None if result.module.expert_usage is None else [
-            round(u, 4) for u in result.module.expert_usage],
-        "model_config": model_config, "train_config": asdict(tc), "benchmark_config": cfg.as_dict(),
+        "selection": {
+            "best_epoch": best.get("epoch"),
+            "epochs_run": len(result.val_history),
+            "best_dev_recall": best.get("val_recall"),
+        },
+        "expert_usage": None
+        if result.module.expert_usage is None
+        else [round(u, 4) for u in result.module.expert_usage],
+        "model_config": model_config,
+        "train_config": asdict(tc),
+        "benchmark_config": cfg.as_dict(),
     }
     write_text(work / method / f"seed{seed}" / "result.json", json_text(record, indent=None))
     return record
@@ -125,26 +145,40 @@ def run_benchmark(
     else:
         done.update({run: run_one(cache, *run, cfg, work, enable_progress_bar) for run in todo})
     for (method, seed), r in done.items():
-        print(f"{method} seed {seed}: i2t {r['metrics']['i2t']} t2i {r['metrics']['t2i']} ({r['seconds']:.0f} s, "
-              f"best epoch {r['selection']['best_epoch']})", flush=True)
+        print(
+            f"{method} seed {seed}: i2t {r['metrics']['i2t']} t2i {r['metrics']['t2i']} ({r['seconds']:.0f} s, "
+            f"best epoch {r['selection']['best_epoch']})",
+            flush=True,
+        )
     per_method: dict[str, Any] = {}
     diagnostics: dict[str, Any] = {}
     for method in methods:
         rs = [done[(method, int(s))] for s in seeds]
-        per_method[method] = {**over_seeds([r["metrics"] for r in rs]),
-                              "train_seconds": float(np.mean([r["seconds"] for r in rs])), "params": rs[0]["params"]}
-        diagnostics[method] = {"selection": [r["selection"] for r in rs],
-                               "expert_usage_last_epoch": [r["expert_usage"] for r in rs if r["expert_usage"]],
-                               "train_config": rs[0]["train_config"], "model_config": rs[0]["model_config"]}
+        per_method[method] = {
+            **over_seeds([r["metrics"] for r in rs]),
+            "train_seconds": float(np.mean([r["seconds"] for r in rs])),
+            "params": rs[0]["params"],
+        }
+        diagnostics[method] = {
+            "selection": [r["selection"] for r in rs],
+            "expert_usage_last_epoch": [r["expert_usage"] for r in rs if r["expert_usage"]],
+            "train_config": rs[0]["train_config"],
+            "model_config": rs[0]["model_config"],
+        }
     test = split_tasks(cache, "test")
     results = {
         "methods": per_method,
         "encoders": {m: encoder_record(f) for m, f in (("image", cache.image), ("text", cache.text))},
-        "protocol": {"dataset": cache.data.name, "train_images": len(cache.split("train")[0]),
-                     "dev_images": len(cache.split("dev")[0]), "test_images": len(np.unique(test[0].pairs[:, 0])),
-                     "test_captions": len(test[0].pairs), "seeds": [int(s) for s in seeds],
-                     "selection": "best dev-split recall (mean of R@1/5/10, both ways), early stopping",
-                     "parallel_jobs": jobs},
+        "protocol": {
+            "dataset": cache.data.name,
+            "train_images": len(cache.split("train")[0]),
+            "dev_images": len(cache.split("dev")[0]),
+            "test_images": len(np.unique(test[0].pairs[:, 0])),
+            "test_captions": len(test[0].pairs),
+            "seeds": [int(s) for s in seeds],
+            "selection": "best dev-split recall (mean of R@1/5/10, both ways), early stopping",
+            "parallel_jobs": jobs,
+        },
         "config": cfg.as_dict(),
         "diagnostics": diagnostics,
     }

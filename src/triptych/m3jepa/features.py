@@ -91,7 +91,9 @@ class ShardedArray:
     def __getitem__(self, index: Any) -> np.ndarray:
         if isinstance(index, tuple):  # rows first, then the remaining axes on what was read
             rows = self[index[0]]
-            return rows[index[1:]] if isinstance(index[0], int | np.integer) else rows[(slice(None), *index[1:])]
+            return (
+                rows[index[1:]] if isinstance(index[0], int | np.integer) else rows[(slice(None), *index[1:])]
+            )
         if isinstance(index, int | np.integer):
             i = int(index) + (len(self) if index < 0 else 0)
             if not 0 <= i < len(self):
@@ -150,14 +152,18 @@ class Features:
         try:
             return np.array([rows[item] for item in ids], dtype=np.int64)
         except KeyError as exc:
-            raise InputError(f"feature cache {self.path}: no item {exc.args[0]!r}; re-run "
-                             "`triptych m3jepa encode` on the dataset that contains it") from None
+            raise InputError(
+                f"feature cache {self.path}: no item {exc.args[0]!r}; re-run "
+                "`triptych m3jepa encode` on the dataset that contains it"
+            ) from None
 
     def batch(self, rows: Any) -> EncodedBatch:
         """Rows as float32 tensors (tokens, mask, pooled), ready for a predictor."""
-        return EncodedBatch(torch.from_numpy(self.tokens[rows].astype(np.float32)),
-                            torch.from_numpy(self.mask[rows]),
-                            torch.from_numpy(self.pooled[rows].astype(np.float32)))
+        return EncodedBatch(
+            torch.from_numpy(self.tokens[rows].astype(np.float32)),
+            torch.from_numpy(self.mask[rows]),
+            torch.from_numpy(self.pooled[rows].astype(np.float32)),
+        )
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -168,63 +174,117 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
     manifest = read_json(file, "feature cache manifest", "delete the folder and encode again")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InputError(f"feature cache {path}: format {found!r} is not {FORMAT!r}; "
-                         "encode again with this version of triptych")
+        raise InputError(
+            f"feature cache {path}: format {found!r} is not {FORMAT!r}; "
+            "encode again with this version of triptych"
+        )
     return manifest
 
 
-def check_compatible(manifest: dict[str, Any], path: Any, *, encoder: str | None = None,
-                     fingerprint: str | None = None, dim: int | None = None,
-                     modality: str | None = None) -> None:
+def check_compatible(
+    manifest: dict[str, Any],
+    path: Any,
+    *,
+    encoder: str | None = None,
+    fingerprint: str | None = None,
+    dim: int | None = None,
+    modality: str | None = None,
+) -> None:
     """Raise an InputError if the cache was made by another encoder, config or dimension."""
     if encoder is not None and manifest["encoder"] != encoder:
-        raise InputError(f"feature cache {path} was made with encoder {manifest['encoder']!r}, not "
-                         f"{encoder!r}; encode the data again with {encoder!r} into another folder")
+        raise InputError(
+            f"feature cache {path} was made with encoder {manifest['encoder']!r}, not "
+            f"{encoder!r}; encode the data again with {encoder!r} into another folder"
+        )
     if fingerprint is not None and manifest["fingerprint"] != fingerprint:
-        raise InputError(f"feature cache {path} was made with another version or configuration of encoder "
-                         f"{manifest['encoder']!r} (fingerprint {manifest['fingerprint']} != {fingerprint}); "
-                         "encode again into another folder")
+        raise InputError(
+            f"feature cache {path} was made with another version or configuration of encoder "
+            f"{manifest['encoder']!r} (fingerprint {manifest['fingerprint']} != {fingerprint}); "
+            "encode again into another folder"
+        )
     if dim is not None and int(manifest["dim"]) != int(dim):
-        raise InputError(f"feature cache {path} holds {manifest['dim']}-d features ({manifest['encoder']}) but "
-                         f"{dim}-d are expected; use a cache made with the encoder the model was trained on")
+        raise InputError(
+            f"feature cache {path} holds {manifest['dim']}-d features ({manifest['encoder']}) but "
+            f"{dim}-d are expected; use a cache made with the encoder the model was trained on"
+        )
     if modality is not None and manifest["modality"] != modality:
-        raise InputError(f"feature cache {path} holds {manifest['modality']} features, not {modality}; "
-                         "pass the other cache folder")
+        raise InputError(
+            f"feature cache {path} holds {manifest['modality']} features, not {modality}; "
+            "pass the other cache folder"
+        )
 
 
-def load_features(path: str | os.PathLike, *, encoder: str | None = None, fingerprint: str | None = None,
-                  dim: int | None = None, modality: str | None = None) -> Features:
+def load_features(
+    path: str | os.PathLike,
+    *,
+    encoder: str | None = None,
+    fingerprint: str | None = None,
+    dim: int | None = None,
+    modality: str | None = None,
+) -> Features:
     """Memory-map a finished cache; optional checks that it matches an encoder and dimension."""
     path = Path(path)
     manifest = read_manifest(path)
     if manifest is None:
-        raise InputError(f"{path} is not a feature cache (no {MANIFEST}); create it with `triptych m3jepa encode`")
+        raise InputError(
+            f"{path} is not a feature cache (no {MANIFEST}); create it with `triptych m3jepa encode`"
+        )
     if not manifest["complete"]:
         done = sum(s["count"] for s in manifest["shards"])
-        raise InputError(f"feature cache {path} is unfinished ({done}/{manifest['count']} items); "
-                         "run the same `triptych m3jepa encode` command again to resume it")
+        raise InputError(
+            f"feature cache {path} is unfinished ({done}/{manifest['count']} items); "
+            "run the same `triptych m3jepa encode` command again to resume it"
+        )
     check_compatible(manifest, path, encoder=encoder, fingerprint=fingerprint, dim=dim, modality=modality)
     ids = json.loads((path / IDS).read_text())
-    parts = {key: [np.load(path / s["name"] / f"{key}.npy", mmap_mode="r") for s in manifest["shards"]]
-             for key in ("tokens", "mask", "pooled")}
+    parts = {
+        key: [np.load(path / s["name"] / f"{key}.npy", mmap_mode="r") for s in manifest["shards"]]
+        for key in ("tokens", "mask", "pooled")
+    }
     if not manifest["shards"]:  # an empty dataset still loads, with zero rows
-        shape = {"tokens": (0, manifest["length"], manifest["dim"]), "mask": (0, manifest["length"]),
-                 "pooled": (0, manifest["dim"])}
+        shape = {
+            "tokens": (0, manifest["length"], manifest["dim"]),
+            "mask": (0, manifest["length"]),
+            "pooled": (0, manifest["dim"]),
+        }
         dtypes = {"tokens": manifest["dtype"], "mask": bool, "pooled": np.float32}
         parts = {key: [np.zeros(shape[key], dtype=dtypes[key])] for key in parts}
-    return Features(ShardedArray(parts["tokens"]), ShardedArray(parts["mask"]), ShardedArray(parts["pooled"]),
-                    ids, manifest, path)
+    return Features(
+        ShardedArray(parts["tokens"]),
+        ShardedArray(parts["mask"]),
+        ShardedArray(parts["pooled"]),
+        ids,
+        manifest,
+        path,
+    )
 
 
 def _new_manifest(encoder: CachableEncoder, count: int, shard_size: int) -> dict[str, Any]:
-    return {"format": FORMAT, "modality": encoder.modality, "encoder": encoder.name,
-            "fingerprint": encoder.fingerprint(), "dim": int(encoder.dim), "length": int(encoder.length),
-            "dtype": "float16", "count": count, "shard_size": shard_size, "shards": [], "complete": False}
+    return {
+        "format": FORMAT,
+        "modality": encoder.modality,
+        "encoder": encoder.name,
+        "fingerprint": encoder.fingerprint(),
+        "dim": int(encoder.dim),
+        "length": int(encoder.length),
+        "dtype": "float16",
+        "count": count,
+        "shard_size": shard_size,
+        "shards": [],
+        "complete": False,
+    }
 
 
-def write_features(path: str | os.PathLike, ids: Sequence[str], load: Callable[[int], Any],
-                   encoder: CachableEncoder, *, shard_size: int = 1024, batch_size: int = 32,
-                   desc: str | None = None) -> Features:
+def write_features(
+    path: str | os.PathLike,
+    ids: Sequence[str],
+    load: Callable[[int], Any],
+    encoder: CachableEncoder,
+    *,
+    shard_size: int = 1024,
+    batch_size: int = 32,
+    desc: str | None = None,
+) -> Features:
     """Encode items ``load(0) .. load(N-1)`` (ids ``ids``) into the cache at ``path``, resuming.
 
     A folder that already holds a cache of the same ids, encoder and shard size is
@@ -237,12 +297,20 @@ def write_features(path: str | os.PathLike, ids: Sequence[str], load: Callable[[
         raise InputError(f"feature cache {path}: item ids are not unique; each item needs its own id")
     manifest = read_manifest(path)
     if manifest is not None:
-        check_compatible(manifest, path, encoder=encoder.name, fingerprint=encoder.fingerprint(),
-                         dim=encoder.dim, modality=encoder.modality)
+        check_compatible(
+            manifest,
+            path,
+            encoder=encoder.name,
+            fingerprint=encoder.fingerprint(),
+            dim=encoder.dim,
+            modality=encoder.modality,
+        )
         old_ids = json.loads((path / IDS).read_text())
         if old_ids != ids or manifest["shard_size"] != shard_size or manifest["length"] != encoder.length:
-            raise InputError(f"feature cache {path} holds other items or another shard size / token length; "
-                             "pass a new --out folder (or delete this one) to encode this dataset")
+            raise InputError(
+                f"feature cache {path} holds other items or another shard size / token length; "
+                "pass a new --out folder (or delete this one) to encode this dataset"
+            )
     else:
         if path.exists() and any(path.iterdir()):
             raise InputError(f"{path} exists and is not a feature cache; choose an empty or new --out folder")
@@ -264,13 +332,21 @@ def write_features(path: str | os.PathLike, ids: Sequence[str], load: Callable[[
             name = f"shard-{start // shard_size:05d}"
             chunks = []
             for b in range(start, stop, batch_size):
-                chunks.append(_encode_checked(encoder, [load(i) for i in range(b, min(b + batch_size, stop))]))
+                chunks.append(
+                    _encode_checked(encoder, [load(i) for i in range(b, min(b + batch_size, stop))])
+                )
                 bar.update(min(b + batch_size, stop) - b)
             with atomic_output_dir(path / name) as staging:
-                for key, dtype, k in (("tokens", np.float16, 0), ("mask", bool, 1), ("pooled", np.float32, 2)):
+                for key, dtype, k in (
+                    ("tokens", np.float16, 0),
+                    ("mask", bool, 1),
+                    ("pooled", np.float32, 2),
+                ):
                     np.save(staging / f"{key}.npy", np.concatenate([c[k] for c in chunks]).astype(dtype))
-            manifest["shards"] = sorted([*manifest["shards"], {"name": name, "start": start, "count": stop - start}],
-                                        key=lambda s: s["start"])
+            manifest["shards"] = sorted(
+                [*manifest["shards"], {"name": name, "start": start, "count": stop - start}],
+                key=lambda s: s["start"],
+            )
             write_text(path / MANIFEST, json.dumps(manifest, indent=1))
     manifest["complete"] = True
     write_text(path / MANIFEST, json.dumps(manifest, indent=1))
@@ -282,10 +358,15 @@ def _encode_checked(encoder: CachableEncoder, batch: list[Any]) -> tuple[np.ndar
     with torch.inference_mode():
         out = encoder.encode(batch)
     want = (len(batch), encoder.length, encoder.dim)
-    if tuple(out.tokens.shape) != want or tuple(out.mask.shape) != want[:2] or tuple(out.pooled.shape) != (
-            want[0], want[2]):
-        raise RuntimeError(f"encoder {encoder.name} returned tokens {tuple(out.tokens.shape)}, mask "
-                           f"{tuple(out.mask.shape)}, pooled {tuple(out.pooled.shape)}; expected {want}")
+    if (
+        tuple(out.tokens.shape) != want
+        or tuple(out.mask.shape) != want[:2]
+        or tuple(out.pooled.shape) != (want[0], want[2])
+    ):
+        raise RuntimeError(
+            f"encoder {encoder.name} returned tokens {tuple(out.tokens.shape)}, mask "
+            f"{tuple(out.mask.shape)}, pooled {tuple(out.pooled.shape)}; expected {want}"
+        )
     tokens = out.tokens.float().masked_fill(~out.mask.bool()[..., None], 0.0)
     return tokens.cpu().numpy(), out.mask.bool().cpu().numpy(), out.pooled.float().cpu().numpy()
 
@@ -316,15 +397,23 @@ class PairedCache:
         """Rows of split ``name``: image rows, caption rows, and each caption's image as an index into the first."""
         image_rows = self.image.index_of(self.data.splits[name]) if name in self.data.splits else None
         if image_rows is None:
-            raise InputError(f"cache {self.image.path.parent}: no split {name!r}; it has {sorted(self.data.splits)}")
+            raise InputError(
+                f"cache {self.image.path.parent}: no split {name!r}; it has {sorted(self.data.splits)}"
+            )
         local = np.full(len(self.data.images), -1, dtype=np.int64)
         local[image_rows] = np.arange(len(image_rows))
         caption_rows = np.flatnonzero(local[self.data.caption_image] >= 0)
         return image_rows, caption_rows, local[self.data.caption_image[caption_rows]]
 
 
-def encode_dataset(data: Any, out: str | os.PathLike, encoders: Sequence[CachableEncoder], *,
-                   shard_size: int = 512, batch_size: int = 32) -> Path:
+def encode_dataset(
+    data: Any,
+    out: str | os.PathLike,
+    encoders: Sequence[CachableEncoder],
+    *,
+    shard_size: int = 512,
+    batch_size: int = 32,
+) -> Path:
     """Encode an ImageCaptions dataset into ``out`` (one cache per encoder's modality), resumably."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -335,25 +424,47 @@ def encode_dataset(data: Any, out: str | os.PathLike, encoders: Sequence[Cachabl
     media = getattr(data, "modality", "image")
     for encoder in encoders:
         if encoder.modality == media:
-            write_features(out / media, data.images, data.load_item, encoder, shard_size=shard_size,
-                           batch_size=batch_size)
+            write_features(
+                out / media,
+                data.images,
+                data.load_item,
+                encoder,
+                shard_size=shard_size,
+                batch_size=batch_size,
+            )
         elif encoder.modality == "text":
-            write_features(out / "text", data.caption_ids, data.captions.__getitem__, encoder,
-                           shard_size=shard_size, batch_size=batch_size)
+            write_features(
+                out / "text",
+                data.caption_ids,
+                data.captions.__getitem__,
+                encoder,
+                shard_size=shard_size,
+                batch_size=batch_size,
+            )
         else:
-            raise InputError(f"encoder {encoder.name} is a {encoder.modality} encoder; a {media}-caption dataset "
-                             f"needs {media} and text encoders")
+            raise InputError(
+                f"encoder {encoder.name} is a {encoder.modality} encoder; a {media}-caption dataset "
+                f"needs {media} and text encoders"
+            )
     return out
 
 
-def load_cache(root: str | os.PathLike, *, image_dim: int | None = None, text_dim: int | None = None,
-               image_encoder: str | None = None, text_encoder: str | None = None) -> PairedCache:
+def load_cache(
+    root: str | os.PathLike,
+    *,
+    image_dim: int | None = None,
+    text_dim: int | None = None,
+    image_encoder: str | None = None,
+    text_encoder: str | None = None,
+) -> PairedCache:
     """Read a cache written by :func:`encode_dataset` (``triptych m3jepa encode``), checking encoders/dims."""
     from triptych.m3jepa.data import ImageCaptions
 
     root = Path(root)
     if not (root / DATASET).is_file():
-        raise InputError(f"{root} is not an encoded dataset (no {DATASET}); create it with `triptych m3jepa encode`")
+        raise InputError(
+            f"{root} is not an encoded dataset (no {DATASET}); create it with `triptych m3jepa encode`"
+        )
     data = ImageCaptions.from_json(json.loads((root / DATASET).read_text()))
     image = load_features(root / data.modality, encoder=image_encoder, dim=image_dim, modality=data.modality)
     text = load_features(root / "text", encoder=text_encoder, dim=text_dim, modality="text")

@@ -93,17 +93,25 @@ class MetadataColumn(Sequence[str]):
         return {**self.__dict__, "_db": None}
 
 
-def write_metadata(path: str | os.PathLike, images: Iterable[str], captions: Iterable[str] = (),
-                   caption_image: Iterable[int] = ()) -> Path:
+def write_metadata(
+    path: str | os.PathLike,
+    images: Iterable[str],
+    captions: Iterable[str] = (),
+    caption_image: Iterable[int] = (),
+) -> Path:
     """Write the image paths and captions (with each caption's image row) to a SQLite file, streaming."""
     path = Path(path)
     path.unlink(missing_ok=True)
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE image (row INTEGER PRIMARY KEY, path TEXT NOT NULL)")
-        db.execute("CREATE TABLE caption (row INTEGER PRIMARY KEY, caption TEXT NOT NULL, image INTEGER NOT NULL)")
+        db.execute(
+            "CREATE TABLE caption (row INTEGER PRIMARY KEY, caption TEXT NOT NULL, image INTEGER NOT NULL)"
+        )
         db.executemany("INSERT INTO image VALUES (?, ?)", ((i, str(p)) for i, p in enumerate(images)))
-        db.executemany("INSERT INTO caption VALUES (?, ?, ?)",
-                       ((j, str(c), int(i)) for j, (c, i) in enumerate(zip(captions, caption_image, strict=True))))
+        db.executemany(
+            "INSERT INTO caption VALUES (?, ?, ?)",
+            ((j, str(c), int(i)) for j, (c, i) in enumerate(zip(captions, caption_image, strict=True))),
+        )
     return path
 
 
@@ -125,8 +133,9 @@ class SearchIndex:
     querybank: dict[str, Any] = field(default_factory=dict)  # beta, bank sizes and source
     ann: dict[str, dict[str, Any]] = field(default_factory=dict)  # modality -> approximate index record
     folder: Path | None = None  # where it was loaded from (its ANN files live there)
-    _joined: dict[str, tuple[tuple[int, int], torch.Tensor]] = field(default_factory=dict, repr=False,
-                                                                    compare=False)
+    _joined: dict[str, tuple[tuple[int, int], torch.Tensor]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def fused(self) -> bool:
@@ -144,8 +153,10 @@ class SearchIndex:
     def _sides(self, modality: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         keys = self.image_keys if modality == "image" else self.text_keys
         if keys is None:
-            raise InputError("this index has no captions; build it with captions (--cache, or --captions FILE) "
-                             "to search by image")
+            raise InputError(
+                "this index has no captions; build it with captions (--cache, or --captions FILE) "
+                "to search by image"
+            )
         own = (self.image_queries if modality == "image" else self.text_queries) if self.fused else None
         return keys, own
 
@@ -172,8 +183,10 @@ class SearchIndex:
         """(ranking scores s' = s - b, mean cosines s) of query vectors against the ``modality`` items: Q x N."""
         keys = self.keys(modality)
         if queries.shape[1] != keys.shape[1]:
-            raise InputError(f"query vectors ({queries.shape[1]}-d) do not match the index ({keys.shape[1]}-d); "
-                             "search with the checkpoints the index was built with")
+            raise InputError(
+                f"query vectors ({queries.shape[1]}-d) do not match the index ({keys.shape[1]}-d); "
+                "search with the checkpoints the index was built with"
+            )
         cosine = queries @ keys.T / self.scale
         bias = self.bias(modality)
         return (cosine if bias is None else cosine - bias), cosine
@@ -205,13 +218,23 @@ class SearchIndex:
                     np.save(staging / f"{name}.npy", getattr(self, name).numpy().astype(np.float32))
             if self.caption_image is not None:
                 np.save(staging / "caption_image.npy", np.asarray(self.caption_image, dtype=np.int64))
-            write_metadata(staging / METADATA, self.images, self.captions,
-                           self.caption_image if self.caption_image is not None else ())
+            write_metadata(
+                staging / METADATA,
+                self.images,
+                self.captions,
+                self.caption_image if self.caption_image is not None else (),
+            )
             if ann is not None:
                 self.ann = {m: build_ann(self, m, staging, ann) for m in ("image", "text") if self.count(m)}
-            meta = {"format": FORMAT, "checkpoints": self.checkpoints, "encoders": self.encoders,
-                    "querybank": self.querybank, "ann": self.ann, "images": len(self.images),
-                    "captions": len(self.captions)}
+            meta = {
+                "format": FORMAT,
+                "checkpoints": self.checkpoints,
+                "encoders": self.encoders,
+                "querybank": self.querybank,
+                "ann": self.ann,
+                "images": len(self.images),
+                "captions": len(self.captions),
+            }
             (staging / "index.json").write_text(json.dumps(meta, indent=1))
         self.folder = Path(out)
         return Path(out)
@@ -224,8 +247,14 @@ def build_ann(index: SearchIndex, modality: str, folder: Path, config: Any) -> d
     count = index.count(modality)
     # the k-means cells are trained on evenly spaced rows, not the first ones (which may be one class)
     sample = np.unique(np.linspace(0, count - 1, min(config.train_size, count)).astype(np.int64))
-    return build_ivf(index.folded(modality, torch.from_numpy(sample)), index.folded_blocks(modality, config.block_size),
-                     count, folder, modality, config)
+    return build_ivf(
+        index.folded(modality, torch.from_numpy(sample)),
+        index.folded_blocks(modality, config.block_size),
+        count,
+        folder,
+        modality,
+        config,
+    )
 
 
 def _array(path: Path) -> torch.Tensor:
@@ -237,29 +266,49 @@ def load_index(path: str | os.PathLike) -> SearchIndex:
     """Read an index folder written by :meth:`SearchIndex.save` (``triptych m3jepa index``)."""
     path = Path(path)
     if not (path / "index.json").is_file():
-        raise InputError(f"{path} is not a search index (no index.json); build one with `triptych m3jepa index`")
-    meta = read_json(path / "index.json", "search index file", "rebuild the index with `triptych m3jepa index`")
+        raise InputError(
+            f"{path} is not a search index (no index.json); build one with `triptych m3jepa index`"
+        )
+    meta = read_json(
+        path / "index.json", "search index file", "rebuild the index with `triptych m3jepa index`"
+    )
     if not isinstance(meta, dict) or meta.get("format") not in READABLE:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise InputError(f"{path}: index format {found!r} is not {FORMAT!r}; rebuild the index")
     try:
-        arrays = {name: _array(path / f"{name}.npy") for name in OPTIONAL_ARRAYS if (path / f"{name}.npy").is_file()}
+        arrays = {
+            name: _array(path / f"{name}.npy") for name in OPTIONAL_ARRAYS if (path / f"{name}.npy").is_file()
+        }
         checkpoints = meta.get("checkpoints") or ([meta["checkpoint"]] if meta.get("checkpoint") else [])
         if meta["format"] == FORMAT:
             if not (path / METADATA).is_file():
                 raise FileNotFoundError(METADATA)
             images: Sequence[str] = MetadataColumn(path / METADATA, "image", "path")
             captions: Sequence[str] = MetadataColumn(path / METADATA, "caption", "caption")
-            caption_image = (np.load(path / "caption_image.npy", allow_pickle=False)
-                             if (path / "caption_image.npy").is_file() else None)
+            caption_image = (
+                np.load(path / "caption_image.npy", allow_pickle=False)
+                if (path / "caption_image.npy").is_file()
+                else None
+            )
         else:  # format 1: the lists are inside index.json
             images, captions = meta["images"], meta.get("captions") or []
             caption_image = None if meta.get("caption_image") is None else np.asarray(meta["caption_image"])
-        return SearchIndex(images, _array(path / "image_keys.npy"), meta["encoders"], checkpoints, captions,
-                           caption_image, querybank=meta.get("querybank") or {}, ann=meta.get("ann") or {},
-                           folder=path, **arrays)
+        return SearchIndex(
+            images,
+            _array(path / "image_keys.npy"),
+            meta["encoders"],
+            checkpoints,
+            captions,
+            caption_image,
+            querybank=meta.get("querybank") or {},
+            ann=meta.get("ann") or {},
+            folder=path,
+            **arrays,
+        )
     except InputError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: the search index is incomplete or corrupt ({type(exc).__name__}); rebuild it "
-                         "with `triptych m3jepa index`") from None
+        raise InputError(
+            f"{path}: the search index is incomplete or corrupt ({type(exc).__name__}); rebuild it "
+            "with `triptych m3jepa index`"
+        ) from None

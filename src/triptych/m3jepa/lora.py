@@ -51,11 +51,14 @@ def trainable_parameters(predictor: nn.Module, encoders: dict[str, Encoder]) -> 
     return params
 
 
-def prepare_encoders(encoders: dict[str, Encoder], lora_layers: int, rank: int = 4,
-                     alpha: int = 16) -> dict[str, Encoder]:
+def prepare_encoders(
+    encoders: dict[str, Encoder], lora_layers: int, rank: int = 4, alpha: int = 16
+) -> dict[str, Encoder]:
     """Freeze every encoder weight; put LoRA adapters (trainable) on the last ``lora_layers`` layers of HF encoders."""
     if lora_layers < 1:
-        raise InputError(f"--lora-layers {lora_layers}: give the number of last encoder layers to adapt (>= 1)")
+        raise InputError(
+            f"--lora-layers {lora_layers}: give the number of last encoder layers to adapt (>= 1)"
+        )
     adapted = 0
     for enc in encoders.values():
         enc.model.requires_grad_(False)  # base weights never change; get_peft_model also freezes them
@@ -63,13 +66,20 @@ def prepare_encoders(encoders: dict[str, Encoder], lora_layers: int, rank: int =
             add_lora(enc, last_k=lora_layers, r=rank, alpha=alpha)
             adapted += 1
     if not adapted:
-        raise InputError("LoRA needs at least one Hugging Face encoder (a model name or local folder); the bundled "
-                         "efficientnet-lite0 / MiniLM wrappers take no adapters")
+        raise InputError(
+            "LoRA needs at least one Hugging Face encoder (a model name or local folder); the bundled "
+            "efficientnet-lite0 / MiniLM wrappers take no adapters"
+        )
     return encoders
 
 
-def lora_loss(predictor: M3Predictor, batch: dict[str, Any], item_ids: dict[str, torch.Tensor],
-              alpha: float, temperature: float) -> torch.Tensor:
+def lora_loss(
+    predictor: M3Predictor,
+    batch: dict[str, Any],
+    item_ids: dict[str, torch.Tensor],
+    alpha: float,
+    temperature: float,
+) -> torch.Tensor:
     """Σ over both directions of α·InfoNCE + (1−α)·smooth-L1, on one batch of live encoder outputs."""
     total = torch.zeros((), device=batch["image"].tokens.device)
     for src, tgt in DIRECTIONS:
@@ -85,15 +95,31 @@ def lora_loss(predictor: M3Predictor, batch: dict[str, Any], item_ids: dict[str,
     return total
 
 
-def finetune_lora(data: Any, encoders: dict[str, Encoder], predictor_config: dict[str, Any], *, lora_layers: int,
-                  steps: int = 100, batch_size: int = 16, lr: float = 1e-4, alpha: float = 0.5,
-                  temperature: float = 0.07, split: str | None = "train", rank: int = 4, lora_alpha: int = 16,
-                  seed: int = 0, device: str = "cpu", log_every: int = 0) -> LoraResult:
+def finetune_lora(
+    data: Any,
+    encoders: dict[str, Encoder],
+    predictor_config: dict[str, Any],
+    *,
+    lora_layers: int,
+    steps: int = 100,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    alpha: float = 0.5,
+    temperature: float = 0.07,
+    split: str | None = "train",
+    rank: int = 4,
+    lora_alpha: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    log_every: int = 0,
+) -> LoraResult:
     """Train LoRA adapters on ``encoders`` ({"image", "text"}) and a predictor on ``data``'s image–caption pairs."""
     if set(encoders) != {"image", "text"}:
         raise InputError(f"LoRA fine-tuning needs an image and a text encoder, got {sorted(encoders)}")
     if steps < 1 or batch_size < 2:
-        raise InputError(f"need steps >= 1 and batch size >= 2 (InfoNCE needs negatives), got {steps}, {batch_size}")
+        raise InputError(
+            f"need steps >= 1 and batch size >= 2 (InfoNCE needs negatives), got {steps}, {batch_size}"
+        )
     if split is not None:
         data = data.subset(split)
     torch.manual_seed(seed)
@@ -102,8 +128,11 @@ def finetune_lora(data: Any, encoders: dict[str, Encoder], predictor_config: dic
         enc.model.eval()  # no dropout inside the encoders: the adapters see the features a cache would hold
         enc.model.to(device)
         enc.device = device
-    config = PredictorConfig(dims={m: enc.dim for m, enc in encoders.items()},
-                             directions=[list(d) for d in DIRECTIONS], **predictor_config)
+    config = PredictorConfig(
+        dims={m: enc.dim for m, enc in encoders.items()},
+        directions=[list(d) for d in DIRECTIONS],
+        **predictor_config,
+    )
     predictor = M3Predictor(config).to(device)
     opt = torch.optim.AdamW(trainable_parameters(predictor, encoders), lr=lr, weight_decay=0.0)
     g = np.random.default_rng(seed)
@@ -113,8 +142,10 @@ def finetune_lora(data: Any, encoders: dict[str, Encoder], predictor_config: dic
     for step in range(steps):
         images = g.choice(len(data.images), size=min(batch_size, len(data.images)), replace=False)
         captions = np.array([g.choice(by_image[i]) for i in images])
-        batch = {"image": encoders["image"].encode([data.load_image(int(i)) for i in images]),
-                 "text": encoders["text"].encode([data.captions[int(j)] for j in captions])}
+        batch = {
+            "image": encoders["image"].encode([data.load_image(int(i)) for i in images]),
+            "text": encoders["text"].encode([data.captions[int(j)] for j in captions]),
+        }
         ids = torch.as_tensor(images)
         loss = lora_loss(predictor, batch, {"image": ids, "text": ids}, alpha, temperature)
         opt.zero_grad()
@@ -144,13 +175,31 @@ def save_lora_run(out: str | Path, result: LoraResult) -> Path:
             enc.model = merged
             # the record must match what `encode --*-encoder FOLDER` will write into a cache manifest
             enc = make_encoder(str(folder), modality=modality, length=enc.length)
-        records[modality] = {"encoder": enc.name, "fingerprint": enc.fingerprint(), "dim": int(enc.dim),
-                             "length": int(enc.length)}
+        records[modality] = {
+            "encoder": enc.name,
+            "fingerprint": enc.fingerprint(),
+            "dim": int(enc.dim),
+            "length": int(enc.length),
+        }
     model_config = {"type": "predictor", **result.predictor.config.to_dict()}
     hparams = {"model_config": model_config, "encoders": records, "kind": KIND}
     state = {f"model.{k}": v.detach().cpu() for k, v in result.predictor.state_dict().items()}
-    checkpoint = save_checkpoint(out / "checkpoints" / "lora.safetensors",
-                                 {"state_dict": state, "hyper_parameters": hparams}, kind=KIND, config=hparams)
-    write_text(out / "lora_summary.json", json_text({"checkpoint": str(checkpoint), "encoders": records,
-                                                      "losses": result.losses, "seconds": result.seconds}, indent=1))
+    checkpoint = save_checkpoint(
+        out / "checkpoints" / "lora.safetensors",
+        {"state_dict": state, "hyper_parameters": hparams},
+        kind=KIND,
+        config=hparams,
+    )
+    write_text(
+        out / "lora_summary.json",
+        json_text(
+            {
+                "checkpoint": str(checkpoint),
+                "encoders": records,
+                "losses": result.losses,
+                "seconds": result.seconds,
+            },
+            indent=1,
+        ),
+    )
     return checkpoint

@@ -1,6 +1,6 @@
 """M3-JEPA losses: symmetric InfoNCE, latent regression, their α mix, and gate load balancing.
 
-    L = α · L_contrastive + (1 − α) · L_regression  (+ λ · L_balance)
+L = α · L_contrastive + (1 − α) · L_regression  (+ λ · L_balance)
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def info_nce(a: Tensor, b: Tensor, tau: Tensor | float, positives: Tensor | None
     )
 
 
-def latent_regression(pred: Tensor, target: Tensor, kind: Literal["smooth_l1", "mse"] = "smooth_l1") -> Tensor:
+def latent_regression(
+    pred: Tensor, target: Tensor, kind: Literal["smooth_l1", "mse"] = "smooth_l1"
+) -> Tensor:
     """L_regression between the predicted and the real pooled target embedding (B×D)."""
     if kind == "smooth_l1":
         return F.smooth_l1_loss(pred, target)
@@ -107,16 +109,29 @@ class M3JepaLoss(nn.Module):
     Without predictions (CLIP-style heads) the loss is InfoNCE alone.
     """
 
-    def __init__(self, alpha: float = 0.5, temperature: float = 0.07, learnable_temperature: bool = True,
-                 regression: Literal["smooth_l1", "mse"] = "smooth_l1", gather: bool = False) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        temperature: float = 0.07,
+        learnable_temperature: bool = True,
+        regression: Literal["smooth_l1", "mse"] = "smooth_l1",
+        gather: bool = False,
+    ) -> None:
         super().__init__()
         if regression not in ("smooth_l1", "mse"):
             raise InputError(f"regression loss {regression!r}: use 'smooth_l1' or 'mse'")
         self.alpha, self.regression, self.gather = float(alpha), regression, gather
         self.temperature = Temperature(temperature, learnable_temperature)
 
-    def forward(self, query: Tensor, key: Tensor, query_ids: Tensor, key_ids: Tensor,
-                predicted: Tensor | None = None, target: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        query_ids: Tensor,
+        key_ids: Tensor,
+        predicted: Tensor | None = None,
+        target: Tensor | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
         """(loss, its parts) for B pairs: contrastive query/key vectors, their item ids, optional regression pair."""
         if self.gather:
             query, key, query_ids, key_ids = gather_across_ranks(query, key, query_ids, key_ids)

@@ -82,7 +82,9 @@ class PredictorConfig:
         for src, tgt in self.directions:
             for m in (src, tgt):
                 if m not in self.dims:
-                    raise InputError(f"direction {src}->{tgt} names modality {m!r} with no dimension in dims={self.dims}")
+                    raise InputError(
+                        f"direction {src}->{tgt} names modality {m!r} with no dimension in dims={self.dims}"
+                    )
         if self.mixer == "moe" and not 1 <= self.top_k <= self.experts:
             raise InputError(f"top_k={self.top_k} must lie in 1..experts={self.experts}")
         if self.dispatch not in DISPATCH:
@@ -99,7 +101,11 @@ class Expert(nn.Sequential):
 
     def __init__(self, hidden: int, dropout: float) -> None:
         super().__init__(
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.Dropout(dropout)
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.Dropout(dropout),
         )
 
 
@@ -216,7 +222,9 @@ class M3Predictor(nn.Module):
                 "re-encode with the encoder the predictor was trained on"
             )
         if mask.shape != tokens.shape[:2]:
-            raise InputError(f"{modality} mask has shape {tuple(mask.shape)}, tokens {tuple(tokens.shape[:2])}")
+            raise InputError(
+                f"{modality} mask has shape {tuple(mask.shape)}, tokens {tuple(tokens.shape[:2])}"
+            )
 
     def forward(self, src: str, tgt: str, tokens: Tensor, mask: Tensor) -> PredictorOutput:
         """Predict the target of ``src -> tgt`` from source tokens B×L×D_src and mask B×L."""
@@ -236,8 +244,11 @@ class M3Predictor(nn.Module):
         if isinstance(self.mixer, MixtureOfExperts):
             mixed, routing = self.mixer(branch_inputs)
             routings = [
-                Routing(routing.probs[i * n : (i + 1) * n], routing.index[i * n : (i + 1) * n],
-                        routing.weight[i * n : (i + 1) * n])
+                Routing(
+                    routing.probs[i * n : (i + 1) * n],
+                    routing.index[i * n : (i + 1) * n],
+                    routing.weight[i * n : (i + 1) * n],
+                )
                 for i in range(len(BRANCHES))
             ]
         else:

@@ -29,8 +29,15 @@ from triptych.m3jepa.index_store import SearchIndex
 from triptych.m3jepa.retrieval import embed_rows
 
 
-def hubness(bank: torch.Tensor, items: Callable[[int, int], torch.Tensor], count: int, beta: float,
-            scale: float = 1.0, bank_chunk: int = 1024, item_chunk: int = 16384) -> torch.Tensor:
+def hubness(
+    bank: torch.Tensor,
+    items: Callable[[int, int], torch.Tensor],
+    count: int,
+    beta: float,
+    scale: float = 1.0,
+    bank_chunk: int = 1024,
+    item_chunk: int = 16384,
+) -> torch.Tensor:
     """b_i = (1/β) log Σ_c exp(β (c · K_i) / scale) for items i < ``count``; ``items(start, stop)`` gives K rows."""
     if beta <= 0:
         raise InputError(f"the querybank temperature beta must be > 0 (got {beta})")
@@ -42,22 +49,30 @@ def hubness(bank: torch.Tensor, items: Callable[[int, int], torch.Tensor], count
         keys = items(start, stop).float()
         total = None
         for b in range(0, len(bank), bank_chunk):
-            part = torch.logsumexp(beta * (bank[b:b + bank_chunk].float() @ keys.T) / scale, dim=0)
+            part = torch.logsumexp(beta * (bank[b : b + bank_chunk].float() @ keys.T) / scale, dim=0)
             total = part if total is None else torch.logaddexp(total, part)
         out[start:stop] = total / beta
     return out
 
 
-def querybank_bias(bank: torch.Tensor, index: SearchIndex, modality: str, beta: float, bank_chunk: int = 1024,
-                   item_chunk: int = 16384) -> torch.Tensor:
+def querybank_bias(
+    bank: torch.Tensor,
+    index: SearchIndex,
+    modality: str,
+    beta: float,
+    bank_chunk: int = 1024,
+    item_chunk: int = 16384,
+) -> torch.Tensor:
     """b_i for every indexed ``modality`` item (QB-norm), from the bank's query vectors, in bounded memory."""
     count = index.count(modality)
-    return hubness(bank, lambda s, e: index.key_rows(modality, s, e), count, beta, index.scale, bank_chunk,
-                   item_chunk)
+    return hubness(
+        bank, lambda s, e: index.key_rows(modality, s, e), count, beta, index.scale, bank_chunk, item_chunk
+    )
 
 
-def bank_queries(aligner: Any, bank: Any, split: str | None = "train", size: int = 10000,
-                 fused: bool = True) -> dict[str, torch.Tensor]:
+def bank_queries(
+    aligner: Any, bank: Any, split: str | None = "train", size: int = 10000, fused: bool = True
+) -> dict[str, torch.Tensor]:
     """Query vectors of a querybank: at most ``size`` evenly spaced captions and images of ``bank``'s split.
 
     ``bank`` is an encoded dataset (:class:`~triptych.m3jepa.features.PairedCache`) made with the
@@ -74,16 +89,27 @@ def bank_queries(aligner: Any, bank: Any, split: str | None = "train", size: int
     check_encoder(aligner, "image", bank.image)
 
     def spaced(rows: np.ndarray) -> np.ndarray:
-        return rows[np.unique(np.linspace(0, len(rows) - 1, min(size, len(rows))).astype(int))] if len(rows) else rows
+        return (
+            rows[np.unique(np.linspace(0, len(rows) - 1, min(size, len(rows))).astype(int))]
+            if len(rows)
+            else rows
+        )
 
     feats: dict[str, Features] = {"text": bank.text, "image": bank.image}
-    return {src: embed_rows(lambda b, src=src, tgt=tgt: query_vectors(aligner, src, tgt, b, fused), feats[src],
-                            spaced(rows), normalise=False)
-            for src, tgt, rows in (("text", "image", caption_rows), ("image", "text", image_rows))}
+    return {
+        src: embed_rows(
+            lambda b, src=src, tgt=tgt: query_vectors(aligner, src, tgt, b, fused),
+            feats[src],
+            spaced(rows),
+            normalise=False,
+        )
+        for src, tgt, rows in (("text", "image", caption_rows), ("image", "text", image_rows))
+    }
 
 
-def add_querybank(index: SearchIndex, queries: dict[str, torch.Tensor], beta: float = 20.0,
-                  **record: Any) -> SearchIndex:
+def add_querybank(
+    index: SearchIndex, queries: dict[str, torch.Tensor], beta: float = 20.0, **record: Any
+) -> SearchIndex:
     """Attach QB-norm biases to ``index``: its images' from the bank's captions, its captions' from its images.
 
     ``queries`` comes from :func:`bank_queries`; the bank's items must not be the queries you

@@ -44,12 +44,18 @@ def recall_at_k(scores: Tensor, relevant: Tensor, ks: Sequence[int] = KS) -> dic
 
 
 @torch.no_grad()
-def embed_rows(fn: Callable[[EncodedBatch], Tensor], features: Features, rows: np.ndarray,
-               device: torch.device | str = "cpu", batch_size: int = 256, normalise: bool = True) -> Tensor:
+def embed_rows(
+    fn: Callable[[EncodedBatch], Tensor],
+    features: Features,
+    rows: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    normalise: bool = True,
+) -> Tensor:
     """``fn`` over ``features`` rows in batches, L2-normalised (unless ``normalise`` is off), on the CPU (N×P)."""
     out = []
     for start in range(0, len(rows), batch_size):
-        b = features.batch(rows[start:start + batch_size])
+        b = features.batch(rows[start : start + batch_size])
         b = EncodedBatch(b.tokens.to(device), b.mask.to(device), b.pooled.to(device))
         y = fn(b)
         out.append((F.normalize(y, dim=-1) if normalise else y).cpu())
@@ -63,7 +69,9 @@ def task_scores(model: nn.Module, task: Task, batch_size: int = 256) -> tuple[Te
     device = next(model.parameters()).device
     q_rows, q_pos = np.unique(task.pairs[:, 0], return_inverse=True)
     k_rows, k_pos = np.unique(task.pairs[:, 1], return_inverse=True)
-    q = embed_rows(lambda b: model.embed_query(task.src, task.tgt, b), task.src_features, q_rows, device, batch_size)
+    q = embed_rows(
+        lambda b: model.embed_query(task.src, task.tgt, b), task.src_features, q_rows, device, batch_size
+    )
     k = embed_rows(lambda b: model.embed_key(task.tgt, b), task.tgt_features, k_rows, device, batch_size)
     model.train(was_training)
     return q @ k.T, relevance_matrix(np.stack([q_pos, k_pos], 1), len(q_rows), len(k_rows))
@@ -75,7 +83,9 @@ def evaluate_task(model: nn.Module, task: Task, ks: Sequence[int] = KS) -> dict[
     return recall_at_k(scores, relevant, ks)
 
 
-def evaluate_tasks(model: nn.Module, tasks: Sequence[Task], fuse: bool = False) -> dict[str, dict[str, float]]:
+def evaluate_tasks(
+    model: nn.Module, tasks: Sequence[Task], fuse: bool = False
+) -> dict[str, dict[str, float]]:
     """Recall@K of every task; with ``fuse``, a task whose reverse is also given ranks by both directions.
 
     Fusion scores a pair (a, b) by s = q_{a→b}·k_b + q_{b→a}·k_a, the two predictors' sum. For
@@ -106,17 +116,24 @@ def direction_metrics(model: nn.Module, tasks: Sequence[Task], fuse: bool) -> di
 
 def _same_items(task: Task, reverse: Task) -> bool:
     return np.array_equal(np.unique(task.pairs[:, 0]), np.unique(reverse.pairs[:, 1])) and np.array_equal(
-        np.unique(task.pairs[:, 1]), np.unique(reverse.pairs[:, 0]))
+        np.unique(task.pairs[:, 1]), np.unique(reverse.pairs[:, 0])
+    )
 
 
-def zero_shot_accuracy(image_vectors: Tensor, label_vectors: Tensor, labels: Sequence[int] | Tensor,
-                       ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+def zero_shot_accuracy(
+    image_vectors: Tensor, label_vectors: Tensor, labels: Sequence[int] | Tensor, ks: Sequence[int] = (1, 5)
+) -> dict[str, float]:
     """Top-K accuracy (%) of classifying images by their nearest label text (N×P, C×P, N labels)."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.shape != (image_vectors.shape[0],) or labels.numel() and not 0 <= int(labels.min()) <= int(
-            labels.max()) < label_vectors.shape[0]:
-        raise ValueError(f"need one label in 0..{label_vectors.shape[0] - 1} per image ({image_vectors.shape[0]}), "
-                         f"got labels of shape {tuple(labels.shape)}")
+    if (
+        labels.shape != (image_vectors.shape[0],)
+        or labels.numel()
+        and not 0 <= int(labels.min()) <= int(labels.max()) < label_vectors.shape[0]
+    ):
+        raise ValueError(
+            f"need one label in 0..{label_vectors.shape[0] - 1} per image ({image_vectors.shape[0]}), "
+            f"got labels of shape {tuple(labels.shape)}"
+        )
     relevant = F.one_hot(labels, label_vectors.shape[0]).bool()
     scores = F.normalize(image_vectors, dim=-1) @ F.normalize(label_vectors, dim=-1).T
     out = recall_at_k(scores, relevant, [k for k in ks if k <= label_vectors.shape[0]])
@@ -152,8 +169,10 @@ def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]
 
     data = cache.data
     if not data.labels:
-        raise InputError(f"dataset {data.name} has no labels; zero-shot classification needs an image-label "
-                         "dataset (labels:DIR)")
+        raise InputError(
+            f"dataset {data.name} has no labels; zero-shot classification needs an image-label "
+            "dataset (labels:DIR)"
+        )
     image_rows, caption_rows, caption_image = cache.split(split)
     first_row: dict[str, int] = {}
     for j, text in enumerate(data.captions):
@@ -167,13 +186,19 @@ def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]
             targets[i] = label_of[data.captions[j]]
     if (targets < 0).any():
         bad = data.images[image_rows[int(np.flatnonzero(targets < 0)[0])]]
-        raise InputError(f"dataset {data.name}: image {bad!r} has no caption that is a label text; "
-                         "zero-shot classification needs an image-label dataset (labels:DIR)")
+        raise InputError(
+            f"dataset {data.name}: image {bad!r} has no caption that is a label text; "
+            "zero-shot classification needs an image-label dataset (labels:DIR)"
+        )
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()  # no dropout in the embeddings
     q = embed_rows(lambda b: model.embed_query("image", "text", b), cache.image, image_rows, device)
-    k = embed_rows(lambda b: model.embed_key("text", b), cache.text,
-                   np.array([first_row[t] for t in present], dtype=np.int64), device)
+    k = embed_rows(
+        lambda b: model.embed_key("text", b),
+        cache.text,
+        np.array([first_row[t] for t in present], dtype=np.int64),
+        device,
+    )
     model.train(was_training)
     return zero_shot_accuracy(q, k, targets)

@@ -45,12 +45,31 @@ from triptych.m3jepa.index_store import Hit, SearchIndex, load_index
 from triptych.m3jepa.querybank import add_querybank, bank_queries, querybank_bias
 from triptych.m3jepa.retrieval import embed_rows
 
-__all__ = ["Hit", "SearchIndex", "Searcher", "add_querybank", "bank_queries", "build_index", "index_cache",
-           "index_images", "index_ranks", "load_index", "query_vectors", "querybank_bias", "self_test"]
+__all__ = [
+    "Hit",
+    "SearchIndex",
+    "Searcher",
+    "add_querybank",
+    "bank_queries",
+    "build_index",
+    "index_cache",
+    "index_images",
+    "index_ranks",
+    "load_index",
+    "query_vectors",
+    "querybank_bias",
+    "self_test",
+]
 
 
-def embed_keys(aligner: Aligner, modality: str, features: Features, rows: np.ndarray | None = None,
-               batch_size: int = 256, query_for: str | None = None) -> torch.Tensor:
+def embed_keys(
+    aligner: Aligner,
+    modality: str,
+    features: Features,
+    rows: np.ndarray | None = None,
+    batch_size: int = 256,
+    query_for: str | None = None,
+) -> torch.Tensor:
     """k = normalise(embed_key(modality, x)) for the given cache rows, in batches (N x P).
 
     With ``query_for``, the item's prediction of that modality instead, normalise(embed_query).
@@ -90,19 +109,34 @@ def index_ranks(index: SearchIndex) -> np.ndarray:
 def encoder_record(features: Features) -> dict[str, Any]:
     """What an index keeps about the encoder behind a cache, to rebuild it for queries."""
     m = features.manifest
-    return {"encoder": m["encoder"], "fingerprint": m["fingerprint"], "dim": int(m["dim"]),
-            "length": int(m["length"])}
+    return {
+        "encoder": m["encoder"],
+        "fingerprint": m["fingerprint"],
+        "dim": int(m["dim"]),
+        "length": int(m["length"]),
+    }
 
 
-def build_index(aligner: Aligner, image_features: Features, image_paths: Sequence[str],
-                image_rows: np.ndarray | None = None, text_features: Features | None = None,
-                captions: Sequence[str] = (), caption_rows: np.ndarray | None = None,
-                caption_image: np.ndarray | None = None, checkpoints: Sequence[str] = ()) -> SearchIndex:
+def build_index(
+    aligner: Aligner,
+    image_features: Features,
+    image_paths: Sequence[str],
+    image_rows: np.ndarray | None = None,
+    text_features: Features | None = None,
+    captions: Sequence[str] = (),
+    caption_rows: np.ndarray | None = None,
+    caption_image: np.ndarray | None = None,
+    checkpoints: Sequence[str] = (),
+) -> SearchIndex:
     """Embed cached image (and caption) features with the aligner into a :class:`SearchIndex`."""
     encoders = {"image": encoder_record(image_features)}
     check_encoder(aligner, "image", image_features)
-    index = SearchIndex([str(p) for p in image_paths], embed_keys(aligner, "image", image_features, image_rows),
-                        encoders, [str(c) for c in checkpoints])
+    index = SearchIndex(
+        [str(p) for p in image_paths],
+        embed_keys(aligner, "image", image_features, image_rows),
+        encoders,
+        [str(c) for c in checkpoints],
+    )
     if text_features is not None:
         check_encoder(aligner, "text", text_features)
         encoders["text"] = encoder_record(text_features)
@@ -118,15 +152,27 @@ def check_encoder(aligner: Aligner, modality: str, features: Features) -> None:
     """The cache must come from the encoder the aligner was trained on (same name, config, width)."""
     info = (getattr(aligner, "encoders", None) or {}).get(modality)
     if info:
-        check_compatible(features.manifest, features.path, encoder=info.get("encoder"),
-                         fingerprint=info.get("fingerprint"), dim=info.get("dim"))
+        check_compatible(
+            features.manifest,
+            features.path,
+            encoder=info.get("encoder"),
+            fingerprint=info.get("fingerprint"),
+            dim=info.get("dim"),
+        )
 
 
 class Searcher:
     """Queries an index: text -> images, image -> captions; query encoders are built on first use."""
 
-    def __init__(self, index: SearchIndex, aligner: Aligner, encoders: dict[str, Any] | None = None,
-                 device: str = "cpu", exact: bool = False, nprobe: int | None = None):
+    def __init__(
+        self,
+        index: SearchIndex,
+        aligner: Aligner,
+        encoders: dict[str, Any] | None = None,
+        device: str = "cpu",
+        exact: bool = False,
+        nprobe: int | None = None,
+    ):
         self.index, self.aligner, self.device = index, aligner, device
         self.encoders = dict(encoders or {})
         self.timings: dict[str, float] = {}
@@ -148,14 +194,22 @@ class Searcher:
         if modality not in self.encoders:
             from triptych.m3jepa.encoders import make_encoder
 
-            info = self.index.encoders.get(modality) or (getattr(self.aligner, "encoders", {}) or {}).get(modality)
+            info = self.index.encoders.get(modality) or (getattr(self.aligner, "encoders", {}) or {}).get(
+                modality
+            )
             if not info:
-                raise InputError(f"the index does not say which {modality} encoder the aligner was trained on; "
-                                 "rebuild it with `triptych m3jepa index`")
-            enc = make_encoder(info["encoder"], modality=modality, length=info.get("length"), device=self.device)
+                raise InputError(
+                    f"the index does not say which {modality} encoder the aligner was trained on; "
+                    "rebuild it with `triptych m3jepa index`"
+                )
+            enc = make_encoder(
+                info["encoder"], modality=modality, length=info.get("length"), device=self.device
+            )
             if info.get("fingerprint") and enc.fingerprint() != info["fingerprint"]:
-                raise InputError(f"{modality} encoder {info['encoder']!r} here differs from the one the index was "
-                                 "built with (another version or configuration); rebuild the index")
+                raise InputError(
+                    f"{modality} encoder {info['encoder']!r} here differs from the one the index was "
+                    "built with (another version or configuration); rebuild the index"
+                )
             self.encoders[modality] = enc
         return self.encoders[modality]
 
@@ -172,7 +226,9 @@ class Searcher:
         self.timings = {"encode_s": middle - start, "predict_s": time.perf_counter() - middle}
         return q
 
-    def ranked(self, q: torch.Tensor, modality: str, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def ranked(
+        self, q: torch.Tensor, modality: str, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(scores s', rows, mean cosines), each Q x k, best first: approximate when the index has an ANN."""
         ann = self.approximate(modality)
         if ann is None:  # exact: one product with every key
@@ -182,8 +238,9 @@ class Searcher:
         from triptych.m3jepa.ann import fold_queries
 
         # PQ codes find candidates; their exact scores come from the index's memory-mapped vectors
-        best, rows = ann.search(fold_queries(q.numpy()), k,
-                                vectors=lambda r: self.index.folded(modality, torch.from_numpy(r)))
+        best, rows = ann.search(
+            fold_queries(q.numpy()), k, vectors=lambda r: self.index.folded(modality, torch.from_numpy(r))
+        )
         best, rows = torch.from_numpy(best), torch.from_numpy(rows)
         bias = self.index.bias(modality)
         # s' = s - b, so the reported cosine is the score plus the item's bias (a few rows of a memory map)
@@ -195,9 +252,14 @@ class Searcher:
         start = time.perf_counter()
         best, rows, cos = self.ranked(q, modality, k)
         self.timings["score_s"] = time.perf_counter() - start
-        return [[Hit(r + 1, names[int(j)], float(s), int(j), float(c))
-                 for r, (s, j, c) in enumerate(zip(srow, jrow, crow, strict=True)) if j >= 0]  # -1: fewer found
-                for srow, jrow, crow in zip(best.tolist(), rows.tolist(), cos.tolist(), strict=True)]
+        return [
+            [
+                Hit(r + 1, names[int(j)], float(s), int(j), float(c))
+                for r, (s, j, c) in enumerate(zip(srow, jrow, crow, strict=True))
+                if j >= 0
+            ]  # -1: fewer found
+            for srow, jrow, crow in zip(best.tolist(), rows.tolist(), cos.tolist(), strict=True)
+        ]
 
     def text_to_images(self, texts: Sequence[str], k: int = 5) -> list[list[Hit]]:
         """For each text, the k indexed images with the highest cosine score."""
@@ -227,39 +289,72 @@ def self_test(searcher: Searcher, queries: int = 200, k: int = 5) -> dict[str, A
     rows = np.unique(np.linspace(0, len(index.captions) - 1, min(queries, len(index.captions))).astype(int))
     ranks, times = [], []
     for j in rows:
-        found = searcher.text_to_images([index.captions[j]], len(index.images))[0]  # full ranking: sorting is ~free
+        found = searcher.text_to_images([index.captions[j]], len(index.images))[
+            0
+        ]  # full ranking: sorting is ~free
         # an approximate search may not reach the own image at all: rank it last
-        ranks.append(1 + next((r for r, h in enumerate(found) if h.row == index.caption_image[j]), len(index.images)))
+        ranks.append(
+            1 + next((r for r, h in enumerate(found) if h.row == index.caption_image[j]), len(index.images))
+        )
         times.append({**searcher.timings, "total_s": sum(searcher.timings.values())})
     hits = np.asarray(ranks) <= k
-    latency = {key.removesuffix("_s"): {f"p{q}": float(1000 * np.percentile([t[key] for t in times], q))
-                                       for q in (50, 95)} for key in times[0]}
-    return {"queries": len(rows), "images": len(index.images), "k": k,
-            "hit_rate": 100.0 * float(np.mean(hits)), "median_rank": float(np.median(ranks)),
-            "rank_quartiles": [float(q) for q in np.percentile(ranks, [25, 75])], "latency_ms": latency}
+    latency = {
+        key.removesuffix("_s"): {
+            f"p{q}": float(1000 * np.percentile([t[key] for t in times], q)) for q in (50, 95)
+        }
+        for key in times[0]
+    }
+    return {
+        "queries": len(rows),
+        "images": len(index.images),
+        "k": k,
+        "hit_rate": 100.0 * float(np.mean(hits)),
+        "median_rank": float(np.median(ranks)),
+        "rank_quartiles": [float(q) for q in np.percentile(ranks, [25, 75])],
+        "latency_ms": latency,
+    }
 
 
-def index_cache(aligner: Aligner, cache: str | os.PathLike, split: str | None = None,
-                checkpoints: Sequence[str] = ()) -> SearchIndex:
+def index_cache(
+    aligner: Aligner, cache: str | os.PathLike, split: str | None = None, checkpoints: Sequence[str] = ()
+) -> SearchIndex:
     """An index over an encoded dataset (``triptych m3jepa encode``), optionally one split: images and captions."""
     from triptych.m3jepa.features import load_cache
 
     paired = load_cache(cache)
     if paired.modality != "image":
-        raise InputError(f"cache {cache} holds {paired.modality} clips; index and search work on images only "
-                         "(use `triptych m3jepa evaluate` for audio-text retrieval)")
+        raise InputError(
+            f"cache {cache} holds {paired.modality} clips; index and search work on images only "
+            "(use `triptych m3jepa evaluate` for audio-text retrieval)"
+        )
     if split:
         image_rows, caption_rows, caption_image = paired.split(split)
     else:
         image_rows, caption_rows = np.arange(len(paired.image)), np.arange(len(paired.text))
         caption_image = paired.data.caption_image
     paths = [str(paired.data.image_path(int(i))) for i in image_rows]
-    return build_index(aligner, paired.image, paths, image_rows, paired.text,
-                       [paired.data.captions[int(j)] for j in caption_rows], caption_rows, caption_image, checkpoints)
+    return build_index(
+        aligner,
+        paired.image,
+        paths,
+        image_rows,
+        paired.text,
+        [paired.data.captions[int(j)] for j in caption_rows],
+        caption_rows,
+        caption_image,
+        checkpoints,
+    )
 
 
-def index_images(aligner: Aligner, data: Any, work: str | os.PathLike, image_encoder: Any, text_encoder: Any = None,
-                 checkpoints: Sequence[str] = (), batch_size: int = 32) -> SearchIndex:
+def index_images(
+    aligner: Aligner,
+    data: Any,
+    work: str | os.PathLike,
+    image_encoder: Any,
+    text_encoder: Any = None,
+    checkpoints: Sequence[str] = (),
+    batch_size: int = 32,
+) -> SearchIndex:
     """Encode a dataset's images (and captions, given a text encoder) into ``work`` (resumable), then index."""
     from triptych.m3jepa.features import encode_dataset, load_features
 
@@ -269,8 +364,15 @@ def index_images(aligner: Aligner, data: Any, work: str | os.PathLike, image_enc
     paths = [str(data.image_path(i)) for i in range(len(data.images))]
     if len(encoders) == 1:
         return build_index(aligner, images, paths, checkpoints=checkpoints)
-    return build_index(aligner, images, paths, text_features=load_features(Path(work) / "text"),
-                       captions=data.captions, caption_image=data.caption_image, checkpoints=checkpoints)
+    return build_index(
+        aligner,
+        images,
+        paths,
+        text_features=load_features(Path(work) / "text"),
+        captions=data.captions,
+        caption_image=data.caption_image,
+        checkpoints=checkpoints,
+    )
 
 
 def image_folder(folder: str | os.PathLike) -> Any:
@@ -280,14 +382,22 @@ def image_folder(folder: str | os.PathLike) -> Any:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"--images {folder} is not a folder")
-    names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    names = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+    )
     if not names:
         raise InputError(f"--images {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return ImageCaptions(folder.name, folder, names, [], np.zeros(0, dtype=np.int64))
 
 
-def write_results_page(path: str | os.PathLike, query: str, hits: Sequence[Hit], kind: str,
-                       query_image: str | None = None, timings: dict[str, float] | None = None) -> Path:
+def write_results_page(
+    path: str | os.PathLike,
+    query: str,
+    hits: Sequence[Hit],
+    kind: str,
+    query_image: str | None = None,
+    timings: dict[str, float] | None = None,
+) -> Path:
     """One HTML page (core.report) with the query and its ranked results (images or captions)."""
     from triptych.core.report import Report
 
@@ -298,10 +408,21 @@ def write_results_page(path: str | os.PathLike, query: str, hits: Sequence[Hit],
     else:
         section.text(query)
     if timings:
-        section.text("Latency: " + ", ".join(f"{k.removesuffix('_s')} {1000 * v:.1f} ms" for k, v in timings.items()))
+        section.text(
+            "Latency: " + ", ".join(f"{k.removesuffix('_s')} {1000 * v:.1f} ms" for k, v in timings.items())
+        )
     results = report.section(f"Top {len(hits)} {kind}")
-    results.table([{"rank": h.rank, "score": round(h.score, 4), "cosine": round(h.cosine, 4), kind.rstrip("s"): h.item}
-                   for h in hits])
+    results.table(
+        [
+            {
+                "rank": h.rank,
+                "score": round(h.score, 4),
+                "cosine": round(h.cosine, 4),
+                kind.rstrip("s"): h.item,
+            }
+            for h in hits
+        ]
+    )
     if kind == "images":
         for h in hits:
             results.figure(h.item, caption=f"#{h.rank}  score {h.score:.3f}  {Path(h.item).name}")

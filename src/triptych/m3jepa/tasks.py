@@ -72,4 +72,6 @@ def caption_tasks(
 def split_tasks(cache: Any, split: str) -> list[Task]:
     """media→text and text→media tasks of one split of a :class:`~triptych.m3jepa.features.PairedCache`."""
     image_rows, caption_rows, caption_image = cache.split(split)
-    return caption_tasks(cache.image, cache.text, caption_image, image_rows, caption_rows, media=cache.modality)
+    return caption_tasks(
+        cache.image, cache.text, caption_image, image_rows, caption_rows, media=cache.modality
+    )

@@ -92,8 +92,9 @@ class AlignmentData(L.LightningDataModule):
         for task in self.tasks:
             items = _GroupedPairs(task)
             # a last batch of a few pairs gives InfoNCE too few negatives; drop it when there are others
-            loaders[task.name] = DataLoader(items, batch_size=self.batch_size, shuffle=True,
-                                            drop_last=len(items) > self.batch_size)
+            loaders[task.name] = DataLoader(
+                items, batch_size=self.batch_size, shuffle=True, drop_last=len(items) > self.batch_size
+            )
         return CombinedLoader(loaders, mode="max_size_cycle")
 
     def val_dataloader(self) -> DataLoader:
@@ -107,16 +108,27 @@ def _to(batch: EncodedBatch, device: torch.device) -> EncodedBatch:
 class AlignmentModule(L.LightningModule):
     """An aligner (the MMoE predictor, its MLP ablation, or CLIP heads) trained by AGD."""
 
-    def __init__(self, model_config: dict[str, Any], train_config: dict[str, Any], task_names: list[str],
-                 encoders: dict[str, Any] | None = None, kind: str = KIND) -> None:
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        train_config: dict[str, Any],
+        task_names: list[str],
+        encoders: dict[str, Any] | None = None,
+        kind: str = KIND,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.model = build_model(model_config)
         self.cfg = TrainConfig(**train_config)
         # under DDP, InfoNCE sees every rank's batch as negatives (open_clip style); one process: no-op
-        self.loss = M3JepaLoss(self.cfg.alpha, self.cfg.temperature, self.cfg.learnable_temperature,
-                               self.cfg.regression, gather=True)
+        self.loss = M3JepaLoss(
+            self.cfg.alpha,
+            self.cfg.temperature,
+            self.cfg.learnable_temperature,
+            self.cfg.regression,
+            gather=True,
+        )
         self.task_names = list(task_names)
         self.register_buffer("task_probs", torch.full((len(task_names),), 1.0 / len(task_names)))
         experts = model_config.get("experts", 0) if model_config.get("mixer", "moe") == "moe" else 0
@@ -147,7 +159,9 @@ class AlignmentModule(L.LightningModule):
         if out.routings:
             experts = self.model.config.experts
             for r in out.routings:
-                self.usage_counts += torch.bincount(r.index.reshape(-1), minlength=experts).to(self.usage_counts)
+                self.usage_counts += torch.bincount(r.index.reshape(-1), minlength=experts).to(
+                    self.usage_counts
+                )
             if self.cfg.balance_weight > 0:
                 lb = torch.stack([load_balancing(r.probs, r.index, experts) for r in out.routings]).mean()
                 loss = loss + self.cfg.balance_weight * lb
@@ -163,7 +177,9 @@ class AlignmentModule(L.LightningModule):
         if self.cfg.schedule in ("cyclic", "summed"):
             return list(self.task_names)
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + int(self.global_step))
-        picks = torch.multinomial(self.task_probs.cpu(), len(self.task_names), replacement=True, generator=gen)
+        picks = torch.multinomial(
+            self.task_probs.cpu(), len(self.task_names), replacement=True, generator=gen
+        )
         return [self.task_names[i] for i in picks.tolist()]
 
     def _optimizer_step(self, loss: Tensor) -> None:
@@ -171,7 +187,9 @@ class AlignmentModule(L.LightningModule):
         opt.zero_grad()
         self.manual_backward(loss)
         self.clip_gradients(opt, gradient_clip_val=self.cfg.clip, gradient_clip_algorithm="norm")
-        wd = cosine_ramp(sched.last_epoch, self._total_steps, self.cfg.weight_decay_start, self.cfg.weight_decay_end)
+        wd = cosine_ramp(
+            sched.last_epoch, self._total_steps, self.cfg.weight_decay_start, self.cfg.weight_decay_end
+        )
         for group in opt.param_groups:
             if group["weight_decay"] > 0:
                 group["weight_decay"] = wd
@@ -202,8 +220,13 @@ class AlignmentModule(L.LightningModule):
             for k, v in r.items():
                 self.log(f"val/{name}/{k}", v, batch_size=1)
         self.log("val_recall", val_recall, prog_bar=True, batch_size=1)
-        self.val_history.append({"epoch": int(self.current_epoch), "val_recall": val_recall, **{
-            f"{n}/{k}": v for n, r in results.items() for k, v in r.items()}})
+        self.val_history.append(
+            {
+                "epoch": int(self.current_epoch),
+                "val_recall": val_recall,
+                **{f"{n}/{k}": v for n, r in results.items() for k, v in r.items()},
+            }
+        )
         if self.cfg.schedule == "sampled":
             self.adapt_probabilities(means)
 
@@ -232,8 +255,10 @@ class AlignmentModule(L.LightningModule):
         c = self.cfg
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt,
-            lambda s: warmup_cosine(s, self._total_steps, c.lr_start, c.lr_peak, c.lr_end, c.warmup_fraction)
-            / c.lr_peak,
+            lambda s: (
+                warmup_cosine(s, self._total_steps, c.lr_start, c.lr_peak, c.lr_end, c.warmup_fraction)
+                / c.lr_peak
+            ),
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -271,15 +296,23 @@ def train_aligner(
         _check_dims(model_config, tasks + val_tasks)
     names = [t.name for t in tasks]
     if [t.name for t in val_tasks] != names:
-        raise InputError(f"validation tasks {[t.name for t in val_tasks]} must match the training tasks {names}")
+        raise InputError(
+            f"validation tasks {[t.name for t in val_tasks]} must match the training tasks {names}"
+        )
     seed_everything(cfg.seed)
     module = AlignmentModule(dict(model_config), asdict(cfg), names, encoders or {})
     flags = flags or TrainerFlags()
     if flags.strategy == "ddp":  # a direction uses only its own input projection and heads
         flags = TrainerFlags(**{**asdict(flags), "strategy": "ddp_find_unused_parameters_true"})
     trainer = make_trainer(
-        flags, max_epochs=cfg.max_epochs, default_root_dir=out_dir, monitor="val_recall", mode="max",
-        patience=cfg.patience, enable_progress_bar=enable_progress_bar, num_sanity_val_steps=0,
+        flags,
+        max_epochs=cfg.max_epochs,
+        default_root_dir=out_dir,
+        monitor="val_recall",
+        mode="max",
+        patience=cfg.patience,
+        enable_progress_bar=enable_progress_bar,
+        num_sanity_val_steps=0,
         deterministic=False,
     )
     data = AlignmentData(tasks, val_tasks, cfg.batch_size)

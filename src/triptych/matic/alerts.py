@@ -20,8 +20,12 @@ def _catalog(name: str):
     from rdkit.Chem.FilterCatalog import FilterCatalog, FilterCatalogParams
 
     params = FilterCatalogParams()
-    params.AddCatalog({"pains": FilterCatalogParams.FilterCatalogs.PAINS,
-                       "brenk": FilterCatalogParams.FilterCatalogs.BRENK}[name])
+    params.AddCatalog(
+        {
+            "pains": FilterCatalogParams.FilterCatalogs.PAINS,
+            "brenk": FilterCatalogParams.FilterCatalogs.BRENK,
+        }[name]
+    )
     return FilterCatalog(params)
 
 

@@ -59,13 +59,46 @@ def chemprop_probs(splits: Splits, seed: int, epochs: int = 50) -> np.ndarray:
             df.insert(0, "smiles", table.smiles)
             paths.append(tmp / f"{name}.csv")
             df.to_csv(paths[-1], index=False)
-        subprocess.run(["chemprop", "train", "--data-path", *map(str, paths), "--task-type", "classification",
-                        "--epochs", str(epochs), "--data-seed", str(seed), "--pytorch-seed", str(seed),
-                        "--save-dir", str(tmp / "model"), "--smiles-columns", "smiles",
-                        "--target-columns", *splits.tasks], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "chemprop",
+                "train",
+                "--data-path",
+                *map(str, paths),
+                "--task-type",
+                "classification",
+                "--epochs",
+                str(epochs),
+                "--data-seed",
+                str(seed),
+                "--pytorch-seed",
+                str(seed),
+                "--save-dir",
+                str(tmp / "model"),
+                "--smiles-columns",
+                "smiles",
+                "--target-columns",
+                *splits.tasks,
+            ],
+            check=True,
+            capture_output=True,
+        )
         model = next((tmp / "model").rglob("best*.pt"))
-        subprocess.run(["chemprop", "predict", "--test-path", str(paths[2]), "--model-paths", str(model),
-                        "--preds-path", str(tmp / "preds.csv"), "--smiles-columns", "smiles"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                "chemprop",
+                "predict",
+                "--test-path",
+                str(paths[2]),
+                "--model-paths",
+                str(model),
+                "--preds-path",
+                str(tmp / "preds.csv"),
+                "--smiles-columns",
+                "smiles",
+            ],
+            check=True,
+            capture_output=True,
+        )
         preds = pd.read_csv(tmp / "preds.csv")
         return preds[splits.tasks].to_numpy(dtype=float)

@@ -39,7 +39,9 @@ class BenchConfig:
     models: list[str] = field(default_factory=lambda: ["ple", "mmoe", "single", "rf", "chemprop"])
 
 
-def _graph_probs(splits: Splits, arch: str, seed: int, cfg: BenchConfig, epochs: int, tasks: list[str]) -> np.ndarray:
+def _graph_probs(
+    splits: Splits, arch: str, seed: int, cfg: BenchConfig, epochs: int, tasks: list[str]
+) -> np.ndarray:
     """Train one graph model on ``tasks`` and return its test probabilities ``(n_test, len(tasks))``."""
     cols = [splits.tasks.index(t) for t in tasks]
 
@@ -47,15 +49,23 @@ def _graph_probs(splits: Splits, arch: str, seed: int, cfg: BenchConfig, epochs:
         return MolTable(t.smiles, t.labels[:, cols], list(tasks))
 
     sub = Splits(pick(splits.train), pick(splits.val), pick(splits.test), splits.name)
-    config = TrainConfig(tasks=list(tasks), arch=arch, gate=cfg.gate, lr=cfg.lr, max_epochs=epochs,
-                         patience=cfg.patience, seed=seed)
+    config = TrainConfig(
+        tasks=list(tasks),
+        arch=arch,
+        gate=cfg.gate,
+        lr=cfg.lr,
+        max_epochs=epochs,
+        patience=cfg.patience,
+        seed=seed,
+    )
     with tempfile.TemporaryDirectory(prefix="matic-bench-") as tmp:
         model = train_predictor(sub, config, tmp, progress=False)
         return load_predictor(model).predict_proba(sub.test.smiles)
 
 
-def _model_probs(model: str, splits: Splits, seed: int, cfg: BenchConfig, epochs: int, tasks: list[str]
-                 ) -> np.ndarray:
+def _model_probs(
+    model: str, splits: Splits, seed: int, cfg: BenchConfig, epochs: int, tasks: list[str]
+) -> np.ndarray:
     """Test probabilities of one benchmark model trained with ``seed``."""
     if model == "rf":
         return random_forest_probs(splits.train, splits.test, seed, cfg.rf_trees)
@@ -74,8 +84,17 @@ def _add(results: dict, model: str, table: MolTable, probs: np.ndarray, tasks: l
     return scores
 
 
-def run_dataset(name: str, make_splits: Callable[[int], Splits], seeds: int, cfg: BenchConfig, epochs: int,
-                log: Callable[[str], None], results: dict, seconds: dict, save: Callable[[], None]) -> None:
+def run_dataset(
+    name: str,
+    make_splits: Callable[[int], Splits],
+    seeds: int,
+    cfg: BenchConfig,
+    epochs: int,
+    log: Callable[[str], None],
+    results: dict,
+    seconds: dict,
+    save: Callable[[], None],
+) -> None:
     """All models x seeds on one dataset, filling ``results[model][task][metric]`` (per seed) and ``seconds[model]``."""
     for seed in range(cfg.first_seed, cfg.first_seed + seeds):
         splits = make_splits(seed)
@@ -91,17 +110,25 @@ def run_dataset(name: str, make_splits: Callable[[int], Splits], seeds: int, cfg
             probs = _model_probs(model, splits, seed, cfg, epochs, model_tasks)
             seconds[model] = round(seconds.get(model, 0.0) + time.perf_counter() - start, 1)
             scores = _add(results, model, splits.test, probs, model_tasks)
-            log(f"[{name}] seed {seed} {model}: " + ", ".join(
-                f"{t} ROC-AUC {m['roc_auc']:.3f} PR-AUC {m['pr_auc']:.3f}" for t, m in scores.items())
-                + f" ({time.perf_counter() - start:.0f} s)")
+            log(
+                f"[{name}] seed {seed} {model}: "
+                + ", ".join(
+                    f"{t} ROC-AUC {m['roc_auc']:.3f} PR-AUC {m['pr_auc']:.3f}" for t, m in scores.items()
+                )
+                + f" ({time.perf_counter() - start:.0f} s)"
+            )
             save()  # after every model, so an interrupted run keeps what it finished
 
 
 def results_markdown(results: dict, cfg: BenchConfig) -> str:
     """The results as one Markdown table per dataset, mean ± sd over seeds."""
-    lines = ["# MATIC benchmark", "",
-             "Test ROC-AUC / PR-AUC per task, mean ± sd over seeds. Settings: " + ", ".join(
-                 f"{k}={v}" for k, v in asdict(cfg).items()), ""]
+    lines = [
+        "# MATIC benchmark",
+        "",
+        "Test ROC-AUC / PR-AUC per task, mean ± sd over seeds. Settings: "
+        + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items()),
+        "",
+    ]
     for ds, models in results["datasets"].items():
         tasks: list[str] = []
         for per_task in models.values():
@@ -136,7 +163,9 @@ def merge_results(parts: list[dict]) -> dict:
     return merged
 
 
-def run_benchmark(data: str | None, out: str | Path, cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
+def run_benchmark(
+    data: str | None, out: str | Path, cfg: BenchConfig, log: Callable[[str], None] = print
+) -> dict:
     """Run every dataset and write ``out/results.json`` and ``out/results.md`` (rewritten after each model)."""
     datasets: list[tuple[str, Callable[[int], Splits], int, int]] = []
     if data:
@@ -144,11 +173,26 @@ def run_benchmark(data: str | None, out: str | Path, cfg: BenchConfig, log: Call
         name = "matic_paper_split" if data.startswith("matic:") else Path(data).stem
         datasets.append((name, lambda seed: given, cfg.seeds, cfg.epochs))
     if cfg.ncats_seeds > 0:
-        datasets.append(("ncats_scaffold", lambda seed: load_splits(EMBEDDED, "scaffold", seed),
-                         cfg.ncats_seeds, cfg.ncats_epochs))
+        datasets.append(
+            (
+                "ncats_scaffold",
+                lambda seed: load_splits(EMBEDDED, "scaffold", seed),
+                cfg.ncats_seeds,
+                cfg.ncats_epochs,
+            )
+        )
     results: dict = {"datasets": {}, "seconds": {}}
     for name, make, seeds, epochs in datasets:
         results["datasets"][name], results["seconds"][name] = {}, {}
-        run_dataset(name, make, seeds, cfg, epochs, log, results["datasets"][name], results["seconds"][name],
-                    lambda: write_results(out, results, results_markdown(results, cfg)))
+        run_dataset(
+            name,
+            make,
+            seeds,
+            cfg,
+            epochs,
+            log,
+            results["datasets"][name],
+            results["seconds"][name],
+            lambda: write_results(out, results, results_markdown(results, cfg)),
+        )
     return results

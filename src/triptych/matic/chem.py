@@ -106,7 +106,9 @@ def fragment_tree(mol: Chem.Mol) -> tuple[list[frozenset[int]], list[tuple[int, 
     ]
     if not cuts:
         return [frozenset(range(mol.GetNumAtoms()))], []
-    broken = Chem.FragmentOnBonds(mol, [mol.GetBondBetweenAtoms(a, b).GetIdx() for a, b in cuts], addDummies=False)
+    broken = Chem.FragmentOnBonds(
+        mol, [mol.GetBondBetweenAtoms(a, b).GetIdx() for a, b in cuts], addDummies=False
+    )
     frags = [frozenset(f) for f in Chem.GetMolFrags(broken, asMols=False, sanitizeFrags=False)]
     return frags, cuts
 
@@ -125,7 +127,9 @@ def fingerprints(smiles: Sequence[str]) -> list[DataStructs.ExplicitBitVect | No
     return out
 
 
-def max_similarity(query: Sequence[DataStructs.ExplicitBitVect], reference: Sequence[DataStructs.ExplicitBitVect]) -> np.ndarray:
+def max_similarity(
+    query: Sequence[DataStructs.ExplicitBitVect], reference: Sequence[DataStructs.ExplicitBitVect]
+) -> np.ndarray:
     """For each query fingerprint, its highest Tanimoto similarity to any reference fingerprint."""
     if not reference:
         return np.zeros(len(query))

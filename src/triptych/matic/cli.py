@@ -19,11 +19,17 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-DataOpt = Annotated[str, typer.Option(
-    help="'ncats' (embedded 3CLpro + CPE table), 'matic:DIR' (multi_{train,val,test}.csv) or a CSV file.")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        help="'ncats' (embedded 3CLpro + CPE table), 'matic:DIR' (multi_{train,val,test}.csv) or a CSV file."
+    ),
+]
 SplitOpt = Annotated[str, typer.Option(help="given (files), random or scaffold (80/10/10, seeded).")]
 SmilesColOpt = Annotated[str | None, typer.Option(help="SMILES column (default: the one called smiles).")]
-TasksOpt = Annotated[str | None, typer.Option(help="Comma-separated label columns (default: all but SMILES).")]
+TasksOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated label columns (default: all but SMILES).")
+]
 
 
 def _tasks(tasks: str | None) -> list[str] | None:
@@ -34,20 +40,29 @@ def _tasks(tasks: str | None) -> list[str] | None:
 @trainer_options()
 def train(
     data: DataOpt = "ncats",
-    out: Annotated[Path, typer.Option(help="Output folder (model.safetensors, metrics.json, checkpoints/).")] = Path(
-        "runs/matic"),
+    out: Annotated[
+        Path, typer.Option(help="Output folder (model.safetensors, metrics.json, checkpoints/).")
+    ] = Path("runs/matic"),
     val: Annotated[str | None, typer.Option(help="Validation CSV (with --test: the given split).")] = None,
     test: Annotated[str | None, typer.Option(help="Test CSV.")] = None,
     split: SplitOpt = "given",
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and batches.")] = 0,
     smiles_col: SmilesColOpt = None,
     tasks: TasksOpt = None,
-    conflict: Annotated[str, typer.Option(help="Duplicates with conflicting labels: drop, max, min, first, mean.")] = "drop",
-    strict: Annotated[bool, typer.Option(help="Fail on any unparsable SMILES instead of skipping it.")] = False,
+    conflict: Annotated[
+        str, typer.Option(help="Duplicates with conflicting labels: drop, max, min, first, mean.")
+    ] = "drop",
+    strict: Annotated[
+        bool, typer.Option(help="Fail on any unparsable SMILES instead of skipping it.")
+    ] = False,
     arch: Annotated[str, typer.Option(help="ple (MATIC), mmoe or single (one expert per task).")] = "ple",
-    gate: Annotated[str, typer.Option(help="full (an Attentive FP per gate, as the paper) or light (linear).")] = "full",
+    gate: Annotated[
+        str, typer.Option(help="full (an Attentive FP per gate, as the paper) or light (linear).")
+    ] = "full",
     loss: Annotated[str, typer.Option(help="focal (alpha 0.5, gamma 2) or bce.")] = "focal",
-    task_weights: Annotated[str | None, typer.Option(help="Comma-separated loss weight per task (default equal).")] = None,
+    task_weights: Annotated[
+        str | None, typer.Option(help="Comma-separated loss weight per task (default equal).")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     batch_size: Annotated[int, typer.Option(help="Molecules per batch.")] = 64,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
@@ -63,11 +78,30 @@ def train(
     from triptych.matic.evaluation import evaluate_checkpoint
     from triptych.matic.train import TrainConfig, train_predictor, write_json
 
-    splits = load_splits(data, split, seed, val=val, test=test, smiles_col=smiles_col, tasks=_tasks(tasks),
-                         strict=strict, conflict=conflict)
+    splits = load_splits(
+        data,
+        split,
+        seed,
+        val=val,
+        test=test,
+        smiles_col=smiles_col,
+        tasks=_tasks(tasks),
+        strict=strict,
+        conflict=conflict,
+    )
     weights = [float(w) for w in task_weights.split(",")] if task_weights else []
-    config = TrainConfig(tasks=splits.tasks, arch=arch, gate=gate, loss=loss, task_weights=weights, lr=lr,
-                         batch_size=batch_size, max_epochs=epochs, patience=patience, seed=seed)
+    config = TrainConfig(
+        tasks=splits.tasks,
+        arch=arch,
+        gate=gate,
+        loss=loss,
+        task_weights=weights,
+        lr=lr,
+        batch_size=batch_size,
+        max_epochs=epochs,
+        patience=patience,
+        seed=seed,
+    )
     config.weights()  # validate before any work
     for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         typer.echo(f"{name}: {t.summary()}")
@@ -77,7 +111,9 @@ def train(
         write_json(run / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
         model_path = final_path(model_path, run, out)
     for task, m in metrics.items():
-        typer.echo(f"test {task}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  MCC {m['mcc']:.3f} (n={m['n']})")
+        typer.echo(
+            f"test {task}: ROC-AUC {m['roc_auc']:.3f}  PR-AUC {m['pr_auc']:.3f}  MCC {m['mcc']:.3f} (n={m['n']})"
+        )
     typer.echo(f"model: {model_path}")
 
 
@@ -100,7 +136,10 @@ def evaluate(
     table = _table_for(data, smiles_col, predictor.tasks, checkpoint)
     metrics = evaluate_checkpoint(predictor, table)
     for task, m in metrics.items():
-        typer.echo(f"{task}: " + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        typer.echo(
+            f"{task}: "
+            + "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
+        )
     if out:
         write_json(out, metrics)
 
@@ -114,28 +153,41 @@ def _table_for(path: Path, smiles_col: str | None, tasks: list[str], checkpoint:
         cols = [str(c) for c in read_csv_frame(path).columns]
         missing = [t for t in tasks if t not in cols]
         if missing:
-            raise InputError(f"checkpoint {checkpoint} was trained for tasks {tasks}, but {path} lacks "
-                             f"{missing} (columns: {', '.join(cols)}); use a checkpoint for these tasks")
+            raise InputError(
+                f"checkpoint {checkpoint} was trained for tasks {tasks}, but {path} lacks "
+                f"{missing} (columns: {', '.join(cols)}); use a checkpoint for these tasks"
+            )
     return load_table(path, smiles_col, tasks)
 
 
 @app.command()
 def benchmark(
-    data: Annotated[str | None, typer.Option(
-        help="matic:DIR (the paper split) or a CSV with --split; the NCATS scaffold split always runs too.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="matic:DIR (the paper split) or a CSV with --split; the NCATS scaffold split always runs too."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Folder for results.json and results.md.")] = Path("bench/matic"),
     seeds: Annotated[int, typer.Option(help="Seeds on --data.")] = 5,
     first_seed: Annotated[int, typer.Option(help="First seed (to run seeds in parallel processes).")] = 0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs per graph model on --data.")] = 8,
     patience: Annotated[int, typer.Option(help="Early-stopping patience (epochs).")] = 3,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    gate: Annotated[str, typer.Option(help="PLE/MMoE gate: light (CPU budget) or full (the paper's).")] = "light",
+    gate: Annotated[
+        str, typer.Option(help="PLE/MMoE gate: light (CPU budget) or full (the paper's).")
+    ] = "light",
     ncats_seeds: Annotated[int, typer.Option(help="Seeds of the NCATS scaffold split (0 skips it).")] = 1,
     ncats_epochs: Annotated[int, typer.Option(help="Maximum epochs on the NCATS split (4.7x larger).")] = 3,
-    models: Annotated[str, typer.Option(help="Comma-separated subset of ple,mmoe,single,rf,chemprop.")] =
-        "ple,mmoe,single,rf,chemprop",
-    merge: Annotated[list[Path] | None, typer.Option(
-        help="Instead of running: merge these earlier --out folders (e.g. one per seed) into --out.")] = None,
+    models: Annotated[
+        str, typer.Option(help="Comma-separated subset of ple,mmoe,single,rf,chemprop.")
+    ] = "ple,mmoe,single,rf,chemprop",
+    merge: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Instead of running: merge these earlier --out folders (e.g. one per seed) into --out."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark PLE, MMoE, single-task Attentive FP, a Morgan random forest (and chemprop) over seeds.
 
@@ -161,11 +213,18 @@ def benchmark(
             try:
                 parts.append(json.loads((folder / "results.json").read_text()))
             except (OSError, json.JSONDecodeError) as exc:
-                raise InputError(f"--merge {folder}: no readable results.json ({exc.__class__.__name__})") from None
+                raise InputError(
+                    f"--merge {folder}: no readable results.json ({exc.__class__.__name__})"
+                ) from None
         merged = merge_results(parts)
         with atomic_output_dir(out) as stage:
-            write_results(stage, merged, results_markdown(merged, cfg).replace(
-                "Settings:", f"Merged from {', '.join(map(str, merge))}. Settings:"))
+            write_results(
+                stage,
+                merged,
+                results_markdown(merged, cfg).replace(
+                    "Settings:", f"Merged from {', '.join(map(str, merge))}. Settings:"
+                ),
+            )
     else:
         # results are rewritten after each model (in the hidden staging folder); OUT is replaced at the end
         with atomic_output_dir(out) as stage:
@@ -176,35 +235,70 @@ def benchmark(
 @app.command()
 def screen(
     checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
-    input: Annotated[list[str], typer.Option("--input", help=(
-        ".smi (SMILES [name]), .csv (smiles column), .sdf or .parquet, each .gz or not; repeat it or give a "
-        "quoted glob ('lib/*.smi.gz') for a sharded library."))],
-    out: Annotated[Path, typer.Option(help=(
-        "A .csv: one .smi/.csv screened in this process, ranked (invalid lines to <stem>.invalid.csv). "
-        "A folder: the library run on Ray (predictions.parquet, top.csv, summary.json, shards/ to resume)."))] = Path(
-        "preds.csv"),
+    input: Annotated[
+        list[str],
+        typer.Option(
+            "--input",
+            help=(
+                ".smi (SMILES [name]), .csv (smiles column), .sdf or .parquet, each .gz or not; repeat it or give a "
+                "quoted glob ('lib/*.smi.gz') for a sharded library."
+            ),
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help=(
+                "A .csv: one .smi/.csv screened in this process, ranked (invalid lines to <stem>.invalid.csv). "
+                "A folder: the library run on Ray (predictions.parquet, top.csv, summary.json, shards/ to resume)."
+            )
+        ),
+    ] = Path("preds.csv"),
     smiles_col: SmilesColOpt = None,
-    tasks: Annotated[str | None, typer.Option(
-        help="Comma-separated tasks you expect the checkpoint to predict (checked).")] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="Comma-separated tasks you expect the checkpoint to predict (checked).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 64,
-    chunk: Annotated[int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")] = 2048,
-    featurize_workers: Annotated[int | None, typer.Option(
-        help="Processes featurising while the model runs (default: 1 on 2+ cores, else 0 = in process).")] = None,
-    threads: Annotated[int, typer.Option(
-        help="CPU threads for the model (0: the cores left after the featurising workers).")] = 0,
+    chunk: Annotated[
+        int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")
+    ] = 2048,
+    featurize_workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes featurising while the model runs (default: 1 on 2+ cores, else 0 = in process)."
+        ),
+    ] = None,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for the model (0: the cores left after the featurising workers).")
+    ] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
-    shard_size: Annotated[int, typer.Option(help="Library run: molecules per shard (the unit of resume).")] = 10_000,
+    shard_size: Annotated[
+        int, typer.Option(help="Library run: molecules per shard (the unit of resume).")
+    ] = 10_000,
     top: Annotated[int, typer.Option(help="Library run: rows of top.csv (best unique parents).")] = 1000,
-    tautomers: Annotated[bool, typer.Option(help="Library run: canonicalise tautomers too (slow; off since "
-                                            "training SMILES were not).")] = False,
-    dedup: Annotated[str, typer.Option(help="Library run: duplicates are the same parent 'smiles' or 'inchikey'.")] =
-        "smiles",
-    domain_ref: Annotated[list[str] | None, typer.Option(help=(
-        "Library run: training set for the applicability domain (ncats, matic:DIR or files); default: the "
-        "--data in metrics.json beside the checkpoint."))] = None,
-    domain_threshold: Annotated[float, typer.Option(help="Library run: in_domain if max Tanimoto >= this.")] = 0.4,
+    tautomers: Annotated[
+        bool,
+        typer.Option(
+            help="Library run: canonicalise tautomers too (slow; off since training SMILES were not)."
+        ),
+    ] = False,
+    dedup: Annotated[
+        str, typer.Option(help="Library run: duplicates are the same parent 'smiles' or 'inchikey'.")
+    ] = "smiles",
+    domain_ref: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=(
+                "Library run: training set for the applicability domain (ncats, matic:DIR or files); default: the "
+                "--data in metrics.json beside the checkpoint."
+            )
+        ),
+    ] = None,
+    domain_threshold: Annotated[
+        float, typer.Option(help="Library run: in_domain if max Tanimoto >= this.")
+    ] = 0.4,
     alerts: Annotated[bool, typer.Option(help="Library run: PAINS and Brenk alert columns.")] = True,
 ) -> None:
     """Score a SMILES library: each task's probability and the dual-activity score, ranked.
@@ -217,11 +311,25 @@ def screen(
     if out.suffix.lower() != ".csv" or workers is not None or ray_address is not None:
         from triptych.matic.library_cli import screen_library_command
 
-        screen_library_command(checkpoint=checkpoint, inputs=input, out=out, smiles_col=smiles_col,
-                               tasks=_tasks(tasks), batch_size=batch_size, threads=threads, device=device,
-                               workers=workers, ray_address=ray_address, shard_size=shard_size, top=top,
-                               tautomers=tautomers, dedup=dedup, domain_ref=domain_ref or [],
-                               domain_threshold=domain_threshold, alerts=alerts)
+        screen_library_command(
+            checkpoint=checkpoint,
+            inputs=input,
+            out=out,
+            smiles_col=smiles_col,
+            tasks=_tasks(tasks),
+            batch_size=batch_size,
+            threads=threads,
+            device=device,
+            workers=workers,
+            ray_address=ray_address,
+            shard_size=shard_size,
+            top=top,
+            tautomers=tautomers,
+            dedup=dedup,
+            domain_ref=domain_ref or [],
+            domain_threshold=domain_threshold,
+            alerts=alerts,
+        )
         return
     from triptych.matic.library_cli import single_input
 
@@ -239,14 +347,22 @@ def screen(
     # The featurising workers take a core each; the model gets the rest, so nothing is oversubscribed.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - feat_workers))
     predictor = load_predictor(checkpoint, _tasks(tasks), str(choose_device(device)))
-    result = run_screen(predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col,
-                        workers=feat_workers)
+    result = run_screen(
+        predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col, workers=feat_workers
+    )
     if result.invalid:
-        shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (" ..." if len(result.invalid) > 10 else "")
-        typer.echo(f"warning: {len(result.invalid)} invalid SMILES skipped ({shown}); "
-                   f"see {out.with_name(out.stem + '.invalid.csv')}", err=True)
-    typer.echo(f"screened {result.n_valid}/{result.n_total} molecules in {result.seconds:.1f} s "
-               f"({result.throughput:.0f} mol/s); ranked by dual score -> {out}")
+        shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (
+            " ..." if len(result.invalid) > 10 else ""
+        )
+        typer.echo(
+            f"warning: {len(result.invalid)} invalid SMILES skipped ({shown}); "
+            f"see {out.with_name(out.stem + '.invalid.csv')}",
+            err=True,
+        )
+    typer.echo(
+        f"screened {result.n_valid}/{result.n_total} molecules in {result.seconds:.1f} s "
+        f"({result.throughput:.0f} mol/s); ranked by dual score -> {out}"
+    )
 
 
 @app.command()
@@ -254,10 +370,14 @@ def explain(
     checkpoint: Annotated[Path, typer.Option(help="A matic.predictor checkpoint (model.safetensors).")],
     smiles: Annotated[list[str], typer.Option(help="Molecule(s) to explain; repeat the option for several.")],
     out: Annotated[Path, typer.Option(help="Folder for PNG/SVG maps, CSV tables and report.html.")] = Path(
-        "matic_explain"),
-    reference: Annotated[str, typer.Option(
-        help="Molecules for the property analysis: 'ncats' (embedded) or a CSV/.smi file.")] = "ncats",
-    n_reference: Annotated[int, typer.Option(help="Use at most this many reference molecules (seeded sample).")] = 1000,
+        "matic_explain"
+    ),
+    reference: Annotated[
+        str, typer.Option(help="Molecules for the property analysis: 'ncats' (embedded) or a CSV/.smi file.")
+    ] = "ncats",
+    n_reference: Annotated[
+        int, typer.Option(help="Use at most this many reference molecules (seeded sample).")
+    ] = 1000,
 ) -> None:
     """Atom attention per task and expert, gate weights, and property correlations, in report.html.
 

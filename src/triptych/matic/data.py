@@ -58,7 +58,9 @@ def read_csv_frame(path: Path) -> pd.DataFrame:
     """A user's molecule CSV (plain or gzip, any encoding :mod:`triptych.core.inputs` reads) as strings."""
     text = read_text(path, hint="give a CSV with a SMILES column and label columns")
     if not text.strip():
-        raise InputError(f"{path}: the file is empty; give a CSV with a header line (e.g. smiles,label) and rows")
+        raise InputError(
+            f"{path}: the file is empty; give a CSV with a header line (e.g. smiles,label) and rows"
+        )
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -72,12 +74,16 @@ def find_smiles_column(columns: list[str], smiles_col: str | None, path: Path) -
     """The SMILES column: the one named, else the first called smiles (any case)."""
     if smiles_col is not None:
         if smiles_col not in columns:
-            raise InputError(f"{path}: no column {smiles_col!r} (columns: {', '.join(columns)}); pass --smiles-col")
+            raise InputError(
+                f"{path}: no column {smiles_col!r} (columns: {', '.join(columns)}); pass --smiles-col"
+            )
         return smiles_col
     for c in columns:
         if c.strip().lower() in ("smiles", "smiles_stand", "canonical_smiles"):
             return c
-    raise InputError(f"{path}: no SMILES column (columns: {', '.join(columns)}); name it 'smiles' or pass --smiles-col")
+    raise InputError(
+        f"{path}: no SMILES column (columns: {', '.join(columns)}); name it 'smiles' or pass --smiles-col"
+    )
 
 
 def _parse_labels(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
@@ -88,18 +94,24 @@ def _parse_labels(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
         bad = num.isna() & (raw != "")
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise InputError(f"{path}: column {c!r} line {i + 2} has non-numeric label {raw.iloc[i]!r}; "
-                             "labels must be 1, 0 or blank (not measured)")
+            raise InputError(
+                f"{path}: column {c!r} line {i + 2} has non-numeric label {raw.iloc[i]!r}; "
+                "labels must be 1, 0 or blank (not measured)"
+            )
         notbin = num.notna() & ~num.isin([0.0, 1.0])
         if notbin.any():
             i = int(np.flatnonzero(notbin.to_numpy())[0])
-            raise InputError(f"{path}: column {c!r} line {i + 2} has label {raw.iloc[i]!r}; "
-                             "labels must be 1, 0 or blank (not measured)")
+            raise InputError(
+                f"{path}: column {c!r} line {i + 2} has label {raw.iloc[i]!r}; "
+                "labels must be 1, 0 or blank (not measured)"
+            )
         labels[:, j] = num.to_numpy(dtype=float)
     return labels
 
 
-def merge_duplicates(smiles: list[str], labels: np.ndarray, policy: str = "drop") -> tuple[list[str], np.ndarray, int]:
+def merge_duplicates(
+    smiles: list[str], labels: np.ndarray, policy: str = "drop"
+) -> tuple[list[str], np.ndarray, int]:
     """Merge rows with the same canonical SMILES, task by task.
 
     Agreeing or one-sided labels merge plainly; conflicting ones follow ``policy``:
@@ -157,10 +169,13 @@ def load_table(
         label_cols = [c for c in columns if c != scol]
     missing = [c for c in label_cols if c not in columns]
     if missing:
-        raise InputError(f"{path}: label column(s) {missing} not found (columns: {', '.join(columns)}); "
-                         "check --tasks")
+        raise InputError(
+            f"{path}: label column(s) {missing} not found (columns: {', '.join(columns)}); check --tasks"
+        )
     if require_labels and not label_cols:
-        raise InputError(f"{path}: no label columns besides {scol!r}; add one column per task (1, 0 or blank)")
+        raise InputError(
+            f"{path}: no label columns besides {scol!r}; add one column per task (1, 0 or blank)"
+        )
     labels = _parse_labels(df, label_cols, path)
     canon, keep, invalid = [], [], []
     for i, raw in enumerate(df[scol].tolist()):
@@ -177,15 +192,20 @@ def load_table(
         if not quiet:
             print(f"warning: {path}: skipped {len(invalid)} unparsable SMILES ({lines})", file=sys.stderr)
     if not canon:
-        raise InputError(f"{path}: none of the {len(df)} SMILES in column {scol!r} could be parsed; "
-                         "check the column holds SMILES")
+        raise InputError(
+            f"{path}: none of the {len(df)} SMILES in column {scol!r} could be parsed; "
+            "check the column holds SMILES"
+        )
     smiles, merged, conflicts = merge_duplicates(canon, labels[keep], conflict)
     return MolTable(smiles, merged, list(label_cols), invalid, conflicts)
 
 
 # ---------------------------------------------------------------- splits
 
-def random_split(n: int, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple[np.ndarray, ...]:
+
+def random_split(
+    n: int, seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[np.ndarray, ...]:
     """Seeded random train/val/test indices."""
     perm = np.random.default_rng(seed).permutation(n)
     a = int(round(fractions[0] * n))
@@ -199,8 +219,9 @@ def murcko_scaffold(smiles: str) -> str:
     return MurckoScaffold.MurckoScaffoldSmiles(mol=mol, includeChirality=False) if mol is not None else ""
 
 
-def scaffold_split(smiles: list[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-                   ) -> tuple[np.ndarray, ...]:
+def scaffold_split(
+    smiles: list[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> tuple[np.ndarray, ...]:
     """Seeded balanced Bemis–Murcko split: no scaffold crosses train/val/test.
 
     Scaffold sets too big for val/test go to train first; the rest are shuffled with
@@ -258,9 +279,18 @@ def _align(table: MolTable, tasks: list[str], path: Path) -> MolTable:
     return table
 
 
-def load_splits(data: str, split: str = "given", seed: int = 0, *, val: str | None = None, test: str | None = None,
-                smiles_col: str | None = None, tasks: list[str] | None = None, strict: bool = False,
-                conflict: str = "drop") -> Splits:
+def load_splits(
+    data: str,
+    split: str = "given",
+    seed: int = 0,
+    *,
+    val: str | None = None,
+    test: str | None = None,
+    smiles_col: str | None = None,
+    tasks: list[str] | None = None,
+    strict: bool = False,
+    conflict: str = "drop",
+) -> Splits:
     """Resolve a data spec into train/val/test tables.
 
     ``data`` is ``ncats`` (the embedded 3CLpro + CPE table), ``matic:DIR`` (a folder
@@ -269,12 +299,14 @@ def load_splits(data: str, split: str = "given", seed: int = 0, *, val: str | No
     """
     kw = dict(smiles_col=smiles_col, label_cols=tasks, strict=strict, conflict=conflict)
     if data.startswith("matic:"):
-        folder = Path(data[len("matic:"):])
+        folder = Path(data[len("matic:") :])
         files = [folder / f"multi_{p}.csv" for p in ("train", "val", "test")]
         for f in files:
             if not f.is_file():
-                raise InputError(f"--data {data}: {f} not found; matic:DIR needs multi_train.csv, multi_val.csv, "
-                                 "multi_test.csv")
+                raise InputError(
+                    f"--data {data}: {f} not found; matic:DIR needs multi_train.csv, multi_val.csv, "
+                    "multi_test.csv"
+                )
         data, val, test = (str(f) for f in files)
     if data == EMBEDDED:
         table = load_embedded()
@@ -288,7 +320,9 @@ def load_splits(data: str, split: str = "given", seed: int = 0, *, val: str | No
     train = load_table(data, **kw)
     if val is not None or test is not None:
         if val is None or test is None:
-            raise InputError("give both --val and --test files, or neither (then --split random|scaffold is used)")
+            raise InputError(
+                "give both --val and --test files, or neither (then --split random|scaffold is used)"
+            )
         kw["label_cols"] = train.tasks
         v = _align(load_table(val, **kw), train.tasks, Path(val))
         t = _align(load_table(test, **kw), train.tasks, Path(test))

@@ -43,7 +43,9 @@ class Domain:
         if not self._fps:
             from triptych.core.errors import InputError
 
-            raise InputError("the applicability-domain reference holds no valid molecule; give the training set")
+            raise InputError(
+                "the applicability-domain reference holds no valid molecule; give the training set"
+            )
 
     def __len__(self) -> int:
         return len(self._fps)

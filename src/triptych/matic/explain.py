@@ -54,11 +54,15 @@ def check_smiles(smiles: Sequence[str]) -> None:
     """Refuse, naming each one, SMILES that cannot be explained (rather than silently dropping them)."""
     if not smiles:
         raise InputError("no SMILES to explain; give at least one")
-    bad = [(i, s) for i, (s, g) in enumerate(zip(smiles, featurize(smiles), strict=True), start=1) if g is None]
+    bad = [
+        (i, s) for i, (s, g) in enumerate(zip(smiles, featurize(smiles), strict=True), start=1) if g is None
+    ]
     if bad:
         shown = ", ".join(f"#{i} {s!r}" for i, s in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise InputError(f"{len(bad)} of the {len(smiles)} SMILES to explain cannot be parsed ({shown}); "
-                         "fix or remove them")
+        raise InputError(
+            f"{len(bad)} of the {len(smiles)} SMILES to explain cannot be parsed ({shown}); "
+            "fix or remove them"
+        )
 
 
 def explain_molecules(predictor: Predictor, smiles: Sequence[str]) -> list[MoleculeExplanation]:
@@ -66,9 +70,15 @@ def explain_molecules(predictor: Predictor, smiles: Sequence[str]) -> list[Molec
     out = []
     for s in smiles:
         for _, o in predictor.forward_batches([s], batch_size=1):
-            out.append(MoleculeExplanation(
-                s, torch.sigmoid(o.logits[0]).numpy(), o.attention.numpy(),
-                [g[0].numpy() for g in o.gates], o.gate_experts))
+            out.append(
+                MoleculeExplanation(
+                    s,
+                    torch.sigmoid(o.logits[0]).numpy(),
+                    o.attention.numpy(),
+                    [g[0].numpy() for g in o.gates],
+                    o.gate_experts,
+                )
+            )
     return out
 
 
@@ -81,16 +91,19 @@ def descriptor_table(smiles: Sequence[str]) -> np.ndarray:
     return np.array(rows)
 
 
-def model_quantities(predictor: Predictor, smiles: Sequence[str], n_components: int = 2
-                     ) -> tuple[list[str], np.ndarray, list[str]]:
+def model_quantities(
+    predictor: Predictor, smiles: Sequence[str], n_components: int = 2
+) -> tuple[list[str], np.ndarray, list[str]]:
     """Per molecule: each task's gate weight on the shared expert(s) and the top principal components of
     each task's embedding. Returns (names, ``(n, q)`` values, valid SMILES)."""
     valid, gates, embs = [], [], []
     for idx, o in predictor.forward_batches(list(smiles), batch_size=256):
         valid += [smiles[i] for i in idx]
         if o.gates and o.gates[0].shape[1] > 1:
-            shared = [sum(g[:, j] for j, k in enumerate(m) if k < predictor.model.n_shared)
-                      for g, m in zip(o.gates, o.gate_experts, strict=True)]
+            shared = [
+                sum(g[:, j] for j, k in enumerate(m) if k < predictor.model.n_shared)
+                for g, m in zip(o.gates, o.gate_experts, strict=True)
+            ]
             gates.append(torch.stack(shared, dim=1).numpy())
         embs.append(o.task_embeddings.numpy())
     emb = np.concatenate(embs)  # [n, T, H]
@@ -150,23 +163,36 @@ def heatmap(rho: np.ndarray, rows: list[str], cols: list[str]):
     return fig
 
 
-def explain(predictor: Predictor, smiles: Sequence[str], out_dir: str | Path, reference: Sequence[str],
-            title: str = "MATIC interpretation") -> Report:
+def explain(
+    predictor: Predictor,
+    smiles: Sequence[str],
+    out_dir: str | Path,
+    reference: Sequence[str],
+    title: str = "MATIC interpretation",
+) -> Report:
     """Write attention maps (PNG + SVG), gate weights, the property correlations and ``report.html`` into ``out_dir``."""
     check_smiles(smiles)
     mols = explain_molecules(predictor, smiles)
     experts = predictor.expert_names()
-    report = Report(title, intro=f"Checkpoint: {predictor.path}. Attention is each expert's readout "
-                    "(super-node) attention over atoms; red atoms get more than the molecule's mean, blue less.")
+    report = Report(
+        title,
+        intro=f"Checkpoint: {predictor.path}. Attention is each expert's readout "
+        "(super-node) attention over atoms; red atoms get more than the molecule's mean, blue less.",
+    )
     names, values, valid = model_quantities(predictor, list(reference))
     if len(valid) < 10:
-        raise InputError(f"the property analysis needs at least 10 valid reference molecules, got {len(valid)}")
+        raise InputError(
+            f"the property analysis needs at least 10 valid reference molecules, got {len(valid)}"
+        )
     rho = spearman_table(values, descriptor_table(valid))
     with atomic_output_dir(out_dir) as stage:
         gate_rows = []
         for i, m in enumerate(mols):
             sec = report.section(f"Molecule {i + 1}: {m.smiles}")
-            sec.text("Predicted: " + ", ".join(f"{t} {p:.3f}" for t, p in zip(predictor.tasks, m.probs, strict=True)))
+            sec.text(
+                "Predicted: "
+                + ", ".join(f"{t} {p:.3f}" for t, p in zip(predictor.tasks, m.probs, strict=True))
+            )
             maps = [(f"expert {name}", m.expert_attention[:, k]) for k, name in enumerate(experts)]
             maps += [(f"task {t}", m.task_attention(j)) for j, t in enumerate(predictor.tasks)]
             for label, w in maps:
@@ -182,11 +208,15 @@ def explain(predictor: Predictor, smiles: Sequence[str], out_dir: str | Path, re
         sec = report.section("Gate weights")
         sec.text("How much each task's gate leans on its private expert versus the shared one, per molecule.")
         sec.table(gate_rows, floatfmt="{:.3f}")
-        corr_rows = [{"quantity": n, **{d: float(r) for d, r in zip(DESCRIPTORS, row, strict=True)}}
-                     for n, row in zip(names, rho, strict=True)]
+        corr_rows = [
+            {"quantity": n, **{d: float(r) for d, r in zip(DESCRIPTORS, row, strict=True)}}
+            for n, row in zip(names, rho, strict=True)
+        ]
         sec = report.section("Property analysis")
-        sec.text(f"Spearman correlation over {len(valid)} reference molecules between gate weights / task-"
-                 "embedding principal components and RDKit descriptors.")
+        sec.text(
+            f"Spearman correlation over {len(valid)} reference molecules between gate weights / task-"
+            "embedding principal components and RDKit descriptors."
+        )
         sec.table(corr_rows, floatfmt="{:+.2f}")
         fig = heatmap(rho, names, list(DESCRIPTORS))
         fig.savefig(stage / "property_correlations.png", dpi=120, bbox_inches="tight")

@@ -33,8 +33,12 @@ HYBRIDISATIONS = (
     Chem.rdchem.HybridizationType.SP3D2,
 )  # + other
 BOND_TYPES = (Chem.BondType.SINGLE, Chem.BondType.DOUBLE, Chem.BondType.TRIPLE, Chem.BondType.AROMATIC)
-BOND_STEREO = (Chem.BondStereo.STEREONONE, Chem.BondStereo.STEREOANY, Chem.BondStereo.STEREOZ,
-               Chem.BondStereo.STEREOE)
+BOND_STEREO = (
+    Chem.BondStereo.STEREONONE,
+    Chem.BondStereo.STEREOANY,
+    Chem.BondStereo.STEREOZ,
+    Chem.BondStereo.STEREOE,
+)
 FEATURIZER_VERSION = "attentivefp-39-10/1"
 
 # A molecule as arrays: x [atoms, atom_dim] float32, edge_index [2, 2*bonds] int64, edge_attr [2*bonds, bond_dim].
@@ -74,7 +78,9 @@ class AttentiveFPFeaturizer:
         self._hs0 = self._arom + 1
         self._cip0 = self._hs0 + self.max_hs + 1
         self._elem = _lookup([pt.GetAtomicNumber(e) for e in self.elements], 128, 0, other=len(self.elements))
-        self._hyb = _lookup([int(h) for h in HYBRIDISATIONS], 32, self._hyb0, other=self._hyb0 + len(HYBRIDISATIONS))
+        self._hyb = _lookup(
+            [int(h) for h in HYBRIDISATIONS], 32, self._hyb0, other=self._hyb0 + len(HYBRIDISATIONS)
+        )
         self._btype = _lookup([int(b) for b in BOND_TYPES], 64, 0)
         self._bstereo = _lookup([int(s) for s in BOND_STEREO], 16, 6)
 
@@ -89,18 +95,32 @@ class AttentiveFPFeaturizer:
 
     @property
     def version(self) -> str:
-        return FEATURIZER_VERSION if self.elements == ELEMENTS else f"{FEATURIZER_VERSION}:{','.join(self.elements)}"
+        return (
+            FEATURIZER_VERSION
+            if self.elements == ELEMENTS
+            else f"{FEATURIZER_VERSION}:{','.join(self.elements)}"
+        )
 
     # ------------------------------------------------------------------ one molecule
     def mol_arrays(self, mol: Chem.Mol) -> GraphArrays:
         """Molecule -> ``(x, edge_index, edge_attr)`` arrays, both bond directions."""
-        rows = np.array([
-            (a.GetAtomicNum(), a.GetDegree(), a.GetFormalCharge(), a.GetNumRadicalElectrons(), int(a.GetHybridization()),
-             a.GetIsAromatic(), a.GetTotalNumHs(),
-             {"R": 1, "S": 2}.get(a.GetProp("_CIPCode"), 0) if a.HasProp("_CIPCode") else 0,
-             a.HasProp("_ChiralityPossible"))
-            for a in mol.GetAtoms()
-        ], dtype=np.int64).reshape(-1, 9)
+        rows = np.array(
+            [
+                (
+                    a.GetAtomicNum(),
+                    a.GetDegree(),
+                    a.GetFormalCharge(),
+                    a.GetNumRadicalElectrons(),
+                    int(a.GetHybridization()),
+                    a.GetIsAromatic(),
+                    a.GetTotalNumHs(),
+                    {"R": 1, "S": 2}.get(a.GetProp("_CIPCode"), 0) if a.HasProp("_CIPCode") else 0,
+                    a.HasProp("_ChiralityPossible"),
+                )
+                for a in mol.GetAtoms()
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 9)
         n = len(rows)
         x = np.zeros((n, self.atom_dim), dtype=np.float32)
         at = np.arange(n)
@@ -115,11 +135,20 @@ class AttentiveFPFeaturizer:
         x[at[cip], self._cip0 + rows[cip, 7] - 1] = 1
         x[:, self._cip0 + 2] = rows[:, 8]
 
-        bonds = np.array([
-            (b.GetBeginAtomIdx(), b.GetEndAtomIdx(), int(b.GetBondType()), b.GetIsConjugated(), b.IsInRing(),
-             int(b.GetStereo()))
-            for b in mol.GetBonds()
-        ], dtype=np.int64).reshape(-1, 6)
+        bonds = np.array(
+            [
+                (
+                    b.GetBeginAtomIdx(),
+                    b.GetEndAtomIdx(),
+                    int(b.GetBondType()),
+                    b.GetIsConjugated(),
+                    b.IsInRing(),
+                    int(b.GetStereo()),
+                )
+                for b in mol.GetBonds()
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 6)
         m = len(bonds)
         ea = np.zeros((m, self.bond_dim), dtype=np.float32)
         bt = np.arange(m)
@@ -178,7 +207,9 @@ class AttentiveFPFeaturizer:
         gs = [g for g in graphs if g is not None]
         tensors = {
             "x": torch.cat([g.x for g in gs]) if gs else torch.zeros(0, self.atom_dim),
-            "edge_index": torch.cat([g.edge_index for g in gs], dim=1) if gs else torch.zeros(2, 0, dtype=torch.long),
+            "edge_index": torch.cat([g.edge_index for g in gs], dim=1)
+            if gs
+            else torch.zeros(2, 0, dtype=torch.long),
             "edge_attr": torch.cat([g.edge_attr for g in gs]) if gs else torch.zeros(0, self.bond_dim),
             "n_atoms": torch.tensor([g.num_nodes if g is not None else -1 for g in graphs]),
             "n_edges": torch.tensor([g.edge_index.shape[1] if g is not None else 0 for g in graphs]),
@@ -198,8 +229,13 @@ class AttentiveFPFeaturizer:
             if n < 0:
                 out.append(None)
                 continue
-            out.append(Data(x=t["x"][a_off[i]:a_off[i + 1]], edge_index=t["edge_index"][:, e_off[i]:e_off[i + 1]],
-                            edge_attr=t["edge_attr"][e_off[i]:e_off[i + 1]]))
+            out.append(
+                Data(
+                    x=t["x"][a_off[i] : a_off[i + 1]],
+                    edge_index=t["edge_index"][:, e_off[i] : e_off[i + 1]],
+                    edge_attr=t["edge_attr"][e_off[i] : e_off[i + 1]],
+                )
+            )
         return out
 
 
@@ -211,7 +247,9 @@ def _set_in_range(x: np.ndarray, rows: np.ndarray, values: np.ndarray, offset: i
 
 def to_data(arrays: GraphArrays) -> Data:
     x, edge_index, edge_attr = arrays
-    return Data(x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index), edge_attr=torch.from_numpy(edge_attr))
+    return Data(
+        x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index), edge_attr=torch.from_numpy(edge_attr)
+    )
 
 
 def collate(graphs: Sequence[GraphArrays]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,9 +261,12 @@ def collate(graphs: Sequence[GraphArrays]) -> tuple[torch.Tensor, torch.Tensor, 
     sizes = np.array([g[0].shape[0] for g in graphs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     edge_index = np.concatenate([g[1] + off for g, off in zip(graphs, offsets, strict=True)], axis=1)
-    return (torch.from_numpy(np.concatenate([g[0] for g in graphs])), torch.from_numpy(edge_index),
-            torch.from_numpy(np.concatenate([g[2] for g in graphs])),
-            torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)))
+    return (
+        torch.from_numpy(np.concatenate([g[0] for g in graphs])),
+        torch.from_numpy(edge_index),
+        torch.from_numpy(np.concatenate([g[2] for g in graphs])),
+        torch.from_numpy(np.repeat(np.arange(len(graphs)), sizes)),
+    )
 
 
 def mol_from_smiles(smiles: str) -> Chem.Mol | None:

@@ -34,14 +34,24 @@ from triptych.matic.data import find_smiles_column
 Row = tuple[int, str, str]  # (row, SMILES, name)
 Shard = dict[str, Any]
 
-FORMATS = {".smi": "smi", ".smiles": "smi", ".txt": "smi", ".csv": "csv", ".tsv": "csv", ".sdf": "sdf",
-           ".sd": "sdf", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {
+    ".smi": "smi",
+    ".smiles": "smi",
+    ".txt": "smi",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".sdf": "sdf",
+    ".sd": "sdf",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 NAME_COLUMNS = ("id", "name", "compound_id")  # as read_chunks: the molecule's name in a table
 SDF_NAME_PROPS = ("_Name", "ID", "id", "Name", "name", "compound_id")
 _HINT = "give .smi, .csv, .sdf or .parquet files (each may be .gz)"
 
 
 # ---------------------------------------------------------------- inputs
+
 
 def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """Files named by ``inputs`` (paths and glob patterns), in the order given, globs sorted."""
@@ -57,7 +67,11 @@ def expand_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> li
                 raise InputError(f"--input {text!r} matches no file; check the pattern")
             files += found
         else:
-            hint = f"give files or a quoted glob such as '{text.rstrip('/')}/*.smi.gz'" if Path(text).is_dir() else _HINT
+            hint = (
+                f"give files or a quoted glob such as '{text.rstrip('/')}/*.smi.gz'"
+                if Path(text).is_dir()
+                else _HINT
+            )
             files.append(input_file(text, "--input", hint))
     return files
 
@@ -69,7 +83,9 @@ def file_format(path: Path) -> str:
         suffixes = suffixes[:-1]
     fmt = FORMATS.get(suffixes[-1]) if suffixes else None
     if fmt is None:
-        raise InputError(f"{path}: unknown library format {''.join(path.suffixes) or '(no suffix)'!r}; {_HINT}")
+        raise InputError(
+            f"{path}: unknown library format {''.join(path.suffixes) or '(no suffix)'!r}; {_HINT}"
+        )
     return fmt
 
 
@@ -104,17 +120,24 @@ def _read_errors(path: Path):
         try:
             yield
         except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
-            raise InputError(f"{path} is a corrupt or truncated gzip file ({type(exc).__name__}); "
-                             "re-create or re-download it") from None
+            raise InputError(
+                f"{path} is a corrupt or truncated gzip file ({type(exc).__name__}); "
+                "re-create or re-download it"
+            ) from None
         except OSError as exc:
             raise InputError(f"{path} cannot be read ({exc.strerror or exc}); {_HINT}") from None
+
     return guard()
 
 
 # ---------------------------------------------------------------- planning
 
-def plan_shards(inputs: str | os.PathLike | Sequence[str | os.PathLike], shard_size: int = 10_000,
-                smiles_col: str | None = None) -> list[Shard]:
+
+def plan_shards(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    shard_size: int = 10_000,
+    smiles_col: str | None = None,
+) -> list[Shard]:
     """Shards of at most ``shard_size`` molecules covering every file of ``inputs`` in order."""
     if shard_size < 1:
         raise InputError(f"--shard-size {shard_size}: give a positive number of molecules per shard")
@@ -203,13 +226,16 @@ def _parquet_file(path: Path):
     import pyarrow.parquet as pq
 
     if _is_gzip(path):
-        raise InputError(f"{path}: gzipped Parquet cannot be read in row groups; gunzip it (Parquet compresses "
-                         "its own columns)")
+        raise InputError(
+            f"{path}: gzipped Parquet cannot be read in row groups; gunzip it (Parquet compresses "
+            "its own columns)"
+        )
     try:
         return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a file that is not Parquet
-        raise InputError(f"{path} is not a readable Parquet file ({str(exc).splitlines()[0][:120]}); "
-                         f"{_HINT}") from None
+        raise InputError(
+            f"{path} is not a readable Parquet file ({str(exc).splitlines()[0][:120]}); {_HINT}"
+        ) from None
 
 
 def _parquet_columns(path: Path, names: list[str], smiles_col: str | None) -> dict[str, Any]:
@@ -226,20 +252,32 @@ def _plan_parquet(path: Path, fmt: str, shard_size: int, smiles_col: str | None)
         n = pf.metadata.row_group(group).num_rows
         # A large row group is cut into several shards; a shard never spans two groups.
         for skip in range(0, n, shard_size):
-            parts.append({"row_group": group, "skip": skip, "row": row + skip + 1, "rows": min(shard_size, n - skip),
-                          **cols})
+            parts.append(
+                {
+                    "row_group": group,
+                    "skip": skip,
+                    "row": row + skip + 1,
+                    "rows": min(shard_size, n - skip),
+                    **cols,
+                }
+            )
         row += n
     return parts
 
 
 # ---------------------------------------------------------------- reading one shard
 
+
 def iter_rows(shard: Shard) -> Iterator[Row]:
     """``(row, SMILES, name)`` of every molecule of ``shard``, streamed from its file."""
     path = Path(shard["file"])
     if not path.is_file():
-        raise InputError(f"shard {shard['id']}: {path} is not there (moved, or not on this worker's file system)")
-    reader = {"smi": _rows_text, "csv": _rows_text, "sdf": _rows_sdf, "parquet": _rows_parquet}[shard["format"]]
+        raise InputError(
+            f"shard {shard['id']}: {path} is not there (moved, or not on this worker's file system)"
+        )
+    reader = {"smi": _rows_text, "csv": _rows_text, "sdf": _rows_sdf, "parquet": _rows_parquet}[
+        shard["format"]
+    ]
     with _read_errors(path):
         yield from reader(path, shard)
 
@@ -262,8 +300,10 @@ def _rows_text(path: Path, shard: Shard) -> Iterator[Row]:
         while left:
             raw = handle.readline()
             if not raw:
-                raise InputError(f"{path} changed since it was planned (shard {shard['id']} ends early); "
-                                 "rerun with a new output folder")
+                raise InputError(
+                    f"{path} changed since it was planned (shard {shard['id']} ends early); "
+                    "rerun with a new output folder"
+                )
             if raw.strip():
                 line = _decode(raw)
                 if is_csv:
@@ -290,7 +330,9 @@ def _rows_sdf(path: Path, shard: Shard) -> Iterator[Row]:
             if mol is None:
                 yield n, "", ""  # an unreadable record: kept, and reported invalid downstream
                 continue
-            name = next((mol.GetProp(p) for p in SDF_NAME_PROPS if mol.HasProp(p) and mol.GetProp(p).strip()), "")
+            name = next(
+                (mol.GetProp(p) for p in SDF_NAME_PROPS if mol.HasProp(p) and mol.GetProp(p).strip()), ""
+            )
             yield n, Chem.MolToSmiles(mol), name.strip()
 
 
@@ -298,7 +340,9 @@ def _rows_parquet(path: Path, shard: Shard) -> Iterator[Row]:
     pf = _parquet_file(path)
     cols = [shard["smiles_column"]] + ([shard["name_column"]] if shard["name_column"] else [])
     skip, left, n = shard["skip"], shard["rows"], shard["row"]
-    for batch in pf.iter_batches(batch_size=min(65_536, skip + left), row_groups=[shard["row_group"]], columns=cols):
+    for batch in pf.iter_batches(
+        batch_size=min(65_536, skip + left), row_groups=[shard["row_group"]], columns=cols
+    ):
         if skip >= batch.num_rows:
             skip -= batch.num_rows
             continue
@@ -307,17 +351,22 @@ def _rows_parquet(path: Path, shard: Shard) -> Iterator[Row]:
         smiles = batch.column(0).to_pylist()
         names = batch.column(1).to_pylist() if shard["name_column"] else [""] * len(smiles)
         for smi, name in zip(smiles, names, strict=True):
-            yield n, (smi or "").strip() if isinstance(smi, str) else "", "" if name is None else str(name).strip()
+            yield (
+                n,
+                (smi or "").strip() if isinstance(smi, str) else "",
+                "" if name is None else str(name).strip(),
+            )
             n += 1
         left -= batch.num_rows
         if not left:
             return
 
 
-def iter_library(inputs: str | os.PathLike | Sequence[str | os.PathLike], smiles_col: str | None = None,
-                 shard_size: int = 10_000) -> Iterator[Row]:
+def iter_library(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    smiles_col: str | None = None,
+    shard_size: int = 10_000,
+) -> Iterator[Row]:
     """Every row of every file of ``inputs``, in order, streamed shard by shard."""
     for shard in plan_shards(inputs, shard_size, smiles_col):
         yield from iter_rows(shard)
-
-

@@ -68,7 +68,7 @@ def reference_smiles(spec: str) -> list[str]:
 
         return load_embedded().smiles
     if spec.startswith("matic:"):
-        spec = str(Path(spec[len("matic:"):]) / "multi_train.csv")
+        spec = str(Path(spec[len("matic:") :]) / "multi_train.csv")
     return [s for _, s, _ in iter_library(spec)]
 
 
@@ -81,8 +81,11 @@ def default_domain_reference(checkpoint: str | os.PathLike) -> tuple[str, ...]:
         return ()
     if not isinstance(data, str):
         return ()
-    if data == "ncats" or (data.startswith("matic:") and Path(data[6:], "multi_train.csv").is_file()) or Path(
-            data).is_file():
+    if (
+        data == "ncats"
+        or (data.startswith("matic:") and Path(data[6:], "multi_train.csv").is_file())
+        or Path(data).is_file()
+    ):
         return (data,)
     return ()
 
@@ -95,8 +98,9 @@ class ShardScreener:
         from triptych.matic.standardize import Standardizer, mol_from_smiles
 
         self.config = config
-        self.predictor = load_predictor(config.checkpoint, list(config.tasks) if config.tasks else None,
-                                        config.device)
+        self.predictor = load_predictor(
+            config.checkpoint, list(config.tasks) if config.tasks else None, config.device
+        )
         self.standardize = Standardizer(config.tautomers)
         self.domain = None
         if config.domain_reference:
@@ -131,14 +135,17 @@ class ShardScreener:
         uniq_mols = [parents[i] for i in uniq]
         uniq_smiles = [parent_smiles(m) for m in uniq_mols]
         tasks = self.predictor.tasks
-        prob = spread(score_smiles(self.predictor, uniq_smiles, self.config.batch_size).reshape(-1, len(tasks)),
-                      np.nan)
-        table = pd.DataFrame({
-            "row": np.array([r for r, _, _ in rows], dtype=np.int64),
-            "name": [n for _, _, n in rows],
-            "smiles": [s for _, s, _ in rows],
-            "parent_smiles": [parent_smiles(m) or "" for m in parents],
-        })
+        prob = spread(
+            score_smiles(self.predictor, uniq_smiles, self.config.batch_size).reshape(-1, len(tasks)), np.nan
+        )
+        table = pd.DataFrame(
+            {
+                "row": np.array([r for r, _, _ in rows], dtype=np.int64),
+                "name": [n for _, _, n in rows],
+                "smiles": [s for _, s, _ in rows],
+                "parent_smiles": [parent_smiles(m) or "" for m in parents],
+            }
+        )
         if self.config.dedup == "inchikey":
             table["inchikey"] = [k or "" for k in keys]
         table["valid"] = ~np.isnan(prob).any(axis=1)
@@ -175,10 +182,18 @@ class LibraryScreenResult:
         return self.n_total / self.seconds if self.seconds > 0 else float("nan")
 
 
-def screen_library(inputs: str | os.PathLike | Sequence[str | os.PathLike], config: LibraryScreenConfig,
-                   out_dir: str | os.PathLike, *, shard_size: int = 10_000, smiles_col: str | None = None,
-                   top_n: int = 1000, workers: int | None = None, ray_address: str | None = None,
-                   threads_per_worker: int = 1) -> LibraryScreenResult:
+def screen_library(
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    config: LibraryScreenConfig,
+    out_dir: str | os.PathLike,
+    *,
+    shard_size: int = 10_000,
+    smiles_col: str | None = None,
+    top_n: int = 1000,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    threads_per_worker: int = 1,
+) -> LibraryScreenResult:
     """Screen a (sharded) library on Ray (``workers=0``: in this process) into ``out_dir``.
 
     Writes ``predictions.parquet`` (every row, input order), ``top.csv`` (the ``top_n`` best
@@ -199,20 +214,42 @@ def screen_library(inputs: str | os.PathLike | Sequence[str | os.PathLike], conf
         if not reference_smiles(spec):
             raise InputError(f"domain reference {spec}: no molecules; give the model's training set")
     shards = [{**s, "config": config.digest()} for s in plan_shards(inputs, shard_size, smiles_col)]
-    results = run_shards(partial(ShardScreener, config), shards, out_dir, workers=workers, ray_address=ray_address,
-                         progress_desc="screening", threads_per_worker=threads_per_worker)
+    results = run_shards(
+        partial(ShardScreener, config),
+        shards,
+        out_dir,
+        workers=workers,
+        ray_address=ray_address,
+        progress_desc="screening",
+        threads_per_worker=threads_per_worker,
+    )
     counts = _merge(results, out_dir, tasks, config, top_n)
-    summary = {**counts, "shards": len(results), "shards_reused": sum(r.reused for r in results),
-               "seconds": round(time.perf_counter() - start, 3), "config": asdict(config),
-               "inputs": [str(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)]}
+    summary = {
+        **counts,
+        "shards": len(results),
+        "shards_reused": sum(r.reused for r in results),
+        "seconds": round(time.perf_counter() - start, 3),
+        "config": asdict(config),
+        "inputs": [str(i) for i in ([inputs] if isinstance(inputs, str | os.PathLike) else inputs)],
+    }
     summary["molecules_per_second"] = round(summary["n_total"] / max(summary["seconds"], 1e-9), 1)
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    return LibraryScreenResult(counts["n_total"], counts["n_valid"], counts["n_duplicates"], len(results),
-                               summary["shards_reused"], summary["seconds"], out_dir / "predictions.parquet",
-                               out_dir / "top.csv", out_dir / "summary.json")
+    return LibraryScreenResult(
+        counts["n_total"],
+        counts["n_valid"],
+        counts["n_duplicates"],
+        len(results),
+        summary["shards_reused"],
+        summary["seconds"],
+        out_dir / "predictions.parquet",
+        out_dir / "top.csv",
+        out_dir / "summary.json",
+    )
 
 
-def _merge(results, out_dir: Path, tasks: list[str], config: LibraryScreenConfig, top_n: int) -> dict[str, int]:
+def _merge(
+    results, out_dir: Path, tasks: list[str], config: LibraryScreenConfig, top_n: int
+) -> dict[str, int]:
     """One pass over the shard files: all rows to predictions.parquet, a running top-N to top.csv."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -248,10 +285,27 @@ def _merge(results, out_dir: Path, tasks: list[str], config: LibraryScreenConfig
             writer.close()
     top = top.reset_index(drop=True)
     top.insert(0, "rank", np.arange(1, len(top) + 1))
-    cols = ["rank", "file", "row", "name", "smiles", "parent_smiles", *(f"p_{t}" for t in tasks), "dual_score"]
-    cols += [c for c in ("pains", "pains_alert", "brenk", "brenk_alert", "max_sim_train", "in_domain")
-             if c in top.columns]
+    cols = [
+        "rank",
+        "file",
+        "row",
+        "name",
+        "smiles",
+        "parent_smiles",
+        *(f"p_{t}" for t in tasks),
+        "dual_score",
+    ]
+    cols += [
+        c
+        for c in ("pains", "pains_alert", "brenk", "brenk_alert", "max_sim_train", "in_domain")
+        if c in top.columns
+    ]
     with atomic_write(out_dir / "top.csv", "w", newline="", encoding="utf-8") as handle:
         top[cols].to_csv(handle, index=False, float_format="%.4f")
-    return {"n_total": n_total, "n_valid": n_valid, "n_invalid": n_total - n_valid, "n_duplicates": n_dup,
-            "n_top": len(top)}
+    return {
+        "n_total": n_total,
+        "n_valid": n_valid,
+        "n_invalid": n_total - n_valid,
+        "n_duplicates": n_dup,
+        "n_top": len(top),
+    }

@@ -36,8 +36,9 @@ class Expert(nn.Module):
     the last readout step (PyG's ``mol_conv``), caught with a PyG edge-update hook.
     """
 
-    def __init__(self, out_channels: int, hidden: int = 150, layers: int = 3, timesteps: int = 1,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, out_channels: int, hidden: int = 150, layers: int = 3, timesteps: int = 1, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         self.net = AttentiveFP(ATOM_DIM, hidden, out_channels, BOND_DIM, layers, timesteps, dropout)
         self.attention: Tensor | None = None  # [atoms] after each forward
@@ -66,9 +67,19 @@ class Output:
 class MultiTaskAttentiveFP(nn.Module):
     """PLE/CGC, MMoE or single-task Attentive FP for ``n_tasks`` binary tasks (see module docstring)."""
 
-    def __init__(self, n_tasks: int, arch: str = "ple", gate: str = "full", n_shared: int | None = None, n_private: int = 1,
-                 hidden: int = 150, layers: int = 3, timesteps: int = 1, dropout: float = 0.1,
-                 tower_hidden: int = 32) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        arch: str = "ple",
+        gate: str = "full",
+        n_shared: int | None = None,
+        n_private: int = 1,
+        hidden: int = 150,
+        layers: int = 3,
+        timesteps: int = 1,
+        dropout: float = 0.1,
+        tower_hidden: int = 32,
+    ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch {arch!r} not in {ARCHS}")
@@ -98,11 +109,17 @@ class MultiTaskAttentiveFP(nn.Module):
             for members in self.gate_experts:
                 k = len(members)
                 self.gates.append(
-                    Expert(k, hidden, layers, timesteps, dropout) if gate == "full" else nn.Linear(k * hidden, k)
+                    Expert(k, hidden, layers, timesteps, dropout)
+                    if gate == "full"
+                    else nn.Linear(k * hidden, k)
                 )
-        self.stacked = True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
+        self.stacked = (
+            True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
+        )
         self.towers = nn.ModuleList(
-            nn.Sequential(nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1))
+            nn.Sequential(
+                nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1)
+            )
             for _ in range(n_tasks)
         )
 
@@ -113,8 +130,8 @@ class MultiTaskAttentiveFP(nn.Module):
         if self.stacked:  # every Attentive FP (experts, then full gates) in one batched pass
             nets = [e.net for e in self.experts] + ([g.net for g in self.gates] if full else [])
             outs, att = stacked_attentive_fp(nets, *args)
-            expert_out, gate_logits = outs[:len(self.experts)], outs[len(self.experts):]
-            attention = att[:, :len(self.experts)]
+            expert_out, gate_logits = outs[: len(self.experts)], outs[len(self.experts) :]
+            attention = att[:, : len(self.experts)]
         else:  # PyG's AttentiveFP network by network (the reference the stacked pass is tested against)
             expert_out = [e(*args) for e in self.experts]
             gate_logits = [g(*args) for g in self.gates] if full else []
@@ -139,7 +156,9 @@ class MultiTaskAttentiveFP(nn.Module):
         """Human names of the experts: ``shared``/``shared-k`` or ``<task>-private``/``<task>-private-k``."""
         names = [f"shared-{k}" if self.n_shared > 1 else "shared" for k in range(self.n_shared)]
         for t in range(self.n_tasks):
-            names += [f"{tasks[t]}-private" + (f"-{k}" if self.n_private > 1 else "") for k in range(self.n_private)]
+            names += [
+                f"{tasks[t]}-private" + (f"-{k}" if self.n_private > 1 else "") for k in range(self.n_private)
+            ]
         return names
 
 
@@ -163,5 +182,14 @@ class ModelConfig:
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
     def build_model(self) -> MultiTaskAttentiveFP:
-        return MultiTaskAttentiveFP(len(self.tasks), self.arch, self.gate, self.n_shared, self.n_private,
-                                    self.hidden, self.layers, self.timesteps, self.dropout)
+        return MultiTaskAttentiveFP(
+            len(self.tasks),
+            self.arch,
+            self.gate,
+            self.n_shared,
+            self.n_private,
+            self.hidden,
+            self.layers,
+            self.timesteps,
+            self.dropout,
+        )

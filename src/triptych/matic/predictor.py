@@ -41,11 +41,13 @@ class Predictor:
         return self.model(x, edge_index, edge_attr, batch)
 
     @torch.inference_mode()
-    def forward_batches(self, smiles: Sequence[str], batch_size: int = 256) -> Iterator[tuple[list[int], Output]]:
+    def forward_batches(
+        self, smiles: Sequence[str], batch_size: int = 256
+    ) -> Iterator[tuple[list[int], Output]]:
         """Yield ``(indices of valid SMILES in this batch, model output)`` batch by batch."""
         self.model.eval()
         for start in range(0, len(smiles), batch_size):
-            graphs = [DEFAULT.arrays(s) for s in smiles[start:start + batch_size]]
+            graphs = [DEFAULT.arrays(s) for s in smiles[start : start + batch_size]]
             valid = [i for i, g in enumerate(graphs) if g is not None]
             if valid:
                 yield [start + i for i in valid], self.forward_arrays([graphs[i] for i in valid])
@@ -65,13 +67,21 @@ def read_config(checkpoint: str | Path) -> tuple[dict, dict]:
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     state_dict, hparams = state.get("state_dict"), state.get("hyper_parameters") or {}
-    if not isinstance(state_dict, dict) or not isinstance(hparams, dict) or not isinstance(hparams.get("config") or {}, dict):
-        raise InputError(f"checkpoint {checkpoint} is corrupt: it lacks a state_dict or a model config; "
-                         "re-train or re-export it")
+    if (
+        not isinstance(state_dict, dict)
+        or not isinstance(hparams, dict)
+        or not isinstance(hparams.get("config") or {}, dict)
+    ):
+        raise InputError(
+            f"checkpoint {checkpoint} is corrupt: it lacks a state_dict or a model config; "
+            "re-train or re-export it"
+        )
     return state_dict, dict(hparams.get("config") or {})
 
 
-def load_predictor(checkpoint: str | Path, tasks: Sequence[str] | None = None, device: str = "cpu") -> Predictor:
+def load_predictor(
+    checkpoint: str | Path, tasks: Sequence[str] | None = None, device: str = "cpu"
+) -> Predictor:
     """Rebuild a predictor from a ``matic.predictor`` checkpoint (exported or training).
 
     ``tasks``, when given, must be the tasks the checkpoint was trained for (any order is
@@ -86,8 +96,10 @@ def load_predictor(checkpoint: str | Path, tasks: Sequence[str] | None = None, d
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     if tasks is not None and list(tasks) != list(config.tasks):
-        raise InputError(f"checkpoint {path} was trained for tasks {config.tasks}, not {list(tasks)}; "
-                         "use a checkpoint trained on these tasks or pass matching --tasks")
+        raise InputError(
+            f"checkpoint {path} was trained for tasks {config.tasks}, not {list(tasks)}; "
+            "use a checkpoint trained on these tasks or pass matching --tasks"
+        )
     model_state = {k.removeprefix("model."): v for k, v in state_dict.items() if k.startswith("model.")}
     try:
         load_state_dict_into(model, model_state, path)

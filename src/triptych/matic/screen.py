@@ -56,15 +56,18 @@ def _open(path: Path):
     return open_text(path, "", _HINT, newline="")
 
 
-def read_chunks(path: str | Path, chunk: int = 2048, smiles_col: str | None = None
-                ) -> Iterator[list[tuple[int, str, str]]]:
+def read_chunks(
+    path: str | Path, chunk: int = 2048, smiles_col: str | None = None
+) -> Iterator[list[tuple[int, str, str]]]:
     """Yield lists of ``(line number, SMILES, name)`` from a ``.csv`` (header, SMILES column) or ``.smi`` file.
 
     A ``.smi`` line is ``SMILES [name]``; in a CSV the name is an ``id``/``name`` column if present.
     """
     path = input_file(path, "", _HINT)
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty; give one SMILES per line (.smi) or a CSV with a smiles column")
+        raise InputError(
+            f"{path}: the file is empty; give one SMILES per line (.smi) or a CSV with a smiles column"
+        )
     is_csv = ".csv" in path.suffixes
     with _open(path) as handle:
         try:
@@ -73,8 +76,9 @@ def read_chunks(path: str | Path, chunk: int = 2048, smiles_col: str | None = No
             raise InputError(f"{path}: not a valid CSV ({exc}); {_HINT}") from None
 
 
-def _chunks(handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
-            ) -> Iterator[list[tuple[int, str, str]]]:
+def _chunks(
+    handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
+) -> Iterator[list[tuple[int, str, str]]]:
     buf: list[tuple[int, str, str]] = []
     if is_csv:
         reader = csv.reader(handle)
@@ -83,11 +87,16 @@ def _chunks(handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
             raise InputError(f"{path}: the file is empty; give a CSV with a smiles column")
         col = header.index(find_smiles_column(header, smiles_col, path))
         names = [i for i, c in enumerate(header) if c.strip().lower() in ("id", "name", "compound_id")]
-        rows = ((n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
-                for n, r in enumerate(reader, start=2))
+        rows = (
+            (n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
+            for n, r in enumerate(reader, start=2)
+        )
     else:
-        rows = ((n, *(line.split(None, 1) + ["", ""])[:2]) for n, line in enumerate(handle, start=1)
-                if line.strip())
+        rows = (
+            (n, *(line.split(None, 1) + ["", ""])[:2])
+            for n, line in enumerate(handle, start=1)
+            if line.strip()
+        )
     for n, smi, name in rows:
         buf.append((n, smi.strip(), name.strip()))
         if len(buf) == chunk:
@@ -125,7 +134,7 @@ class FeaturisedBatches(IterableDataset):
             rows = sorted(rows, key=lambda r: len(r[1]))  # similar sizes share a batch
             for start in range(0, len(rows), self.batch_size):
                 if b % w == k:
-                    yield featurise_batch(rows[start:start + self.batch_size])
+                    yield featurise_batch(rows[start : start + self.batch_size])
                 b += 1
 
 
@@ -143,15 +152,24 @@ def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # featurising workers do no tensor maths; keep the cores for the model
 
 
-def iter_scored(predictor: Predictor, chunks: Callable[[], Iterator[list[Row]]], batch_size: int = 64,
-                workers: int | None = None) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
+def iter_scored(
+    predictor: Predictor,
+    chunks: Callable[[], Iterator[list[Row]]],
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
     """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch.
 
     ``workers`` featurising processes (default :func:`default_workers`; 0 = in this process).
     """
     workers = default_workers() if workers is None else workers
-    loader = DataLoader(FeaturisedBatches(chunks, batch_size), batch_size=None, num_workers=workers,
-                        worker_init_fn=_one_thread if workers else None, prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        FeaturisedBatches(chunks, batch_size),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=_one_thread if workers else None,
+        prefetch_factor=4 if workers else None,
+    )
     model = predictor.model.eval()
     with torch.inference_mode():
         for item in loader:
@@ -162,8 +180,14 @@ def iter_scored(predictor: Predictor, chunks: Callable[[], Iterator[list[Row]]],
             yield item["rows"], np.asarray(item["valid"], dtype=bool), probs  # the loader made it a tensor
 
 
-def screen_smiles(predictor: Predictor, smiles: Sequence[str], names: Sequence[str] | None = None, *,
-                  batch_size: int = 64, workers: int = 0) -> pd.DataFrame:
+def screen_smiles(
+    predictor: Predictor,
+    smiles: Sequence[str],
+    names: Sequence[str] | None = None,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
 
     Columns ``index, smiles, name, valid, p_<task>..., dual_score`` (NaN where invalid).
@@ -175,16 +199,30 @@ def screen_smiles(predictor: Predictor, smiles: Sequence[str], names: Sequence[s
     for batch_rows, valid, p in iter_scored(predictor, lambda: iter([rows]), batch_size, workers):
         idx = np.array([r[0] for r in batch_rows])
         prob[idx[valid]] = p
-    df = pd.DataFrame({"index": np.arange(len(rows)), "smiles": list(smiles), "name": names,
-                       "valid": ~np.isnan(prob).any(axis=1)})
+    df = pd.DataFrame(
+        {
+            "index": np.arange(len(rows)),
+            "smiles": list(smiles),
+            "name": names,
+            "valid": ~np.isnan(prob).any(axis=1),
+        }
+    )
     for j, t in enumerate(predictor.tasks):
         df[f"p_{t}"] = prob[:, j]
     df["dual_score"] = prob.prod(axis=1)
     return df
 
 
-def screen(predictor: Predictor, input_path: str | Path, out: str | Path, *, chunk: int = 2048,
-           batch_size: int = 64, smiles_col: str | None = None, workers: int | None = None) -> ScreenResult:
+def screen(
+    predictor: Predictor,
+    input_path: str | Path,
+    out: str | Path,
+    *,
+    chunk: int = 2048,
+    batch_size: int = 64,
+    smiles_col: str | None = None,
+    workers: int | None = None,
+) -> ScreenResult:
     """Score every molecule of ``input_path``, write ``out`` ranked by the dual score, and list invalid lines.
 
     ``out`` gets columns ``rank, line, smiles, name, p_<task>..., dual_score``; invalid
@@ -210,11 +248,15 @@ def screen(predictor: Predictor, input_path: str | Path, out: str | Path, *, chu
             total += len(rows)
             bar.update(len(rows))
     if total == 0:
-        raise InputError(f"{input_path}: no molecules found; give one SMILES per line or a CSV with a smiles column")
+        raise InputError(
+            f"{input_path}: no molecules found; give one SMILES per line or a CSV with a smiles column"
+        )
     if not smiles:
         invalid.sort()
-        raise InputError(f"{input_path}: none of the {total} SMILES could be parsed (first: line {invalid[0][0]} "
-                         f"{invalid[0][1]!r}); check the file holds SMILES")
+        raise InputError(
+            f"{input_path}: none of the {total} SMILES could be parsed (first: line {invalid[0][0]} "
+            f"{invalid[0][1]!r}); check the file holds SMILES"
+        )
     invalid.sort()
     prob = np.vstack(probs)
     dual = prob.prod(axis=1)
@@ -223,9 +265,13 @@ def screen(predictor: Predictor, input_path: str | Path, out: str | Path, *, chu
         w = csv.writer(handle)
         w.writerow(["rank", "line", "smiles", "name", *(f"p_{t}" for t in predictor.tasks), "dual_score"])
         for rank, i in enumerate(order, start=1):
-            w.writerow([rank, lines[i], smiles[i], names[i], *(f"{v:.4f}" for v in prob[i]), f"{dual[i]:.4f}"])
+            w.writerow(
+                [rank, lines[i], smiles[i], names[i], *(f"{v:.4f}" for v in prob[i]), f"{dual[i]:.4f}"]
+            )
     if invalid:
-        with atomic_write(out.with_name(out.stem + ".invalid.csv"), "w", newline="", encoding="utf-8") as handle:
+        with atomic_write(
+            out.with_name(out.stem + ".invalid.csv"), "w", newline="", encoding="utf-8"
+        ) as handle:
             w = csv.writer(handle)
             w.writerow(["line", "smiles"])
             w.writerows(invalid)

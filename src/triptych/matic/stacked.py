@@ -42,10 +42,16 @@ def _bmm_t(x: Tensor, weights: Sequence[Tensor]) -> Tensor:
 
 def _gru(inp: Tensor, h: Tensor, cells: Sequence[torch.nn.GRUCell]) -> Tensor:
     """K ``GRUCell`` steps at once (gate order r, z, n as in PyTorch)."""
-    gi = torch.baddbmm(_stack([c.bias_ih for c in cells]).unsqueeze(1), inp,
-                       _stack([c.weight_ih for c in cells]).transpose(1, 2))
-    gh = torch.baddbmm(_stack([c.bias_hh for c in cells]).unsqueeze(1), h,
-                       _stack([c.weight_hh for c in cells]).transpose(1, 2))
+    gi = torch.baddbmm(
+        _stack([c.bias_ih for c in cells]).unsqueeze(1),
+        inp,
+        _stack([c.weight_ih for c in cells]).transpose(1, 2),
+    )
+    gh = torch.baddbmm(
+        _stack([c.bias_hh for c in cells]).unsqueeze(1),
+        h,
+        _stack([c.weight_hh for c in cells]).transpose(1, 2),
+    )
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r, z = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
@@ -63,8 +69,14 @@ def _vec(params: Sequence[Tensor]) -> Tensor:
     return _stack([p.reshape(1, -1) for p in params])
 
 
-def stacked_attentive_fp(nets: Sequence[AttentiveFP], x: Tensor, edge_index: Tensor, edge_attr: Tensor,
-                         batch: Tensor, num_graphs: int | None = None) -> tuple[list[Tensor], Tensor]:
+def stacked_attentive_fp(
+    nets: Sequence[AttentiveFP],
+    x: Tensor,
+    edge_index: Tensor,
+    edge_attr: Tensor,
+    batch: Tensor,
+    num_graphs: int | None = None,
+) -> tuple[list[Tensor], Tensor]:
     """Run ``nets`` (same hidden size, layers and timesteps) on one batch of molecules.
 
     Returns each network's output ``[B, out_k]`` and the readout attention of the last
@@ -103,7 +115,9 @@ def stacked_attentive_fp(nets: Sequence[AttentiveFP], x: Tensor, edge_index: Ten
         a_dst = (xs * _vec([c.att_dst for c in convs])).sum(-1)
         alpha = softmax(F.leaky_relu(a_src[:, src] + a_dst[:, dst], 0.01), dst, num_nodes=n, dim=1)
         alpha = F.dropout(alpha, p, training)
-        h = _scatter_sum(xs[:, src] * alpha.unsqueeze(-1), dst, n) + _stack([c.bias for c in convs]).unsqueeze(1)
+        h = _scatter_sum(xs[:, src] * alpha.unsqueeze(-1), dst, n) + _stack(
+            [c.bias for c in convs]
+        ).unsqueeze(1)
         h = F.dropout(F.elu(h), p, training)
         h_atoms = _gru(h, h_atoms, [m.atom_grus[layer] for m in nets]).relu()
 
@@ -114,9 +128,13 @@ def stacked_attentive_fp(nets: Sequence[AttentiveFP], x: Tensor, edge_index: Ten
     for _ in range(ref.num_timesteps):
         xs = _bmm_t(h_atoms, [c.lin.weight for c in convs])
         xd = _bmm_t(mol, [c.lin.weight for c in convs])
-        a = (xs * _vec([c.att_src for c in convs])).sum(-1) + (xd * _vec([c.att_dst for c in convs])).sum(-1)[:, batch]
+        a = (xs * _vec([c.att_src for c in convs])).sum(-1) + (xd * _vec([c.att_dst for c in convs])).sum(-1)[
+            :, batch
+        ]
         attention = F.dropout(softmax(F.leaky_relu(a, 0.01), batch, num_nodes=b, dim=1), p, training)
-        h = _scatter_sum(xs * attention.unsqueeze(-1), batch, b) + _stack([c.bias for c in convs]).unsqueeze(1)
+        h = _scatter_sum(xs * attention.unsqueeze(-1), batch, b) + _stack([c.bias for c in convs]).unsqueeze(
+            1
+        )
         h = F.dropout(F.elu(h), p, training)
         mol = _gru(h, mol, [m.mol_gru for m in nets]).relu()
     mol = F.dropout(mol, p, training)

@@ -50,8 +50,13 @@ class Standardizer:
     def _build(self) -> dict[str, Any]:
         from rdkit.Chem.MolStandardize import rdMolStandardize as std
 
-        tools = {"metals": std.MetalDisconnector(), "normalizer": std.Normalizer(), "reionizer": std.Reionizer(),
-                 "chooser": std.LargestFragmentChooser(preferOrganic=True), "uncharger": std.Uncharger(canonicalOrder=True)}
+        tools = {
+            "metals": std.MetalDisconnector(),
+            "normalizer": std.Normalizer(),
+            "reionizer": std.Reionizer(),
+            "chooser": std.LargestFragmentChooser(preferOrganic=True),
+            "uncharger": std.Uncharger(canonicalOrder=True),
+        }
         if self.tautomers:
             tools["tautomers"] = std.TautomerEnumerator()
         return tools

@@ -32,8 +32,14 @@ from triptych.matic.featurize import featurize
 from triptych.matic.model import KIND, ModelConfig
 
 
-def masked_focal_loss(logits: Tensor, targets: Tensor, task_weights: Tensor, alpha: float = 0.5,
-                      gamma: float = 2.0, kind: str = "focal") -> Tensor:
+def masked_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    task_weights: Tensor,
+    alpha: float = 0.5,
+    gamma: float = 2.0,
+    kind: str = "focal",
+) -> Tensor:
     """Masked multi-task binary focal loss (or BCE); ``logits, targets [B, T]``, NaN targets are ignored.
 
     Each task's loss is the mean over its labelled molecules; tasks with none in the
@@ -94,8 +100,9 @@ class MaticModule(L.LightningModule):
 
     def _loss(self, batch) -> Tensor:
         out = self(batch)
-        return masked_focal_loss(out.logits, batch.y, self.task_weights, self.config.alpha, self.config.gamma,
-                                 self.config.loss)
+        return masked_focal_loss(
+            out.logits, batch.y, self.task_weights, self.config.alpha, self.config.gamma, self.config.loss
+        )
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         loss = self._loss(batch)
@@ -128,8 +135,14 @@ def labelled_only(table: MolTable) -> MolTable:
     return table.subset(keep)
 
 
-def train_predictor(splits: Splits, config: TrainConfig, out_dir: str | Path, flags: TrainerFlags | None = None,
-                    progress: bool = True, cache_dir: Path | None = None) -> Path:
+def train_predictor(
+    splits: Splits,
+    config: TrainConfig,
+    out_dir: str | Path,
+    flags: TrainerFlags | None = None,
+    progress: bool = True,
+    cache_dir: Path | None = None,
+) -> Path:
     """Train on ``splits.train``, early-stop on ``splits.val``; write ``out_dir/model.safetensors``.
 
     Returns the path of the exported best model (weights + config, no optimiser state).
@@ -142,19 +155,31 @@ def train_predictor(splits: Splits, config: TrainConfig, out_dir: str | Path, fl
     if len(val_t) == 0:
         raise InputError("the validation data has no labelled molecules; give a --val file or a bigger table")
     gen = torch.Generator().manual_seed(config.seed)
-    train_dl = DataLoader(graphs_with_labels(train_t, cache_dir), batch_size=config.batch_size, shuffle=True,
-                          generator=gen)
+    train_dl = DataLoader(
+        graphs_with_labels(train_t, cache_dir), batch_size=config.batch_size, shuffle=True, generator=gen
+    )
     val_dl = DataLoader(graphs_with_labels(val_t, cache_dir), batch_size=256)
     module = MaticModule(asdict(config))
-    trainer = make_trainer(flags, max_epochs=config.max_epochs, default_root_dir=out_dir, monitor="val_loss",
-                           patience=config.patience, enable_progress_bar=progress, deterministic=False,
-                           log_every_n_steps=10, gradient_clip_val=1.0)
+    trainer = make_trainer(
+        flags,
+        max_epochs=config.max_epochs,
+        default_root_dir=out_dir,
+        monitor="val_loss",
+        patience=config.patience,
+        enable_progress_bar=progress,
+        deterministic=False,
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+    )
     fit(trainer, module, train_dl, val_dl, resume=flags.resume if flags else None)
     best = best_checkpoint(trainer)
     if best is None or not best.is_file():
         raise InputError(f"training wrote no checkpoint under {out_dir}")
-    return export_model(best, out_dir / "model.safetensors",
-                        extra={"epochs_run": trainer.current_epoch, "best_val_loss": _best_score(trainer)})
+    return export_model(
+        best,
+        out_dir / "model.safetensors",
+        extra={"epochs_run": trainer.current_epoch, "best_val_loss": _best_score(trainer)},
+    )
 
 
 def _best_score(trainer: L.Trainer) -> float | None:
@@ -171,8 +196,13 @@ def export_model(training_checkpoint: Path, out: Path, extra: dict[str, Any] | N
     from triptych.core.training import load_module_state
 
     state_dict, hparams = load_module_state(training_checkpoint, KIND)
-    return save_checkpoint(out, {"state_dict": state_dict, "hyper_parameters": hparams}, kind=KIND,
-                           config=hparams, extra=extra or {})
+    return save_checkpoint(
+        out,
+        {"state_dict": state_dict, "hyper_parameters": hparams},
+        kind=KIND,
+        config=hparams,
+        extra=extra or {},
+    )
 
 
 def write_json(path: Path, obj: Any) -> None:

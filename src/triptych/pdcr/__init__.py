@@ -37,12 +37,35 @@ from typing import TYPE_CHECKING, Any
 # public name -> its module; loaded on first use (PEP 562), so that importing
 # ``triptych.pdcr.cli`` (and so ``triptych --help``) does not import torch and MONAI
 _EXPORTS = {
-    **dict.fromkeys(["Component", "ComponentExplanation", "explain_components", "list_components"], "components"),
+    **dict.fromkeys(
+        ["Component", "ComponentExplanation", "explain_components", "list_components"], "components"
+    ),
     **dict.fromkeys(["SequentialRule", "reference_estimate", "sequential_estimate"], "estimate"),
-    **dict.fromkeys(["ActivationIntervention", "Blur", "DatasetMean", "PatchBank", "Zero", "apply_block",
-                     "make_intervention"], "interventions"),
-    **dict.fromkeys(["ModelSpec", "SegmentationModel", "build_model", "eval_mode", "load_model", "save_model",
-                     "with_output", "wrap_model"], "models"),
+    **dict.fromkeys(
+        [
+            "ActivationIntervention",
+            "Blur",
+            "DatasetMean",
+            "PatchBank",
+            "Zero",
+            "apply_block",
+            "make_intervention",
+        ],
+        "interventions",
+    ),
+    **dict.fromkeys(
+        [
+            "ModelSpec",
+            "SegmentationModel",
+            "build_model",
+            "eval_mode",
+            "load_model",
+            "save_model",
+            "with_output",
+            "wrap_model",
+        ],
+        "models",
+    ),
     "PdCR": "explainer",
     "explain_rois": "multiroi",
     **dict.fromkeys(["Explanation", "explain_regions"], "regions"),

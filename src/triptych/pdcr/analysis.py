@@ -69,9 +69,15 @@ def concentration(component_ate: Sequence[float]) -> float:
     return float(1 + (p * np.log(p)).sum() / np.log(a.size))
 
 
-def explanation_statistics(ate: np.ndarray, roi_mask: np.ndarray, block_ate: Sequence[float],
-                           component_ate: Sequence[float] | None = None, *, d: float = 16.0,
-                           q: float = 0.9) -> dict[str, float]:
+def explanation_statistics(
+    ate: np.ndarray,
+    roi_mask: np.ndarray,
+    block_ate: Sequence[float],
+    component_ate: Sequence[float] | None = None,
+    *,
+    d: float = 16.0,
+    q: float = 0.9,
+) -> dict[str, float]:
     """All statistics of one explanation (see the module docstring)."""
     dist = roi_distance(roi_mask)
     pos, neg, zero = sign_shares(np.asarray(block_ate))
@@ -110,8 +116,15 @@ class TestResult:
 
     def row(self, alpha: float = 0.05) -> dict[str, float | str | int]:
         sig = [f"{q['a']}≠{q['b']}" for q in self.pairs if q["p_holm"] < alpha]
-        return {"statistic": self.statistic, "test": self.test, "value": self.value, "p": self.p, "n": self.n,
-                "significant": self.p < alpha, "different pairs (Holm)": ", ".join(sig)}
+        return {
+            "statistic": self.statistic,
+            "test": self.test,
+            "value": self.value,
+            "p": self.p,
+            "n": self.n,
+            "significant": self.p < alpha,
+            "different pairs (Holm)": ", ".join(sig),
+        }
 
 
 def _complete_rows(table: Mapping[str, Sequence[float]]) -> tuple[list[str], np.ndarray]:
@@ -150,7 +163,9 @@ def across_inputs(values: Sequence[float], groups: Sequence[str], statistic: str
     samples = [s for s in samples if s.size > 0]
     n = int(sum(s.size for s in samples))
     if len(samples) < 2 or n <= len(samples) or np.ptp(v[keep]) == 0:
-        return TestResult(statistic, "none (too few images or no variation)", float("nan"), float("nan"), n, [])
+        return TestResult(
+            statistic, "none (too few images or no variation)", float("nan"), float("nan"), n, []
+        )
     res = stats.kruskal(*samples)
     return TestResult(statistic, "Kruskal-Wallis", float(res.statistic), float(res.pvalue), n, [])
 
@@ -163,7 +178,11 @@ def summarise(per_model: Mapping[str, Sequence[Mapping[str, float]]]) -> list[di
         for s in STATISTICS:
             v = np.array([r[s] for r in records], dtype=float)
             v = v[np.isfinite(v)]
-            row[s] = f"{np.median(v):.3g} [{np.percentile(v, 25):.3g}, {np.percentile(v, 75):.3g}]" if v.size else "n/a"
+            row[s] = (
+                f"{np.median(v):.3g} [{np.percentile(v, 25):.3g}, {np.percentile(v, 75):.3g}]"
+                if v.size
+                else "n/a"
+            )
         rows.append(row)
     return rows
 

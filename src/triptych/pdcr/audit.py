@@ -40,10 +40,28 @@ if TYPE_CHECKING:
     from triptych.pdcr.models import SegmentationModel
 
 ROI_MODES = ("gt", "pred", "sample")  # or a CSV file of boxes: image,x,y,w,h
-TABLE_COLUMNS = ("image", "roi", "roi_kind", "roi_box", "roi_area", "class", "outcome", "base_outcome",
-                 "significant_negative", "significant_positive", "not_significant", "called_zero",
-                 "negative_blocks", "positive_blocks", "zero_blocks", "support_radius", "share_within",
-                 "forward_passes", "seconds", "maps")
+TABLE_COLUMNS = (
+    "image",
+    "roi",
+    "roi_kind",
+    "roi_box",
+    "roi_area",
+    "class",
+    "outcome",
+    "base_outcome",
+    "significant_negative",
+    "significant_positive",
+    "not_significant",
+    "called_zero",
+    "negative_blocks",
+    "positive_blocks",
+    "zero_blocks",
+    "support_radius",
+    "share_within",
+    "forward_passes",
+    "seconds",
+    "maps",
+)
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,9 @@ def load_audit_data(data: str, spatial_dims: int = 2) -> list[Sample]:
     if data.lower().endswith(".csv") and not data.startswith(("drive:", "folder:")):
         path = Path(data)
         if not path.is_file():
-            raise InputError(f"--data {data}: no such CSV; give drive:PATH, folder:PATH or a CSV of image[,mask]")
+            raise InputError(
+                f"--data {data}: no such CSV; give drive:PATH, folder:PATH or a CSV of image[,mask]"
+            )
         rows = _csv_rows(path, "--data", ("image",))
         samples, seen = [], set()
         for row in rows:
@@ -90,7 +110,9 @@ def load_audit_data(data: str, spatial_dims: int = 2) -> list[Sample]:
             image = read_image(path.parent / row["image"], spatial_dims, "--data image")
             mask = read_mask(path.parent / row["mask"], "--data mask") if row.get("mask") else None
             if mask is not None and mask.shape != tuple(image.shape[1:]):
-                raise InputError(f"--data {data}: mask {row['mask']} is {mask.shape}, its image {tuple(image.shape[1:])}")
+                raise InputError(
+                    f"--data {data}: mask {row['mask']} is {mask.shape}, its image {tuple(image.shape[1:])}"
+                )
             samples.append(Sample(image, mask, Path(row["image"]).stem))
     else:
         kind, root = parse_data(data)
@@ -112,7 +134,9 @@ def _csv_rows(path: Path, name: str, required: Sequence[str]) -> list[dict[str, 
         raise InputError(f"{name} {path}: not a readable CSV ({err.__class__.__name__})") from None
     missing = [c for c in required if not rows or c not in rows[0]]
     if missing:
-        raise InputError(f"{name} {path}: needs a header with columns {', '.join(required)} and at least one row")
+        raise InputError(
+            f"{name} {path}: needs a header with columns {', '.join(required)} and at least one row"
+        )
     return rows
 
 
@@ -143,7 +167,11 @@ def plan_shards(samples: Sequence[Sample], config: AuditConfig) -> list[dict[str
     """One shard per image: its name, and its boxes when they are given."""
     if config.rois not in ROI_MODES:
         boxes = read_boxes(config.rois, [s.name for s in samples])
-        return [{"id": shard_id(s.name), "image": s.name, "boxes": boxes[s.name]} for s in samples if s.name in boxes]
+        return [
+            {"id": shard_id(s.name), "image": s.name, "boxes": boxes[s.name]}
+            for s in samples
+            if s.name in boxes
+        ]
     if config.rois == "gt" and not any(s.mask is not None and s.mask.any() for s in samples):
         raise InputError(f"--rois {config.rois}: no image has a non-empty ground truth; use --rois pred")
     return [{"id": shard_id(s.name), "image": s.name} for s in samples]
@@ -176,7 +204,7 @@ def sampled_rois(mask: np.ndarray, n: int, size: int, seed: int) -> list[np.ndar
         y0 = int(np.clip(ys[i] - size // 2, 0, max(h - size, 0)))
         x0 = int(np.clip(xs[i] - size // 2, 0, max(w - size, 0)))
         box = np.zeros_like(mask, dtype=bool)
-        box[y0:y0 + size, x0:x0 + size] = True
+        box[y0 : y0 + size, x0 : x0 + size] = True
         out.append(box)
     return out
 
@@ -186,8 +214,10 @@ def window_around(shape: Sequence[int], mask: np.ndarray, side: Sequence[int] | 
     if side is None:
         return tuple(slice(0, s) for s in shape)
     idx = np.nonzero(mask)
-    start = [int(np.clip((int(i.min()) + int(i.max()) + 1) // 2 - p // 2, 0, max(s - p, 0)))
-             for i, p, s in zip(idx, side, shape, strict=True)]
+    start = [
+        int(np.clip((int(i.min()) + int(i.max()) + 1) // 2 - p // 2, 0, max(s - p, 0)))
+        for i, p, s in zip(idx, side, shape, strict=True)
+    ]
     return tuple(slice(a, min(a + p, s)) for a, p, s in zip(start, side, shape, strict=True))
 
 
@@ -223,11 +253,15 @@ class AuditWorker:
         if image.shape[0] != self.model.spec.in_channels and self.model.spec.in_channels == 1:
             image = image.mean(0, keepdim=True)  # as `pdcr explain` does for a grey model
         if image.shape[0] != self.model.spec.in_channels:
-            raise InputError(f"--data image {sample.name} has {image.shape[0]} channels; the model expects "
-                             f"{self.model.spec.in_channels}")
+            raise InputError(
+                f"--data image {sample.name} has {image.shape[0]} channels; the model expects "
+                f"{self.model.spec.in_channels}"
+            )
         return image
 
-    def rois(self, shard: dict[str, Any], sample: Sample, image: torch.Tensor) -> list[tuple[str, np.ndarray]]:
+    def rois(
+        self, shard: dict[str, Any], sample: Sample, image: torch.Tensor
+    ) -> list[tuple[str, np.ndarray]]:
         """(kind, mask) per RoI of the shard's image, deterministic."""
         import torch
 
@@ -236,7 +270,10 @@ class AuditWorker:
         c = self.config
         shape = tuple(image.shape[1:])
         if "boxes" in shard:
-            return [("box", RoI.box(*b, shape=shape, name=f"--rois box of {sample.name}").mask) for b in shard["boxes"]]
+            return [
+                ("box", RoI.box(*b, shape=shape, name=f"--rois box of {sample.name}").mask)
+                for b in shard["boxes"]
+            ]
         if c.rois == "pred" or sample.mask is None:
             with torch.no_grad():
                 source, kind = self.model.predict(image[None])[0].cpu().numpy(), "pred"
@@ -245,8 +282,10 @@ class AuditWorker:
         if sample.fov is not None:
             source = source & sample.fov
         if c.rois == "sample":
-            return [(f"sample_{kind}", m) for m in
-                    sampled_rois(source, c.rois_per_image, c.roi_size, _seed(c.seed, sample.name))]
+            return [
+                (f"sample_{kind}", m)
+                for m in sampled_rois(source, c.rois_per_image, c.roi_size, _seed(c.seed, sample.name))
+            ]
         return [(f"component_{kind}", m) for m in component_rois(source, c.rois_per_image)]
 
     def __call__(self, shard: dict[str, Any]) -> pd.DataFrame:
@@ -264,8 +303,13 @@ class AuditWorker:
         coarse = c.coarse_block or 2 * c.block
         side = (c.window,) * self.model.spatial_dims if c.window else self.model.spec.patch_size
         # The paper's bank: natural patches from the other images of the dataset.
-        bank = PatchBank.from_images(self.images, coarse if c.estimator == "adaptive" else c.block, exclude=i,
-                                     excluded_name=sample.name, seed=_seed(c.seed, "bank", sample.name))
+        bank = PatchBank.from_images(
+            self.images,
+            coarse if c.estimator == "adaptive" else c.block,
+            exclude=i,
+            excluded_name=sample.name,
+            seed=_seed(c.seed, "bank", sample.name),
+        )
         rule = SequentialRule(tau=c.tau, tol=c.tol, max_draws=c.max_draws)
         rows = []
         for r, (kind, mask) in enumerate(self.rois(shard, sample, image)):
@@ -273,30 +317,58 @@ class AuditWorker:
             roi = RoI(mask[win], kind)
             truth = sample.mask[win] if sample.mask is not None else None
             outcome = c.outcome or ("dice_gt" if truth is not None else "dice_self")
-            exp = explain_regions(self.model, image[(slice(None), *win)].contiguous(), roi, outcome=outcome,
-                                  ground_truth=truth, intervention=bank, block=c.block, coarse_block=coarse,
-                                  estimator=c.estimator, seed=_seed(c.seed, sample.name, r), batch_size=c.batch_size,
-                                  tau=c.tau, draws=c.max_draws, rule=rule, show_progress=False)
+            exp = explain_regions(
+                self.model,
+                image[(slice(None), *win)].contiguous(),
+                roi,
+                outcome=outcome,
+                ground_truth=truth,
+                intervention=bank,
+                block=c.block,
+                coarse_block=coarse,
+                estimator=c.estimator,
+                seed=_seed(c.seed, sample.name, r),
+                batch_size=c.batch_size,
+                tau=c.tau,
+                draws=c.max_draws,
+                rule=rule,
+                show_progress=False,
+            )
             summary = exp.summary()
             dist = roi_distance(roi.mask)
             box = RoI(mask).bounding_box()
             roi_name = f"r{r:03d}"
-            rows.append({
-                "image": sample.name, "roi": roi_name, "roi_kind": kind,
-                "roi_box": ",".join(str(v) for v in (box[-1][0], box[-2][0], box[-1][1] - box[-1][0],
-                                                     box[-2][1] - box[-2][0])),  # x,y,w,h (2D: last axes)
-                "roi_area": roi.area, "class": int(self.model.spec.target_class), "outcome": summary["outcome"],
-                "base_outcome": exp.base, **exp.significance_counts(c.alpha),
-                "negative_blocks": summary["negative_blocks"], "positive_blocks": summary["positive_blocks"],
-                "zero_blocks": summary["zero_blocks"],
-                "support_radius": support_radius(exp.ate, dist, c.quantile),
-                "share_within": share_within(exp.ate, dist, c.distance),
-                "forward_passes": exp.forward_passes, "seconds": exp.seconds,
-                "maps": f"maps/{shard['id']}__{roi_name}.npz",
-                # the maps travel in the shard file, so a Ray cluster needs no shared file system
-                "npz": _npz_bytes(ate=exp.ate.astype(np.float32), se=exp.se.astype(np.float32), roi=roi.mask,
-                                  origin=np.array([s.start for s in win])),
-            })
+            rows.append(
+                {
+                    "image": sample.name,
+                    "roi": roi_name,
+                    "roi_kind": kind,
+                    "roi_box": ",".join(
+                        str(v)
+                        for v in (box[-1][0], box[-2][0], box[-1][1] - box[-1][0], box[-2][1] - box[-2][0])
+                    ),  # x,y,w,h (2D: last axes)
+                    "roi_area": roi.area,
+                    "class": int(self.model.spec.target_class),
+                    "outcome": summary["outcome"],
+                    "base_outcome": exp.base,
+                    **exp.significance_counts(c.alpha),
+                    "negative_blocks": summary["negative_blocks"],
+                    "positive_blocks": summary["positive_blocks"],
+                    "zero_blocks": summary["zero_blocks"],
+                    "support_radius": support_radius(exp.ate, dist, c.quantile),
+                    "share_within": share_within(exp.ate, dist, c.distance),
+                    "forward_passes": exp.forward_passes,
+                    "seconds": exp.seconds,
+                    "maps": f"maps/{shard['id']}__{roi_name}.npz",
+                    # the maps travel in the shard file, so a Ray cluster needs no shared file system
+                    "npz": _npz_bytes(
+                        ate=exp.ate.astype(np.float32),
+                        se=exp.se.astype(np.float32),
+                        roi=roi.mask,
+                        origin=np.array([s.start for s in win]),
+                    ),
+                }
+            )
         return pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "npz"])
 
 
@@ -313,9 +385,17 @@ class AuditResult:
     reused: int
 
 
-def audit(model: str | Path | SegmentationModel, data: str, out: str | Path, config: AuditConfig | None = None, *,
-          workers: int | None = None, ray_address: str | None = None, threads_per_worker: int = 1,
-          report: bool = True) -> AuditResult:
+def audit(
+    model: str | Path | SegmentationModel,
+    data: str,
+    out: str | Path,
+    config: AuditConfig | None = None,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    threads_per_worker: int = 1,
+    report: bool = True,
+) -> AuditResult:
     """Explain every RoI of ``data`` with ``model`` (a checkpoint path or a SegmentationModel); see the module doc."""
     from triptych.core.batch import read_shards, run_shards
     from triptych.core.io import atomic_write, write_bytes
@@ -331,11 +411,20 @@ def audit(model: str | Path | SegmentationModel, data: str, out: str | Path, con
         raise InputError(f"--rois {config.rois}: no RoI falls on an image of --data {data}")
     source = str(model) if isinstance(model, str | Path) else model
     factory = functools.partial(AuditWorker, source, data, asdict(config))
-    results = run_shards(factory, shards, out, workers=workers, ray_address=ray_address, progress_desc="audit images",
-                         threads_per_worker=threads_per_worker)
+    results = run_shards(
+        factory,
+        shards,
+        out,
+        workers=workers,
+        ray_address=ray_address,
+        progress_desc="audit images",
+        threads_per_worker=threads_per_worker,
+    )
     table = read_shards(results)
     if table.empty:
-        raise InputError(f"--rois {config.rois}: no image of --data {data} yielded a RoI; try --rois pred or sample")
+        raise InputError(
+            f"--rois {config.rois}: no image of --data {data} yielded a RoI; try --rois pred or sample"
+        )
     for path, blob in zip(table["maps"], table["npz"], strict=True):
         write_bytes(out / path, blob)
     table = table.drop(columns="npz")
@@ -365,20 +454,30 @@ def _check_config(c: AuditConfig) -> None:
 
 # ---------------------------------------------------------------- report
 
-HISTOGRAMS = ("base_outcome", "significant_negative", "significant_positive", "support_radius", "share_within",
-              "forward_passes")
+HISTOGRAMS = (
+    "base_outcome",
+    "significant_negative",
+    "significant_positive",
+    "support_radius",
+    "share_within",
+    "forward_passes",
+)
 
 
-def write_report(table: pd.DataFrame, samples: Sequence[Sample], out: Path, config: AuditConfig,
-                 max_images: int = 12) -> Path:
+def write_report(
+    table: pd.DataFrame, samples: Sequence[Sample], out: Path, config: AuditConfig, max_images: int = 12
+) -> Path:
     """report.html: distributions across RoIs, the least local RoIs, per-image aggregated ATE maps."""
     from triptych.core.report import Report
     from triptych.pdcr.plots import _plt, ate_overlay
 
     plt = _plt()
-    rep = Report("PdCR audit", intro=f"{len(table)} RoIs on {table['image'].nunique()} images; "
-                 f"{int(table['forward_passes'].sum())} forward passes. Negative ATE: replacing the block "
-                 "lowered the RoI outcome (the block supported the segmentation).")
+    rep = Report(
+        "PdCR audit",
+        intro=f"{len(table)} RoIs on {table['image'].nunique()} images; "
+        f"{int(table['forward_passes'].sum())} forward passes. Negative ATE: replacing the block "
+        "lowered the RoI outcome (the block supported the segmentation).",
+    )
     fig, axes = plt.subplots(2, 3, figsize=(11, 6))
     for ax, col in zip(axes.ravel(), HISTOGRAMS, strict=True):
         values = table[col].to_numpy(dtype=float)
@@ -386,13 +485,29 @@ def write_report(table: pd.DataFrame, samples: Sequence[Sample], out: Path, conf
         ax.set_title(col, fontsize=9)
     fig.tight_layout()
     rep.section("Distributions across RoIs").figure(
-        fig, f"Blocks significant at BH q < {config.alpha}; share_within = share of |ATE| within "
-             f"{config.distance:g} px of the RoI; support radius holds {config.quantile:.0%} of |ATE|.")
+        fig,
+        f"Blocks significant at BH q < {config.alpha}; share_within = share of |ATE| within "
+        f"{config.distance:g} px of the RoI; support radius holds {config.quantile:.0%} of |ATE|.",
+    )
     plt.close(fig)
     least_local = table.sort_values(["share_within", "image", "roi"], na_position="last").head(10)
     sec = rep.section("RoIs with the most non-local support")
-    sec.table(least_local[["image", "roi", "roi_kind", "roi_box", "base_outcome", "share_within", "support_radius",
-                           "significant_negative", "significant_positive", "maps"]].to_dict("records"))
+    sec.table(
+        least_local[
+            [
+                "image",
+                "roi",
+                "roi_kind",
+                "roi_box",
+                "base_outcome",
+                "share_within",
+                "support_radius",
+                "significant_negative",
+                "significant_positive",
+                "maps",
+            ]
+        ].to_dict("records")
+    )
     for row in least_local.itertuples():
         sec.link(row.maps, f"{row.image} {row.roi}: ATE/SE maps (NPZ)")
     sec = rep.section("Every RoI")
@@ -409,7 +524,9 @@ def write_report(table: pd.DataFrame, samples: Sequence[Sample], out: Path, conf
         rows = table[table["image"] == name]
         for path in rows["maps"]:
             with np.load(out / path) as z:
-                win = tuple(slice(int(o), int(o) + n) for o, n in zip(z["origin"], z["ate"].shape, strict=True))
+                win = tuple(
+                    slice(int(o), int(o) + n) for o, n in zip(z["origin"], z["ate"].shape, strict=True)
+                )
                 total[win] += z["ate"]
                 union[win] |= z["roi"]
         fig = ate_overlay(sample.image, total / len(rows), union, f"{name}: {len(rows)} RoIs")

@@ -51,8 +51,15 @@ class Target:
     outcome_fn: Outcome
 
     @classmethod
-    def build(cls, model: SegmentationModel, image: Tensor, roi: RoI, outcome: str = "dice_self",
-              ground_truth: Any = None, empty_dice: float = 1.0) -> Target:
+    def build(
+        cls,
+        model: SegmentationModel,
+        image: Tensor,
+        roi: RoI,
+        outcome: str = "dice_self",
+        ground_truth: Any = None,
+        empty_dice: float = 1.0,
+    ) -> Target:
         """The target for ``model`` on ``image`` (C, *spatial) with outcome kind ``outcome``."""
         return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth, empty_dice))
 
@@ -125,7 +132,9 @@ class IntegratedGradientsMap:
         from captum.attr import IntegratedGradients
 
         ig = IntegratedGradients(self.target.roi_logit)
-        attr = ig.attribute(inputs, baselines=self.baseline, n_steps=self.n_steps, internal_batch_size=self.n_steps)
+        attr = ig.attribute(
+            inputs, baselines=self.baseline, n_steps=self.n_steps, internal_batch_size=self.n_steps
+        )
         return attr.sum(1, keepdim=True)
 
 
@@ -141,7 +150,11 @@ class ZeroOcclusion:
 
         window = (inputs.shape[1], self.block, self.block)
         attr = Occlusion(self.target.outcome).attribute(
-            inputs, sliding_window_shapes=window, strides=window, baselines=0.0, perturbations_per_eval=self.batch
+            inputs,
+            sliding_window_shapes=window,
+            strides=window,
+            baselines=0.0,
+            perturbations_per_eval=self.batch,
         )
         return attr[:, :1]
 
@@ -149,8 +162,15 @@ class ZeroOcclusion:
 class RISE:
     """RISE (Petsiuk et al. 2018): random smooth masks weighted by the RoI outcome."""
 
-    def __init__(self, target: Target, n_masks: int = 500, cells: int = 8, p_keep: float = 0.5,
-                 batch: int = 50, seed: int = 0):
+    def __init__(
+        self,
+        target: Target,
+        n_masks: int = 500,
+        cells: int = 8,
+        p_keep: float = 0.5,
+        batch: int = 50,
+        seed: int = 0,
+    ):
         self.target, self.n_masks, self.cells, self.p_keep = target, n_masks, cells, p_keep
         self.batch, self.seed = batch, seed
 
@@ -160,18 +180,19 @@ class RISE:
         h, w = shape
         ch, cw = -(-h // self.cells), -(-w // self.cells)
         grid = (torch.rand(self.n_masks, 1, self.cells, self.cells, generator=g) < self.p_keep).float()
-        up = F.interpolate(grid, size=((self.cells + 1) * ch, (self.cells + 1) * cw), mode="bilinear",
-                           align_corners=False)
+        up = F.interpolate(
+            grid, size=((self.cells + 1) * ch, (self.cells + 1) * cw), mode="bilinear", align_corners=False
+        )
         dy = torch.randint(0, ch, (self.n_masks,), generator=g)
         dx = torch.randint(0, cw, (self.n_masks,), generator=g)
-        return torch.stack([up[i, 0, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(self.n_masks)])
+        return torch.stack([up[i, 0, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(self.n_masks)])
 
     def attribute(self, inputs: Tensor) -> Tensor:
         """S = Σ_i M(x ⊙ m_i) m_i / (N p): (1, C, H, W) -> (1, 1, H, W)."""
         masks = self.masks(tuple(inputs.shape[-2:]))
         sal = torch.zeros(inputs.shape[-2:])
         for start in range(0, self.n_masks, self.batch):
-            m = masks[start:start + self.batch]
+            m = masks[start : start + self.batch]
             scores = self.target.outcome(inputs[:1] * m[:, None])
             sal += (scores[:, None, None] * m).sum(0)
         return (sal / (self.n_masks * self.p_keep))[None, None]
@@ -190,9 +211,19 @@ class MiSuRe:
     λ_d (1 − softDice) + λ_1 |m|_1 + λ_tv TV(m). The map is m: 1 = needed to keep the RoI.
     """
 
-    def __init__(self, target: Target, sufficient: float = 0.9, dilation_step: int = 4, steps: int = 60,
-                 lr: float = 0.2, lambda_dice: float = 1.0, lambda_l1: float = 0.3, lambda_tv: float = 0.1,
-                 mask_scale: int = 4, fill: float = 0.0):
+    def __init__(
+        self,
+        target: Target,
+        sufficient: float = 0.9,
+        dilation_step: int = 4,
+        steps: int = 60,
+        lr: float = 0.2,
+        lambda_dice: float = 1.0,
+        lambda_l1: float = 0.3,
+        lambda_tv: float = 0.1,
+        mask_scale: int = 4,
+        fill: float = 0.0,
+    ):
         self.target, self.sufficient, self.dilation_step = target, sufficient, dilation_step
         self.steps, self.lr, self.mask_scale, self.fill = steps, lr, mask_scale, fill
         self.lambdas = (lambda_dice, lambda_l1, lambda_tv)

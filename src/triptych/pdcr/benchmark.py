@@ -72,8 +72,10 @@ def parse_data(spec: str) -> tuple[str, Path]:
     """``drive:PATH`` or ``folder:PATH`` -> (kind, path)."""
     kind, _, path = spec.partition(":")
     if kind not in ("drive", "folder") or not path:
-        raise InputError(f"--data {spec!r}: give drive:PATH (DRIVE layout) or folder:PATH (training/ and test/ "
-                         "folders with images/ and masks/)")
+        raise InputError(
+            f"--data {spec!r}: give drive:PATH (DRIVE layout) or folder:PATH (training/ and test/ "
+            "folders with images/ and masks/)"
+        )
     if not Path(path).is_dir():
         raise InputError(f"--data {spec!r}: {path} is not a folder")
     return kind, Path(path)
@@ -82,20 +84,23 @@ def parse_data(spec: str) -> tuple[str, Path]:
 def load_split(kind: str, root: Path, split: str) -> list[Sample]:
     """The ``training`` or ``test`` split of a DRIVE root or of a split folder (``<root>/<split>/{images,masks}``)."""
     if kind == "folder" and not (root / split / "images").is_dir():
-        raise InputError(f"--data folder:{root}: needs {root / split}/images and masks/ (a training and a test "
-                         "split, so that RoIs never come from training images)")
+        raise InputError(
+            f"--data folder:{root}: needs {root / split}/images and masks/ (a training and a test "
+            "split, so that RoIs never come from training images)"
+        )
     return load_dataset(f"{kind}:{root}", split)
 
 
-def sample_cases(samples: Sequence[Sample], n: int, crop: int, roi: int, seed: int = 0, per_image: int = 2
-                 ) -> list[Case]:
+def sample_cases(
+    samples: Sequence[Sample], n: int, crop: int, roi: int, seed: int = 0, per_image: int = 2
+) -> list[Case]:
     """``n`` RoIs, ``per_image`` on each of the first ⌈n/per_image⌉ test images, each a box on a random
     foreground (in-FOV) pixel; several RoIs per image allow the across-inputs test of ``compare``."""
     rng = np.random.default_rng(seed)
     usable = [s for s in samples if s.mask is not None and s.mask.any()]
     if not usable:
         raise InputError("no test image has a non-empty ground-truth mask to place RoIs on")
-    usable = usable[:max(1, -(-n // per_image))]
+    usable = usable[: max(1, -(-n // per_image))]
     cases = []
     for k in range(n):
         s = usable[k % len(usable)]
@@ -104,7 +109,7 @@ def sample_cases(samples: Sequence[Sample], n: int, crop: int, roi: int, seed: i
             raise InputError(f"image {s.name} ({h}×{w}) is smaller than the crop {crop}; lower --crop")
         fg = s.mask & (s.fov if s.fov is not None else True)
         margin = np.zeros_like(fg)
-        margin[roi:h - roi, roi:w - roi] = True
+        margin[roi : h - roi, roi : w - roi] = True
         ys, xs = np.nonzero(fg & margin)
         i = int(rng.integers(len(ys)))
         cy, cx = int(ys[i]), int(xs[i])
@@ -112,9 +117,16 @@ def sample_cases(samples: Sequence[Sample], n: int, crop: int, roi: int, seed: i
         x0 = int(np.clip(cx - crop // 2, 0, w - crop))
         ry = int(np.clip(cy - y0 - roi // 2, 0, crop - roi))
         rx = int(np.clip(cx - x0 - roi // 2, 0, crop - roi))
-        image = s.image[:, y0:y0 + crop, x0:x0 + crop].contiguous()
-        cases.append(Case(s.name, image, RoI.box(rx, ry, roi, roi, (crop, crop)), (y0, x0),
-                          s.mask[y0:y0 + crop, x0:x0 + crop].copy()))
+        image = s.image[:, y0 : y0 + crop, x0 : x0 + crop].contiguous()
+        cases.append(
+            Case(
+                s.name,
+                image,
+                RoI.box(rx, ry, roi, roi, (crop, crop)),
+                (y0, x0),
+                s.mask[y0 : y0 + crop, x0 : x0 + crop].copy(),
+            )
+        )
     return cases
 
 
@@ -128,7 +140,9 @@ def patch_banks(train: Sequence[Sample], config: BenchConfig) -> tuple[PatchBank
     return pdcr, metric
 
 
-def pdcr_explanation(model: SegmentationModel, case: Case, bank: PatchBank, config: BenchConfig, target: Target):
+def pdcr_explanation(
+    model: SegmentationModel, case: Case, bank: PatchBank, config: BenchConfig, target: Target
+):
     """PdCR's input-region explanation of one RoI (adaptive estimator, patch bank, capped draws)."""
     return pdcr_explainer(target, bank, config).explain(case.image)
 
@@ -136,30 +150,56 @@ def pdcr_explanation(model: SegmentationModel, case: Case, bank: PatchBank, conf
 def pdcr_explainer(target: Target, bank: PatchBank, config: BenchConfig) -> PdCR:
     """PdCR as the benchmark runs it: adaptive estimator, patch bank, capped draws."""
     rule = SequentialRule(tau=0.02, tol=config.tol, max_draws=config.max_draws)
-    return PdCR(target, bank, block=config.block, coarse_block=config.coarse_block, estimator="adaptive", rule=rule,
-                seed=config.seed, batch_size=64)
+    return PdCR(
+        target,
+        bank,
+        block=config.block,
+        coarse_block=config.coarse_block,
+        estimator="adaptive",
+        rule=rule,
+        seed=config.seed,
+        batch_size=64,
+    )
 
 
-def component_effects(model: SegmentationModel, case: Case, dataset: Sequence[torch.Tensor], config: BenchConfig,
-                      target: Target) -> dict[str, float]:
+def component_effects(
+    model: SegmentationModel, case: Case, dataset: Sequence[torch.Tensor], config: BenchConfig, target: Target
+) -> dict[str, float]:
     """Component name -> raw mean effect of swapping in another input's activation, per network stage."""
     from triptych.pdcr.components import explain_components
 
     rule = SequentialRule(tau=0.02, tol=config.tol, max_draws=config.max_draws)
-    exp = explain_components(model, case.image, case.roi, components="stages", outcome=target.outcome_fn,
-                             intervention="swap", dataset=dataset, pool_size=8, seed=config.seed, rule=rule)
+    exp = explain_components(
+        model,
+        case.image,
+        case.roi,
+        components="stages",
+        outcome=target.outcome_fn,
+        intervention="swap",
+        dataset=dataset,
+        pool_size=8,
+        seed=config.seed,
+        rule=rule,
+    )
     return {r["component"]: float(r["mean"]) for r in exp.rows}
 
 
-def explain_case(model: SegmentationModel, case: Case, bank: PatchBank, config: BenchConfig
-                 ) -> tuple[list[Saliency], Any, Target]:
+def explain_case(
+    model: SegmentationModel, case: Case, bank: PatchBank, config: BenchConfig
+) -> tuple[list[Saliency], Any, Target]:
     """PdCR, every baseline and a random map for one RoI; the PdCR Explanation; the Target."""
     target = Target.build(model, case.image, case.roi, "dice_self")
     pdcr = pdcr_explainer(target, bank, config)
-    maps = [explain_with("pdcr", pdcr, target, case.image)]  # PdCR like any other method: −ATE, higher = support
+    maps = [
+        explain_with("pdcr", pdcr, target, case.image)
+    ]  # PdCR like any other method: −ATE, higher = support
     exp = pdcr.explanations[-1]
-    options = {"rise": {"n_masks": config.rise_masks, "seed": config.seed}, "misure": {"steps": config.misure_steps},
-               "integrated_gradients": {"n_steps": config.ig_steps}, "zero_occlusion": {"block": config.block}}
+    options = {
+        "rise": {"n_masks": config.rise_masks, "seed": config.seed},
+        "misure": {"steps": config.misure_steps},
+        "integrated_gradients": {"n_steps": config.ig_steps},
+        "zero_occlusion": {"block": config.block},
+    }
     for method in config.baselines:
         maps.append(explain_baseline(method, target, case.image, **options.get(method, {})))
     noise = np.random.default_rng(config.seed).random(case.image.shape[1:])
@@ -167,9 +207,14 @@ def explain_case(model: SegmentationModel, case: Case, bank: PatchBank, config: 
     return maps, exp, target
 
 
-def evaluate_model(model: SegmentationModel, cases: Sequence[Case], banks: tuple[PatchBank, PatchBank],
-                   config: BenchConfig, desc: str = "RoIs", dataset: Sequence[torch.Tensor] | None = None
-                   ) -> tuple[dict[str, list[Faithfulness]], list[Any]]:
+def evaluate_model(
+    model: SegmentationModel,
+    cases: Sequence[Case],
+    banks: tuple[PatchBank, PatchBank],
+    config: BenchConfig,
+    desc: str = "RoIs",
+    dataset: Sequence[torch.Tensor] | None = None,
+) -> tuple[dict[str, list[Faithfulness]], list[Any]]:
     """Faithfulness of every method on every case (method -> per-RoI scores) and PdCR's explanations.
 
     With ``dataset`` (training images) each explanation also gets its component effects, for ``compare``.
@@ -183,10 +228,20 @@ def evaluate_model(model: SegmentationModel, cases: Sequence[Case], banks: tuple
             exp.config["components"] = component_effects(model, case, dataset, config, target)
         explanations.append(exp)
         units = grid_units(case.image.shape[1:], config.block, case.roi.mask)
-        removed = {name: removed_image(op, case.image, units, seed=config.seed + k) for name, op in ops.items()}
+        removed = {
+            name: removed_image(op, case.image, units, seed=config.seed + k) for name, op in ops.items()
+        }
         for sal in maps:
-            f = evaluate(target, case.image, sal, removed, units, steps=config.steps,
-                         distance=config.leakage_distance, seed=config.seed + k)
+            f = evaluate(
+                target,
+                case.image,
+                sal,
+                removed,
+                units,
+                steps=config.steps,
+                distance=config.leakage_distance,
+                seed=config.seed + k,
+            )
             scores.setdefault(sal.method, []).append(f)
     return scores, explanations
 
@@ -196,8 +251,12 @@ def aggregate(scores: dict[str, list[Faithfulness]]) -> dict[str, dict[str, Any]
     out = {}
     for method, rows in scores.items():
         out[method] = {
-            "deletion_auc": {op: float(np.mean([r.deletion_auc[op] for r in rows])) for op in rows[0].deletion_auc},
-            "insertion_auc": {op: float(np.mean([r.insertion_auc[op] for r in rows])) for op in rows[0].insertion_auc},
+            "deletion_auc": {
+                op: float(np.mean([r.deletion_auc[op] for r in rows])) for op in rows[0].deletion_auc
+            },
+            "insertion_auc": {
+                op: float(np.mean([r.insertion_auc[op] for r in rows])) for op in rows[0].insertion_auc
+            },
             "leakage": float(np.mean([r.leakage for r in rows])),
             "seconds": float(np.mean([r.seconds for r in rows])),
             "forward_passes": float(np.mean([r.forward_passes for r in rows])),
@@ -219,8 +278,15 @@ def pdcr_versus(scores: dict[str, list[Faithfulness]]) -> list[dict[str, Any]]:
             b = np.array([r.deletion_auc[op] for r in other])
             diff = a - b
             p = float(wilcoxon(a, b).pvalue) if len(a) >= 3 and np.any(diff != 0) else float("nan")
-            rows.append({"vs": method, "operator": op, "pdcr_lower_share": float((diff < 0).mean()),
-                         "median_diff": float(np.median(diff)), "p_wilcoxon": p})
+            rows.append(
+                {
+                    "vs": method,
+                    "operator": op,
+                    "pdcr_lower_share": float((diff < 0).mean()),
+                    "median_diff": float(np.median(diff)),
+                    "p_wilcoxon": p,
+                }
+            )
     return rows
 
 
@@ -235,18 +301,25 @@ def maps_arrays(cases: Sequence[Case], explanations: Sequence[Any]) -> dict[str,
     width = max(len(c) for c in cells)
     padded = np.full((len(cells), width), np.nan)
     for i, c in enumerate(cells):
-        padded[i, :len(c)] = c
+        padded[i, : len(c)] = c
     names = sorted({n for e in explanations for n in e.config.get("components", {})})
     comps = np.array([[e.config.get("components", {}).get(n, np.nan) for n in names] for e in explanations])
-    return {"ate": np.stack([e.ate for e in explanations]), "se": np.stack([e.se for e in explanations]),
-            "roi": np.stack([c.roi.mask for c in cases]), "block_ate": padded,
-            "component_names": np.array(names, dtype=str), "component_ate": comps.reshape(len(cases), -1),
-            "image_name": np.array([c.image_name for c in cases]), "image": np.stack([c.image for c in cases]),
-            "forward_passes": np.array([e.forward_passes for e in explanations])}
+    return {
+        "ate": np.stack([e.ate for e in explanations]),
+        "se": np.stack([e.se for e in explanations]),
+        "roi": np.stack([c.roi.mask for c in cases]),
+        "block_ate": padded,
+        "component_names": np.array(names, dtype=str),
+        "component_ate": comps.reshape(len(cases), -1),
+        "image_name": np.array([c.image_name for c in cases]),
+        "image": np.stack([c.image for c in cases]),
+        "forward_passes": np.array([e.forward_passes for e in explanations]),
+    }
 
 
-def model_for(arch: str, kind: str, root: Path, models_dir: Path, train_time: str | None, seed: int
-              ) -> tuple[SegmentationModel, float, Path]:
+def model_for(
+    arch: str, kind: str, root: Path, models_dir: Path, train_time: str | None, seed: int
+) -> tuple[SegmentationModel, float, Path]:
     """Reuse ``<models_dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors`` or train it; (model, test Dice, path)."""
     from triptych.pdcr.train import evaluate as dice_per_image
 
@@ -256,20 +329,37 @@ def model_for(arch: str, kind: str, root: Path, models_dir: Path, train_time: st
         from triptych.core.training import TrainerFlags
         from triptych.pdcr.train import train_model
 
-        train_model(f"{kind}:{root}", run, arch=arch, seed=seed, flags=TrainerFlags(accelerator="cpu", max_time=train_time),
-                    progress=False)
+        train_model(
+            f"{kind}:{root}",
+            run,
+            arch=arch,
+            seed=seed,
+            flags=TrainerFlags(accelerator="cpu", max_time=train_time),
+            progress=False,
+        )
     model = load_model(ckpt)
     metrics = run / "metrics.json"
-    if metrics.is_file() and Path(json.loads(metrics.read_text()).get("checkpoint", "")).resolve() == ckpt.resolve():
+    if (
+        metrics.is_file()
+        and Path(json.loads(metrics.read_text()).get("checkpoint", "")).resolve() == ckpt.resolve()
+    ):
         test_dice = json.loads(metrics.read_text())["test_dice_fov"]
     else:  # the checkpoint's own test Dice, recomputed on the test split (never training images)
         test_dice = float(np.mean(dice_per_image(model, load_split(kind, root, "test"))))
     return model, float(test_dice), ckpt
 
 
-def _benchmark_arch(arch: str, kind: str, root: Path, models_dir: Path, train_time: str | None,
-                    cases: Sequence[Case], banks: tuple[PatchBank, PatchBank], config: BenchConfig, threads: int
-                    ) -> tuple[float, Path, dict[str, list[Faithfulness]], list[Any]]:
+def _benchmark_arch(
+    arch: str,
+    kind: str,
+    root: Path,
+    models_dir: Path,
+    train_time: str | None,
+    cases: Sequence[Case],
+    banks: tuple[PatchBank, PatchBank],
+    config: BenchConfig,
+    threads: int,
+) -> tuple[float, Path, dict[str, list[Faithfulness]], list[Any]]:
     """One architecture's part of the benchmark (runs in its own process when workers > 1)."""
     torch.set_num_threads(threads)
     model, test_dice, ckpt = model_for(arch, kind, root, models_dir, train_time, config.seed)
@@ -278,9 +368,17 @@ def _benchmark_arch(arch: str, kind: str, root: Path, models_dir: Path, train_ti
     return test_dice, ckpt, scores, explanations
 
 
-def run_benchmark(data: str, archs: Sequence[str], n_rois: int, out: Path, *, models_dir: Path = Path("runs"),
-                  train_time: str | None = "00:00:15:00", config: BenchConfig | None = None,
-                  workers: int = 1) -> dict[str, Any]:
+def run_benchmark(
+    data: str,
+    archs: Sequence[str],
+    n_rois: int,
+    out: Path,
+    *,
+    models_dir: Path = Path("runs"),
+    train_time: str | None = "00:00:15:00",
+    config: BenchConfig | None = None,
+    workers: int = 1,
+) -> dict[str, Any]:
     """The whole benchmark; writes results.json, results.md, details.json and maps_<arch>.npz into ``out``.
 
     ``workers`` > 1 runs that many architectures at once, each in its own process.
@@ -298,8 +396,12 @@ def run_benchmark(data: str, archs: Sequence[str], n_rois: int, out: Path, *, mo
     cases = sample_cases(test, n_rois, config.crop, config.roi, config.seed)
     banks = patch_banks(load_split(kind, root, "training"), config)
     results: dict[str, Any] = {"models": {}}
-    details: dict[str, Any] = {"config": asdict(config), "data": data, "rois": [
-        {"image": c.image_name, "origin": list(c.origin), "roi": c.roi.description} for c in cases], "models": {}}
+    details: dict[str, Any] = {
+        "config": asdict(config),
+        "data": data,
+        "rois": [{"image": c.image_name, "origin": list(c.origin), "roi": c.roi.description} for c in cases],
+        "models": {},
+    }
     workers = max(1, min(workers, len(archs)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     args = [(a, kind, root, models_dir, train_time, cases, banks, config, threads) for a in archs]
@@ -312,10 +414,18 @@ def run_benchmark(data: str, archs: Sequence[str], n_rois: int, out: Path, *, mo
         for arch, (test_dice, ckpt, scores, explanations) in zip(archs, outputs, strict=True):
             results["models"][arch] = {"test_dice": test_dice, "methods": aggregate(scores)}
             details["models"][arch] = {
-                "checkpoint": str(ckpt), "pdcr_versus": pdcr_versus(scores),
+                "checkpoint": str(ckpt),
+                "pdcr_versus": pdcr_versus(scores),
                 "per_roi": {m: [f.row() for f in rows] for m, rows in scores.items()},
-                "sd": {m: {"deletion_auc": {op: float(np.std([r.deletion_auc[op] for r in rows], ddof=1))
-                                            for op in rows[0].deletion_auc}} for m, rows in scores.items()},
+                "sd": {
+                    m: {
+                        "deletion_auc": {
+                            op: float(np.std([r.deletion_auc[op] for r in rows], ddof=1))
+                            for op in rows[0].deletion_auc
+                        }
+                    }
+                    for m, rows in scores.items()
+                },
             }
             save_maps(stage / f"maps_{arch}.npz", cases, explanations)
         write_results(stage, results, results_markdown(results, details))
@@ -331,7 +441,13 @@ def results_markdown(results: dict[str, Any], details: dict[str, Any]) -> str:
             row: dict[str, Any] = {"model": arch, "test Dice": entry["test_dice"], "method": method}
             row.update({f"del {op}": v for op, v in m["deletion_auc"].items()})
             row.update({f"ins {op}": v for op, v in m["insertion_auc"].items()})
-            row.update({"leakage": m["leakage"], "seconds": m["seconds"], "forward passes": round(m["forward_passes"])})
+            row.update(
+                {
+                    "leakage": m["leakage"],
+                    "seconds": m["seconds"],
+                    "forward passes": round(m["forward_passes"]),
+                }
+            )
             rows.append(row)
     cfg = details["config"]
     text = [
@@ -349,7 +465,18 @@ def results_markdown(results: dict[str, Any], details: dict[str, Any]) -> str:
     ]
     for arch, d in details["models"].items():
         text.append(f"\n### {arch}\n")
-        text.append(markdown_table([{"vs": r["vs"], "operator": r["operator"], "PdCR lower (share of RoIs)":
-                                     r["pdcr_lower_share"], "median Δ": r["median_diff"], "p (Wilcoxon)": r["p_wilcoxon"]}
-                                    for r in d["pdcr_versus"]]))
+        text.append(
+            markdown_table(
+                [
+                    {
+                        "vs": r["vs"],
+                        "operator": r["operator"],
+                        "PdCR lower (share of RoIs)": r["pdcr_lower_share"],
+                        "median Δ": r["median_diff"],
+                        "p (Wilcoxon)": r["p_wilcoxon"],
+                    }
+                    for r in d["pdcr_versus"]
+                ]
+            )
+        )
     return "\n".join(text)

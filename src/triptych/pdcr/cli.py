@@ -29,23 +29,37 @@ def _ints(text: str, name: str) -> tuple[int, ...]:
 @app.command()
 @trainer_options()
 def train(
-    data: Annotated[str, typer.Option(help="DRIVE root, a folder with images/ and masks/, or 'synthetic'.")] = "synthetic",
-    out: Annotated[Path, typer.Option(help="Run folder (checkpoints/best.safetensors, metrics.json).")] = Path("runs/pdcr"),
-    arch: Annotated[str, typer.Option(help="unet, attention_unet, unetpp, segresnet or swin_unetr.")] = "unet",
+    data: Annotated[
+        str, typer.Option(help="DRIVE root, a folder with images/ and masks/, or 'synthetic'.")
+    ] = "synthetic",
+    out: Annotated[
+        Path, typer.Option(help="Run folder (checkpoints/best.safetensors, metrics.json).")
+    ] = Path("runs/pdcr"),
+    arch: Annotated[
+        str, typer.Option(help="unet, attention_unet, unetpp, segresnet or swin_unetr.")
+    ] = "unet",
     patch: Annotated[int, typer.Option(help="Training patch side at the working resolution.")] = 128,
-    image_size: Annotated[int | None, typer.Option(help="Resize images to this side first (default: native).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Resize images to this side first (default: native).")
+    ] = None,
     features: Annotated[str, typer.Option(help="Channels per level, comma-separated.")] = "16,32,64,128,256",
     res_units: Annotated[int, typer.Option(help="Residual units per U-Net level (unet only).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 8,
     patches_per_epoch: Annotated[int, typer.Option(help="Random patches per epoch.")] = 160,
     epochs: Annotated[int, typer.Option(help="Maximum epochs (see also --max-time).")] = 200,
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 2e-3,
-    val_fraction: Annotated[float, typer.Option(help="Share of training images held out for validation.")] = 0.2,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training images held out for validation.")
+    ] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     spatial_dims: Annotated[int, typer.Option(help="2 for images, 3 for volumes.")] = 2,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
-    max_cpu_time: Annotated[float | None, typer.Option(help="Stop after this many CPU minutes of this process "
-                                                             "(all threads): 30 = 15 min on 2 cores.")] = None,
+    max_cpu_time: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop after this many CPU minutes of this process (all threads): 30 = 15 min on 2 cores."
+        ),
+    ] = None,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train a MONAI segmentation network (Dice + BCE) on random patches; keep the best validation checkpoint.
@@ -63,11 +77,24 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
-        result = train_model(data, run, arch=arch, patch=patch, image_size=image_size,
-                             features=_ints(features, "--features"), batch_size=batch_size,
-                             patches_per_epoch=patches_per_epoch, epochs=epochs, lr=lr, val_fraction=val_fraction,
-                             seed=seed, flags=flags, spatial_dims=spatial_dims, res_units=res_units,
-                             max_cpu_minutes=max_cpu_time)
+        result = train_model(
+            data,
+            run,
+            arch=arch,
+            patch=patch,
+            image_size=image_size,
+            features=_ints(features, "--features"),
+            batch_size=batch_size,
+            patches_per_epoch=patches_per_epoch,
+            epochs=epochs,
+            lr=lr,
+            val_fraction=val_fraction,
+            seed=seed,
+            flags=flags,
+            spatial_dims=spatial_dims,
+            res_units=res_units,
+            max_cpu_minutes=max_cpu_time,
+        )
         checkpoint = final_path(result.checkpoint, run, out)
         result.metrics["checkpoint"] = str(checkpoint)  # where it will be, not where it was trained
         write_text(run / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
@@ -75,8 +102,10 @@ def train(
     typer.echo(f"validation Dice: {result.val_dice:.4f}")
     if result.test_dice is not None:
         typer.echo(f"test Dice: {result.test_dice:.4f} ({result.metrics['test_images']} images)")
-    typer.echo(f"training: {result.metrics['train_wall_seconds']:.0f} s wall, "
-               f"{result.metrics['train_cpu_seconds'] / 60:.1f} CPU-min; metrics: {out / 'metrics.json'}")
+    typer.echo(
+        f"training: {result.metrics['train_wall_seconds']:.0f} s wall, "
+        f"{result.metrics['train_cpu_seconds'] / 60:.1f} CPU-min; metrics: {out / 'metrics.json'}"
+    )
 
 
 @app.command()
@@ -110,45 +139,113 @@ def evaluate(
 @app.command()
 def explain(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
-    image: Annotated[Path, typer.Option(help="Image to explain (PNG/JPEG/TIFF/GIF, NIfTI/DICOM, .npy); with "
-                                             "--roi-file also a folder of images named by the file's stems.")],
-    out: Annotated[Path, typer.Option(help="Output folder (with --roi-file: one subfolder per RoI and rois.csv).")],
-    roi: Annotated[str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")] = None,
-    roi_mask: Annotated[Path | None, typer.Option(help="RoI as a binary mask file (instead of --roi).")] = None,
-    roi_file: Annotated[Path | None, typer.Option(help="The authors' coordinate file: one 'stem,row,col' (or "
-                                                       "'row,col') per line, the RoI's top-left corner, row first; "
-                                                       "every listed RoI is explained.")] = None,
-    roi_size: Annotated[int | None, typer.Option(help="--roi-file: RoI side in pixels (default: from the file name, "
-                                                      "e.g. coords_block8_roi32.txt).")] = None,
-    mask: Annotated[Path | None, typer.Option(help="Ground-truth mask of the image (enables --outcome dice_gt); "
-                                                   "a folder with --roi-file.")] = None,
-    data: Annotated[str | None, typer.Option(help="Dataset for the patch bank and activation swaps: DRIVE root, "
-                                                   "images/masks folder or 'synthetic'.")] = None,
-    bank: Annotated[Path | None, typer.Option(help="A saved patch bank (.safetensors) instead of --data.")] = None,
+    image: Annotated[
+        Path,
+        typer.Option(
+            help="Image to explain (PNG/JPEG/TIFF/GIF, NIfTI/DICOM, .npy); with "
+            "--roi-file also a folder of images named by the file's stems."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder (with --roi-file: one subfolder per RoI and rois.csv).")
+    ],
+    roi: Annotated[
+        str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")
+    ] = None,
+    roi_mask: Annotated[
+        Path | None, typer.Option(help="RoI as a binary mask file (instead of --roi).")
+    ] = None,
+    roi_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The authors' coordinate file: one 'stem,row,col' (or "
+            "'row,col') per line, the RoI's top-left corner, row first; "
+            "every listed RoI is explained."
+        ),
+    ] = None,
+    roi_size: Annotated[
+        int | None,
+        typer.Option(
+            help="--roi-file: RoI side in pixels (default: from the file name, e.g. coords_block8_roi32.txt)."
+        ),
+    ] = None,
+    mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Ground-truth mask of the image (enables --outcome dice_gt); a folder with --roi-file."
+        ),
+    ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Dataset for the patch bank and activation swaps: DRIVE root, "
+            "images/masks folder or 'synthetic'."
+        ),
+    ] = None,
+    bank: Annotated[
+        Path | None, typer.Option(help="A saved patch bank (.safetensors) instead of --data.")
+    ] = None,
     save_bank: Annotated[bool, typer.Option(help="Also write the patch bank to OUT for reuse.")] = False,
-    outcome: Annotated[str | None, typer.Option(help=f"{OUTCOMES.describe()}. Default: dice_gt with --mask, "
-                                                     "else dice_self.")] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help=f"{OUTCOMES.describe()}. Default: dice_gt with --mask, else dice_self.")
+    ] = None,
     intervention: Annotated[str, typer.Option(help=INTERVENTIONS.describe())] = "patch_bank",
-    block: Annotated[int | None, typer.Option(help="Finest block side in pixels (default 8, as the paper at 256², "
-                                                   "or the --roi-file name's block).")] = None,
-    coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 4·block).")] = None,
+    block: Annotated[
+        int | None,
+        typer.Option(
+            help="Finest block side in pixels (default 8, as the paper at 256², "
+            "or the --roi-file name's block)."
+        ),
+    ] = None,
+    coarse_block: Annotated[
+        int | None, typer.Option(help="Adaptive: first block side (default 4·block).")
+    ] = None,
     estimator: Annotated[str, typer.Option(help=ESTIMATORS.describe())] = "adaptive",
-    components: Annotated[str, typer.Option(help="stages, blocks, skips, channels, none, or comma-separated names.")] = "stages",
-    component_intervention: Annotated[str, typer.Option(help="swap (another input's activation), mean or zero.")] = "swap",
+    components: Annotated[
+        str, typer.Option(help="stages, blocks, skips, channels, none, or comma-separated names.")
+    ] = "stages",
+    component_intervention: Annotated[
+        str, typer.Option(help="swap (another input's activation), mean or zero.")
+    ] = "swap",
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same result).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Perturbed images per forward batch.")] = 32,
-    full_image: Annotated[bool, typer.Option(help="Patch-trained models: explain the whole image (tiled), not "
-                                                  "the model's window around the RoI.")] = False,
+    full_image: Annotated[
+        bool,
+        typer.Option(
+            help="Patch-trained models: explain the whole image (tiled), not "
+            "the model's window around the RoI."
+        ),
+    ] = False,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-    device: Annotated[str, typer.Option(help="Where the forward passes run: cpu, cuda, mps or auto (the same "
-                                             "seed gives the same draws on any device).")] = "cpu",
-    activation: Annotated[str | None, typer.Option(help="Output activation: sigmoid, softmax or none (the raw "
-                                                        "output is the score). Default: the checkpoint's.")] = None,
-    threshold: Annotated[float | None, typer.Option(help="Prediction = score > threshold (default: the "
-                                                         "checkpoint's, 0.5). A network predicting raw output > 0.5, "
-                                                         "as the authors' demo: --activation none --threshold 0.5.")] = None,
-    empty_dice: Annotated[float, typer.Option(help="Dice of an empty prediction and empty reference in the RoI: 1 "
-                                                   "(agreement, default) or 0 (the paper's code).")] = 1.0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the forward passes run: cpu, cuda, mps or auto (the same "
+            "seed gives the same draws on any device)."
+        ),
+    ] = "cpu",
+    activation: Annotated[
+        str | None,
+        typer.Option(
+            help="Output activation: sigmoid, softmax or none (the raw "
+            "output is the score). Default: the checkpoint's."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Prediction = score > threshold (default: the "
+            "checkpoint's, 0.5). A network predicting raw output > 0.5, "
+            "as the authors' demo: --activation none --threshold 0.5."
+        ),
+    ] = None,
+    empty_dice: Annotated[
+        float,
+        typer.Option(
+            help="Dice of an empty prediction and empty reference in the RoI: 1 "
+            "(agreement, default) or 0 (the paper's code)."
+        ),
+    ] = 1.0,
 ) -> None:
     """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
 
@@ -168,10 +265,21 @@ def explain(
     if threads:
         torch.set_num_threads(threads)
     model = with_output(load_model(checkpoint), activation, threshold).to(choose_device(device))
-    options = dict(data=data, bank=bank, save_bank=save_bank, outcome=outcome, intervention=intervention,
-                   coarse_block=coarse_block, estimator=estimator, seed=seed, batch_size=batch_size,
-                   components=components, component_intervention=component_intervention, full_image=full_image,
-                   empty_dice=empty_dice)
+    options = dict(
+        data=data,
+        bank=bank,
+        save_bank=save_bank,
+        outcome=outcome,
+        intervention=intervention,
+        coarse_block=coarse_block,
+        estimator=estimator,
+        seed=seed,
+        batch_size=batch_size,
+        components=components,
+        component_intervention=component_intervention,
+        full_image=full_image,
+        empty_dice=empty_dice,
+    )
     if roi_file is not None:
         if roi is not None or roi_mask is not None:
             raise InputError("give exactly one of --roi x,y,w,h, --roi-mask FILE and --roi-file FILE")
@@ -179,16 +287,20 @@ def explain(
         jobs = roi_file_jobs(model, image, mask, coords)
         rows = explain_roi_list(model, jobs, out, block=coords.block or 8, **options)
         for r in rows:
-            typer.echo(f"{r['name']}: base {r['base_outcome']:.2f}; significant -{r['significant_negative']} "
-                       f"+{r['significant_positive']}; {r['forward_passes']} passes in {r['seconds']:.1f} s")
+            typer.echo(
+                f"{r['name']}: base {r['base_outcome']:.2f}; significant -{r['significant_negative']} "
+                f"+{r['significant_positive']}; {r['forward_passes']} passes in {r['seconds']:.1f} s"
+            )
         typer.echo(f"outputs: {out}/<roi>/ for {len(rows)} RoIs; index {out}/rois.csv")
         return
     inputs = load_inputs(model, image, mask, roi, roi_mask)
     summary = explain_to_folder(model, inputs, out, block=block or 8, title=f"PdCR: {image.name}", **options)
-    typer.echo(f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks significantly supporting "
-               f"(red) {summary['significant_negative']}, hurting (blue) {summary['significant_positive']}, not "
-               f"significant {summary['not_significant']}, zero {summary['called_zero']}; "
-               f"{summary['forward_passes']} forward passes in {summary['seconds']:.1f} s")
+    typer.echo(
+        f"base outcome {summary['outcome']} = {summary['base_outcome']:.2f}; blocks significantly supporting "
+        f"(red) {summary['significant_negative']}, hurting (blue) {summary['significant_positive']}, not "
+        f"significant {summary['not_significant']}, zero {summary['called_zero']}; "
+        f"{summary['forward_passes']} forward passes in {summary['seconds']:.1f} s"
+    )
     typer.echo(f"outputs: {out}/ (ate.npy, se.npy, summary.json, overlay.png, report.html)")
 
 
@@ -230,15 +342,31 @@ def list_components_cmd(
 
 @app.command()
 def benchmark(
-    data: Annotated[str, typer.Option(help="drive:PATH (DRIVE layout) or folder:PATH (training/ and test/ with "
-                                           "images/ and masks/).")],
-    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md, details.json, maps_*.npz).")],
-    archs: Annotated[str, typer.Option(help="Comma-separated architectures.")] = "unet,attention_unet,segresnet",
-    rois: Annotated[int, typer.Option(help="RoIs sampled on test-image foreground (the same for every model).")] = 20,
-    models_dir: Annotated[Path, typer.Option(help="Reuse <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors; "
-                                                  "train there when missing.")] = Path("runs"),
+    data: Annotated[
+        str,
+        typer.Option(
+            help="drive:PATH (DRIVE layout) or folder:PATH (training/ and test/ with images/ and masks/)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Output folder (results.json, results.md, details.json, maps_*.npz).")
+    ],
+    archs: Annotated[
+        str, typer.Option(help="Comma-separated architectures.")
+    ] = "unet,attention_unet,segresnet",
+    rois: Annotated[
+        int, typer.Option(help="RoIs sampled on test-image foreground (the same for every model).")
+    ] = 20,
+    models_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Reuse <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors; train there when missing."
+        ),
+    ] = Path("runs"),
     train_time: MaxTimeOpt = "00:00:15:00",
-    crop: Annotated[int, typer.Option(help="Side of the native-resolution crop explained around each RoI.")] = 64,
+    crop: Annotated[
+        int, typer.Option(help="Side of the native-resolution crop explained around each RoI.")
+    ] = 64,
     roi_size: Annotated[int, typer.Option(help="Side of each RoI box.")] = 12,
     block: Annotated[int, typer.Option(help="PdCR's finest block = the faithfulness unit.")] = 8,
     max_draws: Annotated[int, typer.Option(help="Cap on PdCR's sequential draws per block.")] = 20,
@@ -254,35 +382,59 @@ def benchmark(
     """
     from triptych.pdcr.benchmark import BenchConfig, run_benchmark
 
-    config = BenchConfig(crop=crop, roi=roi_size, block=block, coarse_block=2 * block, max_draws=max_draws, seed=seed,
-                         steps=steps, rise_masks=rise_masks, misure_steps=misure_steps)
+    config = BenchConfig(
+        crop=crop,
+        roi=roi_size,
+        block=block,
+        coarse_block=2 * block,
+        max_draws=max_draws,
+        seed=seed,
+        steps=steps,
+        rise_masks=rise_masks,
+        misure_steps=misure_steps,
+    )
     names = [a.strip() for a in archs.split(",") if a.strip()]
-    results = run_benchmark(data, names, rois, out, models_dir=models_dir, train_time=train_time, config=config,
-                            workers=workers)
+    results = run_benchmark(
+        data, names, rois, out, models_dir=models_dir, train_time=train_time, config=config, workers=workers
+    )
     for arch, entry in results["models"].items():
         pd = entry["methods"]["pdcr"]["deletion_auc"]
-        typer.echo(f"{arch}: test Dice {entry['test_dice']:.3f}; PdCR deletion AUC "
-                   + ", ".join(f"{op} {v:.3f}" for op, v in pd.items()))
+        typer.echo(
+            f"{arch}: test Dice {entry['test_dice']:.3f}; PdCR deletion AUC "
+            + ", ".join(f"{op} {v:.3f}" for op, v in pd.items())
+        )
     typer.echo(f"results: {out}/results.json, {out}/results.md")
 
 
 @app.command()
 def compare(
     out: Annotated[Path, typer.Option(help="Output folder (report.html, results.json, results.md).")],
-    archs: Annotated[str, typer.Option(help="Comma-separated architectures (models) to compare.")] = "unet,attention_unet,segresnet",
-    maps: Annotated[Path | None, typer.Option(help="Reuse the PdCR maps of a `triptych pdcr benchmark` output folder.")] = None,
-    data: Annotated[str | None, typer.Option(help="Without --maps: drive:PATH or folder:PATH to explain.")] = None,
+    archs: Annotated[
+        str, typer.Option(help="Comma-separated architectures (models) to compare.")
+    ] = "unet,attention_unet,segresnet",
+    maps: Annotated[
+        Path | None, typer.Option(help="Reuse the PdCR maps of a `triptych pdcr benchmark` output folder.")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Without --maps: drive:PATH or folder:PATH to explain.")
+    ] = None,
     rois: Annotated[int, typer.Option(help="Without --maps: RoIs sampled on test-image foreground.")] = 20,
-    models_dir: Annotated[Path, typer.Option(help="Without --maps: <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors.")] = Path("runs"),
+    models_dir: Annotated[
+        Path, typer.Option(help="Without --maps: <dir>/pdcr_<data>_<arch>/checkpoints/best.safetensors.")
+    ] = Path("runs"),
     distance: Annotated[float, typer.Option(help="d of 'share of |ATE| within d px of the RoI'.")] = 16.0,
     quantile: Annotated[float, typer.Option(help="Share of |ATE| that the support radius holds.")] = 0.9,
     outcome: Annotated[str, typer.Option(help=f"Without --maps: {OUTCOMES.describe()}.")] = "dice_gt",
     seed: Annotated[int, typer.Option(help="Seed for RoIs and draws (without --maps).")] = 0,
-    crop: Annotated[int, typer.Option(help="Without --maps: side of the crop explained around each RoI.")] = 64,
+    crop: Annotated[
+        int, typer.Option(help="Without --maps: side of the crop explained around each RoI.")
+    ] = 64,
     roi_size: Annotated[int, typer.Option(help="Without --maps: side of each RoI box.")] = 12,
     block: Annotated[int, typer.Option(help="Without --maps: PdCR's finest block.")] = 8,
     max_draws: Annotated[int, typer.Option(help="Without --maps: cap on PdCR's draws per block.")] = 20,
-    empty_dice: Annotated[float, typer.Option(help="Dice of two empty sets: 1 (default) or 0 (the paper's code).")] = 1.0,
+    empty_dice: Annotated[
+        float, typer.Option(help="Dice of two empty sets: 1 (default) or 0 (the paper's code).")
+    ] = 1.0,
 ) -> None:
     """Compare the perceptual strategies of several models: locality, sign and concentration of their ATEs, with tests.
 
@@ -297,8 +449,9 @@ def compare(
     elif data is not None:
         from triptych.pdcr.benchmark import BenchConfig
 
-        config = BenchConfig(seed=seed, crop=crop, roi=roi_size, block=block, coarse_block=2 * block,
-                             max_draws=max_draws)
+        config = BenchConfig(
+            seed=seed, crop=crop, roi=roi_size, block=block, coarse_block=2 * block, max_draws=max_draws
+        )
         all_maps = compute_maps(data, names, rois, models_dir, config, outcome=outcome, empty_dice=empty_dice)
         source = f"{data}, outcome {outcome}"
     else:
@@ -315,23 +468,50 @@ def compare(
 @app.command()
 def audit(
     checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
-    data: Annotated[str, typer.Option(help="drive:PATH (its test split), folder:PATH (test/ or images/+masks/), "
-                                           "or a CSV with columns image[,mask].")],
-    out: Annotated[Path, typer.Option(help="Output folder (results.parquet/.csv, maps/*.npz, report.html, "
-                                           "shards/); rerun with the same folder to resume.")],
-    rois: Annotated[str, typer.Option(help="gt / pred: the largest connected components of the ground truth / "
-                                           "prediction; sample: seeded boxes on the foreground; or a CSV of "
-                                           "boxes image,x,y,w,h.")] = "gt",
-    rois_per_image: Annotated[int, typer.Option(help="Components (largest first) or sampled boxes per image.")] = 10,
+    data: Annotated[
+        str,
+        typer.Option(
+            help="drive:PATH (its test split), folder:PATH (test/ or images/+masks/), "
+            "or a CSV with columns image[,mask]."
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Output folder (results.parquet/.csv, maps/*.npz, report.html, "
+            "shards/); rerun with the same folder to resume."
+        ),
+    ],
+    rois: Annotated[
+        str,
+        typer.Option(
+            help="gt / pred: the largest connected components of the ground truth / "
+            "prediction; sample: seeded boxes on the foreground; or a CSV of "
+            "boxes image,x,y,w,h."
+        ),
+    ] = "gt",
+    rois_per_image: Annotated[
+        int, typer.Option(help="Components (largest first) or sampled boxes per image.")
+    ] = 10,
     roi_size: Annotated[int, typer.Option(help="Side of a sampled box (--rois sample).")] = 12,
-    outcome: Annotated[str | None, typer.Option(help="dice_gt (default with a ground truth), dice_self or "
-                                                     "soft_mass.")] = None,
+    outcome: Annotated[
+        str | None, typer.Option(help="dice_gt (default with a ground truth), dice_self or soft_mass.")
+    ] = None,
     block: Annotated[int, typer.Option(help="Finest block side in pixels.")] = 8,
-    coarse_block: Annotated[int | None, typer.Option(help="Adaptive: first block side (default 2·block).")] = None,
-    estimator: Annotated[str, typer.Option(help="adaptive (default) or reference (the paper's rule).")] = "adaptive",
+    coarse_block: Annotated[
+        int | None, typer.Option(help="Adaptive: first block side (default 2·block).")
+    ] = None,
+    estimator: Annotated[
+        str, typer.Option(help="adaptive (default) or reference (the paper's rule).")
+    ] = "adaptive",
     max_draws: Annotated[int, typer.Option(help="Cap on the draws per block.")] = 20,
-    window: Annotated[int | None, typer.Option(help="Side of the window explained around each RoI (default: the "
-                                                    "model's training patch, or the whole image).")] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            help="Side of the window explained around each RoI (default: the "
+            "model's training patch, or the whole image)."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for sampled RoIs, patch banks and draws.")] = 0,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -344,12 +524,31 @@ def audit(
     from triptych.pdcr.audit import AuditConfig
     from triptych.pdcr.audit import audit as run_audit
 
-    config = AuditConfig(rois=rois, rois_per_image=rois_per_image, roi_size=roi_size, outcome=outcome, block=block,
-                         coarse_block=coarse_block, estimator=estimator, max_draws=max_draws, window=window, seed=seed)
-    result = run_audit(checkpoint, data, out, config, workers=workers, ray_address=ray_address,
-                       threads_per_worker=threads_per_worker)
+    config = AuditConfig(
+        rois=rois,
+        rois_per_image=rois_per_image,
+        roi_size=roi_size,
+        outcome=outcome,
+        block=block,
+        coarse_block=coarse_block,
+        estimator=estimator,
+        max_draws=max_draws,
+        window=window,
+        seed=seed,
+    )
+    result = run_audit(
+        checkpoint,
+        data,
+        out,
+        config,
+        workers=workers,
+        ray_address=ray_address,
+        threads_per_worker=threads_per_worker,
+    )
     t = result.table
-    typer.echo(f"{len(t)} RoIs on {result.images} images ({result.reused} images already done); "
-               f"{int(t['forward_passes'].sum())} forward passes; median support radius "
-               f"{t['support_radius'].median():.1f} px")
+    typer.echo(
+        f"{len(t)} RoIs on {result.images} images ({result.reused} images already done); "
+        f"{int(t['forward_passes'].sum())} forward passes; median support radius "
+        f"{t['support_radius'].median():.1f} px"
+    )
     typer.echo(f"results: {out}/results.parquet, {out}/results.csv, {out}/report.html")

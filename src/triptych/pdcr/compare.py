@@ -36,19 +36,30 @@ def load_maps(folder: Path, names: Sequence[str]) -> dict[str, dict[str, np.ndar
     for name in names:
         path = Path(folder) / f"maps_{name}.npz"
         if not path.is_file():
-            raise InputError(f"--maps {folder}: no maps_{name}.npz; run `triptych pdcr benchmark` with --archs {name}")
+            raise InputError(
+                f"--maps {folder}: no maps_{name}.npz; run `triptych pdcr benchmark` with --archs {name}"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 out[name] = {k: z[k] for k in z.files}
         except Exception as exc:  # numpy / zipfile raise many types for a corrupt .npz
-            raise InputError(f"--maps {folder}: maps_{name}.npz is corrupt ({type(exc).__name__}); run "
-                             f"`triptych pdcr benchmark` again") from None
+            raise InputError(
+                f"--maps {folder}: maps_{name}.npz is corrupt ({type(exc).__name__}); run "
+                f"`triptych pdcr benchmark` again"
+            ) from None
     return out
 
 
-def compute_maps(data: str, archs: Sequence[str], n_rois: int, models_dir: Path, config: Any,
-                 train_time: str | None = None, outcome: str = "dice_gt", empty_dice: float = 1.0
-                 ) -> dict[str, dict[str, np.ndarray]]:
+def compute_maps(
+    data: str,
+    archs: Sequence[str],
+    n_rois: int,
+    models_dir: Path,
+    config: Any,
+    train_time: str | None = None,
+    outcome: str = "dice_gt",
+    empty_dice: float = 1.0,
+) -> dict[str, dict[str, np.ndarray]]:
     """PdCR maps and component effects of each model on the same seeded RoIs (no baselines).
 
     The default outcome is the paper's RoI Dice against the ground truth: against the model's
@@ -91,8 +102,11 @@ def model_statistics(maps: Maps, d: float, q: float) -> list[dict[str, float]]:
     for i in range(maps["ate"].shape[0]):
         blocks = maps["block_ate"][i]
         comps = maps["component_ate"][i] if maps["component_ate"].size else None
-        records.append(explanation_statistics(maps["ate"][i], maps["roi"][i], blocks[np.isfinite(blocks)],
-                                              comps, d=d, q=q))
+        records.append(
+            explanation_statistics(
+                maps["ate"][i], maps["roi"][i], blocks[np.isfinite(blocks)], comps, d=d, q=q
+            )
+        )
     return records
 
 
@@ -113,7 +127,9 @@ def _figures(per_model: dict[str, list[dict[str, float]]], all_maps: Mapping[str
     prof, ax = plt.subplots(figsize=(6, 4))
     centres = (edges[:-1] + edges[1:]) / 2
     for m in names:
-        rows = np.array([radial_profile(a, r, edges) for a, r in zip(all_maps[m]["ate"], all_maps[m]["roi"], strict=True)])
+        rows = np.array(
+            [radial_profile(a, r, edges) for a, r in zip(all_maps[m]["ate"], all_maps[m]["roi"], strict=True)]
+        )
         with warnings.catch_warnings():  # rings beyond the crop are empty for every RoI
             warnings.simplefilter("ignore", RuntimeWarning)
             ax.plot(centres, np.nanmean(rows, 0), marker="o", label=m)
@@ -133,8 +149,15 @@ def _figures(per_model: dict[str, list[dict[str, float]]], all_maps: Mapping[str
     return box, prof, field
 
 
-def run_compare(all_maps: Mapping[str, Maps], out: Path, *, d: float = 16.0, q: float = 0.9,
-                alpha: float = 0.05, source: str = "") -> dict[str, Any]:
+def run_compare(
+    all_maps: Mapping[str, Maps],
+    out: Path,
+    *,
+    d: float = 16.0,
+    q: float = 0.9,
+    alpha: float = 0.05,
+    source: str = "",
+) -> dict[str, Any]:
     """Statistics per model, between-model and across-input tests; results.json/.md and report.html in ``out``."""
     from triptych.core.io import atomic_output_dir
 
@@ -143,17 +166,34 @@ def run_compare(all_maps: Mapping[str, Maps], out: Path, *, d: float = 16.0, q: 
     per_model = {m: model_statistics(maps, d, q) for m, maps in all_maps.items()}
     n = {len(v) for v in per_model.values()}
     if len(n) != 1:
-        raise InputError(f"the models were explained on different numbers of RoIs ({sorted(n)}); use the same run")
-    between = [between_models({m: [r[s] for r in rows] for m, rows in per_model.items()}, s) for s in STATISTICS]
+        raise InputError(
+            f"the models were explained on different numbers of RoIs ({sorted(n)}); use the same run"
+        )
+    between = [
+        between_models({m: [r[s] for r in rows] for m, rows in per_model.items()}, s) for s in STATISTICS
+    ]
     within: dict[str, list[TestResult]] = {
         m: [across_inputs([r[s] for r in rows], all_maps[m]["image_name"].tolist(), s) for s in STATISTICS]
-        for m, rows in per_model.items()}
+        for m, rows in per_model.items()
+    }
     table = summarise(per_model)
     results = {
-        "config": {"distance": d, "support_quantile": q, "alpha": alpha, "source": source,
-                   "rois": next(iter(n))},
-        "models": {m: {s: float(np.nanmean([r[s] for r in rows])) if np.isfinite([r[s] for r in rows]).any()
-                       else None for s in STATISTICS} for m, rows in per_model.items()},
+        "config": {
+            "distance": d,
+            "support_quantile": q,
+            "alpha": alpha,
+            "source": source,
+            "rois": next(iter(n)),
+        },
+        "models": {
+            m: {
+                s: float(np.nanmean([r[s] for r in rows]))
+                if np.isfinite([r[s] for r in rows]).any()
+                else None
+                for s in STATISTICS
+            }
+            for m, rows in per_model.items()
+        },
         "per_roi": per_model,
         "between_models": [t.__dict__ for t in between],
         "across_inputs": {m: [t.__dict__ for t in tests] for m, tests in within.items()},
@@ -162,28 +202,36 @@ def run_compare(all_maps: Mapping[str, Maps], out: Path, *, d: float = 16.0, q: 
     within_rows = [{"model": m, **t.row(alpha)} for m, tests in within.items() for t in tests]
     for r in within_rows:
         r.pop("different pairs (Holm)")
-    md = "\n".join([
-        "# PdCR multi-model analysis\n",
-        f"{next(iter(n))} RoIs per model ({source}); median [IQR] over RoIs. share_within: share of |ATE| within "
-        f"{d:g} px of the RoI; support_radius: radius holding {q:.0%} of |ATE| (px); positive/negative/zero: shares "
-        "of blocks; concentration: 1 − normalised entropy of the stage-level component effects.\n",
-        markdown_table(table),
-        "\n## Between models (Friedman over RoIs; Wilcoxon pairs, Holm)\n",
-        markdown_table(between_rows, floatfmt="{:.3g}"),
-        "\n## Across inputs of one model (Kruskal–Wallis over images)\n",
-        markdown_table(within_rows, floatfmt="{:.3g}"),
-    ])
+    md = "\n".join(
+        [
+            "# PdCR multi-model analysis\n",
+            f"{next(iter(n))} RoIs per model ({source}); median [IQR] over RoIs. share_within: share of |ATE| within "
+            f"{d:g} px of the RoI; support_radius: radius holding {q:.0%} of |ATE| (px); positive/negative/zero: shares "
+            "of blocks; concentration: 1 − normalised entropy of the stage-level component effects.\n",
+            markdown_table(table),
+            "\n## Between models (Friedman over RoIs; Wilcoxon pairs, Holm)\n",
+            markdown_table(between_rows, floatfmt="{:.3g}"),
+            "\n## Across inputs of one model (Kruskal–Wallis over images)\n",
+            markdown_table(within_rows, floatfmt="{:.3g}"),
+        ]
+    )
     edges = np.array([0, 4, 8, 16, 24, 32, 48, 64, 96])
-    report = Report("PdCR: perceptual strategies of segmentation models",
-                    intro=f"Input-region ATE analysis of {', '.join(all_maps)} on the same {next(iter(n))} RoIs.")
+    report = Report(
+        "PdCR: perceptual strategies of segmentation models",
+        intro=f"Input-region ATE analysis of {', '.join(all_maps)} on the same {next(iter(n))} RoIs.",
+    )
     sec = report.section("Statistics per model")
     sec.table(table, caption="median [IQR] over RoIs")
     box, prof, field = _figures(per_model, all_maps, edges)
     sec.figure(box, "each statistic per model (box: quartiles; triangle: mean)")
     sec.figure(prof, "mean |ATE| against distance from the RoI")
     sec.figure(field, "mean |ATE| map over RoIs (RoIs outlined in cyan)")
-    report.section("Between models").table(between_rows, caption="Friedman test over RoIs, Wilcoxon pairs with Holm")
-    report.section("Across inputs of one model").table(within_rows, caption="Kruskal–Wallis over input images")
+    report.section("Between models").table(
+        between_rows, caption="Friedman test over RoIs, Wilcoxon pairs with Holm"
+    )
+    report.section("Across inputs of one model").table(
+        within_rows, caption="Kruskal–Wallis over input images"
+    )
     with atomic_output_dir(out) as stage:
         write_results(stage, results, md)
         report.write(stage / "report.html")

@@ -29,9 +29,29 @@ from triptych.pdcr.roi import Outcome, RoI, make_outcome
 
 # Modules that count as one "block" (the top-most of these in the module tree); plain
 # convolutions cover custom networks.
-BLOCK_TYPES = ("ResidualUnit", "Convolution", "UnetBasicBlock", "UnetResBlock", "UnetrBasicBlock", "UnetrUpBlock",
-               "UnetrPrUpBlock", "ResBlock", "AttentionBlock", "ConvBlock", "UpConv", "TwoConv", "Down", "UpCat",
-               "SwinTransformer", "BasicLayer", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose2d", "ConvTranspose3d")
+BLOCK_TYPES = (
+    "ResidualUnit",
+    "Convolution",
+    "UnetBasicBlock",
+    "UnetResBlock",
+    "UnetrBasicBlock",
+    "UnetrUpBlock",
+    "UnetrPrUpBlock",
+    "ResBlock",
+    "AttentionBlock",
+    "ConvBlock",
+    "UpConv",
+    "TwoConv",
+    "Down",
+    "UpCat",
+    "SwinTransformer",
+    "BasicLayer",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+)
 GRANULARITIES = ("blocks", "skips", "stages", "channels")
 
 
@@ -59,7 +79,9 @@ class Component:
         if text.startswith("skip:"):
             name = text[5:]
             if type(modules.get(name)).__name__ != "SkipConnection":
-                raise InputError(f"--components {text!r}: {name!r} is not a SkipConnection module of this model")
+                raise InputError(
+                    f"--components {text!r}: {name!r} is not a SkipConnection module of this model"
+                )
             return cls(name, None, "skip")
         m = re.fullmatch(r"([^\[\]]+)(?:\[(\d+)(?::(\d+))?\])?", text)
         if not m or m.group(1) not in modules:
@@ -74,14 +96,17 @@ def _top_level(names: list[str]) -> list[str]:
     return [n for n in names if not any(n.startswith(p + ".") for p in names if p != n)]
 
 
-def _output_shapes(model: SegmentationModel, image: torch.Tensor, names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+def _output_shapes(
+    model: SegmentationModel, image: torch.Tensor, names: Sequence[str]
+) -> dict[str, tuple[int, ...]]:
     modules = dict(model.named_modules())
     acts = collect_activations(model, image[None], {n: modules[n] for n in names})
     return {n: tuple(a.shape) for n, a in acts.items()}
 
 
-def list_components(model: SegmentationModel, image: torch.Tensor, granularity: str = "blocks",
-                    layers: Sequence[str] = ()) -> list[Component]:
+def list_components(
+    model: SegmentationModel, image: torch.Tensor, granularity: str = "blocks", layers: Sequence[str] = ()
+) -> list[Component]:
     """Candidate components: ``blocks`` (top-most blocks), ``skips``, ``stages`` (both), or ``channels`` of ``layers``."""
     if granularity not in GRANULARITIES:
         raise InputError(f"--granularity {granularity!r}; choose from {', '.join(GRANULARITIES)}")
@@ -106,8 +131,15 @@ def _skip_width(module: nn.Module, args: tuple) -> int:
 class ComponentProblem:
     """Effect draws d = M(do(h_c := h')) − M(x) for components c, batched through forward hooks."""
 
-    def __init__(self, model: SegmentationModel, image: torch.Tensor, outcome: Outcome,
-                 pools: dict[str, torch.Tensor], kind: str, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        image: torch.Tensor,
+        outcome: Outcome,
+        pools: dict[str, torch.Tensor],
+        kind: str,
+        batch_size: int = 32,
+    ) -> None:
         self.model, self.image, self.outcome = model, image, outcome
         self.modules = dict(model.named_modules())
         self.interventions = {n: ActivationIntervention(kind, pools.get(n)) for n in pools}
@@ -131,7 +163,9 @@ class ComponentProblem:
 
         return hook
 
-    def draw(self, units: Sequence[Component], counts: Sequence[int], generator: torch.Generator) -> list[np.ndarray]:
+    def draw(
+        self, units: Sequence[Component], counts: Sequence[int], generator: torch.Generator
+    ) -> list[np.ndarray]:
         def run(groups: list[tuple[Component, int]]) -> np.ndarray:
             per_module: dict[str, list[tuple[int, Component, torch.Tensor]]] = {}
             row = 0
@@ -139,10 +173,14 @@ class ComponentProblem:
                 values = self.interventions[comp.module].sample(self.unperturbed[comp.module], n, generator)
                 per_module.setdefault(comp.module, []).extend((row + k, comp, values[k]) for k in range(n))
                 row += n
-            handles = [self.modules[m].register_forward_hook(self._hook(rows)) for m, rows in per_module.items()]
+            handles = [
+                self.modules[m].register_forward_hook(self._hook(rows)) for m, rows in per_module.items()
+            ]
             try:
                 with torch.no_grad():
-                    vals = self.outcome(self.model.probabilities(self.image[None].expand(row, *self.image.shape)))
+                    vals = self.outcome(
+                        self.model.probabilities(self.image[None].expand(row, *self.image.shape))
+                    )
             finally:
                 for h in handles:
                     h.remove()
@@ -166,7 +204,9 @@ class ComponentExplanation:
         return [r["component"] for r in self.rows]
 
 
-def matching_inputs(dataset: Sequence[torch.Tensor], shape: Sequence[int], n: int, seed: int = 0) -> torch.Tensor:
+def matching_inputs(
+    dataset: Sequence[torch.Tensor], shape: Sequence[int], n: int, seed: int = 0
+) -> torch.Tensor:
     """``n`` dataset inputs with spatial ``shape``: random crops of larger images, resizes of smaller ones."""
     import torch.nn.functional as F
 
@@ -184,19 +224,34 @@ def matching_inputs(dataset: Sequence[torch.Tensor], shape: Sequence[int], n: in
 
 
 @in_eval_mode
-def explain_components(model: SegmentationModel, image: torch.Tensor, roi: RoI, *,
-                       components: Sequence[Component | str] | str = "stages", outcome: str | Outcome = "dice_self",
-                       ground_truth: np.ndarray | None = None, intervention: str = "swap",
-                       dataset: Sequence[torch.Tensor] | None = None, pool_size: int = 16, estimator: str = "adaptive",
-                       seed: int = 0, batch_size: int = 32, tau: float = 0.02, screen: int = 3, draws: int = 50,
-                       rule: SequentialRule | None = None) -> ComponentExplanation:
+def explain_components(
+    model: SegmentationModel,
+    image: torch.Tensor,
+    roi: RoI,
+    *,
+    components: Sequence[Component | str] | str = "stages",
+    outcome: str | Outcome = "dice_self",
+    ground_truth: np.ndarray | None = None,
+    intervention: str = "swap",
+    dataset: Sequence[torch.Tensor] | None = None,
+    pool_size: int = 16,
+    estimator: str = "adaptive",
+    seed: int = 0,
+    batch_size: int = 32,
+    tau: float = 0.02,
+    screen: int = 3,
+    draws: int = 50,
+    rule: SequentialRule | None = None,
+) -> ComponentExplanation:
     """Rank components of ``model`` by their causal effect on the RoI outcome for ``image`` (C, *S)."""
     if tuple(image.shape[1:]) != roi.shape:
         raise InputError(f"--roi shape {roi.shape} differs from the image's {tuple(image.shape[1:])}")
     patch = model.spec.patch_size
     if patch and any(s > p for s, p in zip(image.shape[1:], patch, strict=True)):
-        raise InputError(f"--image {tuple(image.shape[1:])} is larger than the model's window {patch}; component "
-                         "interventions need one forward pass per image, so crop it to the window")
+        raise InputError(
+            f"--image {tuple(image.shape[1:])} is larger than the model's window {patch}; component "
+            "interventions need one forward pass per image, so crop it to the window"
+        )
     image = image.float()
     if isinstance(components, str):
         comps = list_components(model, image, components)
@@ -210,7 +265,9 @@ def explain_components(model: SegmentationModel, image: torch.Tensor, roi: RoI, 
         pools = dict.fromkeys(names)
     else:
         if not dataset:
-            raise InputError(f"--intervention {intervention} needs dataset inputs (--data) other than the explained image")
+            raise InputError(
+                f"--intervention {intervention} needs dataset inputs (--data) other than the explained image"
+            )
         inputs = matching_inputs(dataset, image.shape[1:], pool_size, seed)
         pools = collect_activations(model, inputs, {n: modules[n] for n in names})
     out_fn = make_outcome(outcome, model, image, roi, ground_truth) if isinstance(outcome, str) else outcome
@@ -227,9 +284,29 @@ def explain_components(model: SegmentationModel, image: torch.Tensor, roi: RoI, 
     else:
         raise InputError(f"--estimator {estimator!r} is not known; choose adaptive or reference")
     order = sorted(results, key=lambda r: (-abs(r.ate), -abs(r.mean)))
-    rows = [{"rank": k + 1, "component": r.unit.name, "kind": r.unit.kind, "ate": r.ate, "mean": r.mean, "se": r.se,
-             "ci_low": r.mean - Z95 * r.se, "ci_high": r.mean + Z95 * r.se, "n": r.n, "status": r.status}
-            for k, r in enumerate(order)]
-    config = {"intervention": intervention, "estimator": estimator, "outcome": getattr(out_fn, "name", str(outcome)),
-              "seed": seed, "tau": tau, "components": len(comps)}
-    return ComponentExplanation(rows, problem.base, problem.forward_passes, time.perf_counter() - start, config)
+    rows = [
+        {
+            "rank": k + 1,
+            "component": r.unit.name,
+            "kind": r.unit.kind,
+            "ate": r.ate,
+            "mean": r.mean,
+            "se": r.se,
+            "ci_low": r.mean - Z95 * r.se,
+            "ci_high": r.mean + Z95 * r.se,
+            "n": r.n,
+            "status": r.status,
+        }
+        for k, r in enumerate(order)
+    ]
+    config = {
+        "intervention": intervention,
+        "estimator": estimator,
+        "outcome": getattr(out_fn, "name", str(outcome)),
+        "seed": seed,
+        "tau": tau,
+        "components": len(comps),
+    }
+    return ComponentExplanation(
+        rows, problem.base, problem.forward_passes, time.perf_counter() - start, config
+    )

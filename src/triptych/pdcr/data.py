@@ -21,7 +21,20 @@ from triptych.core.errors import InputError
 from triptych.core.inputs import input_file
 from triptych.pdcr.roi import binary_mask
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".npy", ".nii", ".dcm", ".mha", ".nrrd")
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".bmp",
+    ".gif",
+    ".npy",
+    ".nii",
+    ".dcm",
+    ".mha",
+    ".nrrd",
+)
 MULTI_SUFFIXES = (".nii.gz",)
 MONAI_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
 
@@ -42,7 +55,9 @@ def read_array(path: str | Path, name: str = "--image") -> np.ndarray:
     arr = _read_any(path, name)
     if arr.size == 0:
         raise InputError(f"{name} {path} is empty (shape {arr.shape}); give an image with pixels")
-    if arr.dtype != bool and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype != bool and not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
         raise InputError(f"{name} {path} holds {arr.dtype} values, not numbers; give a numeric image")
     return arr
 
@@ -65,8 +80,10 @@ def _read_any(path: Path, name: str) -> np.ndarray:
         with Image.open(path) as im:
             return np.asarray(im.convert("L") if im.mode in ("P", "1") else im)
     except Exception as exc:  # PIL / tifffile / numpy raise many types for a bad file
-        raise InputError(f"{name} {path} is not a readable image ({exc.__class__.__name__}); "
-                         "give a PNG, JPEG, TIFF, GIF, .npy, NIfTI or DICOM file") from None
+        raise InputError(
+            f"{name} {path} is not a readable image ({exc.__class__.__name__}); "
+            "give a PNG, JPEG, TIFF, GIF, .npy, NIfTI or DICOM file"
+        ) from None
 
 
 def read_medical(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -96,11 +113,14 @@ def read_image(path: str | Path, spatial_dims: int = 2, name: str = "--image") -
         if arr.ndim == 3:
             arr = arr[None]
         elif arr.ndim != 4:
-            raise InputError(f"{name} {path} has shape {arr.shape}; expected a 3D volume (D,H,W) or (C,D,H,W)")
+            raise InputError(
+                f"{name} {path} has shape {arr.shape}; expected a 3D volume (D,H,W) or (C,D,H,W)"
+            )
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
-        raise InputError(f"{name} {path} has NaN or infinite values (or values too large for float32); "
-                         "give a finite image")
+        raise InputError(
+            f"{name} {path} has NaN or infinite values (or values too large for float32); give a finite image"
+        )
     if str(path).lower().endswith(MONAI_SUFFIXES) and (arr.min() < 0.0 or arr.max() > 1.0):
         # scanner units (HU, MR intensities): min-max to [0, 1], the range the patch bank and models use
         arr = (arr - arr.min()) / max(float(arr.max() - arr.min()), 1e-12)
@@ -128,8 +148,13 @@ def file_stem(path: Path) -> str:
 
 def image_files(folder: Path) -> list[Path]:
     """Image files of a folder (any format :func:`read_array` reads), sorted by name."""
-    return sorted(p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")
-                  and (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(MULTI_SUFFIXES)))
+    return sorted(
+        p
+        for p in folder.glob("*")
+        if p.is_file()
+        and not p.name.startswith(".")
+        and (p.suffix.lower() in IMAGE_SUFFIXES or p.name.lower().endswith(MULTI_SUFFIXES))
+    )
 
 
 def is_drive(base: Path) -> bool:
@@ -142,14 +167,22 @@ def load_drive(root: str | Path, split: str = "training") -> list[Sample]:
     base = Path(root) / split
     images = sorted((base / "images").glob("*.tif"))
     if not images:
-        raise InputError(f"--data {root}: no DRIVE images in {base / 'images'}; expected <root>/{split}/images/*.tif")
+        raise InputError(
+            f"--data {root}: no DRIVE images in {base / 'images'}; expected <root>/{split}/images/*.tif"
+        )
     samples = []
     for path in images:
         stem = path.stem.split("_")[0]
         manual = next(iter(sorted((base / "1st_manual").glob(f"{stem}_manual1.*"))), None)
         fov = next(iter(sorted((base / "mask").glob(f"{stem}_*mask.*"))), None)
-        samples.append(Sample(read_image(path), read_mask(manual) if manual else None, path.stem,
-                              read_mask(fov, "--fov") if fov else None))
+        samples.append(
+            Sample(
+                read_image(path),
+                read_mask(manual) if manual else None,
+                path.stem,
+                read_mask(fov, "--fov") if fov else None,
+            )
+        )
     return samples
 
 
@@ -162,21 +195,30 @@ def match_masks(images: Sequence[Path], masks: Sequence[Path], where: str) -> di
     out: dict[Path, Path] = {}
     for image in images:
         stem = file_stem(image)
-        found = [by_stem[stem]] if stem in by_stem else [
-            m for s, m in by_stem.items() if s.startswith(stem) and s[len(stem)] in "_-."]
+        found = (
+            [by_stem[stem]]
+            if stem in by_stem
+            else [m for s, m in by_stem.items() if s.startswith(stem) and s[len(stem)] in "_-."]
+        )
         if len(found) > 1:
-            raise InputError(f"--data {where}: image {image.name} matches several masks "
-                             f"({', '.join(m.name for m in found[:3])}); keep one per image")
+            raise InputError(
+                f"--data {where}: image {image.name} matches several masks "
+                f"({', '.join(m.name for m in found[:3])}); keep one per image"
+            )
         if found:
             out[image] = found[0]
     missing = [file_stem(i) for i in images if i not in out]
     orphans = sorted(set(masks) - set(out.values()))
     if missing:
-        raise InputError(f"--data {where}: no mask with the stem of image(s) {', '.join(missing[:5])}"
-                         f"{' ...' if len(missing) > 5 else ''} in masks/; name each mask <image stem>.<ext>")
+        raise InputError(
+            f"--data {where}: no mask with the stem of image(s) {', '.join(missing[:5])}"
+            f"{' ...' if len(missing) > 5 else ''} in masks/; name each mask <image stem>.<ext>"
+        )
     if orphans:
-        raise InputError(f"--data {where}: mask(s) {', '.join(m.name for m in orphans[:5])} match no image stem "
-                         "in images/; remove them or name each mask <image stem>.<ext>")
+        raise InputError(
+            f"--data {where}: mask(s) {', '.join(m.name for m in orphans[:5])} match no image stem "
+            "in images/; remove them or name each mask <image stem>.<ext>"
+        )
     return out
 
 
@@ -188,18 +230,24 @@ def load_folder(root: str | Path, spatial_dims: int = 2) -> list[Sample]:
     root = Path(root)
     images = image_files(root / "images")
     if not images:
-        raise InputError(f"--data {root}: no images in {root / 'images'}; expected images/ and masks/ folders")
+        raise InputError(
+            f"--data {root}: no images in {root / 'images'}; expected images/ and masks/ folders"
+        )
     pairs = match_masks(images, image_files(root / "masks"), str(root))
     samples = []
     for path in images:
         image, mask = read_image(path, spatial_dims), read_mask(pairs[path])
         if tuple(image.shape[1:]) != mask.shape:
-            raise InputError(f"--data {root}: {path.name} is {tuple(image.shape[1:])} but its mask {mask.shape}")
+            raise InputError(
+                f"--data {root}: {path.name} is {tuple(image.shape[1:])} but its mask {mask.shape}"
+            )
         samples.append(Sample(image, mask, file_stem(path)))
     return samples
 
 
-def synthetic(n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0, noise: float = 0.3) -> list[Sample]:
+def synthetic(
+    n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0, noise: float = 0.3
+) -> list[Sample]:
     """MONAI's synthetic blobs (``create_test_image_2d/3d``): one channel, binary masks, offline."""
     from monai.data.synthetic import create_test_image_2d, create_test_image_3d
 
@@ -207,19 +255,36 @@ def synthetic(n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0,
     samples = []
     for i in range(n):
         if spatial_dims == 2:
-            im, seg = create_test_image_2d(size, size, num_objs=6, rad_max=max(size // 8, 6), rad_min=max(size // 24, 3),
-                                           noise_max=noise, num_seg_classes=1, random_state=rs)
+            im, seg = create_test_image_2d(
+                size,
+                size,
+                num_objs=6,
+                rad_max=max(size // 8, 6),
+                rad_min=max(size // 24, 3),
+                noise_max=noise,
+                num_seg_classes=1,
+                random_state=rs,
+            )
         else:
-            im, seg = create_test_image_3d(size, size, size, num_objs=4, rad_max=max(size // 5, 4),
-                                           rad_min=max(size // 10, 2), noise_max=noise, num_seg_classes=1,
-                                           random_state=rs)
+            im, seg = create_test_image_3d(
+                size,
+                size,
+                size,
+                num_objs=4,
+                rad_max=max(size // 5, 4),
+                rad_min=max(size // 10, 2),
+                noise_max=noise,
+                num_seg_classes=1,
+                random_state=rs,
+            )
         im = (im - im.min()) / max(float(im.max() - im.min()), 1e-6)
         samples.append(Sample(torch.from_numpy(im.astype(np.float32))[None], seg > 0, f"synthetic_{i:03d}"))
     return samples
 
 
-def load_dataset(source: str, split: str = "training", *, spatial_dims: int = 2, seed: int = 0,
-                 size: int = 96) -> list[Sample]:
+def load_dataset(
+    source: str, split: str = "training", *, spatial_dims: int = 2, seed: int = 0, size: int = 96
+) -> list[Sample]:
     """Samples of one split of ``source``.
 
     ``source``: ``synthetic``; a DRIVE root (recognised by its ``1st_manual/`` folder and
@@ -228,13 +293,20 @@ def load_dataset(source: str, split: str = "training", *, spatial_dims: int = 2,
     ``drive:`` or ``folder:`` prefix, as ``benchmark`` takes, is accepted too.
     """
     if source == "synthetic":
-        return synthetic(24 if split == "training" else 8, size, spatial_dims, seed=seed + (0 if split == "training" else 1000))
+        return synthetic(
+            24 if split == "training" else 8,
+            size,
+            spatial_dims,
+            seed=seed + (0 if split == "training" else 1000),
+        )
     kind, sep, rest = source.partition(":")
     if sep and kind in ("drive", "folder"):
         source = rest
     root = Path(source)
     if not root.is_dir():
-        raise InputError(f"--data {source}: not a folder; give a DRIVE root, an images/masks folder or 'synthetic'")
+        raise InputError(
+            f"--data {source}: not a folder; give a DRIVE root, an images/masks folder or 'synthetic'"
+        )
     base = root / split
     if base.is_dir():
         if (sep and kind == "drive") or is_drive(base):
@@ -243,10 +315,14 @@ def load_dataset(source: str, split: str = "training", *, spatial_dims: int = 2,
     if split == "training" and (root / "images").is_dir():
         return load_folder(root, spatial_dims)
     if (root / "images").is_dir():  # an unsplit folder: its images are training images, never a test split
-        raise InputError(f"--data {source}: has no {split}/ split; give <root>/training/ and <root>/test/, each "
-                         "with images/ and masks/")
-    raise InputError(f"--data {source}: no {split}/images/ or images/ folder; expected "
-                     "<root>/{training,test}/{images,masks}/ (or the DRIVE layout)")
+        raise InputError(
+            f"--data {source}: has no {split}/ split; give <root>/training/ and <root>/test/, each "
+            "with images/ and masks/"
+        )
+    raise InputError(
+        f"--data {source}: no {split}/images/ or images/ folder; expected "
+        "<root>/{training,test}/{images,masks}/ (or the DRIVE layout)"
+    )
 
 
 def resize_sample(sample: Sample, size: Sequence[int]) -> Sample:
@@ -308,4 +384,8 @@ class WholeImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         s = self.samples[i]
         fov = s.fov if s.fov is not None else np.ones(s.mask.shape, dtype=bool)
-        return s.image, torch.from_numpy(s.mask.astype(np.float32))[None], torch.from_numpy(fov.astype(np.float32))[None]
+        return (
+            s.image,
+            torch.from_numpy(s.mask.astype(np.float32))[None],
+            torch.from_numpy(fov.astype(np.float32))[None],
+        )

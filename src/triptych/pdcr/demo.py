@@ -54,32 +54,56 @@ def run_demo(out_dir: Path) -> DemoResult:
     roi = RoI.box(x0, y0, 16, 16, (96, 96))
     block = 8
     # a looser stopping rule than the default keeps the demo short (CI half-width 0.3 points, ≤ 16 draws)
-    summary = explain_to_folder(model, ExplainInputs(sample.image, sample.mask, roi), out_dir, data="synthetic",
-                                outcome="dice_gt", block=block, estimator="adaptive", components="stages",
-                                title="PdCR demo: synthetic image", rule=SequentialRule(tol=0.3, max_draws=16))
+    summary = explain_to_folder(
+        model,
+        ExplainInputs(sample.image, sample.mask, roi),
+        out_dir,
+        data="synthetic",
+        outcome="dice_gt",
+        block=block,
+        estimator="adaptive",
+        components="stages",
+        title="PdCR demo: synthetic image",
+        rule=SequentialRule(tol=0.3, max_draws=16),
+    )
     # counts by significance: Benjamini-Hochberg across the blocks, as in the summary
     sup, hurt = summary["significant_negative"], summary["significant_positive"]
-    counts = {"significant: supports the RoI": sup, "significant: hurts the RoI": hurt,
-              "no significant effect": summary["not_significant"], "called zero": summary["called_zero"]}
+    counts = {
+        "significant: supports the RoI": sup,
+        "significant: hurts the RoI": hurt,
+        "no significant effect": summary["not_significant"],
+        "called zero": summary["called_zero"],
+    }
     total = sum(counts.values())
 
     section = Section("PdCR: causal explanation of a segmentation model")
-    section.text(f"The shipped MONAI U-Net (trained by benchmarks/train_demo_weights.py on MONAI's synthetic blobs) "
-                 f"has Dice {dice:.3f} on 8 held-out synthetic images, measured just now. For a 16×16 RoI on a new "
-                 f"image (Dice inside the RoI {summary['base_outcome']:.1f} points), the adaptive estimator replaced "
-                 f"each {block}×{block} block outside the RoI by patches of other training images "
-                 f"({summary['forward_passes']} forward passes) and asked whether the RoI's Dice moved, with a 95% "
-                 f"confidence interval per block; significance is Benjamini–Hochberg across blocks, α = 0.05.")
-    section.text(f"Of {total} blocks, {sup} significantly support the RoI's segmentation (replacing them lowers its "
-                 f"Dice), {hurt} significantly hurt it (replacing them raises its Dice), "
-                 f"{counts['no significant effect']} have no significant effect and {counts['called zero']} were "
-                 f"called zero (effect bounded within the tolerance).")
-    section.table([{"verdict": k, "blocks": v} for k, v in counts.items()],
-                  caption=f"{block}×{block} blocks outside the RoI, by significance (BH, α = 0.05)")
-    section.figure(out_dir / "overlay.png", "ATE map with the RoI outlined (red: replacing the block lowered the "
-                   "RoI Dice, so the block supports it; blue: it hurts it)")
+    section.text(
+        f"The shipped MONAI U-Net (trained by benchmarks/train_demo_weights.py on MONAI's synthetic blobs) "
+        f"has Dice {dice:.3f} on 8 held-out synthetic images, measured just now. For a 16×16 RoI on a new "
+        f"image (Dice inside the RoI {summary['base_outcome']:.1f} points), the adaptive estimator replaced "
+        f"each {block}×{block} block outside the RoI by patches of other training images "
+        f"({summary['forward_passes']} forward passes) and asked whether the RoI's Dice moved, with a 95% "
+        f"confidence interval per block; significance is Benjamini–Hochberg across blocks, α = 0.05."
+    )
+    section.text(
+        f"Of {total} blocks, {sup} significantly support the RoI's segmentation (replacing them lowers its "
+        f"Dice), {hurt} significantly hurt it (replacing them raises its Dice), "
+        f"{counts['no significant effect']} have no significant effect and {counts['called zero']} were "
+        f"called zero (effect bounded within the tolerance)."
+    )
+    section.table(
+        [{"verdict": k, "blocks": v} for k, v in counts.items()],
+        caption=f"{block}×{block} blocks outside the RoI, by significance (BH, α = 0.05)",
+    )
+    section.figure(
+        out_dir / "overlay.png",
+        "ATE map with the RoI outlined (red: replacing the block lowered the "
+        "RoI Dice, so the block supports it; blue: it hurts it)",
+    )
     section.figure(out_dir / "components.png", "Network components ranked by causal effect")
     section.link("report.html", "Full PdCR report (arrays and JSON beside it)")
-    headline = (f"U-Net, held-out Dice {dice:.2f}; of {total} blocks around a RoI, {sup} significantly support it, "
-                f"{hurt} significantly hurt it, {counts['no significant effect']} have no significant effect")
+    headline = (
+        f"U-Net, held-out Dice {dice:.2f}; of {total} blocks around a RoI, {sup} significantly support it, "
+        f"{hurt} significantly hurt it, {counts['no significant effect']} have no significant effect"
+    )
     return DemoResult(section, headline)

@@ -45,13 +45,19 @@ class Problem(Protocol):
     stochastic: bool
     forward_passes: int
 
-    def draw(self, units: Sequence[Hashable], counts: Sequence[int], generator: torch.Generator) -> list[np.ndarray]:
+    def draw(
+        self, units: Sequence[Hashable], counts: Sequence[int], generator: torch.Generator
+    ) -> list[np.ndarray]:
         """For each unit, ``counts[i]`` effect draws (one array per unit)."""
         ...
 
 
-def batched_draws(units: Sequence[Hashable], counts: Sequence[int], batch_size: int,
-                  run: Callable[[list[tuple[Hashable, int]]], np.ndarray]) -> list[np.ndarray]:
+def batched_draws(
+    units: Sequence[Hashable],
+    counts: Sequence[int],
+    batch_size: int,
+    run: Callable[[list[tuple[Hashable, int]]], np.ndarray],
+) -> list[np.ndarray]:
     """Split ``counts[i]`` draws of each unit into forward batches of at most ``batch_size``.
 
     ``run`` gets one batch as consecutive (unit, n) groups and returns one effect per row.
@@ -59,7 +65,7 @@ def batched_draws(units: Sequence[Hashable], counts: Sequence[int], batch_size: 
     jobs = [i for i, c in enumerate(counts) for _ in range(int(c))]
     out: list[list[float]] = [[] for _ in units]
     for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start:start + batch_size]
+        chunk = jobs[start : start + batch_size]
         groups = [(units[i], len(list(g))) for i, g in itertools.groupby(chunk)]
         for i, v in zip(chunk, run(groups), strict=True):
             out[i].append(v)  # a scalar, or one value per RoI (a row)
@@ -90,8 +96,15 @@ def _mean_se(d: np.ndarray) -> tuple[float, float]:
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
 
 
-def reference_estimate(problem: Problem, units: Sequence[Hashable], generator: torch.Generator, *, screen: int = 3,
-                       draws: int = 50, tau: float = 0.02) -> list[UnitResult]:
+def reference_estimate(
+    problem: Problem,
+    units: Sequence[Hashable],
+    generator: torch.Generator,
+    *,
+    screen: int = 3,
+    draws: int = 50,
+    tau: float = 0.02,
+) -> list[UnitResult]:
     """The paper's rule: S-draw screen, N-draw mean, dead zone τ (all units of a stage batched together)."""
     if not problem.stochastic:
         screen, draws = 1, 0  # one deterministic intervention (the reference's zero-occlusion ablation)
@@ -110,8 +123,15 @@ def reference_estimate(problem: Problem, units: Sequence[Hashable], generator: t
     for i, d in zip(passing, fine, strict=True):
         mean, se = _mean_se(d)
         dead = abs(mean) < tau
-        results[i] = UnitResult(units[i], 0.0 if dead else mean, mean, se, screen + (draws or 0),
-                                "dead_zone" if dead else "estimated", d.tolist())
+        results[i] = UnitResult(
+            units[i],
+            0.0 if dead else mean,
+            mean,
+            se,
+            screen + (draws or 0),
+            "dead_zone" if dead else "estimated",
+            d.tolist(),
+        )
     return [results[i] for i in range(len(units))]
 
 
@@ -166,8 +186,13 @@ def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
     return None
 
 
-def sequential_estimate(problem: Problem, units: Sequence[Hashable], generator: torch.Generator,
-                        rule: SequentialRule | None = None, level: int = 0) -> list[UnitResult]:
+def sequential_estimate(
+    problem: Problem,
+    units: Sequence[Hashable],
+    generator: torch.Generator,
+    rule: SequentialRule | None = None,
+    level: int = 0,
+) -> list[UnitResult]:
     """Sequential sampling per unit with 95% CI stopping; every round batches all open units."""
     rule = rule or SequentialRule()
     if not problem.stochastic:
@@ -175,16 +200,23 @@ def sequential_estimate(problem: Problem, units: Sequence[Hashable], generator: 
         for u, d in zip(units, problem.draw(units, [1] * len(units), generator), strict=True):
             m = float(d[0])
             sig = abs(m) >= rule.tau
-            out.append(UnitResult(u, m if sig else 0.0, m, 0.0, 1, "significant" if sig else "dead_zone",
-                                  d.tolist(), level))
+            out.append(
+                UnitResult(
+                    u, m if sig else 0.0, m, 0.0, 1, "significant" if sig else "dead_zone", d.tolist(), level
+                )
+            )
         return out
     draws: list[np.ndarray] = [np.empty(0)] * len(units)
     status: list[str | None] = [None] * len(units)
     open_ = list(range(len(units)))
     while open_:
-        want = [rule.first if draws[i].size == 0 else
-                min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].size * rule.growth)))) - draws[i].size
-                for i in open_]
+        want = [
+            rule.first
+            if draws[i].size == 0
+            else min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].size * rule.growth))))
+            - draws[i].size
+            for i in open_
+        ]
         new = problem.draw([units[i] for i in open_], want, generator)
         for i, d in zip(open_, new, strict=True):
             draws[i] = np.concatenate([draws[i], d])
@@ -203,9 +235,13 @@ def finish(unit: Hashable, d: np.ndarray, status: str, rule: SequentialRule, lev
     return UnitResult(unit, ate, mean, se, int(d.size), status, d.tolist(), level)
 
 
-def shared_sequential_estimate(problem: Problem, units: Sequence[Hashable], applies: np.ndarray,
-                               generator: torch.Generator, rule: SequentialRule | None = None
-                               ) -> list[list[UnitResult | None]]:
+def shared_sequential_estimate(
+    problem: Problem,
+    units: Sequence[Hashable],
+    applies: np.ndarray,
+    generator: torch.Generator,
+    rule: SequentialRule | None = None,
+) -> list[list[UnitResult | None]]:
     """The sequential rule for R outcomes at once (R RoIs of one image): every draw of a unit serves
     every outcome it applies to (common random numbers).
 
@@ -226,9 +262,13 @@ def shared_sequential_estimate(problem: Problem, units: Sequence[Hashable], appl
                 stop[i, int(r)] = ("significant" if abs(d.flat[r]) >= rule.tau else "dead_zone", 1)
     open_ = [i for i in range(n_units) if applies[i].any()] if problem.stochastic else []
     while open_:
-        want = [rule.first if draws[i].shape[0] == 0 else
-                min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].shape[0] * rule.growth))))
-                - draws[i].shape[0] for i in open_]
+        want = [
+            rule.first
+            if draws[i].shape[0] == 0
+            else min(rule.max_draws, max(rule.min_draws, int(math.ceil(draws[i].shape[0] * rule.growth))))
+            - draws[i].shape[0]
+            for i in open_
+        ]
         for i, d in zip(open_, problem.draw([units[i] for i in open_], want, generator), strict=True):
             draws[i] = np.concatenate([draws[i], d.reshape(-1, n_out)])
             for r in np.nonzero(applies[i])[0]:
@@ -243,9 +283,19 @@ def shared_sequential_estimate(problem: Problem, units: Sequence[Hashable], appl
         for r in range(n_out):
             if (i, r) in stop:
                 status, n = stop[i, r]
-                row.append(finish(u, draws[i][:n, r], status, rule) if problem.stochastic else
-                           UnitResult(u, float(draws[i][0, r]) if status == "significant" else 0.0,
-                                      float(draws[i][0, r]), 0.0, 1, status, [float(draws[i][0, r])]))
+                row.append(
+                    finish(u, draws[i][:n, r], status, rule)
+                    if problem.stochastic
+                    else UnitResult(
+                        u,
+                        float(draws[i][0, r]) if status == "significant" else 0.0,
+                        float(draws[i][0, r]),
+                        0.0,
+                        1,
+                        status,
+                        [float(draws[i][0, r])],
+                    )
+                )
             else:
                 row.append(None)
         out.append(row)
@@ -276,8 +326,13 @@ def bh_significance(results: Sequence[UnitResult], tau: float, alpha: float = 0.
     return false_discovery_control(p, method="bh").tolist()
 
 
-def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torch.Generator,
-                    rule: SequentialRule, level: int = 0) -> list[UnitResult]:
+def screen_estimate(
+    problem: Problem,
+    units: Sequence[Hashable],
+    generator: torch.Generator,
+    rule: SequentialRule,
+    level: int = 0,
+) -> list[UnitResult]:
     """The screen alone: "relevant" if any |d| ≥ τ (then the unit is split).
 
     ``rule.first`` draws; units whose draws all stay below τ draw on, in rounds, until the
@@ -290,12 +345,21 @@ def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torc
         draws = [np.empty(0)] * len(units)
         open_ = list(range(len(units)))
         while open_:
-            want = [rule.first if draws[i].size == 0 else
-                    min(rule.max_draws, int(math.ceil(draws[i].size * rule.growth))) - draws[i].size for i in open_]
+            want = [
+                rule.first
+                if draws[i].size == 0
+                else min(rule.max_draws, int(math.ceil(draws[i].size * rule.growth))) - draws[i].size
+                for i in open_
+            ]
             for i, d in zip(open_, problem.draw([units[i] for i in open_], want, generator), strict=True):
                 draws[i] = np.concatenate([draws[i], d])
-            open_ = [i for i in open_ if _quiet(draws[i], rule.tau) and draws[i].size < rule.max_draws
-                     and quiet_bound(draws[i].size, rule) > rule.tau + rule.tol]
+            open_ = [
+                i
+                for i in open_
+                if _quiet(draws[i], rule.tau)
+                and draws[i].size < rule.max_draws
+                and quiet_bound(draws[i].size, rule) > rule.tau + rule.tol
+            ]
     out = []
     for u, d in zip(units, draws, strict=True):
         mean, se = _mean_se(d)
@@ -310,9 +374,16 @@ def screen_estimate(problem: Problem, units: Sequence[Hashable], generator: torc
     return out
 
 
-def coarse_to_fine(problem: Problem, roots: Sequence[Hashable], generator: torch.Generator, *,
-                   split: Callable[[Hashable], list[Hashable]], must_split: Callable[[Hashable], bool],
-                   skip: Callable[[Hashable], bool], rule: SequentialRule | None = None) -> list[UnitResult]:
+def coarse_to_fine(
+    problem: Problem,
+    roots: Sequence[Hashable],
+    generator: torch.Generator,
+    *,
+    split: Callable[[Hashable], list[Hashable]],
+    must_split: Callable[[Hashable], bool],
+    skip: Callable[[Hashable], bool],
+    rule: SequentialRule | None = None,
+) -> list[UnitResult]:
     """Screen coarse units, split the relevant ones level by level, estimate the finest sequentially.
 
     A coarse unit is split when any screen draw moves the outcome by τ or more, not only

@@ -28,20 +28,43 @@ class PdCR:
     with ``dataset``; ``estimator``: a name in :data:`triptych.pdcr.registry.ESTIMATORS`.
     """
 
-    def __init__(self, target: Target, intervention: RegionIntervention | str = "patch_bank", *, block: int = 8,
-                 coarse_block: int | None = None, estimator: str = "adaptive", rule: SequentialRule | None = None,
-                 seed: int = 0, batch_size: int = 64, dataset: list[Tensor] | None = None,
-                 show_progress: bool = False) -> None:
+    def __init__(
+        self,
+        target: Target,
+        intervention: RegionIntervention | str = "patch_bank",
+        *,
+        block: int = 8,
+        coarse_block: int | None = None,
+        estimator: str = "adaptive",
+        rule: SequentialRule | None = None,
+        seed: int = 0,
+        batch_size: int = 64,
+        dataset: list[Tensor] | None = None,
+        show_progress: bool = False,
+    ) -> None:
         self.target, self.intervention = target, intervention
-        self.options: dict[str, Any] = {"block": block, "coarse_block": coarse_block, "estimator": estimator,
-                                        "rule": rule, "seed": seed, "batch_size": batch_size, "dataset": dataset,
-                                        "show_progress": show_progress}
+        self.options: dict[str, Any] = {
+            "block": block,
+            "coarse_block": coarse_block,
+            "estimator": estimator,
+            "rule": rule,
+            "seed": seed,
+            "batch_size": batch_size,
+            "dataset": dataset,
+            "show_progress": show_progress,
+        }
         self.explanations: list[Explanation] = []  # one per explained image, latest last
 
     def explain(self, image: Tensor) -> Explanation:
         """The ATE explanation of the target's RoI on one image (C, *S)."""
-        exp = explain_regions(self.target.model, image, self.target.roi, outcome=self.target.outcome_fn,
-                              intervention=self.intervention, **self.options)
+        exp = explain_regions(
+            self.target.model,
+            image,
+            self.target.roi,
+            outcome=self.target.outcome_fn,
+            intervention=self.intervention,
+            **self.options,
+        )
         self.explanations.append(exp)
         return exp
 

@@ -26,7 +26,9 @@ from triptych.pdcr.regions import block_grid, block_slices, overlaps
 
 def grid_units(shape: Sequence[int], block: int, roi_mask: np.ndarray | None = None) -> list[Block]:
     """The b×b block grid of an (H, W) image as slices, leaving out blocks that overlap the RoI."""
-    return [block_slices(b) for b in block_grid(shape, block) if roi_mask is None or not overlaps(b, roi_mask)]
+    return [
+        block_slices(b) for b in block_grid(shape, block) if roi_mask is None or not overlaps(b, roi_mask)
+    ]
 
 
 def block_scores(saliency_map: np.ndarray, units: Sequence[Block]) -> np.ndarray:
@@ -41,7 +43,9 @@ def importance_order(saliency_map: np.ndarray, units: Sequence[Block], seed: int
     return np.lexsort((tiebreak, -scores))
 
 
-def removed_image(intervention: RegionIntervention, image: Tensor, units: Sequence[Block], seed: int = 0) -> Tensor:
+def removed_image(
+    intervention: RegionIntervention, image: Tensor, units: Sequence[Block], seed: int = 0
+) -> Tensor:
     """x̃: every block replaced by one draw of ``intervention`` (seeded, so all methods share the draws)."""
     gen = torch.Generator().manual_seed(seed)
     out = image.clone()
@@ -55,7 +59,9 @@ def step_counts(n_units: int, steps: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_units, steps + 1)).astype(int))
 
 
-def _composite(base: Tensor, other: Tensor, order: np.ndarray, units: Sequence[Block], counts: np.ndarray) -> Tensor:
+def _composite(
+    base: Tensor, other: Tensor, order: np.ndarray, units: Sequence[Block], counts: np.ndarray
+) -> Tensor:
     """Images (len(counts), C, H, W): ``base`` with the first counts[j] blocks of ``order`` taken from ``other``."""
     batch = base.unsqueeze(0).repeat(len(counts), 1, 1, 1)
     for j, n in enumerate(counts):
@@ -66,18 +72,22 @@ def _composite(base: Tensor, other: Tensor, order: np.ndarray, units: Sequence[B
 
 def outcome_curve(target: Target, batch: Tensor, chunk: int = 32) -> np.ndarray:
     """M/100 of each image of a batch, in chunks."""
-    return np.concatenate([target.outcome(batch[i:i + chunk]).numpy() for i in range(0, len(batch), chunk)])
+    return np.concatenate([target.outcome(batch[i : i + chunk]).numpy() for i in range(0, len(batch), chunk)])
 
 
-def deletion_curve(target: Target, image: Tensor, removed: Tensor, order: np.ndarray, units: Sequence[Block],
-                   steps: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def deletion_curve(
+    target: Target, image: Tensor, removed: Tensor, order: np.ndarray, units: Sequence[Block], steps: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """(fractions, M/100) as blocks are replaced by x̃ in ``order``: x → x̃ outside the RoI."""
     counts = step_counts(len(units), steps)
-    return counts / max(len(units), 1), outcome_curve(target, _composite(image, removed, order, units, counts))
+    return counts / max(len(units), 1), outcome_curve(
+        target, _composite(image, removed, order, units, counts)
+    )
 
 
-def insertion_curve(target: Target, image: Tensor, removed: Tensor, order: np.ndarray, units: Sequence[Block],
-                    steps: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def insertion_curve(
+    target: Target, image: Tensor, removed: Tensor, order: np.ndarray, units: Sequence[Block], steps: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """(fractions, M/100) as blocks of x are restored into x̃ (RoI always kept) in ``order``."""
     counts = step_counts(len(units), steps)
     start = removed.clone()
@@ -121,8 +131,17 @@ class Faithfulness:
         return row
 
 
-def evaluate(target: Target, image: Tensor, saliency: Saliency, removed: Mapping[str, Tensor],
-             units: Sequence[Block], *, steps: int = 16, distance: float = 32.0, seed: int = 0) -> Faithfulness:
+def evaluate(
+    target: Target,
+    image: Tensor,
+    saliency: Saliency,
+    removed: Mapping[str, Tensor],
+    units: Sequence[Block],
+    *,
+    steps: int = 16,
+    distance: float = 32.0,
+    seed: int = 0,
+) -> Faithfulness:
     """Deletion/insertion AUC under every removal operator (``removed``: name -> x̃), leakage and cost."""
     order = importance_order(saliency.map, units, seed)
     deletion, insertion, curves = {}, {}, {}
@@ -131,5 +150,12 @@ def evaluate(target: Target, image: Tensor, saliency: Saliency, removed: Mapping
         fi, i = insertion_curve(target, image, x_tilde, order, units, steps)
         deletion[name], insertion[name] = auc(fd, d), auc(fi, i)
         curves[name] = {"fraction": fd.tolist(), "deletion": d.tolist(), "insertion": i.tolist()}
-    return Faithfulness(saliency.method, deletion, insertion, leakage(saliency.map, target.roi.mask, distance),
-                        saliency.seconds, saliency.forward_passes, curves)
+    return Faithfulness(
+        saliency.method,
+        deletion,
+        insertion,
+        leakage(saliency.map, target.roi.mask, distance),
+        saliency.seconds,
+        saliency.forward_passes,
+        curves,
+    )

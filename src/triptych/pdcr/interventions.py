@@ -60,21 +60,33 @@ class PatchBank:
         return tuple(self.patches.shape[2:])
 
     @classmethod
-    def from_images(cls, images: Sequence[torch.Tensor], patch_size: int | Sequence[int] = 8, *,
-                    per_image: int = 100, max_patches: int = 10_000, exclude: int | None = None,
-                    excluded_name: str = "", seed: int = 0) -> PatchBank:
+    def from_images(
+        cls,
+        images: Sequence[torch.Tensor],
+        patch_size: int | Sequence[int] = 8,
+        *,
+        per_image: int = 100,
+        max_patches: int = 10_000,
+        exclude: int | None = None,
+        excluded_name: str = "",
+        seed: int = 0,
+    ) -> PatchBank:
         """Cut ``per_image`` random grid cells from each image (C, *S) except index ``exclude`` (the reference's bank)."""
         gen = torch.Generator().manual_seed(seed)
         pool = [im for i, im in enumerate(images) if i != exclude]
         if not pool:
-            raise InputError("the patch bank needs at least one image besides the explained one; give a dataset")
+            raise InputError(
+                "the patch bank needs at least one image besides the explained one; give a dataset"
+            )
         dims = pool[0].ndim - 1
         size = (int(patch_size),) * dims if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
         patches = []
         for im in pool:
             grid = [s // p for s, p in zip(im.shape[1:], size, strict=True)]
             if min(grid) < 1:
-                raise InputError(f"dataset image of shape {tuple(im.shape)} is smaller than the patch size {size}")
+                raise InputError(
+                    f"dataset image of shape {tuple(im.shape)} is smaller than the patch size {size}"
+                )
             cells = int(np.prod(grid))
             pick = torch.randperm(cells, generator=gen)[: min(per_image, cells)]
             for c in pick.tolist():
@@ -90,8 +102,10 @@ class PatchBank:
         """n patches (with replacement), sub-cropped at random to the block's shape."""
         shape = block_shape(block)
         if any(s > p for s, p in zip(shape, self.patch_size, strict=True)):
-            raise InputError(f"block {shape} is larger than the patch bank's patches {self.patch_size}; "
-                             "build the bank with a larger --bank-patch")
+            raise InputError(
+                f"block {shape} is larger than the patch bank's patches {self.patch_size}; "
+                "build the bank with a larger --bank-patch"
+            )
         if self.patches.shape[1] != image.shape[0]:
             raise InputError(f"patch bank has {self.patches.shape[1]} channels, the image {image.shape[0]}")
         pick = torch.randint(0, self.patches.shape[0], (n,), generator=generator)
@@ -100,8 +114,10 @@ class PatchBank:
             return chosen
         out = torch.empty((n, chosen.shape[1], *shape), dtype=chosen.dtype)
         for d in range(n):
-            off = [int(torch.randint(0, p - s + 1, (1,), generator=generator)) for s, p in
-                   zip(shape, self.patch_size, strict=True)]
+            off = [
+                int(torch.randint(0, p - s + 1, (1,), generator=generator))
+                for s, p in zip(shape, self.patch_size, strict=True)
+            ]
             out[d] = chosen[(d, slice(None), *(slice(o, o + s) for o, s in zip(off, shape, strict=True)))]
         return out
 
@@ -126,7 +142,9 @@ class PatchBank:
                 meta = f.metadata() or {}
                 patches = f.get_tensor("patches")
         except Exception as exc:  # safetensors raises several types for a bad file
-            raise InputError(f"--bank {path} is not a readable patch bank ({str(exc).splitlines()[0][:80]})") from None
+            raise InputError(
+                f"--bank {path} is not a readable patch bank ({str(exc).splitlines()[0][:80]})"
+            ) from None
         if meta.get("format") != "triptych-patch-bank/1":
             raise InputError(f"--bank {path} is a safetensors file but not a triptych patch bank")
         return cls(patches, sources=int(meta.get("sources", 0)), excluded=meta.get("excluded", ""))
@@ -182,14 +200,22 @@ class Blur:
 RegionIntervention = PatchBank | Zero | DatasetMean | Blur
 
 
-def make_intervention(kind: str, *, dataset: Sequence[torch.Tensor] | None = None, exclude: int | None = None,
-                      bank: str | Path | None = None, patch_size: int | Sequence[int] = 8, sigma: float = 5.0,
-                      seed: int = 0) -> RegionIntervention:
+def make_intervention(
+    kind: str,
+    *,
+    dataset: Sequence[torch.Tensor] | None = None,
+    exclude: int | None = None,
+    bank: str | Path | None = None,
+    patch_size: int | Sequence[int] = 8,
+    sigma: float = 5.0,
+    seed: int = 0,
+) -> RegionIntervention:
     """Build a region intervention by name (:data:`triptych.pdcr.registry.INTERVENTIONS`) from a dataset or a bank."""
     from triptych.pdcr.registry import INTERVENTIONS
 
-    return INTERVENTIONS.get(kind)(dataset=dataset, exclude=exclude, bank=bank, patch_size=patch_size, sigma=sigma,
-                                   seed=seed)
+    return INTERVENTIONS.get(kind)(
+        dataset=dataset, exclude=exclude, bank=bank, patch_size=patch_size, sigma=sigma, seed=seed
+    )
 
 
 def zero_intervention(**_: object) -> Zero:
@@ -200,9 +226,16 @@ def blur_intervention(*, sigma: float = 5.0, **_: object) -> Blur:
     return Blur(sigma)
 
 
-def patch_bank_intervention(*, dataset: Sequence[torch.Tensor] | None = None, exclude: int | None = None,
-                            bank: str | Path | None = None, patch_size: int | Sequence[int] = 8, seed: int = 0,
-                            name: str = "patch_bank", **_: object) -> PatchBank:
+def patch_bank_intervention(
+    *,
+    dataset: Sequence[torch.Tensor] | None = None,
+    exclude: int | None = None,
+    bank: str | Path | None = None,
+    patch_size: int | Sequence[int] = 8,
+    seed: int = 0,
+    name: str = "patch_bank",
+    **_: object,
+) -> PatchBank:
     """A saved bank, or one cut from the dataset without the explained image."""
     if bank is not None:
         return PatchBank.load(bank)
@@ -221,10 +254,14 @@ def mean_intervention(**kw: object) -> DatasetMean:
 def _as_tensor(out: object) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
-    raise InputError(f"component output is a {type(out).__name__}, not a tensor; pick a layer that returns one")
+    raise InputError(
+        f"component output is a {type(out).__name__}, not a tensor; pick a layer that returns one"
+    )
 
 
-def collect_activations(model: nn.Module, inputs: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+def collect_activations(
+    model: nn.Module, inputs: torch.Tensor, modules: dict[str, nn.Module]
+) -> dict[str, torch.Tensor]:
     """Outputs of ``modules`` (name -> module) on a batch ``inputs`` (K, C, *S): name -> (K, ...)."""
     store: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(_recorder(store, name)) for name, m in modules.items()]
@@ -256,7 +293,9 @@ class ActivationIntervention:
 
     def __post_init__(self) -> None:
         if self.kind not in ACTIVATION_INTERVENTIONS:
-            raise InputError(f"--intervention {self.kind!r} for components; choose from {', '.join(ACTIVATION_INTERVENTIONS)}")
+            raise InputError(
+                f"--intervention {self.kind!r} for components; choose from {', '.join(ACTIVATION_INTERVENTIONS)}"
+            )
         if self.kind != "zero" and (self.pool is None or self.pool.shape[0] == 0):
             raise InputError(f"activation intervention {self.kind!r} needs activations from dataset inputs")
 
@@ -279,5 +318,11 @@ class ActivationIntervention:
 
 
 def bank_summary(bank: PatchBank) -> str:
-    return json.dumps({"patches": int(bank.patches.shape[0]), "patch_size": list(bank.patch_size),
-                       "sources": bank.sources, "excluded": bank.excluded})
+    return json.dumps(
+        {
+            "patches": int(bank.patches.shape[0]),
+            "patch_size": list(bank.patch_size),
+            "sources": bank.sources,
+            "excluded": bank.excluded,
+        }
+    )

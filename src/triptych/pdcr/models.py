@@ -94,18 +94,30 @@ def build_network(spec: ModelSpec) -> nn.Module:
     d, cin, cout, feats = spec.spatial_dims, spec.in_channels, spec.out_channels, spec.features
     strides = (2,) * (len(feats) - 1)
     if spec.arch == "unet":
-        return nets.UNet(d, cin, cout, channels=feats, strides=strides,
-                         num_res_units=int(spec.extra.get("num_res_units", 2)),
-                         norm=spec.extra.get("norm", "INSTANCE"))
+        return nets.UNet(
+            d,
+            cin,
+            cout,
+            channels=feats,
+            strides=strides,
+            num_res_units=int(spec.extra.get("num_res_units", 2)),
+            norm=spec.extra.get("norm", "INSTANCE"),
+        )
     if spec.arch == "attention_unet":
         return nets.AttentionUnet(d, cin, cout, channels=feats, strides=strides)
     if spec.arch == "unetpp":
         six = (*feats[:5], feats[0]) if len(feats) >= 5 else (32, 32, 64, 128, 256, 32)
-        return _FirstOutput(nets.BasicUNetPlusPlus(spatial_dims=d, in_channels=cin, out_channels=cout, features=six))
+        return _FirstOutput(
+            nets.BasicUNetPlusPlus(spatial_dims=d, in_channels=cin, out_channels=cout, features=six)
+        )
     if spec.arch == "segresnet":
         return nets.SegResNet(spatial_dims=d, init_filters=feats[0], in_channels=cin, out_channels=cout)
-    return nets.SwinUNETR(in_channels=cin, out_channels=cout, spatial_dims=d,
-                          feature_size=int(spec.extra.get("feature_size", 12)))
+    return nets.SwinUNETR(
+        in_channels=cin,
+        out_channels=cout,
+        spatial_dims=d,
+        feature_size=int(spec.extra.get("feature_size", 12)),
+    )
 
 
 class SegmentationModel(nn.Module):
@@ -148,8 +160,9 @@ class SegmentationModel(nn.Module):
         if patch is not None and any(s > p for s, p in zip(x.shape[2:], patch, strict=True)):
             from monai.inferers import sliding_window_inference
 
-            out = sliding_window_inference(on, patch, sw_batch_size=32, predictor=self.net, overlap=0.25,
-                                           mode="gaussian")
+            out = sliding_window_inference(
+                on, patch, sw_batch_size=32, predictor=self.net, overlap=0.25, mode="gaussian"
+            )
         else:
             out = self.net(on)
         return out.to(x.device)
@@ -157,9 +170,15 @@ class SegmentationModel(nn.Module):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C, *spatial) for a batch (B, in_channels, *spatial)."""
         if x.ndim != self.spec.spatial_dims + 2:
-            raise InputError(f"model input must have {self.spec.spatial_dims + 2} dims (B, C, *spatial), got {tuple(x.shape)}")
+            raise InputError(
+                f"model input must have {self.spec.spatial_dims + 2} dims (B, C, *spatial), got {tuple(x.shape)}"
+            )
         out = self._raw(x)
-        if out.shape[0] != x.shape[0] or tuple(out.shape[2:]) != tuple(x.shape[2:]) or out.shape[1] != self.spec.out_channels:
+        if (
+            out.shape[0] != x.shape[0]
+            or tuple(out.shape[2:]) != tuple(x.shape[2:])
+            or out.shape[1] != self.spec.out_channels
+        ):
             raise InputError(
                 f"model output shape {tuple(out.shape)} does not match its input {tuple(x.shape)} "
                 f"with {self.spec.out_channels} output channel(s); check the network and --arch"
@@ -208,37 +227,69 @@ def in_eval_mode(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def build_model(arch: str = "unet", *, spatial_dims: int = 2, in_channels: int = 3, out_channels: int = 1,
-                features: Sequence[int] = (16, 32, 64, 128, 256), **kwargs: Any) -> SegmentationModel:
+def build_model(
+    arch: str = "unet",
+    *,
+    spatial_dims: int = 2,
+    in_channels: int = 3,
+    out_channels: int = 1,
+    features: Sequence[int] = (16, 32, 64, 128, 256),
+    **kwargs: Any,
+) -> SegmentationModel:
     """A fresh (untrained) :class:`SegmentationModel` of a named MONAI architecture."""
-    spec = ModelSpec(arch=arch, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                     features=tuple(features), **kwargs)
+    spec = ModelSpec(
+        arch=arch,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        features=tuple(features),
+        **kwargs,
+    )
     return SegmentationModel(build_network(spec), spec)
 
 
-def wrap_model(net: nn.Module, *, spatial_dims: int, in_channels: int, out_channels: int,
-               emits: Literal["logits", "probabilities"] = "logits",
-               activation: Literal["sigmoid", "softmax", "none"] = "sigmoid",
-               threshold: float = 0.5, target_class: int = 0) -> SegmentationModel:
+def wrap_model(
+    net: nn.Module,
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    emits: Literal["logits", "probabilities"] = "logits",
+    activation: Literal["sigmoid", "softmax", "none"] = "sigmoid",
+    threshold: float = 0.5,
+    target_class: int = 0,
+) -> SegmentationModel:
     """Wrap any PyTorch segmentation network; its output semantics must be stated, not guessed.
 
     ``activation="none"`` with ``threshold=t``: the prediction is raw output > t (no sigmoid).
     """
-    spec = ModelSpec(arch="unet", spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                     emits=emits, activation=activation, threshold=threshold, target_class=target_class,
-                     extra={"custom": type(net).__name__})
+    spec = ModelSpec(
+        arch="unet",
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        emits=emits,
+        activation=activation,
+        threshold=threshold,
+        target_class=target_class,
+        extra={"custom": type(net).__name__},
+    )
     return SegmentationModel(net, spec)
 
 
-def with_output(model: SegmentationModel, activation: str | None = None, threshold: float | None = None
-                ) -> SegmentationModel:
+def with_output(
+    model: SegmentationModel, activation: str | None = None, threshold: float | None = None
+) -> SegmentationModel:
     """The same network with its output activation and/or threshold replaced (None keeps the model's)."""
     from dataclasses import replace
 
     if activation is None and threshold is None:
         return model
-    spec = replace(model.spec, activation=activation or model.spec.activation,
-                   threshold=model.spec.threshold if threshold is None else float(threshold))
+    spec = replace(
+        model.spec,
+        activation=activation or model.spec.activation,
+        threshold=model.spec.threshold if threshold is None else float(threshold),
+    )
     return SegmentationModel(model.net, spec).train(model.training)
 
 
@@ -272,7 +323,11 @@ def save_model(model: SegmentationModel, path: str | Path) -> Path:
     from triptych.core.checkpoint import save_checkpoint
 
     if model.spec.extra.get("custom"):
-        raise InputError("only networks built by name (build_model) can be saved and rebuilt from a checkpoint")
+        raise InputError(
+            "only networks built by name (build_model) can be saved and rebuilt from a checkpoint"
+        )
     state = {f"model.{k}": v for k, v in model.state_dict().items()}
     hparams = {"spec": model.spec.to_dict(), "kind": MODEL_KIND}
-    return save_checkpoint(path, {"state_dict": state, "hyper_parameters": hparams}, kind=MODEL_KIND, config=hparams)
+    return save_checkpoint(
+        path, {"state_dict": state, "hyper_parameters": hparams}, kind=MODEL_KIND, config=hparams
+    )

@@ -39,10 +39,20 @@ class Stacked:
         return torch.stack([o(prob) for o in self.outcomes], 1)
 
 
-def explain_rois(model: SegmentationModel, image: torch.Tensor, rois: Sequence[RoI], *, intervention: RegionIntervention,
-                 outcome: str = "dice_self", ground_truth: np.ndarray | None = None, block: int = 8, seed: int = 0,
-                 batch_size: int = 64, rule: SequentialRule | None = None, empty_dice: float = 1.0
-                 ) -> list[Explanation]:
+def explain_rois(
+    model: SegmentationModel,
+    image: torch.Tensor,
+    rois: Sequence[RoI],
+    *,
+    intervention: RegionIntervention,
+    outcome: str = "dice_self",
+    ground_truth: np.ndarray | None = None,
+    block: int = 8,
+    seed: int = 0,
+    batch_size: int = 64,
+    rule: SequentialRule | None = None,
+    empty_dice: float = 1.0,
+) -> list[Explanation]:
     """One :class:`Explanation` per RoI of ``image`` (C, *S), from shared forward passes.
 
     ``forward_passes`` and ``seconds`` of every returned explanation are those of the whole
@@ -63,13 +73,38 @@ def explain_rois(model: SegmentationModel, image: torch.Tensor, rois: Sequence[R
     seconds = time.perf_counter() - start
     out = []
     for r, roi in enumerate(rois):
-        results = [row[r] if row[r] is not None else UnitResult(u, 0.0, 0.0, 0.0, 0, "skipped")
-                   for u, row in zip(units, table, strict=True)]
+        results = [
+            row[r] if row[r] is not None else UnitResult(u, 0.0, 0.0, 0.0, 0, "skipped")
+            for u, row in zip(units, table, strict=True)
+        ]
         ate, se, q, zero, rows = _to_maps(results, shape, rule.tau, rule.alpha)
         ate[roi.mask], se[roi.mask], q[roi.mask] = 0.0, 0.0, 1.0
-        config = {"outcome": outcome, "intervention": intervention.name, "estimator": "shared_sequential",
-                  "block": block, "coarse_block": block, "tau": rule.tau, "seed": seed, "skip_roi": True,
-                  "image_shape": list(shape), "roi": roi.description, "alpha": rule.alpha, "rois_shared": len(rois)}
-        out.append(Explanation(ate, se, rows, float(problem.base[r]), problem.forward_passes, seconds, roi.mask,
-                               config, q, zero))
+        config = {
+            "outcome": outcome,
+            "intervention": intervention.name,
+            "estimator": "shared_sequential",
+            "block": block,
+            "coarse_block": block,
+            "tau": rule.tau,
+            "seed": seed,
+            "skip_roi": True,
+            "image_shape": list(shape),
+            "roi": roi.description,
+            "alpha": rule.alpha,
+            "rois_shared": len(rois),
+        }
+        out.append(
+            Explanation(
+                ate,
+                se,
+                rows,
+                float(problem.base[r]),
+                problem.forward_passes,
+                seconds,
+                roi.mask,
+                config,
+                q,
+                zero,
+            )
+        )
     return out

@@ -23,7 +23,9 @@ def _plt():
     return plt
 
 
-def _slice2d(image: np.ndarray, ate: np.ndarray, roi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _slice2d(
+    image: np.ndarray, ate: np.ndarray, roi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For 3D inputs, the first-axis slice through the RoI centre; 2D passes through. image (C, *S)."""
     if ate.ndim == 2:
         return image, ate, roi
@@ -50,16 +52,24 @@ def ate_overlay(image: torch.Tensor | np.ndarray, ate: np.ndarray, roi: np.ndarr
     coloured = cmap(norm(ate))[..., :3]
     overlay = 0.7 * coloured + 0.3 * _rgb(image)
     fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
-    for ax, shown, name in zip(axes, (_rgb(image), coloured, overlay), ("image", "ATE (red −: supports, blue +: hurts)", "overlay"),
-                               strict=True):
+    for ax, shown, name in zip(
+        axes,
+        (_rgb(image), coloured, overlay),
+        ("image", "ATE (red −: supports, blue +: hurts)", "overlay"),
+        strict=True,
+    ):
         ax.imshow(shown)
         ax.contour(roi.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
         ax.set_title(name)
         ax.axis("off")
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=axes, fraction=0.02,
-                 label="ATE (points): red < 0, replacing the block lowered the outcome (it supported the RoI); "
-                       "blue > 0, it raised it")
+    fig.colorbar(
+        sm,
+        ax=axes,
+        fraction=0.02,
+        label="ATE (points): red < 0, replacing the block lowered the outcome (it supported the RoI); "
+        "blue > 0, it raised it",
+    )
     if title:
         fig.suptitle(title)
     return fig
@@ -72,21 +82,37 @@ def pie_histogram(summary: dict[str, Any]):
     """Blocks by significance and sign (pie, BH-controlled) and the paper's histogram of block ATEs."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    counts = [summary["significant_negative"], summary["significant_positive"], summary["not_significant"],
-              summary["called_zero"]]
+    counts = [
+        summary["significant_negative"],
+        summary["significant_positive"],
+        summary["not_significant"],
+        summary["called_zero"],
+    ]
     labels = ["supports (ATE < 0, q < α)", "hurts (ATE > 0, q < α)", "not significant", "zero"]
     colours = (SUPPORT, HURT, "#cccccc", "#f4f4f4")
     keep = [(c, lab, col) for c, lab, col in zip(counts, labels, colours, strict=True) if c]
     if keep:
-        a.pie([k[0] for k in keep], labels=[f"{k[1]} ({k[0]})" for k in keep], colors=[k[2] for k in keep],
-              autopct="%1.0f%%", wedgeprops={"edgecolor": "#999999", "linewidth": 0.5})
+        a.pie(
+            [k[0] for k in keep],
+            labels=[f"{k[1]} ({k[0]})" for k in keep],
+            colors=[k[2] for k in keep],
+            autopct="%1.0f%%",
+            wedgeprops={"edgecolor": "#999999", "linewidth": 0.5},
+        )
     a.set_title(f"blocks by significance (Benjamini–Hochberg, α = {summary.get('alpha', 0.05):g})")
     edges = summary["histogram_edges"]
     names = [f"[{edges[i]}, {edges[i + 1]})" for i in range(len(edges) - 1)]
-    mids = [(float(edges[i]) + float(edges[i + 1])) / 2 if np.isfinite([float(edges[i]), float(edges[i + 1])]).all()
-            else (float("-inf") if i == 0 else float("inf")) for i in range(len(names))]
-    b.bar(range(len(names)), summary["histogram_counts"],
-          color=[SUPPORT if m < 0 else HURT if m > 0 else "#cccccc" for m in mids])
+    mids = [
+        (float(edges[i]) + float(edges[i + 1])) / 2
+        if np.isfinite([float(edges[i]), float(edges[i + 1])]).all()
+        else (float("-inf") if i == 0 else float("inf"))
+        for i in range(len(names))
+    ]
+    b.bar(
+        range(len(names)),
+        summary["histogram_counts"],
+        color=[SUPPORT if m < 0 else HURT if m > 0 else "#cccccc" for m in mids],
+    )
     b.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     b.set_ylabel("blocks")
     b.set_title("histogram of block ATEs (red: supports, blue: hurts)")

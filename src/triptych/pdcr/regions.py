@@ -85,8 +85,15 @@ class NoBar:
 class RegionProblem:
     """Effect draws d = M(do(x[k] := p)) − M(x) for blocks k, batched through the model."""
 
-    def __init__(self, model: SegmentationModel, image: torch.Tensor, outcome: Outcome,
-                 intervention: RegionIntervention, batch_size: int = 32, show_progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        image: torch.Tensor,
+        outcome: Outcome,
+        intervention: RegionIntervention,
+        batch_size: int = 32,
+        show_progress: bool = False,
+    ) -> None:
         self.model, self.image, self.outcome, self.intervention = model, image, outcome, intervention
         self.batch_size = batch_size
         # explain_regions puts one bar over the whole estimate here
@@ -105,10 +112,18 @@ class RegionProblem:
         self.forward_passes += batch.shape[0]
         return values.double().cpu().numpy() - self.base
 
-    def draw(self, units: Sequence[Block], counts: Sequence[int], generator: torch.Generator) -> list[np.ndarray]:
+    def draw(
+        self, units: Sequence[Block], counts: Sequence[int], generator: torch.Generator
+    ) -> list[np.ndarray]:
         def run(groups: list[tuple[Block, int]]) -> np.ndarray:
-            inputs = [apply_block(self.image, block_slices(u), self.intervention.sample(self.image, block_slices(u), n,
-                                                                                      generator)) for u, n in groups]
+            inputs = [
+                apply_block(
+                    self.image,
+                    block_slices(u),
+                    self.intervention.sample(self.image, block_slices(u), n, generator),
+                )
+                for u, n in groups
+            ]
             values = self.evaluate(torch.cat(inputs))
             self.bar.update(len(values))
             return values
@@ -145,12 +160,23 @@ class Explanation:
         alpha = float(self.config.get("alpha", 0.05)) if alpha is None else alpha
         cells = self._cells()
         ate = self.finest_cells()
-        q = np.array([float(self.q[block_slices(b)].flat[0]) for b in cells]) if self.q is not None else np.ones(len(cells))
-        zero = (np.array([bool(self.zero[block_slices(b)].flat[0]) for b in cells]) if self.zero is not None
-                else ate == 0)
+        q = (
+            np.array([float(self.q[block_slices(b)].flat[0]) for b in cells])
+            if self.q is not None
+            else np.ones(len(cells))
+        )
+        zero = (
+            np.array([bool(self.zero[block_slices(b)].flat[0]) for b in cells])
+            if self.zero is not None
+            else ate == 0
+        )
         sig = (q < alpha) & (ate != 0)
-        return {"significant_negative": int((sig & (ate < 0)).sum()), "significant_positive": int((sig & (ate > 0)).sum()),
-                "not_significant": int((~sig & ~zero).sum()), "called_zero": int((~sig & zero).sum())}
+        return {
+            "significant_negative": int((sig & (ate < 0)).sum()),
+            "significant_positive": int((sig & (ate > 0)).sum()),
+            "not_significant": int((~sig & ~zero).sum()),
+            "called_zero": int((~sig & zero).sum()),
+        }
 
     def summary(self) -> dict[str, Any]:
         """Base outcome, counts by significance and by sign (the paper's dead-zone convention), histogram, cost."""
@@ -186,8 +212,9 @@ class Explanation:
         (out / "summary.json").write_text(json_text(self.summary(), default=float))
 
 
-def _to_maps(results: list[UnitResult], shape: Sequence[int], tau: float, alpha: float
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def _to_maps(
+    results: list[UnitResult], shape: Sequence[int], tau: float, alpha: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Write each unit's ATE/SE/q onto its pixels, coarse first so finer estimates overwrite them."""
     ate, se, q, zero = np.zeros(shape), np.zeros(shape), np.ones(shape), np.zeros(shape, dtype=bool)
     tested = [r for r in results if r.status not in ("skipped", "relevant")]
@@ -198,39 +225,92 @@ def _to_maps(results: list[UnitResult], shape: Sequence[int], tau: float, alpha:
         if r.status != "skipped":
             ate[sl], se[sl] = r.ate, r.se
             q[sl], zero[sl] = qvalue.get(id(r), 1.0), r.status in ZERO_STATUSES
-        rows.append({"block": [list(p) for p in r.unit], "level": r.level, "ate": r.ate, "mean": r.mean, "se": r.se,
-                     "n": r.n, "status": r.status, "q": qvalue.get(id(r), 1.0)})
+        rows.append(
+            {
+                "block": [list(p) for p in r.unit],
+                "level": r.level,
+                "ate": r.ate,
+                "mean": r.mean,
+                "se": r.se,
+                "n": r.n,
+                "status": r.status,
+                "q": qvalue.get(id(r), 1.0),
+            }
+        )
     return ate, se, q, zero, rows
 
 
-def reference_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
-                        block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
-                        rule: SequentialRule | None) -> list[UnitResult]:
+def reference_estimator(
+    problem: RegionProblem,
+    shape: Sequence[int],
+    mask: np.ndarray,
+    gen: torch.Generator,
+    *,
+    block: int,
+    coarse_block: int | None,
+    skip_roi: bool,
+    tau: float,
+    screen: int,
+    draws: int,
+    rule: SequentialRule | None,
+) -> list[UnitResult]:
     """The paper's rule on a fixed grid of ``block`` (blocks over the RoI skipped)."""
     grid = block_grid(shape, block)
     units = [b for b in grid if not (skip_roi and overlaps(b, mask))]
     results = reference_estimate(problem, units, gen, screen=screen, draws=draws, tau=tau)
-    return results + [UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in grid if skip_roi and overlaps(b, mask)]
+    return results + [
+        UnitResult(b, 0.0, 0.0, 0.0, 0, "skipped") for b in grid if skip_roi and overlaps(b, mask)
+    ]
 
 
-def adaptive_estimator(problem: RegionProblem, shape: Sequence[int], mask: np.ndarray, gen: torch.Generator, *,
-                       block: int, coarse_block: int | None, skip_roi: bool, tau: float, screen: int, draws: int,
-                       rule: SequentialRule | None) -> list[UnitResult]:
+def adaptive_estimator(
+    problem: RegionProblem,
+    shape: Sequence[int],
+    mask: np.ndarray,
+    gen: torch.Generator,
+    *,
+    block: int,
+    coarse_block: int | None,
+    skip_roi: bool,
+    tau: float,
+    screen: int,
+    draws: int,
+    rule: SequentialRule | None,
+) -> list[UnitResult]:
     """Coarse-to-fine from ``coarse_block`` (default 4·block) with sequential sampling at ``block``."""
     return coarse_to_fine(
-        problem, block_grid(shape, coarse_block or 4 * block), gen,
+        problem,
+        block_grid(shape, coarse_block or 4 * block),
+        gen,
         split=lambda b: split_block(b, block),
         must_split=lambda b: skip_roi and overlaps(b, mask),
-        skip=lambda b: skip_roi and overlaps(b, mask), rule=rule or SequentialRule(tau=tau, max_draws=draws))
+        skip=lambda b: skip_roi and overlaps(b, mask),
+        rule=rule or SequentialRule(tau=tau, max_draws=draws),
+    )
 
 
-def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, outcome: str | Outcome = "dice_self",
-                    ground_truth: np.ndarray | None = None, intervention: str | RegionIntervention = "patch_bank",
-                    dataset: Sequence[torch.Tensor] | None = None, exclude: int | None = None,
-                    block: int = 8, coarse_block: int | None = None, skip_roi: bool = True,
-                    estimator: str = "adaptive", seed: int = 0, batch_size: int = 32, tau: float = 0.02,
-                    screen: int = 3, draws: int = 50, rule: SequentialRule | None = None,
-                    show_progress: bool = True) -> Explanation:
+def explain_regions(
+    model: SegmentationModel,
+    image: torch.Tensor,
+    roi: RoI,
+    *,
+    outcome: str | Outcome = "dice_self",
+    ground_truth: np.ndarray | None = None,
+    intervention: str | RegionIntervention = "patch_bank",
+    dataset: Sequence[torch.Tensor] | None = None,
+    exclude: int | None = None,
+    block: int = 8,
+    coarse_block: int | None = None,
+    skip_roi: bool = True,
+    estimator: str = "adaptive",
+    seed: int = 0,
+    batch_size: int = 32,
+    tau: float = 0.02,
+    screen: int = 3,
+    draws: int = 50,
+    rule: SequentialRule | None = None,
+    show_progress: bool = True,
+) -> Explanation:
     """ATE map of input blocks on outcome M for RoI ``roi`` of ``image`` (C, *S).
 
     ``estimator='reference'`` is the paper's rule on a fixed grid of ``block``;
@@ -239,10 +319,14 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     """
     estimate = ESTIMATORS.get(estimator)
     if image.ndim != model.spatial_dims + 1:
-        raise InputError(f"--image has shape {tuple(image.shape)}; the model expects (C, *S) with "
-                         f"{model.spatial_dims} spatial axes")
+        raise InputError(
+            f"--image has shape {tuple(image.shape)}; the model expects (C, *S) with "
+            f"{model.spatial_dims} spatial axes"
+        )
     if image.shape[0] != model.spec.in_channels:
-        raise InputError(f"--image has {image.shape[0]} channel(s); the model expects {model.spec.in_channels}")
+        raise InputError(
+            f"--image has {image.shape[0]} channel(s); the model expects {model.spec.in_channels}"
+        )
     if tuple(image.shape[1:]) != roi.shape:
         raise InputError(f"--roi shape {roi.shape} differs from the image's {tuple(image.shape[1:])}")
     if roi.area == 0:
@@ -251,23 +335,59 @@ def explain_regions(model: SegmentationModel, image: torch.Tensor, roi: RoI, *, 
     gen = torch.Generator().manual_seed(seed)
     if isinstance(intervention, str):
         patch = block if estimator == "reference" else (coarse_block or 4 * block)
-        intervention = make_intervention(intervention, dataset=dataset, exclude=exclude, patch_size=patch, seed=seed)
+        intervention = make_intervention(
+            intervention, dataset=dataset, exclude=exclude, patch_size=patch, seed=seed
+        )
     out_fn = make_outcome(outcome, model, image, roi, ground_truth) if isinstance(outcome, str) else outcome
     start = time.perf_counter()
     with eval_mode(model):  # the caller's model comes back in the mode it came in
         problem = RegionProblem(model, image, out_fn, intervention, batch_size)
-    bar = progress_bar(None, "PdCR forward passes", unit="img") if show_progress else contextlib.nullcontext(NoBar())
+    bar = (
+        progress_bar(None, "PdCR forward passes", unit="img")
+        if show_progress
+        else contextlib.nullcontext(NoBar())
+    )
     mask = roi.mask
     with bar as problem.bar, eval_mode(model):
-        results = estimate(problem, image.shape[1:], mask, gen, block=block, coarse_block=coarse_block,
-                           skip_roi=skip_roi, tau=tau, screen=screen, draws=draws, rule=rule)
+        results = estimate(
+            problem,
+            image.shape[1:],
+            mask,
+            gen,
+            block=block,
+            coarse_block=coarse_block,
+            skip_roi=skip_roi,
+            tau=tau,
+            screen=screen,
+            draws=draws,
+            rule=rule,
+        )
     alpha = rule.alpha if rule is not None else 0.05
     ate, se, q, zero, rows = _to_maps(results, image.shape[1:], tau if rule is None else rule.tau, alpha)
     if skip_roi:
         ate[mask], se[mask], q[mask] = 0.0, 0.0, 1.0
-    config = {"outcome": getattr(out_fn, "name", str(outcome)), "intervention": intervention.name,
-              "estimator": estimator, "block": block, "coarse_block": coarse_block or (4 * block if estimator == "adaptive" else block),
-              "tau": tau, "seed": seed, "skip_roi": skip_roi, "image_shape": list(image.shape[1:]),
-              "roi": roi.description, "alpha": alpha}
-    return Explanation(ate, se, rows, problem.base, problem.forward_passes, time.perf_counter() - start, mask, config,
-                       q, zero)
+    config = {
+        "outcome": getattr(out_fn, "name", str(outcome)),
+        "intervention": intervention.name,
+        "estimator": estimator,
+        "block": block,
+        "coarse_block": coarse_block or (4 * block if estimator == "adaptive" else block),
+        "tau": tau,
+        "seed": seed,
+        "skip_roi": skip_roi,
+        "image_shape": list(image.shape[1:]),
+        "roi": roi.description,
+        "alpha": alpha,
+    }
+    return Explanation(
+        ate,
+        se,
+        rows,
+        problem.base,
+        problem.forward_passes,
+        time.perf_counter() - start,
+        mask,
+        config,
+        q,
+        zero,
+    )

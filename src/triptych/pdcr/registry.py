@@ -69,18 +69,32 @@ class Registry:
 
 
 OUTCOMES = Registry("outcome", "--outcome")
-OUTCOMES.register("dice_gt", "triptych.pdcr.roi:dice_gt_outcome", "100·Dice against the ground truth in the RoI, the paper's")
-OUTCOMES.register("dice_self", "triptych.pdcr.roi:dice_self_outcome", "100·Dice against the model's own prediction")
-OUTCOMES.register("soft_mass", "triptych.pdcr.roi:soft_mass_outcome", "100·mean target probability in the RoI")
+OUTCOMES.register(
+    "dice_gt",
+    "triptych.pdcr.roi:dice_gt_outcome",
+    "100·Dice against the ground truth in the RoI, the paper's",
+)
+OUTCOMES.register(
+    "dice_self", "triptych.pdcr.roi:dice_self_outcome", "100·Dice against the model's own prediction"
+)
+OUTCOMES.register(
+    "soft_mass", "triptych.pdcr.roi:soft_mass_outcome", "100·mean target probability in the RoI"
+)
 
 INTERVENTIONS = Registry("intervention", "--intervention")
-INTERVENTIONS.register("patch_bank", "triptych.pdcr.interventions:patch_bank_intervention",
-                       "natural patches of other images, the paper's")
+INTERVENTIONS.register(
+    "patch_bank",
+    "triptych.pdcr.interventions:patch_bank_intervention",
+    "natural patches of other images, the paper's",
+)
 INTERVENTIONS.register("zero", "triptych.pdcr.interventions:zero_intervention", "block := 0")
 INTERVENTIONS.register("mean", "triptych.pdcr.interventions:mean_intervention", "block := dataset mean")
 INTERVENTIONS.register("blur", "triptych.pdcr.interventions:blur_intervention", "block := its Gaussian blur")
 
 ESTIMATORS = Registry("estimator", "--estimator")
-ESTIMATORS.register("adaptive", "triptych.pdcr.regions:adaptive_estimator",
-                    "sequential CIs, coarse-to-fine, ATE-bounded zero calls")
+ESTIMATORS.register(
+    "adaptive",
+    "triptych.pdcr.regions:adaptive_estimator",
+    "sequential CIs, coarse-to-fine, ATE-bounded zero calls",
+)
 ESTIMATORS.register("reference", "triptych.pdcr.regions:reference_estimator", "the paper's S=3, N=50, τ=0.02")

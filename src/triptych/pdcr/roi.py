@@ -53,18 +53,28 @@ class RoI:
         return cls.box_nd((y, x), (h, w), shape, name=name, text=f"box x={x} y={y} w={w} h={h}")
 
     @classmethod
-    def box_nd(cls, start: Sequence[int], size: Sequence[int], shape: Sequence[int], name: str = "--roi",
-               text: str | None = None) -> RoI:
+    def box_nd(
+        cls,
+        start: Sequence[int],
+        size: Sequence[int],
+        shape: Sequence[int],
+        name: str = "--roi",
+        text: str | None = None,
+    ) -> RoI:
         """A box in array-axis order (start and size per spatial axis), 2D or 3D."""
         shape = tuple(int(s) for s in shape)
         if len(start) != len(shape) or len(size) != len(shape):
-            raise InputError(f"{name}: a box for a {len(shape)}D image needs {len(shape)} starts and {len(shape)} sizes")
+            raise InputError(
+                f"{name}: a box for a {len(shape)}D image needs {len(shape)} starts and {len(shape)} sizes"
+            )
         if any(int(s) <= 0 for s in size):
             raise InputError(f"{name}: the box has zero area (size {tuple(size)}); give positive widths")
         for a, (s0, n, lim) in enumerate(zip(start, size, shape, strict=True)):
             if s0 < 0 or s0 + n > lim:
-                raise InputError(f"{name}: the box leaves the image on axis {a} ({s0}..{s0 + n} vs size {lim}); "
-                                 "move or shrink it")
+                raise InputError(
+                    f"{name}: the box leaves the image on axis {a} ({s0}..{s0 + n} vs size {lim}); "
+                    "move or shrink it"
+                )
         mask = np.zeros(shape, dtype=bool)
         mask[tuple(slice(int(s0), int(s0) + int(n)) for s0, n in zip(start, size, strict=True))] = True
         return cls(mask, text or f"box start={tuple(start)} size={tuple(size)}")
@@ -75,11 +85,15 @@ class RoI:
         return cls.box(x, y, 1, 1, shape, name=name)
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray | torch.Tensor, shape: Sequence[int], name: str = "--roi-mask") -> RoI:
+    def from_mask(
+        cls, mask: np.ndarray | torch.Tensor, shape: Sequence[int], name: str = "--roi-mask"
+    ) -> RoI:
         """A RoI from a binary mask of the image's spatial shape (values 0/1 or 0/255 or bool)."""
         mask = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask)
         if tuple(mask.shape) != tuple(shape):
-            raise InputError(f"{name}: mask shape {tuple(mask.shape)} differs from the image's {tuple(shape)}")
+            raise InputError(
+                f"{name}: mask shape {tuple(mask.shape)} differs from the image's {tuple(shape)}"
+            )
         return cls(binary_mask(mask, name), "mask")
 
     @classmethod
@@ -88,14 +102,18 @@ class RoI:
         try:
             values = [int(v) for v in text.split(",")]
         except ValueError:
-            raise InputError(f"{name} {text!r}: give integers 'x,y,w,h' (2D), 'x,y' (pixel) or 6 for 3D") from None
+            raise InputError(
+                f"{name} {text!r}: give integers 'x,y,w,h' (2D), 'x,y' (pixel) or 6 for 3D"
+            ) from None
         if len(shape) == 2 and len(values) == 4:
             return cls.box(*values, shape=shape, name=name)
         if len(shape) == 2 and len(values) == 2:
             return cls.pixel(*values, shape=shape, name=name)
         if len(shape) == 3 and len(values) == 6:
             return cls.box_nd(values[:3], values[3:], shape, name=name)
-        raise InputError(f"{name} {text!r}: a {len(shape)}D image needs {'x,y,w,h or x,y' if len(shape) == 2 else '6 values'}")
+        raise InputError(
+            f"{name} {text!r}: a {len(shape)}D image needs {'x,y,w,h or x,y' if len(shape) == 2 else '6 values'}"
+        )
 
 
 def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
@@ -105,8 +123,10 @@ def binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
         return mask
     if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 255}):
         shown = ", ".join(str(v) for v in values[:5])
-        raise InputError(f"{name}: the mask is not binary (values {shown}{'...' if values.size > 5 else ''}); "
-                         "give a 0/1 or 0/255 mask")
+        raise InputError(
+            f"{name}: the mask is not binary (values {shown}{'...' if values.size > 5 else ''}); "
+            "give a 0/1 or 0/255 mask"
+        )
     return mask > 0
 
 
@@ -153,8 +173,14 @@ class SoftMass:
 Outcome = RoIDice | SoftMass
 
 
-def make_outcome(kind: str, model, image: torch.Tensor, roi: RoI, ground_truth: np.ndarray | torch.Tensor | None = None,
-                 empty_dice: float = 1.0) -> Outcome:
+def make_outcome(
+    kind: str,
+    model,
+    image: torch.Tensor,
+    roi: RoI,
+    ground_truth: np.ndarray | torch.Tensor | None = None,
+    empty_dice: float = 1.0,
+) -> Outcome:
     """Build outcome ``kind`` (a name in :data:`triptych.pdcr.registry.OUTCOMES`) for ``model`` on ``image`` (C, *S).
 
     ``empty_dice``: the Dice of an empty prediction against an empty reference in the RoI
@@ -164,9 +190,13 @@ def make_outcome(kind: str, model, image: torch.Tensor, roi: RoI, ground_truth: 
 
     factory = OUTCOMES.get(kind)
     if empty_dice not in (0, 1):
-        raise InputError(f"--empty-dice {empty_dice}: give 1 (ours: two empty sets agree) or 0 (the paper's code)")
+        raise InputError(
+            f"--empty-dice {empty_dice}: give 1 (ours: two empty sets agree) or 0 (the paper's code)"
+        )
     if tuple(image.shape[1:]) != roi.shape:
-        raise InputError(f"RoI shape {roi.shape} differs from the image's spatial shape {tuple(image.shape[1:])}")
+        raise InputError(
+            f"RoI shape {roi.shape} differs from the image's spatial shape {tuple(image.shape[1:])}"
+        )
     return factory(model, image, roi, ground_truth, float(empty_dice))
 
 
@@ -180,7 +210,9 @@ def dice_gt_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_di
     gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
     if tuple(gt.shape) != roi.shape:
         raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
-    return RoIDice(roi.tensor(), torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", empty_dice)
+    return RoIDice(
+        roi.tensor(), torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", empty_dice
+    )
 
 
 def dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
@@ -245,10 +277,13 @@ def read_roi_file(path, roi_size: int | None = None, block: int | None = None) -
         except ValueError:
             if not entries:  # a header line
                 continue
-            raise InputError(f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'"
-                             ) from None
+            raise InputError(
+                f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'"
+            ) from None
         if len(fields) not in (2, 3) or len(nums) != 2:
-            raise InputError(f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'")
+            raise InputError(
+                f"--roi-file {path}: line {number} {line.strip()!r} is not 'stem,row,col' or 'row,col'"
+            )
         stem = fields[0] if len(fields) == 3 else None
         entries.append(RoIEntry(stem, nums[0], nums[1]))
     if not entries:
@@ -256,6 +291,8 @@ def read_roi_file(path, roi_size: int | None = None, block: int | None = None) -
     size = roi_size or _from_name(r"roi[_-]?(\d+)", path.stem)
     blk = block or _from_name(r"(?:block|patch)[_-]?(\d+)", path.stem)
     if size is None:
-        raise InputError(f"--roi-file {path}: the RoI side is neither in the file name (e.g. coords_roi32.txt) "
-                         "nor given; add --roi-size")
+        raise InputError(
+            f"--roi-file {path}: the RoI side is neither in the file name (e.g. coords_roi32.txt) "
+            "nor given; add --roi-size"
+        )
     return RoIFile(tuple(entries), int(size), blk)

@@ -33,19 +33,30 @@ class LinearRoIModel(nn.Module):
         return score.view(-1, 1, *([1] * (x.ndim - 2))).expand(-1, 1, *x.shape[2:]).contiguous()
 
 
-def linear_model(block_weights: dict[tuple[tuple[int, int], ...], float], shape: Sequence[int],
-                 in_channels: int = 1, bias: float = 0.3) -> SegmentationModel:
+def linear_model(
+    block_weights: dict[tuple[tuple[int, int], ...], float],
+    shape: Sequence[int],
+    in_channels: int = 1,
+    bias: float = 0.3,
+) -> SegmentationModel:
     """A :class:`LinearRoIModel` with total weight w_k spread evenly over each block k."""
     w = torch.zeros(tuple(shape))
     for block, wk in block_weights.items():
         sl = tuple(slice(a, b) for a, b in block)
         w[sl] = wk / float(np.prod([b - a for a, b in block]))
-    return wrap_model(LinearRoIModel(w, bias), spatial_dims=len(shape), in_channels=in_channels, out_channels=1,
-                      emits="probabilities", activation="sigmoid")
+    return wrap_model(
+        LinearRoIModel(w, bias),
+        spatial_dims=len(shape),
+        in_channels=in_channels,
+        out_channels=1,
+        emits="probabilities",
+        activation="sigmoid",
+    )
 
 
-def linear_block_ate(model: SegmentationModel, image: torch.Tensor, block: tuple[tuple[int, int], ...],
-                     patch_mean: float) -> float:
+def linear_block_ate(
+    model: SegmentationModel, image: torch.Tensor, block: tuple[tuple[int, int], ...], patch_mean: float
+) -> float:
     """Analytic ATE_k = 100 · Σ_{i∈k} W_i · (E[mean(p)] − mean_c x_i) for the soft-mass outcome."""
     sl = tuple(slice(a, b) for a, b in block)
     w = model.net.weights[sl]
@@ -74,5 +85,11 @@ class ChannelDrivenNet(nn.Module):
 
 
 def channel_driven_model(channels: int = 6, driver: int = 2) -> SegmentationModel:
-    return wrap_model(ChannelDrivenNet(channels, driver), spatial_dims=2, in_channels=1, out_channels=1,
-                      emits="logits", activation="sigmoid")
+    return wrap_model(
+        ChannelDrivenNet(channels, driver),
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        emits="logits",
+        activation="sigmoid",
+    )

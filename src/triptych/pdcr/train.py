@@ -58,8 +58,12 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, ...], _: int) -> None:
         image, mask, fov = batch
         pred = self.model.predict(image)
-        self.log("val_dice", float(region_dice(pred, mask[:, 0] > 0, fov[:, 0] > 0).mean()), prog_bar=True,
-                 batch_size=image.shape[0])
+        self.log(
+            "val_dice",
+            float(region_dice(pred, mask[:, 0] > 0, fov[:, 0] > 0).mean()),
+            prog_bar=True,
+            batch_size=image.shape[0],
+        )
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
@@ -104,15 +108,33 @@ def evaluate(model: SegmentationModel, samples: list[Sample]) -> list[float]:
         for s in samples:
             pred = model.predict(s.image[None])
             fov = s.fov if s.fov is not None else np.ones(s.mask.shape, dtype=bool)
-            scores.append(float(region_dice(pred, torch.from_numpy(s.mask)[None], torch.from_numpy(fov)[None])[0]))
+            scores.append(
+                float(region_dice(pred, torch.from_numpy(s.mask)[None], torch.from_numpy(fov)[None])[0])
+            )
     return scores
 
 
-def train_model(data: str, out: Path, *, arch: str = "unet", patch: int = 128, image_size: int | None = None,
-                features: tuple[int, ...] = (16, 32, 64, 128, 256), batch_size: int = 8, patches_per_epoch: int = 160,
-                epochs: int = 200, lr: float = 2e-3, val_fraction: float = 0.2, seed: int = 0,
-                flags: TrainerFlags | None = None, spatial_dims: int = 2, progress: bool = True,
-                res_units: int = 2, max_cpu_minutes: float | None = None, evaluate_test: bool = True) -> TrainResult:
+def train_model(
+    data: str,
+    out: Path,
+    *,
+    arch: str = "unet",
+    patch: int = 128,
+    image_size: int | None = None,
+    features: tuple[int, ...] = (16, 32, 64, 128, 256),
+    batch_size: int = 8,
+    patches_per_epoch: int = 160,
+    epochs: int = 200,
+    lr: float = 2e-3,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    flags: TrainerFlags | None = None,
+    spatial_dims: int = 2,
+    progress: bool = True,
+    res_units: int = 2,
+    max_cpu_minutes: float | None = None,
+    evaluate_test: bool = True,
+) -> TrainResult:
     """Train ``arch`` on ``data`` (DRIVE root, images/masks folder, or 'synthetic'); evaluate on its test split."""
     from triptych.core.seed import seed_everything
 
@@ -131,18 +153,37 @@ def train_model(data: str, out: Path, *, arch: str = "unet", patch: int = 128, i
     train = [train_all[i] for i in order[n_val:]]
     shape = train[0].image.shape[1:]
     patch_size = tuple(min(patch, d) for d in shape)
-    spec = ModelSpec(arch=arch, spatial_dims=spatial_dims, in_channels=int(train[0].image.shape[0]), out_channels=1,
-                     features=features, patch_size=patch_size,
-                     input_size=(image_size,) * spatial_dims if image_size else None,
-                     extra={"num_res_units": res_units} if arch == "unet" else {})
+    spec = ModelSpec(
+        arch=arch,
+        spatial_dims=spatial_dims,
+        in_channels=int(train[0].image.shape[0]),
+        out_channels=1,
+        features=features,
+        patch_size=patch_size,
+        input_size=(image_size,) * spatial_dims if image_size else None,
+        extra={"num_res_units": res_units} if arch == "unet" else {},
+    )
     module = SegmentationModule(spec.to_dict(), lr=lr)
-    trainer = make_trainer(flags, max_epochs=epochs, default_root_dir=out, monitor="val_dice", mode="max",
-                           enable_progress_bar=progress, log_every_n_steps=5, num_sanity_val_steps=0,
-                           callbacks=[CpuBudget(max_cpu_minutes)] if max_cpu_minutes else None)
-    fit(trainer, module,
-        DataLoader(RandomPatches(train, patch_size, patches_per_epoch, seed), batch_size=batch_size, shuffle=False),
+    trainer = make_trainer(
+        flags,
+        max_epochs=epochs,
+        default_root_dir=out,
+        monitor="val_dice",
+        mode="max",
+        enable_progress_bar=progress,
+        log_every_n_steps=5,
+        num_sanity_val_steps=0,
+        callbacks=[CpuBudget(max_cpu_minutes)] if max_cpu_minutes else None,
+    )
+    fit(
+        trainer,
+        module,
+        DataLoader(
+            RandomPatches(train, patch_size, patches_per_epoch, seed), batch_size=batch_size, shuffle=False
+        ),
         DataLoader(WholeImages(val), batch_size=1),
-        resume=flags.resume if flags else None)
+        resume=flags.resume if flags else None,
+    )
     best = best_checkpoint(trainer)
     if best is None or not best.is_file():
         raise InputError(f"training wrote no checkpoint in {out}; give more --epochs or --max-time")
@@ -152,19 +193,34 @@ def train_model(data: str, out: Path, *, arch: str = "unet", patch: int = 128, i
     test: list[Sample] = []
     if evaluate_test:
         try:
-            test = [s for s in load_dataset(data, "test", spatial_dims=spatial_dims, seed=seed) if s.mask is not None]
+            test = [
+                s
+                for s in load_dataset(data, "test", spatial_dims=spatial_dims, seed=seed)
+                if s.mask is not None
+            ]
         except InputError:
             test = []
     if image_size:
         test = [resize_sample(s, (image_size,) * spatial_dims) for s in test]
     test_scores = evaluate(model, test) if test else []
     metrics = {
-        "arch": arch, "data": str(data), "checkpoint": str(best), "epochs_run": trainer.current_epoch,
-        "patch": list(patch_size), "resolution": list(shape), "train_images": len(train), "val_images": len(val),
-        "val_dice_fov": float(np.mean(val_scores)), "test_images": len(test),
+        "arch": arch,
+        "data": str(data),
+        "checkpoint": str(best),
+        "epochs_run": trainer.current_epoch,
+        "patch": list(patch_size),
+        "resolution": list(shape),
+        "train_images": len(train),
+        "val_images": len(val),
+        "val_dice_fov": float(np.mean(val_scores)),
+        "test_images": len(test),
         "test_dice_fov": float(np.mean(test_scores)) if test_scores else None,
-        "train_wall_seconds": train_seconds, "train_cpu_seconds": train_cpu, "steps": trainer.global_step,
-        "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - start, "seed": seed,
+        "train_wall_seconds": train_seconds,
+        "train_cpu_seconds": train_cpu,
+        "steps": trainer.global_step,
+        "torch_threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - start,
+        "seed": seed,
     }
     write_text(Path(out) / "metrics.json", json_text(metrics))
     return TrainResult(best, metrics["test_dice_fov"], metrics["val_dice_fov"], metrics["seconds"], metrics)

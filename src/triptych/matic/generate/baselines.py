@@ -38,37 +38,67 @@ def _rxn(smarts: str) -> AllChem.ChemicalReaction:
 
 def _mutations(rng: random.Random) -> str:
     """One of Jensen's mutation reactions, drawn with his probabilities."""
-    kind = rng.choice(["insert", "bond", "delete_ring_bond", "delete_atom", "change_atom", "append", "add_ring"])
+    kind = rng.choice(
+        ["insert", "bond", "delete_ring_bond", "delete_atom", "change_atom", "append", "add_ring"]
+    )
     if kind == "insert":
         bo, el = rng.choices([("single", "CNOS"), ("double", "CN"), ("triple", "C")], [0.6, 0.35, 0.05])[0]
         x = rng.choice(el)
-        return {"single": f"[*:1]~[*:2]>>[*:1]{x}[*:2]", "double": f"[*;!H0:1]~[*:2]>>[*:1]={x}-[*:2]",
-                "triple": f"[*;!R;!H1;!H0:1]~[*:2]>>[*:1]#{x}-[*:2]"}[bo]
+        return {
+            "single": f"[*:1]~[*:2]>>[*:1]{x}[*:2]",
+            "double": f"[*;!H0:1]~[*:2]>>[*:1]={x}-[*:2]",
+            "triple": f"[*;!R;!H1;!H0:1]~[*:2]>>[*:1]#{x}-[*:2]",
+        }[bo]
     if kind == "bond":
-        return rng.choices(["[*:1]!-[*:2]>>[*:1]-[*:2]", "[*;!H0:1]-[*;!H0:2]>>[*:1]=[*:2]",
-                            "[*:1]#[*:2]>>[*:1]=[*:2]", "[*;!H0;!H1:1]~[*:2]>>[*:1]#[*:2]"], [0.45, 0.45, 0.05, 0.05])[0]
+        return rng.choices(
+            [
+                "[*:1]!-[*:2]>>[*:1]-[*:2]",
+                "[*;!H0:1]-[*;!H0:2]>>[*:1]=[*:2]",
+                "[*:1]#[*:2]>>[*:1]=[*:2]",
+                "[*;!H0;!H1:1]~[*:2]>>[*:1]#[*:2]",
+            ],
+            [0.45, 0.45, 0.05, 0.05],
+        )[0]
     if kind == "delete_ring_bond":
         return "[*:1]@[*:2]>>([*:1].[*:2])"
     if kind == "delete_atom":
-        return rng.choices(["[*:1]~[D1:2]>>[*:1]", "[*:1]~[D2:2]~[*:3]>>[*:1]-[*:3]",
-                            "[*:1]~[D3:2](~[*;!H0:3])~[*:4]>>[*:1]-[*:3]-[*:4]",
-                            "[*:1]~[D4:2](~[*;!H0:3])(~[*;!H0:4])~[*:5]>>[*:1]-[*:3]-[*:4]-[*:5]",
-                            "[*:1]~[D4:2](~[*;!H0;!H1:3])(~[*:4])~[*:5]>>[*:1]-[*:3](-[*:4])-[*:5]"],
-                           [0.25, 0.25, 0.25, 0.1875, 0.0625])[0]
+        return rng.choices(
+            [
+                "[*:1]~[D1:2]>>[*:1]",
+                "[*:1]~[D2:2]~[*:3]>>[*:1]-[*:3]",
+                "[*:1]~[D3:2](~[*;!H0:3])~[*:4]>>[*:1]-[*:3]-[*:4]",
+                "[*:1]~[D4:2](~[*;!H0:3])(~[*;!H0:4])~[*:5]>>[*:1]-[*:3]-[*:4]-[*:5]",
+                "[*:1]~[D4:2](~[*;!H0;!H1:3])(~[*:4])~[*:5]>>[*:1]-[*:3](-[*:4])-[*:5]",
+            ],
+            [0.25, 0.25, 0.25, 0.1875, 0.0625],
+        )[0]
     if kind == "change_atom":
         x, y = rng.choices(_ELEMENTS, _ELEMENT_P, k=2)
         return f"[{x}:1]>>[{y}:1]"
     if kind == "append":
-        bo, el = rng.choices([("single", ["C", "N", "O", "F", "S", "Cl", "Br"]), ("double", ["C", "N", "O"]),
-                              ("triple", ["C", "N"])], [0.6, 0.35, 0.05])[0]
+        bo, el = rng.choices(
+            [
+                ("single", ["C", "N", "O", "F", "S", "Cl", "Br"]),
+                ("double", ["C", "N", "O"]),
+                ("triple", ["C", "N"]),
+            ],
+            [0.6, 0.35, 0.05],
+        )[0]
         x = rng.choice(el)
-        return {"single": f"[*;!H0:1]>>[*:1]-{x}", "double": f"[*;!H0;!H1:1]>>[*:1]={x}",
-                "triple": f"[*;H3:1]>>[*:1]#{x}"}[bo]
-    return rng.choices(["[*;!r;!H0:1]~[*;!r:2]~[*;!r;!H0:3]>>[*:1]1~[*:2]~[*:3]1",
-                        "[*;!r;!H0:1]~[*!r:2]~[*!r:3]~[*;!r;!H0:4]>>[*:1]1~[*:2]~[*:3]~[*:4]1",
-                        "[*;!r;!H0:1]~[*!r:2]~[*:3]~[*:4]~[*;!r;!H0:5]>>[*:1]1~[*:2]~[*:3]~[*:4]~[*:5]1",
-                        "[*;!r;!H0:1]~[*!r:2]~[*:3]~[*:4]~[*!r:5]~[*;!r;!H0:6]>>[*:1]1~[*:2]~[*:3]~[*:4]~[*:5]~[*:6]1"],
-                       [0.05, 0.05, 0.45, 0.45])[0]
+        return {
+            "single": f"[*;!H0:1]>>[*:1]-{x}",
+            "double": f"[*;!H0;!H1:1]>>[*:1]={x}",
+            "triple": f"[*;H3:1]>>[*:1]#{x}",
+        }[bo]
+    return rng.choices(
+        [
+            "[*;!r;!H0:1]~[*;!r:2]~[*;!r;!H0:3]>>[*:1]1~[*:2]~[*:3]1",
+            "[*;!r;!H0:1]~[*!r:2]~[*!r:3]~[*;!r;!H0:4]>>[*:1]1~[*:2]~[*:3]~[*:4]1",
+            "[*;!r;!H0:1]~[*!r:2]~[*:3]~[*:4]~[*;!r;!H0:5]>>[*:1]1~[*:2]~[*:3]~[*:4]~[*:5]1",
+            "[*;!r;!H0:1]~[*!r:2]~[*:3]~[*:4]~[*!r:5]~[*;!r;!H0:6]>>[*:1]1~[*:2]~[*:3]~[*:4]~[*:5]~[*:6]1",
+        ],
+        [0.05, 0.05, 0.45, 0.45],
+    )[0]
 
 
 def _ok(mol: Chem.Mol | None) -> str | None:
@@ -102,7 +132,9 @@ def mutate(smiles: str, rng: random.Random, tries: int = 10) -> str | None:
 
 def _pieces(mol: Chem.Mol, rng: random.Random) -> list[Chem.Mol]:
     """Cut ``mol`` at one acyclic single bond (or two bonds of one ring): its pieces, cut ends as [1*] dummies."""
-    chain = [b.GetIdx() for b in mol.GetBonds() if not b.IsInRing() and b.GetBondType() == Chem.BondType.SINGLE]
+    chain = [
+        b.GetIdx() for b in mol.GetBonds() if not b.IsInRing() and b.GetBondType() == Chem.BondType.SINGLE
+    ]
     rings = [list(r) for r in mol.GetRingInfo().BondRings()]
     if rings and (not chain or rng.random() < 0.5):
         ring = rng.choice(rings)
@@ -156,15 +188,27 @@ def _best(pool: dict[str, float], oracle: CountingOracle, tasks: tuple[int, int]
     return score(top, oracle, tasks)  # all cached: costs no call
 
 
-def _fitness(smiles: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int], w: RewardWeights,
-             t: Thresholds) -> dict[str, float]:
+def _fitness(
+    smiles: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int], w: RewardWeights, t: Thresholds
+) -> dict[str, float]:
     s = score(list(smiles), oracle, tasks)
     return {m: float(r) for m, r in zip(s.smiles, s.reward(w, t), strict=True) if m is not None}
 
 
-def graph_ga(seeds: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int], budget: int, n: int,
-             *, population: int = 100, offspring: int = 200, mutation_rate: float = 0.5, seed: int = 0,
-             weights: RewardWeights = RewardWeights(), thresholds: Thresholds = Thresholds()) -> BaselineResult:
+def graph_ga(
+    seeds: Sequence[str],
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    budget: int,
+    n: int,
+    *,
+    population: int = 100,
+    offspring: int = 200,
+    mutation_rate: float = 0.5,
+    seed: int = 0,
+    weights: RewardWeights = RewardWeights(),
+    thresholds: Thresholds = Thresholds(),
+) -> BaselineResult:
     """Jensen-style graph GA until ``budget`` oracle calls are spent; returns the ``n`` fittest molecules seen.
 
     ``mutation_rate`` is higher than GuacaMol's 0.01 because the budget allows only a few generations.
@@ -202,9 +246,17 @@ def graph_ga(seeds: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int
     return BaselineResult(_best(seen, oracle, tasks, n), oracle.calls - start_calls)
 
 
-def best_of_dataset(corpus: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int], budget: int, n: int,
-                    *, seed: int = 0, weights: RewardWeights = RewardWeights(),
-                    thresholds: Thresholds = Thresholds()) -> BaselineResult:
+def best_of_dataset(
+    corpus: Sequence[str],
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    budget: int,
+    n: int,
+    *,
+    seed: int = 0,
+    weights: RewardWeights = RewardWeights(),
+    thresholds: Thresholds = Thresholds(),
+) -> BaselineResult:
     """Score ``budget`` corpus molecules (random order) and keep the ``n`` with the highest reward."""
     start_calls = oracle.calls
     order = list(corpus)

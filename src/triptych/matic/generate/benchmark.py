@@ -37,8 +37,17 @@ def _row(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: metrics[k] for k in KEYS}
 
 
-def run_benchmark(predictor: Oracle, oracle_id: str, tasks: tuple[int, int], names: tuple[str, str], actives: Actives,
-                  completion: Path | None, cfg: GenerateConfig, out: Path, corpus: list[str] | None = None) -> dict:
+def run_benchmark(
+    predictor: Oracle,
+    oracle_id: str,
+    tasks: tuple[int, int],
+    names: tuple[str, str],
+    actives: Actives,
+    completion: Path | None,
+    cfg: GenerateConfig,
+    out: Path,
+    corpus: list[str] | None = None,
+) -> dict:
     """Run every method, write results.json / results.md / details.json / molecules_<method>.csv into ``out``."""
     completion = completion or default_checkpoint()
     base = CountingOracle(predictor)
@@ -48,14 +57,25 @@ def run_benchmark(predictor: Oracle, oracle_id: str, tasks: tuple[int, int], nam
     reference = [fp for fp in fingerprints(actives.all) if fp is not None]
     methods: dict[str, dict[str, Any]] = {}
     tables = {}
-    details: dict[str, Any] = {"tasks": list(names), "config": config_dict(cfg), "search_seconds": search_seconds,
-                               "search_oracle_calls": base.calls, "n_dual_rationales": len(rationales[1])}
+    details: dict[str, Any] = {
+        "tasks": list(names),
+        "config": config_dict(cfg),
+        "search_seconds": search_seconds,
+        "search_oracle_calls": base.calls,
+        "n_dual_rationales": len(rationales[1]),
+    }
     variants = {"matic_filtered_mle": "filtered", "matic_policy_gradient": "pg", "matic_no_rl": None}
     for name, method in variants.items():
         ft = replace(cfg.finetune, method=method or "filtered", rounds=cfg.finetune.rounds if method else 0)
         oracle = base.fork()  # each variant pays for the shared search once
-        result = generate(CompletionModel.load(completion), oracle, tasks, actives, replace(cfg, finetune=ft),
-                          rationales=rationales)
+        result = generate(
+            CompletionModel.load(completion),
+            oracle,
+            tasks,
+            actives,
+            replace(cfg, finetune=ft),
+            rationales=rationales,
+        )
         result.metrics["seconds"] += search_seconds
         methods[name] = _row(result.metrics)
         tables[name] = result.table
@@ -63,9 +83,12 @@ def run_benchmark(predictor: Oracle, oracle_id: str, tasks: tuple[int, int], nam
     budget = methods["matic_filtered_mle"]["oracle_calls"]
     thresholds = cfg.finetune.thresholds
     baselines = {
-        "graph_ga": lambda o: graph_ga(actives.all, o, tasks, budget, cfg.n, seed=cfg.seed, thresholds=thresholds),
-        "best_of_dataset": lambda o: best_of_dataset(corpus or embedded_corpus(), o, tasks, budget, cfg.n,
-                                                     seed=cfg.seed, thresholds=thresholds),
+        "graph_ga": lambda o: graph_ga(
+            actives.all, o, tasks, budget, cfg.n, seed=cfg.seed, thresholds=thresholds
+        ),
+        "best_of_dataset": lambda o: best_of_dataset(
+            corpus or embedded_corpus(), o, tasks, budget, cfg.n, seed=cfg.seed, thresholds=thresholds
+        ),
     }
     for name, run in baselines.items():
         t = time.perf_counter()
@@ -78,11 +101,13 @@ def run_benchmark(predictor: Oracle, oracle_id: str, tasks: tuple[int, int], nam
         details[name] = {"metrics": metrics}
     results = {"methods": methods}
     rows = [{"method": k, **v} for k, v in methods.items()]
-    md = (f"# MATIC generation benchmark\n\nTasks: A = {names[0]}, B = {names[1]}; success = p_A >= {thresholds.p_a}, "
-          f"p_B >= {thresholds.p_b}, QED >= {thresholds.qed}, SA <= {thresholds.sa}. Baselines get MATIC (filtered MLE)'s "
-          f"{budget} oracle calls; novelty is over successful molecules (max Tanimoto to the known actives < 0.4); "
-          f"diversity among successful molecules. Baselines return their {cfg.n} best distinct molecules.\n\n"
-          + markdown_table(rows))
+    md = (
+        f"# MATIC generation benchmark\n\nTasks: A = {names[0]}, B = {names[1]}; success = p_A >= {thresholds.p_a}, "
+        f"p_B >= {thresholds.p_b}, QED >= {thresholds.qed}, SA <= {thresholds.sa}. Baselines get MATIC (filtered MLE)'s "
+        f"{budget} oracle calls; novelty is over successful molecules (max Tanimoto to the known actives < 0.4); "
+        f"diversity among successful molecules. Baselines return their {cfg.n} best distinct molecules.\n\n"
+        + markdown_table(rows)
+    )
     with atomic_output_dir(out) as stage:
         write_results(stage, results, md)
         write_text(stage / "details.json", json_text(details, indent=1, default=_plain))

@@ -15,14 +15,30 @@ import typer
 
 from triptych.core.trainer_flags import TrainerFlags, trainer_options
 
-CheckpointOpt = Annotated[Path, typer.Option(help="Trained MATIC predictor (model.safetensors from `triptych matic train`).")]
-ActivesOpt = Annotated[Path | None, typer.Option(
-    help="CSV of known molecules with the two label columns (1 = active); default: the embedded NCATS table.")]
-ActiveColsOpt = Annotated[str | None, typer.Option(
-    help="The two label columns of --actives, 'A,B', when they differ from the predictor's task names.")]
-TasksOpt = Annotated[str | None, typer.Option(help="The predictor's two tasks 'A,B' (default: its first two).")]
-CompletionOpt = Annotated[Path | None, typer.Option(
-    help="Completion model checkpoint from `triptych matic pretrain` (default: the embedded MOSES one).")]
+CheckpointOpt = Annotated[
+    Path, typer.Option(help="Trained MATIC predictor (model.safetensors from `triptych matic train`).")
+]
+ActivesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="CSV of known molecules with the two label columns (1 = active); default: the embedded NCATS table."
+    ),
+]
+ActiveColsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The two label columns of --actives, 'A,B', when they differ from the predictor's task names."
+    ),
+]
+TasksOpt = Annotated[
+    str | None, typer.Option(help="The predictor's two tasks 'A,B' (default: its first two).")
+]
+CompletionOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Completion model checkpoint from `triptych matic pretrain` (default: the embedded MOSES one)."
+    ),
+]
 SeedOpt = Annotated[int, typer.Option(help="Seed for search, sampling and updates.")]
 MaxActivesOpt = Annotated[int, typer.Option(help="Actives per task searched by MCTS (best predicted first).")]
 MaxRationalesOpt = Annotated[int, typer.Option(help="Dual rationales used as starting points.")]
@@ -30,18 +46,39 @@ RolloutsOpt = Annotated[int, typer.Option(help="MCTS rollouts per molecule.")]
 CPuctOpt = Annotated[float, typer.Option(help="MCTS exploration constant.")]
 MinAtomsOpt = Annotated[int, typer.Option(help="A rollout stops at fragments of this many atoms or fewer.")]
 MaxAtomsOpt = Annotated[int, typer.Option(help="Largest single-task rationale kept (atoms).")]
-CacheOpt = Annotated[Path | None, typer.Option(help="Rationale cache (JSON; default OUT/rationale_cache.json, "
-                                                     "kept when OUT is replaced by a rerun).")]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Rationale cache (JSON; default OUT/rationale_cache.json, kept when OUT is replaced by a rerun)."
+    ),
+]
 RATIONALE_CACHE = ("rationale_cache.json",)  # the default cache's name inside OUT
 RoundsOpt = Annotated[int, typer.Option(help="RL rounds.")]
 SamplesOpt = Annotated[int, typer.Option(help="Completions sampled (and scored) per RL round.")]
 PoolOpt = Annotated[int, typer.Option(help="Random actives per task scored to pick the --max-actives best.")]
-ThreadsOpt = Annotated[int, typer.Option(help="Torch CPU threads (1 is fastest for these small models on busy cores).")]
+ThreadsOpt = Annotated[
+    int, typer.Option(help="Torch CPU threads (1 is fastest for these small models on busy cores).")
+]
 
 
-def _config(n: int, max_actives: int, max_rationales: int, rollouts: int, c_puct: float, min_atoms: int,
-            max_atoms: int, rounds: int, samples_per_round: int, method: str, alpha: float, p_a: float, p_b: float,
-            qed: float, sa: float, seed: int):
+def _config(
+    n: int,
+    max_actives: int,
+    max_rationales: int,
+    rollouts: int,
+    c_puct: float,
+    min_atoms: int,
+    max_atoms: int,
+    rounds: int,
+    samples_per_round: int,
+    method: str,
+    alpha: float,
+    p_a: float,
+    p_b: float,
+    qed: float,
+    sa: float,
+    seed: int,
+):
     from triptych.core.errors import InputError
     from triptych.matic.generate.finetune import FinetuneConfig
     from triptych.matic.generate.pipeline import GenerateConfig
@@ -49,14 +86,29 @@ def _config(n: int, max_actives: int, max_rationales: int, rollouts: int, c_puct
     from triptych.matic.generate.scoring import Thresholds
 
     if method not in ("filtered", "pg"):
-        raise InputError(f"--method {method!r}: choose filtered (property-filtered MLE) or pg (policy gradient)")
+        raise InputError(
+            f"--method {method!r}: choose filtered (property-filtered MLE) or pg (policy gradient)"
+        )
     if n < 1 or rounds < 0 or samples_per_round < 1:
         raise InputError("--n and --samples-per-round must be >= 1 and --rounds >= 0")
     return GenerateConfig(
-        n=n, max_actives=max_actives, max_rationales=max_rationales,
-        mcts=MCTSConfig(c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms, threshold=min(p_a, p_b)),
-        finetune=FinetuneConfig(method=method, rounds=rounds, samples_per_round=samples_per_round, alpha=alpha,
-                                thresholds=Thresholds(p_a, p_b, qed, sa)),
+        n=n,
+        max_actives=max_actives,
+        max_rationales=max_rationales,
+        mcts=MCTSConfig(
+            c_puct=c_puct,
+            rollouts=rollouts,
+            min_atoms=min_atoms,
+            max_atoms=max_atoms,
+            threshold=min(p_a, p_b),
+        ),
+        finetune=FinetuneConfig(
+            method=method,
+            rounds=rounds,
+            samples_per_round=samples_per_round,
+            alpha=alpha,
+            thresholds=Thresholds(p_a, p_b, qed, sa),
+        ),
         seed=seed,
     )
 
@@ -67,7 +119,9 @@ def _completion(path: Path | None):
 
     path = path or default_checkpoint()
     if not Path(path).is_file():
-        raise InputError(f"completion model {path} not found; make one with `triptych matic pretrain --out {path}`")
+        raise InputError(
+            f"completion model {path} not found; make one with `triptych matic pretrain --out {path}`"
+        )
     return CompletionModel.load(path)
 
 
@@ -94,7 +148,9 @@ def generate_cmd(
     active_columns: ActiveColsOpt = None,
     tasks: TasksOpt = None,
     completion: CompletionOpt = None,
-    method: Annotated[str, typer.Option(help="RL update: filtered (property-filtered MLE, the paper) or pg.")] = "filtered",
+    method: Annotated[
+        str, typer.Option(help="RL update: filtered (property-filtered MLE, the paper) or pg.")
+    ] = "filtered",
     rounds: RoundsOpt = 4,
     samples_per_round: SamplesOpt = 400,
     max_actives: MaxActivesOpt = 40,
@@ -129,25 +185,59 @@ def generate_cmd(
     from triptych.matic.generate.report import write_generation
     from triptych.matic.generate.scoring import CountingOracle
 
-    cfg = _config(n, max_actives, max_rationales, rollouts, c_puct, min_atoms, max_atoms, rounds, samples_per_round,
-                  method, alpha, p_a, p_b, qed, sa, seed)
+    cfg = _config(
+        n,
+        max_actives,
+        max_rationales,
+        rollouts,
+        c_puct,
+        min_atoms,
+        max_atoms,
+        rounds,
+        samples_per_round,
+        method,
+        alpha,
+        p_a,
+        p_b,
+        qed,
+        sa,
+        seed,
+    )
     cfg = replace(cfg, pool=pool)
     torch.set_num_threads(threads)
     check_replaceable(out, RATIONALE_CACHE)  # before the work: OUT is replaced whole at the end
     predictor, oracle_id, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
     model = _completion(completion)
     oracle = CountingOracle(predictor)
-    result = generate(model, oracle, idx, known, cfg, cache=cache or out / RATIONALE_CACHE[0], oracle_id=oracle_id)
-    metrics = {**result.metrics, "tasks": list(names), "stage_seconds": result.seconds, "config": config_dict(cfg),
-               "predictor": str(checkpoint)}
-    with atomic_output_dir(out, keep=RATIONALE_CACHE if cache is None else ()) as stage:  # keeps its search cache
+    result = generate(
+        model, oracle, idx, known, cfg, cache=cache or out / RATIONALE_CACHE[0], oracle_id=oracle_id
+    )
+    metrics = {
+        **result.metrics,
+        "tasks": list(names),
+        "stage_seconds": result.seconds,
+        "config": config_dict(cfg),
+        "predictor": str(checkpoint),
+    }
+    with atomic_output_dir(
+        out, keep=RATIONALE_CACHE if cache is None else ()
+    ) as stage:  # keeps its search cache
         model.save(stage / "completion_finetuned.safetensors", extra={"rounds": cfg.finetune.rounds})
-        write_generation(stage, result.table, metrics, names, [asdict(r) for r in result.rounds], result.dual,
-                         "triptych matic generate " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else []))
+        write_generation(
+            stage,
+            result.table,
+            metrics,
+            names,
+            [asdict(r) for r in result.rounds],
+            result.dual,
+            "triptych matic generate " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else []),
+        )
     m = result.metrics
-    typer.echo(f"{m['n']} molecules: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity "
-               f"{m['diversity']:.3f}  validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  "
-               f"oracle calls {m['oracle_calls']}  ({m['seconds']:.0f} s)")
+    typer.echo(
+        f"{m['n']} molecules: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity "
+        f"{m['diversity']:.3f}  validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  "
+        f"oracle calls {m['oracle_calls']}  ({m['seconds']:.0f} s)"
+    )
     typer.echo(f"report: {out / 'report.html'}")
 
 
@@ -179,22 +269,33 @@ def rationales_cmd(
     from triptych.matic.generate.report import write_rationales
     from triptych.matic.generate.scoring import CountingOracle
 
-    cfg = GenerateConfig(max_actives=max_actives, pool=pool, seed=seed,
-                         mcts=MCTSConfig(c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms,
-                                         threshold=threshold))
+    cfg = GenerateConfig(
+        max_actives=max_actives,
+        pool=pool,
+        seed=seed,
+        mcts=MCTSConfig(
+            c_puct=c_puct, rollouts=rollouts, min_atoms=min_atoms, max_atoms=max_atoms, threshold=threshold
+        ),
+    )
     check_replaceable(out, RATIONALE_CACHE)  # before the work: OUT is replaced whole at the end
     predictor, oracle_id, idx, _, known = _setup(checkpoint, tasks, actives, active_columns)
     oracle = CountingOracle(predictor)
     single, dual = dual_rationales(known, oracle, idx, cfg, cache or out / RATIONALE_CACHE[0], oracle_id)
-    with atomic_output_dir(out, keep=RATIONALE_CACHE if cache is None else ()) as stage:  # keeps its search cache
+    with atomic_output_dir(
+        out, keep=RATIONALE_CACHE if cache is None else ()
+    ) as stage:  # keeps its search cache
         write_rationales(stage, single, dual)
-    typer.echo(f"rationales: {len(single[0])} + {len(single[1])} single-task, {len(dual)} dual "
-               f"({oracle.calls} oracle calls); report: {out / 'report.html'}")
+    typer.echo(
+        f"rationales: {len(single[0])} + {len(single[1])} single-task, {len(dual)} dual "
+        f"({oracle.calls} oracle calls); report: {out / 'report.html'}"
+    )
 
 
 def benchmark_generate_cmd(
     checkpoint: CheckpointOpt,
-    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md).")] = Path("runs/matic_bench_generate"),
+    out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md).")] = Path(
+        "runs/matic_bench_generate"
+    ),
     actives: ActivesOpt = None,
     active_columns: ActiveColsOpt = None,
     tasks: TasksOpt = None,
@@ -219,24 +320,48 @@ def benchmark_generate_cmd(
 
     from triptych.matic.generate.benchmark import run_benchmark
 
-    cfg = _config(n, max_actives, max_rationales, rollouts, 10.0, 15, 20, rounds, samples_per_round, "filtered",
-                  0.5, 0.5, 0.5, 0.6, 4.0, seed)
+    cfg = _config(
+        n,
+        max_actives,
+        max_rationales,
+        rollouts,
+        10.0,
+        15,
+        20,
+        rounds,
+        samples_per_round,
+        "filtered",
+        0.5,
+        0.5,
+        0.5,
+        0.6,
+        4.0,
+        seed,
+    )
     cfg = replace(cfg, pool=pool)
     torch.set_num_threads(threads)
     predictor, oracle_id, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
     results = run_benchmark(predictor, oracle_id, idx, names, known, completion, cfg, out)
     for name, m in results["methods"].items():
-        typer.echo(f"{name:>24}: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity {m['diversity']:.3f}  "
-                   f"validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  calls {m['oracle_calls']}  "
-                   f"{m['seconds']:.0f} s")
+        typer.echo(
+            f"{name:>24}: success {m['success']:.3f}  novelty {m['novelty']:.3f}  diversity {m['diversity']:.3f}  "
+            f"validity {m['validity']:.3f}  uniqueness {m['uniqueness']:.3f}  calls {m['oracle_calls']}  "
+            f"{m['seconds']:.0f} s"
+        )
     typer.echo(f"results: {out / 'results.json'}")
 
 
 @trainer_options(accelerator="cpu", devices="1", max_time="00:00:20:00")
 def pretrain_cmd(
-    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path("runs/matic_completion.safetensors"),
-    corpus: Annotated[Path | None, typer.Option(
-        help="SMILES file (.csv/.csv.gz with a SMILES column, or .smi); default: the embedded 50k MOSES subset.")] = None,
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")] = Path(
+        "runs/matic_completion.safetensors"
+    ),
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="SMILES file (.csv/.csv.gz with a SMILES column, or .smi); default: the embedded 50k MOSES subset."
+        ),
+    ] = None,
     n_molecules: Annotated[int, typer.Option(help="Molecules used (train + 5% validation).")] = 40000,
     vocab_size: Annotated[int, typer.Option(help="Fragment vocabulary size.")] = 1000,
     hidden: Annotated[int, typer.Option(help="Hidden width of the policy.")] = 128,
@@ -258,7 +383,16 @@ def pretrain_cmd(
     # Lightning's checkpoints go to <stem>_training.partial/ while it trains (resumable after Ctrl-C), and
     # replace <stem>_training/ when done; OUT itself is written atomically at the end
     with training_run_dir(out.parent / (out.stem + "_training"), flags.resume) as run:
-        _, info = pretrain(smiles, out, n_molecules=n_molecules, vocab_size=vocab_size, hidden=hidden,
-                           epochs=epochs, seed=seed, flags=flags, root_dir=run)
+        _, info = pretrain(
+            smiles,
+            out,
+            n_molecules=n_molecules,
+            vocab_size=vocab_size,
+            hidden=hidden,
+            epochs=epochs,
+            seed=seed,
+            flags=flags,
+            root_dir=run,
+        )
     typer.echo(json_text(info, indent=None), nl=False)
     typer.echo(f"completion model: {out}")

@@ -80,7 +80,9 @@ def read_corpus(path: str | Path) -> list[str]:
     try:
         col = find_smiles_column(columns, None, path)
     except InputError:
-        raise InputError(f"corpus {path}: no SMILES column (columns: {', '.join(columns)}); name it SMILES") from None
+        raise InputError(
+            f"corpus {path}: no SMILES column (columns: {', '.join(columns)}); name it SMILES"
+        ) from None
     return [s for s in df[col].astype(str) if s.strip()]
 
 
@@ -107,7 +109,9 @@ class Fragment:
         return cls(smiles, int(attach))
 
 
-def fragment_entries(mol: Chem.Mol, frags: Sequence[frozenset[int]], cuts: Sequence[tuple[int, int]]) -> dict[int, Fragment]:
+def fragment_entries(
+    mol: Chem.Mol, frags: Sequence[frozenset[int]], cuts: Sequence[tuple[int, int]]
+) -> dict[int, Fragment]:
     """Vocabulary entry of every cut-bond end atom: its fragment, attached through that atom.
 
     Symmetric attachment atoms share one entry (the lowest-index atom of their canonical class).
@@ -235,7 +239,9 @@ class FragmentPolicy(nn.Module):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(h_mol (B, H), h_atom (B, C, H))."""
-        h_mol = self.mol_mlp(self.mol_bag(batch["mol_ids"], batch["offsets"], per_sample_weights=batch["mol_counts"]))
+        h_mol = self.mol_mlp(
+            self.mol_bag(batch["mol_ids"], batch["offsets"], per_sample_weights=batch["mol_counts"])
+        )
         h_atom = self.atom_in(self.atom_emb(batch["atom_bits"]).sum(2)) + self.ctx_in(h_mol)[:, None]
         return h_mol, h_atom
 
@@ -244,7 +250,9 @@ class FragmentPolicy(nn.Module):
         atom = self.atom_out(h_atom).squeeze(-1).masked_fill(~mask, float("-inf"))
         return torch.cat([atom, self.stop_out(h_mol)], dim=1)
 
-    def fragment_logits(self, h_mol: torch.Tensor, h_atom: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
+    def fragment_logits(
+        self, h_mol: torch.Tensor, h_atom: torch.Tensor, choice: torch.Tensor
+    ) -> torch.Tensor:
         """Logits (B, V) of the fragment to attach at candidate ``choice`` (B,) (clamped for stop rows)."""
         idx = choice.clamp(max=h_atom.shape[1] - 1)
         chosen = h_atom[torch.arange(len(idx)), idx]
@@ -265,7 +273,9 @@ class FragmentPolicy(nn.Module):
 class CompletionModel:
     """A fragment vocabulary plus a :class:`FragmentPolicy`: samples completions of rationales."""
 
-    def __init__(self, vocabulary: Sequence[Fragment], hidden: int = 128, policy: FragmentPolicy | None = None):
+    def __init__(
+        self, vocabulary: Sequence[Fragment], hidden: int = 128, policy: FragmentPolicy | None = None
+    ):
         self.vocabulary = list(vocabulary)
         self.hidden = hidden
         self.policy = policy or FragmentPolicy(len(self.vocabulary), hidden)
@@ -305,7 +315,12 @@ class CompletionModel:
         n_start = rng.randint(1, len(frags) - 1)
         have = {rng.randrange(len(frags))}
         while len(have) < n_start:
-            grow = [owner[y] for a, b in cuts for x, y in ((a, b), (b, a)) if owner[x] in have and owner[y] not in have]
+            grow = [
+                owner[y]
+                for a, b in cuts
+                for x, y in ((a, b), (b, a))
+                if owner[x] in have and owner[y] not in have
+            ]
             have.add(rng.choice(grow))
         atoms = set().union(*(frags[i] for i in have))
         entries = fragment_entries(mol, frags, cuts)
@@ -320,8 +335,14 @@ class CompletionModel:
                 return steps
             frontier = [(x, y) for a, b in cuts for x, y in ((a, b), (b, a)) if x in atoms and y not in atoms]
             rng.shuffle(frontier)
-            pick = next(((x, y, self._index[entries[y]]) for x, y in frontier
-                         if y in entries and entries[y] in self._index), None)
+            pick = next(
+                (
+                    (x, y, self._index[entries[y]])
+                    for x, y in frontier
+                    if y in entries and entries[y] in self._index
+                ),
+                None,
+            )
             if pick is None:  # only out-of-vocabulary fragments left: no label for stop here
                 return steps
             x, y, fid = pick
@@ -473,7 +494,9 @@ def pretrain(
     val_steps = teacher_steps(model, val_smiles, seed + 1, "teacher steps (val)")
     module = CompletionModule(len(vocabulary), hidden, lr)
     gen = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_steps, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=gen)
+    train_loader = DataLoader(
+        train_steps, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=gen
+    )
     val_loader = DataLoader(val_steps, batch_size=1024, collate_fn=collate)
     trainer = make_trainer(flags, max_epochs=epochs, default_root_dir=root_dir, monitor="val_loss")
     fit(trainer, module, train_loader, val_loader, resume=getattr(flags, "resume", None))
@@ -482,7 +505,11 @@ def pretrain(
         state_dict, _ = load_module_state(best, KIND)
         module.policy.load_state_dict({k.removeprefix("policy."): v for k, v in state_dict.items()})
     model.policy = module.policy.cpu()
-    val_loss = float(-torch.cat([model.policy.log_prob(b) for b in val_loader]).mean()) if val_steps else float("nan")
+    val_loss = (
+        float(-torch.cat([model.policy.log_prob(b) for b in val_loader]).mean())
+        if val_steps
+        else float("nan")
+    )
     # Acceptance check on held-out molecules: MCTS-like fragments of the validation set.
     from triptych.matic.generate.metrics import completion_check
     from triptych.matic.generate.rationale import random_rationales

@@ -8,7 +8,9 @@ from pathlib import Path
 from triptych.core.report import Section
 
 
-def rationale_threshold(predictor, per_task: tuple[list[str], list[str]], sample: int = 40, seed: int = 0) -> float:
+def rationale_threshold(
+    predictor, per_task: tuple[list[str], list[str]], sample: int = 40, seed: int = 0
+) -> float:
     """The paper's 0.5, or lower when the predictor rarely gives its own actives 0.5.
 
     A small demo predictor trained on 3-9% actives has low probabilities; rationales are
@@ -26,8 +28,11 @@ def rationale_threshold(predictor, per_task: tuple[list[str], list[str]], sample
 
 
 def threshold_note(threshold: float) -> str:
-    return "" if threshold >= 0.5 else (", below the paper's 0.5: the upper quartile of the predictor's "
-                                         "probability on known actives")
+    return (
+        ""
+        if threshold >= 0.5
+        else (", below the paper's 0.5: the upper quartile of the predictor's probability on known actives")
+    )
 
 
 def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, str]:
@@ -49,25 +54,49 @@ def generation_round(predictor, out_dir: Path, n: int = 100) -> tuple[Section, s
     actives = load_actives(None, names)
     threshold = rationale_threshold(predictor, actives.per_task)
     # the demo's budget: MCTS over 2 actives per task dominates the cost, so it is kept small
-    cfg = GenerateConfig(n=n, max_actives=2, pool=16, max_rationales=6, merge_pairs=24,
-                         mcts=MCTSConfig(rollouts=4, threshold=threshold),
-                         finetune=FinetuneConfig(rounds=1, samples_per_round=40, min_keep=3))
+    cfg = GenerateConfig(
+        n=n,
+        max_actives=2,
+        pool=16,
+        max_rationales=6,
+        merge_pairs=24,
+        mcts=MCTSConfig(rollouts=4, threshold=threshold),
+        finetune=FinetuneConfig(rounds=1, samples_per_round=40, min_keep=3),
+    )
     oracle = CountingOracle(predictor)
     try:
         result = generate(CompletionModel.load(default_checkpoint()), oracle, (0, 1), actives, cfg)
     except InputError as exc:  # the search may find no rationale; say so plainly rather than fail the demo
-        return Section("MATIC: generation round").text(f"No molecules generated: {exc}"), "generation: none (no rationale)"
+        return Section("MATIC: generation round").text(
+            f"No molecules generated: {exc}"
+        ), "generation: none (no rationale)"
     with atomic_output_dir(out_dir) as stage:
-        section = write_generation(stage, result.table, result.metrics, names, [], result.dual,
-                                   f"triptych matic generate --checkpoint MODEL --n {n} --rounds 1 --max-actives {cfg.max_actives}")
+        section = write_generation(
+            stage,
+            result.table,
+            result.metrics,
+            names,
+            [],
+            result.dual,
+            f"triptych matic generate --checkpoint MODEL --n {n} --rounds 1 --max-actives {cfg.max_actives}",
+        )
     m = result.metrics
     section.title = "MATIC: generation round"
-    section.blocks.insert(0, {"type": "text", "text": (
-        f"MCTS rationales (fragments keeping p >= {threshold:.2f}{threshold_note(threshold)}) of {cfg.max_actives} "
-        f"embedded actives per task ({len(result.dual)} dual rationales), the "
-        f"shipped MOSES-pretrained completion model, one filtered-MLE round, {n} molecules, scored by the predictor "
-        f"above ({time.perf_counter() - start:.0f} s). Success means both predicted probabilities >= 0.5, QED >= 0.6 "
-        f"and SA <= 4. A short demo budget: the numbers show the pipeline working, not its best.")})
-    phrase = (f"generated {m['n']} molecules ({m['validity']:.0%} valid), {m['success']:.0%} meeting all four "
-              f"constraints")
+    section.blocks.insert(
+        0,
+        {
+            "type": "text",
+            "text": (
+                f"MCTS rationales (fragments keeping p >= {threshold:.2f}{threshold_note(threshold)}) of {cfg.max_actives} "
+                f"embedded actives per task ({len(result.dual)} dual rationales), the "
+                f"shipped MOSES-pretrained completion model, one filtered-MLE round, {n} molecules, scored by the predictor "
+                f"above ({time.perf_counter() - start:.0f} s). Success means both predicted probabilities >= 0.5, QED >= 0.6 "
+                f"and SA <= 4. A short demo budget: the numbers show the pipeline working, not its best."
+            ),
+        },
+    )
+    phrase = (
+        f"generated {m['n']} molecules ({m['validity']:.0%} valid), {m['success']:.0%} meeting all four "
+        f"constraints"
+    )
     return section, phrase

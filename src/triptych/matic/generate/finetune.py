@@ -62,8 +62,15 @@ def spread(rationales: Sequence[str], n: int) -> list[str]:
     return [rationales[i % len(rationales)] for i in range(n)] if rationales else []
 
 
-def sample_scored(model: CompletionModel, rationales: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int],
-                  temperature: float, generator: torch.Generator, chunk: int = 256) -> tuple[Scores, list[list[Step]]]:
+def sample_scored(
+    model: CompletionModel,
+    rationales: Sequence[str],
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    temperature: float,
+    generator: torch.Generator,
+    chunk: int = 256,
+) -> tuple[Scores, list[list[Step]]]:
     """Complete each of ``rationales`` once and score the completions."""
     smiles: list[str | None] = []
     steps: list[list[Step]] = []
@@ -74,7 +81,9 @@ def sample_scored(model: CompletionModel, rationales: Sequence[str], oracle: Cou
     return score(smiles, oracle, tasks), steps
 
 
-def weighted_nll(model: CompletionModel, trajectories: Sequence[list[Step]], weights: Sequence[float]) -> torch.Tensor:
+def weighted_nll(
+    model: CompletionModel, trajectories: Sequence[list[Step]], weights: Sequence[float]
+) -> torch.Tensor:
     """- sum_tau w_tau sum_t log pi(a_t | s_t) / n_tau  (one batch of trajectories)."""
     flat = [s for t in trajectories for s in t]
     owner = torch.tensor([i for i, t in enumerate(trajectories) for _ in t])
@@ -83,8 +92,14 @@ def weighted_nll(model: CompletionModel, trajectories: Sequence[list[Step]], wei
     return -(torch.as_tensor(weights, dtype=torch.float32) * per_traj).sum() / len(trajectories)
 
 
-def update(model: CompletionModel, opt: torch.optim.Optimizer, trajectories: Sequence[list[Step]],
-           weights: Sequence[float], cfg: FinetuneConfig, rng: np.random.Generator) -> float:
+def update(
+    model: CompletionModel,
+    opt: torch.optim.Optimizer,
+    trajectories: Sequence[list[Step]],
+    weights: Sequence[float],
+    cfg: FinetuneConfig,
+    rng: np.random.Generator,
+) -> float:
     """``epochs_per_round`` passes of Adam over the weighted trajectories; returns the last loss."""
     model.policy.train()
     keep = [i for i, t in enumerate(trajectories) if t]
@@ -106,8 +121,14 @@ def update(model: CompletionModel, opt: torch.optim.Optimizer, trajectories: Seq
     return loss_value
 
 
-def finetune(model: CompletionModel, rationales: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int],
-             cfg: FinetuneConfig, seed: int = 0) -> tuple[list[str], list[RoundLog]]:
+def finetune(
+    model: CompletionModel,
+    rationales: Sequence[str],
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    cfg: FinetuneConfig,
+    seed: int = 0,
+) -> tuple[list[str], list[RoundLog]]:
     """Run ``cfg.rounds`` RL rounds in place on ``model``; return the rationales kept and the round logs."""
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -140,5 +161,7 @@ def finetune(model: CompletionModel, rationales: Sequence[str], oracle: Counting
             rate = {k: won[k] / max(1, tried[k]) for k in kept}
             best = sorted(kept, key=lambda k: -rate[k])[: cfg.min_keep]
             kept = [k for k in kept if rate[k] >= cfg.alpha or k in best]
-        logs.append(RoundLog(r, len(batch), float(ok.mean()), float(reward.mean()), len(kept), oracle.calls, loss))
+        logs.append(
+            RoundLog(r, len(batch), float(ok.mean()), float(reward.mean()), len(kept), oracle.calls, loss)
+        )
     return kept, logs

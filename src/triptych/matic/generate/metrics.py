@@ -13,8 +13,11 @@ from triptych.matic.generate.scoring import Scores, Thresholds
 NOVELTY_CUTOFF = 0.4
 
 
-def novel_flags(smiles: Sequence[str | None], reference_fps: Sequence[DataStructs.ExplicitBitVect],
-                cutoff: float = NOVELTY_CUTOFF) -> np.ndarray:
+def novel_flags(
+    smiles: Sequence[str | None],
+    reference_fps: Sequence[DataStructs.ExplicitBitVect],
+    cutoff: float = NOVELTY_CUTOFF,
+) -> np.ndarray:
     """Novel = max Tanimoto (Morgan r=2, 2048 bits) to every reference active < ``cutoff``; False if invalid."""
     fps = fingerprints([s or "" for s in smiles])
     ok = [i for i, fp in enumerate(fps) if fp is not None]
@@ -76,5 +79,10 @@ def completion_check(model, rationales: Sequence[str], n: int, seed: int = 0) ->
         valid += 1
         contained += int(mol.HasSubstructMatch(Chem.MolFromSmiles(r)))
     sizes = [Chem.MolFromSmiles(s).GetNumAtoms() for s in smiles if s and Chem.MolFromSmiles(s) is not None]
-    return {"n": n, "validity": valid / n, "containment": contained / n,
-            "distinct": len(set(smiles)) / n, "mean_heavy_atoms": float(np.mean(sizes)) if sizes else float("nan")}
+    return {
+        "n": n,
+        "validity": valid / n,
+        "containment": contained / n,
+        "distinct": len(set(smiles)) / n,
+        "mean_heavy_atoms": float(np.mean(sizes)) if sizes else float("nan"),
+    }

@@ -69,7 +69,9 @@ class GenerationResult:
     seconds: dict[str, float]
 
 
-def load_actives(path: str | Path | None, task_names: tuple[str, str], columns: tuple[str, str] | None = None) -> Actives:
+def load_actives(
+    path: str | Path | None, task_names: tuple[str, str], columns: tuple[str, str] | None = None
+) -> Actives:
     """Actives (label 1) per task from a CSV of SMILES and labels, or from the embedded NCATS table.
 
     ``columns`` names the two label columns when they differ from the predictor's task names.
@@ -80,18 +82,28 @@ def load_actives(path: str | Path | None, task_names: tuple[str, str], columns: 
     table = load_embedded() if path is None else load_table(path, None, cols, quiet=True)
     missing = [c for c in cols if c not in table.tasks]
     if missing:
-        raise InputError(f"actives table has no column(s) {missing} (it has {table.tasks}); pass --active-columns A,B")
+        raise InputError(
+            f"actives table has no column(s) {missing} (it has {table.tasks}); pass --active-columns A,B"
+        )
     out = []
     for c in cols:
         j = table.tasks.index(c)
         out.append([s for s, y in zip(table.smiles, table.labels[:, j], strict=True) if y == 1])
     if not out[0] or not out[1]:
-        raise InputError(f"actives table {path or 'ncats'}: no active (label 1) for {cols[0 if not out[0] else 1]!r}")
+        raise InputError(
+            f"actives table {path or 'ncats'}: no active (label 1) for {cols[0 if not out[0] else 1]!r}"
+        )
     return Actives((out[0], out[1]))
 
 
-def pick_actives(actives: Sequence[str], oracle: CountingOracle, tasks: tuple[int, int], n: int, pool: int | None = None,
-                 seed: int = 0) -> list[str]:
+def pick_actives(
+    actives: Sequence[str],
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    n: int,
+    pool: int | None = None,
+    seed: int = 0,
+) -> list[str]:
     """The ``n`` actives with the highest predicted p_A x p_B (those most likely to hold a dual rationale).
 
     With ``pool``, only a seeded random subset of that many actives is scored.
@@ -136,29 +148,47 @@ def diverse_top(ranked: Sequence[str], k: int, max_similarity: float = 0.7) -> l
     return taken
 
 
-def scored_table(scores: Scores, rationales: Sequence[str], novel: np.ndarray, thresholds: Thresholds) -> pd.DataFrame:
+def scored_table(
+    scores: Scores, rationales: Sequence[str], novel: np.ndarray, thresholds: Thresholds
+) -> pd.DataFrame:
     """One row per generated molecule, as written to molecules.csv."""
-    return pd.DataFrame({
-        "smiles": scores.smiles,
-        "p_a": scores.p_a,
-        "p_b": scores.p_b,
-        "qed": scores.qed,
-        "sa": scores.sa,
-        "success": scores.success(thresholds),
-        "novel": novel,
-        "rationale": list(rationales),
-    })
+    return pd.DataFrame(
+        {
+            "smiles": scores.smiles,
+            "p_a": scores.p_a,
+            "p_b": scores.p_b,
+            "qed": scores.qed,
+            "sa": scores.sa,
+            "success": scores.success(thresholds),
+            "novel": novel,
+            "rationale": list(rationales),
+        }
+    )
 
 
-def dual_rationales(actives: Actives, oracle: CountingOracle, tasks: tuple[int, int], cfg: GenerateConfig,
-                    cache: str | Path | None, oracle_id: str) -> tuple[tuple[list[Rationale], list[Rationale]], list[Rationale]]:
+def dual_rationales(
+    actives: Actives,
+    oracle: CountingOracle,
+    tasks: tuple[int, int],
+    cfg: GenerateConfig,
+    cache: str | Path | None,
+    oracle_id: str,
+) -> tuple[tuple[list[Rationale], list[Rationale]], list[Rationale]]:
     """MCTS on the best-predicted actives of each task, then merge into dual rationales."""
     single = []
     for k, task in enumerate(tasks):
         chosen = pick_actives(actives.per_task[k], oracle, tasks, cfg.max_actives, cfg.pool, cfg.seed)
         single.append(extract_rationales(chosen, oracle, task, cfg.mcts, cache=cache, oracle_id=oracle_id))
-    dual = merge_rationales(single[0], single[1], oracle, tasks, threshold=cfg.mcts.threshold,
-                            max_atoms=cfg.max_dual_atoms, max_pairs=cfg.merge_pairs, seed=cfg.seed)
+    dual = merge_rationales(
+        single[0],
+        single[1],
+        oracle,
+        tasks,
+        threshold=cfg.mcts.threshold,
+        max_atoms=cfg.max_dual_atoms,
+        max_pairs=cfg.merge_pairs,
+        seed=cfg.seed,
+    )
     return (single[0], single[1]), dual
 
 
@@ -187,8 +217,10 @@ def generate(
         best = sorted([*single[0], *single[1]], key=lambda r: -r.proba[0])
         seeds = diverse_top([r.smiles for r in best], cfg.max_rationales)
     if not seeds:
-        raise InputError("no rationale found: no active molecule keeps p >= threshold under MCTS; "
-                         "check the predictor and --actives, or lower --threshold")
+        raise InputError(
+            "no rationale found: no active molecule keeps p >= threshold under MCTS; "
+            "check the predictor and --actives, or lower --threshold"
+        )
     t = time.perf_counter()
     kept, rounds = finetune(model, seeds, oracle, tasks, cfg.finetune, seed=cfg.seed)
     seconds["finetune"] = time.perf_counter() - t
@@ -198,15 +230,17 @@ def generate(
     novel = novel_flags(scores.smiles, [fp for fp in fingerprints(actives.all) if fp is not None])
     seconds["sample"] = time.perf_counter() - t
     metrics = generation_metrics(scores, cfg.finetune.thresholds, novel)
-    metrics.update({
-        "oracle_calls": oracle.calls,
-        "search_oracle_calls": search_calls,
-        "n_dual_rationales": len(dual),
-        "n_rationales_used": len(seeds),
-        "n_rationales_kept": len(kept),
-        "dual_rationales_found": bool(dual),
-        "seconds": time.perf_counter() - start,
-    })
+    metrics.update(
+        {
+            "oracle_calls": oracle.calls,
+            "search_oracle_calls": search_calls,
+            "n_dual_rationales": len(dual),
+            "n_rationales_used": len(seeds),
+            "n_rationales_kept": len(kept),
+            "dual_rationales_found": bool(dual),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     table = scored_table(scores, batch, novel, cfg.finetune.thresholds)
     return GenerationResult(table, metrics, single, dual, kept, rounds, seconds)
 

@@ -95,8 +95,9 @@ def deletion_moves(mol: Chem.Mol, atoms: frozenset[int], cls: list[frozenset[int
     return sorted(moves, key=sorted)
 
 
-def _rollout(node: Node, mol: Chem.Mol, cls: list[frozenset[int]], states: dict[frozenset[int], Node],
-             cfg: MCTSConfig) -> Generator[list[str], np.ndarray, float]:
+def _rollout(
+    node: Node, mol: Chem.Mol, cls: list[frozenset[int]], states: dict[frozenset[int], Node], cfg: MCTSConfig
+) -> Generator[list[str], np.ndarray, float]:
     """One PUCT descent from ``node``; yields the SMILES it needs scored, returns the backed-up leaf value.
 
     A generator, so that :func:`search_many` can advance the searches of many molecules in
@@ -132,7 +133,9 @@ def _rollout(node: Node, mol: Chem.Mol, cls: list[frozenset[int]], states: dict[
     return v
 
 
-def _search(smiles: str, task_name: str, cfg: MCTSConfig) -> Generator[list[str], np.ndarray, list[Rationale]]:
+def _search(
+    smiles: str, task_name: str, cfg: MCTSConfig
+) -> Generator[list[str], np.ndarray, list[Rationale]]:
     """The whole search of one molecule as a generator (see :func:`_rollout`)."""
     mol = mol_from_smiles(smiles)
     if mol is None:
@@ -148,12 +151,19 @@ def _search(smiles: str, task_name: str, cfg: MCTSConfig) -> Generator[list[str]
     found = {}
     for node in states.values():
         if len(node.atoms) <= cfg.max_atoms and node.prior >= cfg.threshold and node.smiles not in found:
-            found[node.smiles] = Rationale(node.smiles, source, (task_name,), tuple(sorted(node.atoms)), (node.prior,))
+            found[node.smiles] = Rationale(
+                node.smiles, source, (task_name,), tuple(sorted(node.atoms)), (node.prior,)
+            )
     return sorted(found.values(), key=lambda r: (-r.proba[0], len(r.atoms), r.smiles))
 
 
-def search_many(smiles: Sequence[str], oracle: CountingOracle, task: int, cfg: MCTSConfig = MCTSConfig(),
-                desc: str | None = None) -> list[list[Rationale]]:
+def search_many(
+    smiles: Sequence[str],
+    oracle: CountingOracle,
+    task: int,
+    cfg: MCTSConfig = MCTSConfig(),
+    desc: str | None = None,
+) -> list[list[Rationale]]:
     """MCTS on every molecule at once: each round, all pending expansions go to the predictor as one batch."""
     name = oracle.tasks[task]
     gens = [_search(s, name, cfg) for s in smiles]
@@ -246,7 +256,9 @@ def merge_rationales(
         ma, mb = mol_from_smiles(a.smiles), mol_from_smiles(b.smiles)
         if ma is None or mb is None:
             continue
-        if ma.HasSubstructMatch(mb) or mb.HasSubstructMatch(ma):  # overlap by containment: the larger covers both
+        if ma.HasSubstructMatch(mb) or mb.HasSubstructMatch(
+            ma
+        ):  # overlap by containment: the larger covers both
             big = a if ma.GetNumAtoms() >= mb.GetNumAtoms() else b
             cands.setdefault(big.smiles, (big.source, big.atoms))
         elif ma.GetNumAtoms() + mb.GetNumAtoms() <= max_atoms:
@@ -295,12 +307,16 @@ def extract_rationales(
             store[keys[i]] = [asdict(r) for r in found]
         if path is not None:
             write_text(path, json.dumps(store))
-    return [Rationale(d["smiles"], d["source"], tuple(d["tasks"]), tuple(d["atoms"]), tuple(d["proba"]))
-            for k in keys for d in store[k]]
+    return [
+        Rationale(d["smiles"], d["source"], tuple(d["tasks"]), tuple(d["atoms"]), tuple(d["proba"]))
+        for k in keys
+        for d in store[k]
+    ]
 
 
-def random_rationales(smiles: Sequence[str], n: int, seed: int = 0, min_atoms: int = 6,
-                      max_atoms: int = 20) -> list[str]:
+def random_rationales(
+    smiles: Sequence[str], n: int, seed: int = 0, min_atoms: int = 6, max_atoms: int = 20
+) -> list[str]:
     """``n`` MCTS-like fragments: random walks of peripheral deletions down to 6-20 atoms (for checks, not search)."""
     rng = random.Random(seed)
     out: list[str] = []

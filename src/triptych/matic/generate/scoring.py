@@ -67,12 +67,18 @@ class CountingOracle:
             raise BudgetExhausted(f"oracle budget of {self.budget} calls would be exceeded")
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            probs = np.asarray(self.oracle.predict_proba(chunk), dtype=float).reshape(len(chunk), len(self.tasks))
+            probs = np.asarray(self.oracle.predict_proba(chunk), dtype=float).reshape(
+                len(chunk), len(self.tasks)
+            )
             self.calls += len(chunk)
             self.log += chunk
             self._cache.update(zip(chunk, probs, strict=True))
         nan = np.full(len(self.tasks), np.nan)
-        return np.stack([self._cache[k] if k is not None else nan for k in keys]) if keys else np.zeros((0, len(self.tasks)))
+        return (
+            np.stack([self._cache[k] if k is not None else nan for k in keys])
+            if keys
+            else np.zeros((0, len(self.tasks)))
+        )
 
     def task_proba(self, smiles: list[str], task: int) -> np.ndarray:
         """Probabilities of one task (n,)."""
@@ -161,7 +167,9 @@ def resolve_tasks(oracle: Oracle, names: str | None) -> tuple[int, int]:
         return 0, 1
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if len(wanted) != 2 or any(n not in tasks for n in wanted):
-        raise InputError(f"--tasks {names!r}: name two of the predictor's tasks {tasks}, e.g. --tasks {tasks[0]},{tasks[-1]}")
+        raise InputError(
+            f"--tasks {names!r}: name two of the predictor's tasks {tasks}, e.g. --tasks {tasks[0]},{tasks[-1]}"
+        )
     return tasks.index(wanted[0]), tasks.index(wanted[1])
 
 
