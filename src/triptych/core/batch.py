@@ -223,6 +223,8 @@ def ray_session(
     if "ray" not in sys.modules or not sys.modules["ray"].is_initialized():
         init_ray(workers, ray_address, threads_per_worker)
         started = True
+    elif ray_address is not None:
+        _check_reachable(ray_address)  # a session is open already, but a bad address is still an error
     import ray
 
     try:

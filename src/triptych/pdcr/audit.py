@@ -437,17 +437,15 @@ def audit(
 
 
 def _check_config(c: AuditConfig) -> None:
-    from triptych.pdcr.regions import ESTIMATORS
-    from triptych.pdcr.roi import OUTCOMES
+    from triptych.pdcr.registry import ESTIMATORS, OUTCOMES
 
     if c.rois_per_image < 1:
         raise InputError(f"--rois-per-image {c.rois_per_image}: give at least 1")
     if c.roi_size < 1 or c.block < 1:
         raise InputError(f"--roi-size {c.roi_size} / --block {c.block}: give positive sides")
-    if c.estimator not in ESTIMATORS:
-        raise InputError(f"--estimator {c.estimator!r} is not known; choose from {', '.join(ESTIMATORS)}")
-    if c.outcome is not None and c.outcome not in OUTCOMES:
-        raise InputError(f"--outcome {c.outcome!r} is not known; choose from {', '.join(OUTCOMES)}")
+    ESTIMATORS.check(c.estimator)
+    if c.outcome is not None:
+        OUTCOMES.check(c.outcome)
     if c.max_draws < 1:
         raise InputError(f"--max-draws {c.max_draws}: give at least 1")
 
