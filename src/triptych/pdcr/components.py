@@ -277,9 +277,10 @@ def explain_components(
     if estimator == "reference":
         results = reference_estimate(problem, comps, gen, screen=screen, draws=draws, tau=tau)
     elif estimator == "adaptive":
-        # A few components: a tighter CI keeps the ranking stable across seeds; quiet components
-        # draw on until their ATE bound is within the tolerance, as blocks do.
-        rule = rule or SequentialRule(tau=tau, tol=0.1, max_draws=draws)
+        # A few components: a tighter CI keeps the ranking stable across seeds. Quiet components keep
+        # the paper's 3-draw screen: under the ATE bound at tol 0.1 each would draw to max_draws and end
+        # unresolved, and the ranking's seed stability on DRIVE fell from Spearman 0.86 to 0.67.
+        rule = rule or SequentialRule(tau=tau, tol=0.1, max_draws=draws, screen_zero_after=screen)
         results = sequential_estimate(problem, comps, gen, rule)
     else:
         raise InputError(f"--estimator {estimator!r} is not known; choose adaptive or reference")

@@ -149,6 +149,9 @@ class SequentialRule:
     clear: float = 2.0  # "clearly excludes zero" also stops: |mean| > clear · z · SE (inf turns it off)
     alpha: float = 0.05  # error rate of a zero call, and the BH false discovery rate across units
     effect_bound: float = 100.0  # the largest possible |M(do) − M0| (Dice points: 100)
+    # None: a quiet unit is zero only under the ATE bound above. An int n: the paper's screen, zero after
+    # n quiet draws with no bound on the ATE (kept for network components, see components.py).
+    screen_zero_after: int | None = None
 
 
 def quiet_bound(n: int, rule: SequentialRule) -> float:
@@ -169,6 +172,8 @@ def _decide(d: np.ndarray, rule: SequentialRule) -> str | None:
     """Stopping status for draws ``d``, or None to keep drawing."""
     n = d.size
     if _quiet(d, rule.tau):
+        if rule.screen_zero_after is not None:
+            return "screened" if n >= min(rule.screen_zero_after, rule.max_draws) else None
         # zero only when the bound on the ATE is within the tolerance; else draw on, up to max_draws
         if quiet_bound(n, rule) <= rule.tau + rule.tol:
             return "screened"
