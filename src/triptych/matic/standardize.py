@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from rdkit import Chem, RDLogger
 
+from triptych.matic.chem import parse as mol_from_smiles  # the one SMILES parser of matic
+
 RDLogger.DisableLog("rdApp.*")
 
 DEDUP_KEYS = ("smiles", "inchikey")
@@ -84,13 +86,6 @@ class Standardizer:
     def smiles(self, smiles: Sequence[str]) -> list[str | None]:
         """Canonical parent SMILES of each input SMILES (``None`` when unparsable)."""
         return [parent_smiles(self(mol_from_smiles(s))) for s in smiles]
-
-
-def mol_from_smiles(smiles: str) -> Chem.Mol | None:
-    """RDKit molecule of a SMILES, ``None`` when it is empty or cannot be parsed."""
-    if not isinstance(smiles, str) or not smiles.strip():
-        return None
-    return Chem.MolFromSmiles(smiles.strip())
 
 
 def parent_smiles(mol: Chem.Mol | None) -> str | None:
