@@ -135,3 +135,29 @@ def test_grid_pooling_of_image_tokens():
     assert seen == [3 * 4]
     with pytest.raises(InputError, match="square grid"):
         pool_grid(torch.randn(1, 5, 3), torch.ones(1, 5, dtype=torch.bool), 2)
+
+
+def test_per_task_gates_route_each_direction_and_branch_by_its_own_gate():
+    torch.manual_seed(0)
+    cfg = PredictorConfig(
+        DIMS, hidden=16, contrastive_dim=8, experts=6, top_k=3, dropout=0.0, gates="per_task"
+    )
+    model = M3Predictor(cfg)
+    x, mask = _inputs()
+    out = model("image", "text", x, mask)
+    (out.contrastive.sum() + out.regression.sum()).backward()
+    # this direction's two gates learn, the other direction's and the shared one get no gradient
+    for key, gate in model.task_gates.items():
+        assert (gate.weight.grad is not None) == key.startswith("image_to_text"), key
+    assert model.mixer.gate.weight.grad is None
+    # each branch's routing is its own gate's top-k of the branch input
+    n = int(mask.sum())
+    h = out.routings[0].probs
+    assert h.shape == (n, 6)
+    with torch.no_grad():
+        model.task_gates["image_to_text__regression"].weight.add_(torch.randn(6, 16))
+    again = model("image", "text", x, mask)
+    torch.testing.assert_close(again.routings[0].probs, out.routings[0].probs)  # contrastive gate untouched
+    assert not torch.allclose(again.routings[1].probs, out.routings[1].probs)
+    with pytest.raises(InputError, match="gates='bogus'"):
+        PredictorConfig(DIMS, gates="bogus")

@@ -70,6 +70,9 @@ def test_agd_training_learns_the_alignment_and_reloads(tasks, tmp_path):
 def test_summed_and_sampled_schedules(tasks, tmp_path):
     summed = _train(tasks, tmp_path / "summed", schedule="summed", max_epochs=2)
     assert summed.module.trainer.global_step == 2 * 3  # one step per batch on the summed loss
+    # the benchmark's moe_summed: as many optimiser steps as AGD (each epoch visits the items once per task)
+    matched = _train(tasks, tmp_path / "matched", schedule="summed", match_agd_steps=True, max_epochs=2)
+    assert matched.module.trainer.global_step == 2 * 3 * 2
     sampled = _train(tasks, tmp_path / "sampled", schedule="sampled", max_epochs=2)
     assert sampled.module.trainer.global_step == 2 * 3 * 2
     probs = sampled.module.task_probs

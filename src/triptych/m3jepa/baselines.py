@@ -3,7 +3,8 @@
 - ``clip``: CLIP-style linear heads on the encoders' pooled features, symmetric InfoNCE,
   learnable temperature;
 - ``mlp``: the same predictor with one MLP in place of the mixture of experts;
-- ``summed``: the MoE predictor trained on the summed task losses instead of AGD.
+- ``summed``: the MoE predictor trained on the summed task losses instead of AGD, for as many
+  optimiser steps as AGD (each epoch visits every item once per task).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def method_configs(
     full = {"type": "predictor", **predictor, "mixer": "moe"}
     return {
         "m3jepa": (full, {"schedule": "cyclic"}),
-        "moe_summed": (full, {"schedule": "summed"}),
+        # at equal optimiser steps: AGD takes one step per task per batch, so summed sees T× the batches
+        "moe_summed": (full, {"schedule": "summed", "match_agd_steps": True}),
         "mlp": ({**full, "mixer": "mlp"}, {"schedule": "cyclic"}),
         "clip_linear": (
             {"type": "clip", "dims": dict(predictor["dims"]), "dim": clip_dim},

@@ -41,6 +41,7 @@ class TrainConfig:
     patience: int = 3
     seed: int = 0
     sample_floor: float = 0.5  # share of uniform probability kept by ``sampled``
+    match_agd_steps: bool = False  # summed: T× the batches per epoch, so as many optimiser steps as AGD
     fuse_directions: bool = True  # rank (validate, test) by both directions' scores summed
 
 
@@ -54,6 +55,7 @@ class ModelSizes:
     top_k: int = 4
     dropout: float = 0.1
     grid_pool: int = 3  # >0: pool the 7×7 image grid to S×S tokens before the predictor
+    gates: Literal["shared", "per_task"] = "shared"  # per_task: a gate per (direction, branch), MMoE proper
 
 
 @dataclass
@@ -89,6 +91,7 @@ class M3JepaConfig:
             "top_k": m.top_k,
             "dropout": m.dropout,
             "grid_pool": {"image": m.grid_pool} if m.grid_pool and media == "image" else {},
+            "gates": m.gates,
         }
         configs = method_configs(predictor, clip_dim=width)
         if name not in configs:

@@ -8,6 +8,7 @@ the projected target tokens and (b) the pooled target-encoder embedding itself
     h      = GELU(W_in[src] (x + d[src->tgt]))                       tokens B×L×H
     u_b    = h + b_b,  b ∈ {contrastive, regression}                 two branch inputs
     g_b    = top_k(softmax(W_gate u_b))                              ONE gate, two routings
+             (``gates="per_task"``: W_gate[src->tgt, b], one gate per direction and branch, MMoE proper)
     z_b    = Σ_{e ∈ top_k} g_b,e · expert_e(u_b)
     o_b    = u_b + GELU(LayerNorm_b(z_b))                            residual per branch
     c      = W_c  · pool(o_contrastive)        ∈ R^{H'}              contrastive head
@@ -41,6 +42,7 @@ from triptych.m3jepa.features import EncodedBatch
 
 BRANCHES = ("contrastive", "regression")
 DISPATCH = ("auto", "sparse", "dense")  # auto: sparse on the CPU, dense on accelerators
+GATES = ("shared", "per_task")
 
 
 def direction_key(src: str, tgt: str) -> str:
@@ -73,6 +75,9 @@ class PredictorConfig:
     renormalize: bool = False  # the reference keeps the raw softmax weights of the top k
     dispatch: Literal["auto", "sparse", "dense"] = "auto"
     mixer: Literal["moe", "mlp"] = "moe"  # "mlp": one MLP instead of the MoE (ablation baseline)
+    # "shared": one gate for every direction and branch (the reference code); "per_task": one gate per
+    # (direction, branch), MMoE proper (Ma et al. 2018): each task routes the shared experts its own way
+    gates: Literal["shared", "per_task"] = "shared"
     # modality -> S: a source whose L tokens form a square grid (image: 7×7) is average-pooled to
     # S×S tokens before the predictor, trading spatial detail for compute (49 → 9 tokens for S = 3)
     grid_pool: dict[str, int] = field(default_factory=dict)
@@ -89,6 +94,8 @@ class PredictorConfig:
             raise InputError(f"top_k={self.top_k} must lie in 1..experts={self.experts}")
         if self.dispatch not in DISPATCH:
             raise InputError(f"dispatch={self.dispatch!r}: use one of {', '.join(DISPATCH)}")
+        if self.gates not in GATES:
+            raise InputError(f"gates={self.gates!r}: use one of {', '.join(GATES)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -140,16 +147,17 @@ class MixtureOfExperts(nn.Module):
         self.experts = nn.ModuleList(Expert(hidden, dropout) for _ in range(experts))
         self.top_k, self.renormalize, self.dispatch = top_k, renormalize, dispatch
 
-    def route(self, x: Tensor) -> Routing:
-        """g = top_k(softmax(W_gate x)); optionally renormalised over the kept k."""
-        probs = self.gate(x).softmax(-1)
+    def route(self, x: Tensor, gate: nn.Module | None = None) -> Routing:
+        """g = top_k(softmax(W_gate x)) (W_gate: ``gate``, default the shared one); optionally renormalised over the kept k."""
+        probs = (self.gate if gate is None else gate)(x).softmax(-1)
         weight, index = probs.topk(self.top_k, dim=-1)
         if self.renormalize:
             weight = weight / weight.sum(-1, keepdim=True)
         return Routing(probs, index, weight)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Routing]:
-        routing = self.route(x)
+    def forward(self, x: Tensor, routing: Routing | None = None) -> tuple[Tensor, Routing]:
+        """Mix N×H tokens through their top-k experts (routed by the shared gate unless ``routing`` is given)."""
+        routing = self.route(x) if routing is None else routing
         dense = self.dispatch == "dense" or (self.dispatch == "auto" and x.device.type != "cpu")
         if dense:
             return self._dense(x, routing), routing
@@ -207,6 +215,14 @@ class M3Predictor(nn.Module):
             )
         else:
             self.mixer = Expert(c.hidden, c.dropout)
+        if c.mixer == "moe" and c.gates == "per_task":  # MMoE proper: a gate per (direction, branch)
+            self.task_gates = nn.ModuleDict(
+                {
+                    f"{direction_key(s, t)}__{b}": nn.Linear(c.hidden, c.experts)
+                    for s, t in c.directions
+                    for b in BRANCHES
+                }
+            )
         self.branch_norm = nn.ModuleList(nn.LayerNorm(c.hidden) for _ in BRANCHES)
         self.contrastive_head = nn.Linear(c.hidden, c.contrastive_dim)
         self.regression_head = nn.ModuleDict(
@@ -242,7 +258,8 @@ class M3Predictor(nn.Module):
         n = h.shape[0]
         branch_inputs = torch.cat([h + self.branch_embedding[i] for i in range(len(BRANCHES))])  # 2N×H
         if isinstance(self.mixer, MixtureOfExperts):
-            mixed, routing = self.mixer(branch_inputs)
+            routing = self._route(key, branch_inputs, n)
+            mixed, routing = self.mixer(branch_inputs, routing)
             routings = [
                 Routing(
                     routing.probs[i * n : (i + 1) * n],
@@ -264,6 +281,16 @@ class M3Predictor(nn.Module):
             regression=self.regression_head[key](pooled[1]),
             routings=routings,
         )
+
+    def _route(self, key: str, branch_inputs: Tensor, n: int) -> Routing:
+        """The routing of the 2N branch inputs: the shared gate, or each branch's own gate of this direction."""
+        if self.config.gates == "shared":
+            return self.mixer.route(branch_inputs)
+        parts = [
+            self.mixer.route(branch_inputs[i * n : (i + 1) * n], self.task_gates[f"{key}__{b}"])
+            for i, b in enumerate(BRANCHES)
+        ]
+        return Routing(*(torch.cat([getattr(p, f) for p in parts]) for f in ("probs", "index", "weight")))
 
     def project_target(self, tgt: str, tokens: Tensor, mask: Tensor) -> Tensor:
         """t = W_t pool(target tokens): B×L×D_tgt, B×L → B×H'."""

@@ -6,7 +6,10 @@ given as pairs of rows into two feature caches. AGD takes one optimiser step per
 - ``cyclic``: every training step visits the tasks in order, one optimiser step each;
 - ``sampled``: every training step draws as many tasks (with replacement) from
   probabilities that adapt after each validation to the tasks' recall (worse → drawn more);
-- ``summed``: the no-AGD ablation, one optimiser step on the sum of all task losses.
+- ``summed``: the no-AGD ablation, one optimiser step on the sum of all task losses. With
+  ``match_agd_steps`` (the benchmark's ``moe_summed``) it takes as many optimiser steps as
+  AGD: an epoch visits each task's items T times (T tasks), T× the batches at one step each,
+  where AGD takes T steps per batch.
 
 AdamW with a warmup-cosine learning rate, a cosine weight-decay schedule (rising), gradient
 clipping and early stopping on the validation recall. Optimisation is manual (several
@@ -57,9 +60,10 @@ def cosine_ramp(step: int, total: int, start: float, end: float) -> float:
 
 
 class _GroupedPairs(Dataset):
-    """Items of a task for one epoch: each pair, or each group with one random member."""
+    """Items of a task for one epoch: each pair, or each group with one random member (``repeats`` times over)."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, repeats: int = 1) -> None:
+        self.repeats = repeats
         self.pairs = torch.from_numpy(task.pairs)
         if task.group_by is None:
             self.groups = None
@@ -71,9 +75,10 @@ class _GroupedPairs(Dataset):
             self.groups = [torch.from_numpy(g) for g in np.split(order, starts[1:])]
 
     def __len__(self) -> int:
-        return len(self.pairs) if self.groups is None else len(self.groups)
+        return self.repeats * (len(self.pairs) if self.groups is None else len(self.groups))
 
     def __getitem__(self, i: int) -> Tensor:
+        i = i % (len(self) // self.repeats)
         if self.groups is None:
             return self.pairs[i]
         members = self.groups[i]
@@ -83,14 +88,14 @@ class _GroupedPairs(Dataset):
 class AlignmentData(L.LightningDataModule):
     """Training tasks (one loader each, cycled together) and validation tasks (evaluated whole)."""
 
-    def __init__(self, tasks: list[Task], val_tasks: list[Task], batch_size: int) -> None:
+    def __init__(self, tasks: list[Task], val_tasks: list[Task], batch_size: int, repeats: int = 1) -> None:
         super().__init__()
-        self.tasks, self.val_tasks, self.batch_size = tasks, val_tasks, batch_size
+        self.tasks, self.val_tasks, self.batch_size, self.repeats = tasks, val_tasks, batch_size, repeats
 
     def train_dataloader(self) -> CombinedLoader:
         loaders = {}
         for task in self.tasks:
-            items = _GroupedPairs(task)
+            items = _GroupedPairs(task, self.repeats)
             # a last batch of a few pairs gives InfoNCE too few negatives; drop it when there are others
             loaders[task.name] = DataLoader(
                 items, batch_size=self.batch_size, shuffle=True, drop_last=len(items) > self.batch_size
@@ -315,7 +320,9 @@ def train_aligner(
         num_sanity_val_steps=0,
         deterministic=False,
     )
-    data = AlignmentData(tasks, val_tasks, cfg.batch_size)
+    # equal optimiser steps: summed losses take one step per batch, AGD one per task, so summed sees T× the batches
+    repeats = len(tasks) if cfg.schedule == "summed" and cfg.match_agd_steps else 1
+    data = AlignmentData(tasks, val_tasks, cfg.batch_size, repeats)
     start = time.perf_counter()
     fit(trainer, module, datamodule=data, resume=flags.resume)
     seconds = time.perf_counter() - start
