@@ -191,3 +191,54 @@ def test_flickr8k_shared_layout(shared_dataset):
     test = data.subset("test")
     assert len(test.images) == 1000 and len(test.captions) == 5000
     assert np.bincount(test.caption_image).tolist() == [5] * 1000
+
+
+def _karpathy_entry(filepath, filename, split, sentences, imgid):
+    return {
+        "filepath": filepath,
+        "filename": filename,
+        "imgid": imgid,
+        "split": split,
+        "cocoid": 1000 + imgid,
+        "sentids": list(range(len(sentences))),
+        "sentences": [
+            {"raw": s, "tokens": s.lower().split(), "imgid": imgid, "sentid": 0} for s in sentences
+        ],
+    }
+
+
+def test_coco_karpathy_splits(tmp_path):
+    """dataset_coco.json: restval trains with train, val is the dev split, images sit under their filepath."""
+    images(tmp_path / "images" / "train2014", ["t1.jpg", "t2.jpg"])
+    images(tmp_path / "images" / "val2014", ["r1.jpg", "v1.jpg", "s1.jpg", "s2.jpg"])
+    entries = [
+        _karpathy_entry("train2014", "t1.jpg", "train", ["a dog runs.", "a dog."], 0),
+        _karpathy_entry("val2014", "r1.jpg", "restval", ["a cat sits."], 1),
+        _karpathy_entry("val2014", "v1.jpg", "val", ["a red bus."], 2),
+        _karpathy_entry("train2014", "t2.jpg", "train", ["two birds."], 3),
+        _karpathy_entry("val2014", "s1.jpg", "test", ["a man surfs.", "surfing.", "a wave."], 4),
+        _karpathy_entry("val2014", "s2.jpg", "test", ["a pizza."], 5),
+    ]
+    file = tmp_path / "dataset_coco.json"
+    file.write_text(json.dumps({"images": entries, "dataset": "coco"}))
+    for spec in (f"coco:{file}", f"karpathy:{file}", f"captions:{file}"):
+        data = load_dataset(spec)
+        assert data.name == "coco"
+        assert data.splits == {
+            "train": ["train2014/t1.jpg", "val2014/r1.jpg", "train2014/t2.jpg"],
+            "dev": ["val2014/v1.jpg"],
+            "test": ["val2014/s1.jpg", "val2014/s2.jpg"],
+        }
+        test = data.subset("test")
+        assert test.captions == ["a man surfs.", "surfing.", "a wave.", "a pizza."]
+        assert test.caption_image.tolist() == [0, 0, 0, 1]
+        assert data.load_image(data.images.index("val2014/s2.jpg")).size == (8, 8)
+    # an unknown split name, and a missing image file, are one-line input errors
+    bad = tmp_path / "bad" / "dataset_coco.json"
+    bad.parent.mkdir()
+    bad.write_text(json.dumps({"images": [_karpathy_entry("", "x.jpg", "holdout", ["x"], 0)]}))
+    with pytest.raises(InputError, match="split 'holdout'"):
+        load_dataset(f"coco:{bad}")
+    bad.write_text(json.dumps({"images": [_karpathy_entry("", "x.jpg", "test", ["x"], 0)]}))
+    with pytest.raises(InputError, match="does not exist"):
+        load_dataset(f"coco:{bad}")

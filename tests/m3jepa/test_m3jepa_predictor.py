@@ -161,3 +161,17 @@ def test_per_task_gates_route_each_direction_and_branch_by_its_own_gate():
     assert not torch.allclose(again.routings[1].probs, out.routings[1].probs)
     with pytest.raises(InputError, match="gates='bogus'"):
         PredictorConfig(DIMS, gates="bogus")
+
+
+@pytest.mark.parametrize("gates", ["shared", "per_task"])
+def test_contrastive_only_forward_equals_the_full_one(gates):
+    from triptych.m3jepa.features import EncodedBatch
+
+    torch.manual_seed(0)
+    model = M3Predictor(PredictorConfig(DIMS, hidden=16, contrastive_dim=8, experts=6, top_k=3, gates=gates))
+    model.eval()
+    x, mask = _inputs()
+    full = model("image", "text", x, mask)
+    query = model.embed_query("image", "text", EncodedBatch(x, mask, x.mean(1)))
+    torch.testing.assert_close(query, full.contrastive)
+    assert model("image", "text", x, mask, regression=False).regression is None

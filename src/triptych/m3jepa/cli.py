@@ -365,6 +365,13 @@ LearnableOpt = Annotated[bool, typer.Option(help="Learn τ (the paper fixes τ =
 GridPoolOpt = Annotated[
     int, typer.Option(help="Pool the 7×7 image grid to S×S tokens for the predictor (0: keep all 49).")
 ]
+GatesOpt = Annotated[
+    str,
+    typer.Option(
+        help="shared: one gate for every direction and branch (the reference code); "
+        "per_task: a gate per direction and branch (MMoE proper)."
+    ),
+]
 FuseOpt = Annotated[
     bool, typer.Option(help="Select and rank by both directions' scores summed (no effect on CLIP heads).")
 ]
@@ -381,9 +388,16 @@ CacheOpt = Annotated[
 METHOD_HELP = "m3jepa (MMoE + AGD), moe_summed (no AGD), mlp (one MLP instead of the MoE) or clip_linear."
 
 
-def _config(hidden: int, experts: int, top_k: int, dropout: float, grid_pool: int, **train: object) -> object:
+def _config(
+    hidden: int, experts: int, top_k: int, dropout: float, grid_pool: int, gates: str, **train: object
+) -> object:
     """The one config (:mod:`triptych.m3jepa.config`) with the command line's values."""
+    from triptych.m3jepa.predictor import GATES
+
+    if gates not in GATES:
+        raise typer.BadParameter(f"{gates!r}: use one of {', '.join(GATES)}", param_hint="--gates")
     return DEFAULTS.with_(
+        gates=gates,
         hidden=hidden,
         contrastive_dim=hidden,
         experts=experts,
@@ -414,6 +428,7 @@ def train(
     temperature: TemperatureOpt = _T.temperature,
     learnable_temperature: LearnableOpt = _T.learnable_temperature,
     grid_pool: GridPoolOpt = _M.grid_pool,
+    gates: GatesOpt = _M.gates,
     fuse: FuseOpt = _T.fuse_directions,
     balance_weight: BalanceOpt = _T.balance_weight,
     epochs: EpochsOpt = _T.max_epochs,
@@ -448,6 +463,7 @@ def train(
         top_k,
         dropout,
         grid_pool,
+        gates,
         alpha=alpha,
         temperature=temperature,
         balance_weight=balance_weight,
@@ -674,6 +690,7 @@ def benchmark(
     learnable_temperature: LearnableOpt = _T.learnable_temperature,
     fuse: FuseOpt = _T.fuse_directions,
     grid_pool: GridPoolOpt = _M.grid_pool,
+    gates: GatesOpt = _M.gates,
     jobs: Annotated[
         int, typer.Option(help="Trainings run at once, in worker processes of one thread each.")
     ] = 1,
@@ -714,6 +731,7 @@ def benchmark(
                 top_k,
                 dropout,
                 grid_pool,
+                gates,
                 max_epochs=epochs,
                 patience=patience,
                 alpha=alpha,

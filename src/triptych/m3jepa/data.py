@@ -8,7 +8,12 @@ captions). Supported layouts, chosen by :func:`load_dataset` from a ``KIND:PATH`
 - ``flickr8k:DIR``  ``DIR/captions.csv`` (``image,caption``), ``DIR/images/``, ``DIR/split_{train,dev,test}.txt``;
 - ``captions:FILE`` a CSV (``image,caption[,split]``) or JSON (list of ``{"image", "caption"}`` or
   ``{"image", "captions": [...]}``) file; images beside it, or in ``images/`` beside it;
-- ``coco:FILE``     COCO caption JSON (``images[].file_name``, ``annotations[].image_id/caption``);
+- ``coco:FILE``     the Karpathy split file ``dataset_coco.json`` (``images[]`` with ``filepath``, ``filename``,
+                    ``split`` and ``sentences[].raw``; train + restval → train, val → dev, test → test, the
+                    standard 5k test images), or plain COCO caption JSON (``images[].file_name``,
+                    ``annotations[].image_id/caption``; no splits); images under ``DIR/<filepath>/`` where DIR
+                    is ``images/`` beside the file if present, else the file's folder;
+- ``karpathy:FILE`` any Karpathy split file (``dataset_coco.json``, ``dataset_flickr30k.json``, ...);
 - ``labels:DIR``    an image-label folder ``DIR/<label>/<image>`` (or ``DIR/<split>/<label>/<image>``); the
                     label text is the caption;
 - ``audio:FILE``    an audio-caption CSV (``audio,caption[,split]``) of WAV files beside it or in ``audio/``
@@ -233,7 +238,7 @@ def read_caption_table(file: str | os.PathLike, image_root: str | os.PathLike | 
     root = Path(image_root) if image_root else _image_root(file)
     if file.suffix.lower() == ".json":
         obj = read_json(file, "caption file", CAPTION_HINT)
-        if isinstance(obj, dict) and "annotations" in obj and "images" in obj:
+        if _is_karpathy(obj) or isinstance(obj, dict) and "annotations" in obj and "images" in obj:
             return read_coco(file, image_root)
         if not isinstance(obj, list):
             raise InputError(f"{file}: expected a list of {{image, caption}} objects or COCO caption JSON")
@@ -284,10 +289,61 @@ def read_audio_table(file: str | os.PathLike, audio_root: str | os.PathLike | No
     )
 
 
+# Karpathy's split names -> ours; "restval" (the 30k COCO val images outside the 5k val/test) trains
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "dev", "test": "test"}
+
+
+def _is_karpathy(obj: Any) -> bool:
+    images = obj.get("images") if isinstance(obj, dict) else None
+    return (
+        isinstance(images, list) and bool(images) and isinstance(images[0], dict) and "sentences" in images[0]
+    )
+
+
+def read_karpathy(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
+    """A Karpathy split file (``dataset_coco.json``): each image's ``filepath``/``filename``, ``split`` and ``sentences``.
+
+    Splits follow the standard retrieval protocol: ``train`` and ``restval`` train, ``val`` is
+    the dev split, ``test`` the test split (COCO: 113,287 / 5,000 / 5,000 images).
+    """
+    file = input_file(file, "Karpathy split file", "give dataset_coco.json (or dataset_flickr30k.json)")
+    obj = read_json(file, "Karpathy split file", "give dataset_coco.json (or dataset_flickr30k.json)")
+    if not _is_karpathy(obj):
+        raise InputError(
+            f"{file}: not a Karpathy split file (needs images[] with sentences[], split, filename)"
+        )
+    pairs, splits = [], {s: [] for s in SPLITS}
+    for n, im in enumerate(obj["images"], start=1):
+        try:
+            image = "/".join(p for p in (im.get("filepath", ""), im["filename"]) if p)
+            split = KARPATHY_SPLITS.get(im.get("split", "train"))
+            sentences = [s["raw"] for s in im["sentences"]]
+        except (KeyError, TypeError):
+            raise InputError(
+                f"{file}: image entry {n} lacks filename or sentences[].raw; fix or remove it"
+            ) from None
+        if split is None:
+            raise InputError(
+                f"{file}: image entry {n} ({image}) has split {im.get('split')!r}; "
+                f"expected one of {sorted(KARPATHY_SPLITS)}"
+            )
+        splits[split].append(image)
+        pairs += [(image, sentence) for sentence in sentences]
+    name = {"dataset_coco": "coco"}.get(file.stem, obj.get("dataset") or file.stem)
+    root = Path(image_root) if image_root else _image_root(file)
+    return _from_pairs(name, root, pairs, str(file), {s: v for s, v in splits.items() if v})
+
+
 def read_coco(file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> ImageCaptions:
-    """COCO caption JSON: ``images`` (``id``, ``file_name``) and ``annotations`` (``image_id``, ``caption``)."""
+    """COCO with Karpathy splits (``dataset_coco.json``, :func:`read_karpathy`) or plain COCO caption JSON.
+
+    Plain caption JSON holds ``images`` (``id``, ``file_name``) and ``annotations``
+    (``image_id``, ``caption``) and names no splits.
+    """
     file = Path(file)
     obj = read_json(file, "caption file", CAPTION_HINT)
+    if _is_karpathy(obj):
+        return read_karpathy(file, image_root)
     try:
         names = {im["id"]: im["file_name"] for im in obj["images"]}
         pairs = [(names[a["image_id"]], a["caption"]) for a in obj["annotations"]]
@@ -399,6 +455,7 @@ def load_dataset(spec: str) -> ImageCaptions:
         "flickr": read_flickr,
         "captions": read_caption_table,
         "coco": read_coco,
+        "karpathy": read_karpathy,
         "labels": read_label_folder,
         "audio": read_audio_table,
     }

@@ -189,10 +189,10 @@ class MixtureOfExperts(nn.Module):
 
 @dataclass
 class PredictorOutput:
-    """``contrastive`` B×H', ``regression`` B×D_tgt, and the gate routings of both branches."""
+    """``contrastive`` B×H', ``regression`` B×D_tgt (None when not asked for), and the branches' gate routings."""
 
     contrastive: Tensor
-    regression: Tensor
+    regression: Tensor | None
     routings: list[Routing]
 
 
@@ -242,8 +242,13 @@ class M3Predictor(nn.Module):
                 f"{modality} mask has shape {tuple(mask.shape)}, tokens {tuple(tokens.shape[:2])}"
             )
 
-    def forward(self, src: str, tgt: str, tokens: Tensor, mask: Tensor) -> PredictorOutput:
-        """Predict the target of ``src -> tgt`` from source tokens B×L×D_src and mask B×L."""
+    def forward(
+        self, src: str, tgt: str, tokens: Tensor, mask: Tensor, regression: bool = True
+    ) -> PredictorOutput:
+        """Predict the target of ``src -> tgt`` from source tokens B×L×D_src and mask B×L.
+
+        ``regression=False`` computes only the contrastive branch (retrieval needs nothing else).
+        """
         self._check(src, tokens, mask)
         key = direction_key(src, tgt)
         if key not in self.regression_head:
@@ -256,9 +261,10 @@ class M3Predictor(nn.Module):
         valid = tokens[mask]
         h = F.gelu(self.input_projection[src](valid + self.direction_embedding[key]))  # N×H
         n = h.shape[0]
-        branch_inputs = torch.cat([h + self.branch_embedding[i] for i in range(len(BRANCHES))])  # 2N×H
+        branches = len(BRANCHES) if regression else 1
+        branch_inputs = torch.cat([h + self.branch_embedding[i] for i in range(branches)])  # 2N×H
         if isinstance(self.mixer, MixtureOfExperts):
-            routing = self._route(key, branch_inputs, n)
+            routing = self._route(key, branch_inputs, n, branches)
             mixed, routing = self.mixer(branch_inputs, routing)
             routings = [
                 Routing(
@@ -266,29 +272,29 @@ class M3Predictor(nn.Module):
                     routing.index[i * n : (i + 1) * n],
                     routing.weight[i * n : (i + 1) * n],
                 )
-                for i in range(len(BRANCHES))
+                for i in range(branches)
             ]
         else:
             mixed, routings = self.mixer(branch_inputs), []
         pooled = []
         counts = mask.sum(1, keepdim=True).clamp_min(1).to(h.dtype)
-        for i, norm in enumerate(self.branch_norm):
+        for i, norm in enumerate(self.branch_norm[:branches]):
             u, z = branch_inputs[i * n : (i + 1) * n], mixed[i * n : (i + 1) * n]
             o = u + F.gelu(norm(z))
             pooled.append(o.new_zeros(mask.shape[0], o.shape[1]).index_add(0, batch_of_token, o) / counts)
         return PredictorOutput(
             contrastive=self.contrastive_head(pooled[0]),
-            regression=self.regression_head[key](pooled[1]),
+            regression=self.regression_head[key](pooled[1]) if regression else None,
             routings=routings,
         )
 
-    def _route(self, key: str, branch_inputs: Tensor, n: int) -> Routing:
-        """The routing of the 2N branch inputs: the shared gate, or each branch's own gate of this direction."""
+    def _route(self, key: str, branch_inputs: Tensor, n: int, branches: int) -> Routing:
+        """The routing of the branches' inputs (N each): the shared gate, or each branch's own gate of this direction."""
         if self.config.gates == "shared":
             return self.mixer.route(branch_inputs)
         parts = [
             self.mixer.route(branch_inputs[i * n : (i + 1) * n], self.task_gates[f"{key}__{b}"])
-            for i, b in enumerate(BRANCHES)
+            for i, b in enumerate(BRANCHES[:branches])
         ]
         return Routing(*(torch.cat([getattr(p, f) for p in parts]) for f in ("probs", "index", "weight")))
 
@@ -299,7 +305,7 @@ class M3Predictor(nn.Module):
 
     def embed_query(self, src: str, tgt: str, batch: EncodedBatch) -> Tensor:
         """The retrieval vector of a source item for ``src -> tgt``: c, B×H'."""
-        return self(src, tgt, batch.tokens, batch.mask).contrastive
+        return self(src, tgt, batch.tokens, batch.mask, regression=False).contrastive
 
     def embed_key(self, tgt: str, batch: EncodedBatch) -> Tensor:
         """The retrieval vector of a target item: t, B×H'."""
