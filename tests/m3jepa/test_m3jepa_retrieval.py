@@ -74,7 +74,7 @@ class _Pooled(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.unused = torch.nn.Parameter(torch.zeros(1))  # zero_shot_task reads the device from a parameter
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # label_probe_task reads the device from a parameter
 
     def embed_query(self, src, tgt, batch):
         return batch.pooled
@@ -83,40 +83,40 @@ class _Pooled(torch.nn.Module):
         return batch.pooled
 
 
-def test_zero_shot_task_on_a_label_cache():
+def test_label_probe_task_on_a_label_cache():
     from m3jepa_synth import LABELS, label_set
 
-    from triptych.m3jepa.retrieval import zero_shot_task
+    from triptych.m3jepa.retrieval import label_probe_task
 
     model = _Pooled()
     # 5 images per class → one test image per class (rows 4, 9, 14), one dev image (rows 3, 8, 13)
-    assert zero_shot_task(model, label_set(), "test") == {"top1": 100.0}
-    assert zero_shot_task(model, label_set(wrong={4: 1}), "test")["top1"] == pytest.approx(200 / 3)
-    assert zero_shot_task(model, label_set(wrong={4: 1}), "dev")["top1"] == 100.0  # row 4 is not in dev
-    assert zero_shot_task(model, label_set(wrong={4: 1, 9: 2, 14: 0}), "test")["top1"] == 0.0
+    assert label_probe_task(model, label_set(), "test") == {"top1": 100.0}
+    assert label_probe_task(model, label_set(wrong={4: 1}), "test")["top1"] == pytest.approx(200 / 3)
+    assert label_probe_task(model, label_set(wrong={4: 1}), "dev")["top1"] == 100.0  # row 4 is not in dev
+    assert label_probe_task(model, label_set(wrong={4: 1, 9: 2, 14: 0}), "test")["top1"] == 0.0
     # 10 per class: test rows 8-9, 18-19, 28-29; two of six wrong → 4/6; train has 18 images
     cache = label_set(per_class=10, wrong={9: 2, 28: 1, 3: 1})
-    assert zero_shot_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
-    assert zero_shot_task(model, cache, "train")["top1"] == pytest.approx(
+    assert label_probe_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
+    assert label_probe_task(model, cache, "train")["top1"] == pytest.approx(
         100 * 17 / 18
     )  # row 3 (a cat) looks like a dog
     # a label that captions no image cannot be a key, and does not change the answer
     cache.data.labels = [*LABELS, "a photo of a bird."]
-    assert zero_shot_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
+    assert label_probe_task(model, cache, "test")["top1"] == pytest.approx(400 / 6)
 
 
-def test_zero_shot_task_needs_labels():
+def test_label_probe_task_needs_labels():
     from m3jepa_synth import caption_set, label_set
 
     from triptych.core.errors import InputError
-    from triptych.m3jepa.retrieval import zero_shot_task
+    from triptych.m3jepa.retrieval import label_probe_task
 
     with pytest.raises(InputError, match="no labels"):
-        zero_shot_task(_Pooled(), caption_set(n_images=20), "test")
+        label_probe_task(_Pooled(), caption_set(n_images=20), "test")
     cache = label_set()
     cache.data.captions[14] = "a hot dog on a plate"  # test image 14's caption is no longer a label text
     with pytest.raises(InputError, match="'hot_dog/4.png' has no caption that is a label text"):
-        zero_shot_task(_Pooled(), cache, "test")
+        label_probe_task(_Pooled(), cache, "test")
 
 
 def test_over_seeds_and_mean():

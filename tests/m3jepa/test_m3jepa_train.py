@@ -136,11 +136,11 @@ def test_train_and_evaluate_commands(tmp_path):
         assert results[task] == pytest.approx(r), task
 
 
-def test_evaluate_reports_zero_shot_accuracy_on_a_label_cache(tmp_path):
+def test_evaluate_reports_the_label_probe_on_a_label_cache(tmp_path):
     from m3jepa_synth import cli_train_evaluate, label_set, write_cache
 
     from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.retrieval import zero_shot_task
+    from triptych.m3jepa.retrieval import label_probe_task
 
     write_cache(tmp_path / "cache", label_set(per_class=10, noise=0.3))
     summary, output, results = cli_train_evaluate(
@@ -159,12 +159,12 @@ def test_evaluate_reports_zero_shot_accuracy_on_a_label_cache(tmp_path):
         "6",
     )
     checkpoint = summary["checkpoint"]
-    assert "zero_shot" in output and "top1" in output
-    assert set(results) == {"image->text", "text->image", "zero_shot"}
+    assert "label_probe" in output and "top1" in output
+    assert set(results) == {"image->text", "text->image", "label_probe"}
     # 3 classes: only top-1 is reported (top-5 would be trivially 100)
-    want = zero_shot_task(load_aligner(checkpoint).model, load_cache(tmp_path / "cache"), "test")
-    assert set(results["zero_shot"]) == {"top1"} and results["zero_shot"]["top1"] == pytest.approx(
+    want = label_probe_task(load_aligner(checkpoint).model, load_cache(tmp_path / "cache"), "test")
+    assert set(results["label_probe"]) == {"top1"} and results["label_probe"]["top1"] == pytest.approx(
         want["top1"]
     )
-    top1 = results["zero_shot"]["top1"]
+    top1 = results["label_probe"]["top1"]
     assert any(top1 == pytest.approx(100 * n / 6) for n in range(7)), top1  # a share of the 6 test images

@@ -637,7 +637,7 @@ def evaluate(
     from triptych.core.results import markdown_table, write_results
     from triptych.m3jepa.aligner import load_aligner
     from triptych.m3jepa.features import load_cache
-    from triptych.m3jepa.retrieval import evaluate_tasks, zero_shot_task
+    from triptych.m3jepa.retrieval import evaluate_tasks, label_probe_task
     from triptych.m3jepa.search import check_encoder
     from triptych.m3jepa.tasks import split_tasks
 
@@ -651,7 +651,7 @@ def evaluate(
         fuse = bool(aligner.train_config.get("fuse_directions", False))
     results = dict(evaluate_tasks(aligner.model, tasks, fuse))
     if paired.data.labels:
-        results["zero_shot"] = zero_shot_task(aligner.model, paired, split)
+        results["label_probe"] = label_probe_task(aligner.model, paired, split)
     rows = [{"task": name, **{k: round(v, 2) for k, v in r.items()}} for name, r in results.items()]
     table = markdown_table(rows)
     typer.echo(table)
@@ -661,6 +661,69 @@ def evaluate(
                 stage,
                 {"checkpoint": str(checkpoint), "split": split, "fused": fuse, "results": results},
                 f"# M3-JEPA evaluation on {split}\n\n{table}",
+            )
+
+
+@app.command("zero-shot")
+def zero_shot(
+    checkpoint: Annotated[
+        Path, typer.Option(help="An aligner trained on image–caption pairs (`triptych m3jepa train`).")
+    ],
+    cache: Annotated[
+        Path,
+        typer.Option(
+            "--cache", help="An encoded image-label folder: `triptych m3jepa encode --data labels:DIR`."
+        ),
+    ],
+    split: Annotated[str, typer.Option(help="Split of the label folder to classify.")] = "test",
+    templates: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt templates, one per line with {} for the class name "
+            "(default: a built-in ensemble of 8, 'a photo of a {}.' ...)."
+        ),
+    ] = None,
+    fuse: Annotated[
+        bool | None,
+        typer.Option(help="Add the text->image predictor's term (default: as the checkpoint was trained)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto (for the text encoder).")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Also write OUT/results.json and results.md.")] = None,
+) -> None:
+    """Zero-shot classification: class-name prompts through the text encoder and the predictor, no training on labels.
+
+    Each class name fills every template; the frozen text encoder (the checkpoint's) encodes the
+    prompts, the predictor maps them, and the per-template vectors are averaged (a prompt
+    ensemble). Images are classified by the fused retrieval score. Not to be confused with
+    `evaluate` on a label cache, whose `label_probe` is supervised (trained on the labels).
+
+    Example: triptych m3jepa zero-shot --checkpoint runs/m3jepa/checkpoints/best.safetensors --cache cache/labels
+    """
+    from triptych.core.device import choose_device
+    from triptych.core.io import atomic_output_dir
+    from triptych.core.results import markdown_table, write_results
+    from triptych.m3jepa.aligner import load_aligner
+    from triptych.m3jepa.features import load_cache
+    from triptych.m3jepa.search import check_encoder
+    from triptych.m3jepa.zeroshot import TEMPLATES, encoder_for, read_templates, zero_shot_classify
+
+    _threads()
+    aligner = load_aligner(checkpoint)
+    paired = load_cache(cache)
+    check_encoder(aligner, "image", paired.image)
+    prompts = read_templates(templates) if templates else list(TEMPLATES)
+    if fuse is None:
+        fuse = bool(aligner.train_config.get("fuse_directions", False))
+    text_encoder = encoder_for(aligner, "text", str(choose_device(device)))
+    result = zero_shot_classify(aligner, paired, text_encoder, split, prompts, fuse)
+    table = markdown_table([{"split": split, **result}])
+    typer.echo(table)
+    if out is not None:
+        with atomic_output_dir(out) as stage:
+            write_results(
+                stage,
+                {"checkpoint": str(checkpoint), "cache": str(cache), "templates": prompts, "result": result},
+                f"# M3-JEPA zero-shot classification on {split}\n\n{table}",
             )
 
 

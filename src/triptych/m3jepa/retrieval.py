@@ -1,8 +1,11 @@
-"""Evaluation: Recall@K both ways, zero-shot classification, and the mean over seeds.
+"""Evaluation: Recall@K both ways, the supervised label probe, and the mean over seeds.
 
 With several captions per image, an image query hits at K if ANY of its captions is in
-its top K; a caption query hits if its image is. Zero-shot classification is retrieval
-with each label's text as the other modality: accuracy = Recall@1 of image→label.
+its top K; a caption query hits if its image is. Classification is retrieval with each
+label's text as the other modality: accuracy = Recall@1 of image→label. When the aligner
+was trained on those label texts (a label cache's train split) that is a supervised probe
+(with CLIP-style heads, a linear probe), reported as ``label_probe``; zero-shot
+classification, with no training on the labels, is :mod:`triptych.m3jepa.zeroshot`.
 """
 
 from __future__ import annotations
@@ -158,8 +161,12 @@ def mean_over_seeds(per_seed: Sequence[dict[str, Any]], fmt: str = "{:.1f}") -> 
     return walk(lists)
 
 
-def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]:
-    """Zero-shot classification of a split's images of an image-label cache: label texts as the keys.
+def label_probe_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]:
+    """The label probe: a split's images of an image-label cache classified with the label texts as keys.
+
+    Supervised, not zero-shot: the aligner was trained on these label texts (on the cache's
+    train split); with the CLIP-style heads (``--method clip_linear``) it is a linear probe
+    on the frozen features. Zero-shot classification is :mod:`triptych.m3jepa.zeroshot`.
 
     Each label's text is one of the cached captions (image-label folders caption every
     image with its label's text), so a label's key is read from the text-cache row of its
@@ -170,7 +177,7 @@ def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]
     data = cache.data
     if not data.labels:
         raise InputError(
-            f"dataset {data.name} has no labels; zero-shot classification needs an image-label "
+            f"dataset {data.name} has no labels; the label probe needs an image-label "
             "dataset (labels:DIR)"
         )
     image_rows, caption_rows, caption_image = cache.split(split)
@@ -188,7 +195,7 @@ def zero_shot_task(model: nn.Module, cache: Any, split: str) -> dict[str, float]
         bad = data.images[image_rows[int(np.flatnonzero(targets < 0)[0])]]
         raise InputError(
             f"dataset {data.name}: image {bad!r} has no caption that is a label text; "
-            "zero-shot classification needs an image-label dataset (labels:DIR)"
+            "the label probe needs an image-label dataset (labels:DIR)"
         )
     device = next(model.parameters()).device
     was_training = model.training
