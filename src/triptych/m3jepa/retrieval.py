@@ -177,8 +177,7 @@ def label_probe_task(model: nn.Module, cache: Any, split: str) -> dict[str, floa
     data = cache.data
     if not data.labels:
         raise InputError(
-            f"dataset {data.name} has no labels; the label probe needs an image-label "
-            "dataset (labels:DIR)"
+            f"dataset {data.name} has no labels; the label probe needs an image-label dataset (labels:DIR)"
         )
     image_rows, caption_rows, caption_image = cache.split(split)
     first_row: dict[str, int] = {}
