@@ -226,3 +226,13 @@ def test_valid_aligner_checkpoint_loads(tmp_path, aligner_bytes):
 
     (tmp_path / "a.safetensors").write_bytes(aligner_bytes)
     assert load_aligner(tmp_path / "a.safetensors").model is not None
+
+
+def test_unknown_gate_design_is_refused(tmp_path, monkeypatch, capsys):
+    from m3jepa_synth import caption_set, write_cache
+
+    write_cache(tmp_path / "cache", caption_set(n_images=20))
+    args = ["m3jepa", "train", "--cache", tmp_path / "cache", "--out", tmp_path / "run", "--gates", "bogus"]
+    code, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "per_task" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
