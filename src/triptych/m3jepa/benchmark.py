@@ -30,7 +30,7 @@ from triptych.m3jepa.train import train_aligner
 __all__ = ["METHODS", "M3JepaConfig", "results_markdown", "run_benchmark", "run_one", "split_tasks"]
 METHOD_TITLES = {
     "m3jepa": "M3-JEPA (MMoE predictor, AGD)",
-    "moe_summed": "MMoE predictor, summed losses (no AGD)",
+    "moe_summed": "MMoE predictor, summed losses (no AGD), as many optimiser steps",
     "mlp": "predictor with one MLP instead of the MoE (AGD)",
     "clip_linear": "CLIP-style linear heads on pooled features",
 }
