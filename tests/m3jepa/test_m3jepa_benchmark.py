@@ -47,6 +47,7 @@ def test_benchmark_writes_the_results_schema(tmp_path):
     assert len(results["diagnostics"]["m3jepa"]["expert_usage_last_epoch"][0]) == 4
     md = (tmp_path / "out" / "results.md").read_text()
     assert "CLIP-style linear heads" in md and "±" in md
+    assert set(results["run"]) == {"command", "date", "load_average_1_5_15"} and "load average" in md
     # every row is the checkpoint's recall (recomputed by hand), and `evaluate` on that checkpoint reproduces it
     for method in ("m3jepa", "clip_linear"):
         for seed in (0, 1):

@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,24 @@ def run_benchmark(
         },
         "config": cfg.as_dict(),
         "diagnostics": diagnostics,
+        "run": _run_record(),
     }
     write_results(out, results, results_markdown(results))
     return results
+
+
+def _run_record() -> dict[str, Any]:
+    """What made these results: the command, the date (UTC) and the machine's load when it finished."""
+    import os
+    from datetime import datetime
+
+    from triptych.core.io import command_line
+
+    return {
+        "command": command_line(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def results_markdown(results: dict[str, Any]) -> str:
@@ -199,9 +215,16 @@ def results_markdown(results: dict[str, Any]) -> str:
         rows.append(row)
     p = results["protocol"]
     enc = ", ".join(f"{m}: {e['encoder']}" for m, e in results["encoders"].items())
+    run = results.get("run")
+    footer = (
+        f"\n\n`{run['command']}` ({run['date']}; load average {run['load_average_1_5_15']} on this machine)\n"
+        if run
+        else ""
+    )
     return (
         f"# M3-JEPA benchmark on {p['dataset']}\n\n"
         f"Frozen encoders ({enc}); {p['test_images']} test images against their {p['test_captions']} captions; "
         f"Recall@K in %, mean ± sd over seeds {p['seeds']}. Every method is selected on the dev split.\n\n"
         + markdown_table(rows)
+        + footer
     )
