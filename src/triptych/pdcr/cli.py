@@ -53,6 +53,13 @@ def train(
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     spatial_dims: Annotated[int, typer.Option(help="2 for images, 3 for volumes.")] = 2,
+    classes: Annotated[
+        int,
+        typer.Option(
+            help="1: binary masks, one sigmoid channel (Dice + BCE); K ≥ 2: label maps 0..K−1, "
+            "K softmax channels (Dice + cross-entropy)."
+        ),
+    ] = 1,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     max_cpu_time: Annotated[
         float | None,
@@ -62,42 +69,41 @@ def train(
     ] = None,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
-    """Train a MONAI segmentation network (Dice + BCE) on random patches; keep the best validation checkpoint.
+    """Train a MONAI segmentation network (Dice + BCE, or Dice + CE for --classes K) on random patches; keep the
+    best validation checkpoint.
 
     Example: triptych pdcr train --data ../shared/data/drive --arch unet --out runs/drive_unet --max-time 00:00:15:00
-    """
-    import json
 
+    Multi-class (label-map masks 0..2): triptych pdcr train --data DATA --classes 3 --out runs/three_class
+    """
     import torch
 
-    from triptych.core.io import write_text
-    from triptych.core.runs import final_path, training_run_dir
-    from triptych.pdcr.train import train_model
+    from triptych.pdcr.train import train_run
 
     if threads:
         torch.set_num_threads(threads)
-    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
-        result = train_model(
-            data,
-            run,
-            arch=arch,
-            patch=patch,
-            image_size=image_size,
-            features=_ints(features, "--features"),
-            batch_size=batch_size,
-            patches_per_epoch=patches_per_epoch,
-            epochs=epochs,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-            flags=flags,
-            spatial_dims=spatial_dims,
-            res_units=res_units,
-            max_cpu_minutes=max_cpu_time,
-        )
-        checkpoint = final_path(result.checkpoint, run, out)
-        result.metrics["checkpoint"] = str(checkpoint)  # where it will be, not where it was trained
-        write_text(run / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    # trains in OUT.partial/, replaces OUT when done
+    result = train_run(
+        data,
+        out,
+        resume=flags.resume,
+        arch=arch,
+        patch=patch,
+        image_size=image_size,
+        features=_ints(features, "--features"),
+        batch_size=batch_size,
+        patches_per_epoch=patches_per_epoch,
+        epochs=epochs,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        flags=flags,
+        spatial_dims=spatial_dims,
+        res_units=res_units,
+        max_cpu_minutes=max_cpu_time,
+        classes=classes,
+    )
+    checkpoint = result.checkpoint
     typer.echo(f"checkpoint: {checkpoint}")
     typer.echo(f"validation Dice: {result.val_dice:.4f}")
     if result.test_dice is not None:
@@ -129,7 +135,11 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     model = load_model(checkpoint)
-    samples = [s for s in load_dataset(data, split, spatial_dims=model.spatial_dims) if s.mask is not None]
+    samples = [
+        s
+        for s in load_dataset(data, split, spatial_dims=model.spatial_dims, classes=model.classes)
+        if s.mask is not None
+    ]
     if model.spec.input_size:
         samples = [resize_sample(s, model.spec.input_size) for s in samples]
     scores = score(model, samples)
@@ -246,6 +256,14 @@ def explain(
             "(agreement, default) or 0 (the paper's code)."
         ),
     ] = 1.0,
+    target_class: Annotated[
+        int | None,
+        typer.Option(
+            help="Multi-class models: the class (output channel) whose segmentation of the RoI is "
+            "explained; --mask is then a label map. Default: the checkpoint's (1, the first "
+            "foreground class, for `train --classes K`)."
+        ),
+    ] = None,
 ) -> None:
     """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
 
@@ -253,6 +271,8 @@ def explain(
 
     The authors' settings: --roi-file coords_block8_roi32.txt --estimator reference --empty-dice 0
     (and --activation none --threshold 0.5 for a network without a sigmoid).
+
+    A multi-class model: --target-class 2 --outcome dice_gt (class 2's Dice) or --outcome mean_dice.
     """
     import torch
 
@@ -264,7 +284,7 @@ def explain(
 
     if threads:
         torch.set_num_threads(threads)
-    model = with_output(load_model(checkpoint), activation, threshold).to(choose_device(device))
+    model = with_output(load_model(checkpoint), activation, threshold, target_class).to(choose_device(device))
     options = dict(
         data=data,
         bank=bank,
