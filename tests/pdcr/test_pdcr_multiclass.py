@@ -29,7 +29,12 @@ class Bands(nn.Module):
 
 def _bands(target_class: int = 1):
     return wrap_model(
-        Bands(), spatial_dims=2, in_channels=1, out_channels=3, activation="softmax", target_class=target_class
+        Bands(),
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=3,
+        activation="softmax",
+        target_class=target_class,
     )
 
 
@@ -56,7 +61,9 @@ def test_per_class_and_mean_dice_equal_their_definitions():
         got = make_outcome("dice_gt", model, image, roi, noisy, target_class=c)(prob)
         assert float(got[0]) == pytest.approx(expected)
     mean = make_outcome("mean_dice", model, image, roi, noisy)(prob)
-    per_class = [float(make_outcome("dice_gt", model, image, roi, noisy, target_class=c)(prob)[0]) for c in (1, 2)]
+    per_class = [
+        float(make_outcome("dice_gt", model, image, roi, noisy, target_class=c)(prob)[0]) for c in (1, 2)
+    ]
     assert float(mean[0]) == pytest.approx(np.mean(per_class))
     assert 0 < float(mean[0]) < 100  # the disagreement shows
     # against its own labels the unperturbed model scores 100
@@ -128,7 +135,9 @@ def test_softmax_ce_training_on_three_classes_learns(tmp_path):
     from triptych.pdcr.models import build_model, load_model
 
     model = load_model(result.checkpoint)
-    assert model.spec.out_channels == 3 and model.spec.activation == "softmax" and model.spec.target_class == 1
+    assert (
+        model.spec.out_channels == 3 and model.spec.activation == "softmax" and model.spec.target_class == 1
+    )
     test = synthetic(8, 96, seed=1000, classes=3)
     assert {int(v) for s in test for v in np.unique(s.mask)} == {0, 1, 2}
     torch.manual_seed(0)

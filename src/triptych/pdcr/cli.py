@@ -17,6 +17,17 @@ from triptych.pdcr.registry import ESTIMATORS, INTERVENTIONS, OUTCOMES  # light:
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
 
 
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from triptych.core.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{name} {text!r}: give comma-separated numbers, one per channel") from None
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     from triptych.core.errors import InputError
 
@@ -148,7 +159,6 @@ def evaluate(
 
 @app.command()
 def explain(
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
     image: Annotated[
         Path,
         typer.Option(
@@ -159,6 +169,36 @@ def explain(
     out: Annotated[
         Path, typer.Option(help="Output folder (with --roi-file: one subfolder per RoI and rois.csv).")
     ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model checkpoint from `triptych pdcr train` (or give --model).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own network instead of --checkpoint: an entry point 'package.module:factory' "
+            "(or 'file.py:factory') with --weights, or a TorchScript file; needs --activation."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="--model entry point: its state dict (.pt, .pth or .safetensors).")
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            help="--model: 'module:function' applied to each batch (B, C, *S) of [0, 1] images "
+            "before the network (after --mean/--std)."
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="--model: per-channel normalisation mean, e.g. 0.485,0.456,0.406.")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="--model: per-channel normalisation std, e.g. 0.229,0.224,0.225.")
+    ] = None,
+    spatial_dims: Annotated[int, typer.Option(help="--model: 2 for images, 3 for volumes.")] = 2,
+    in_channels: Annotated[
+        int | None, typer.Option(help="--model: input channels (default: its first convolution's).")
+    ] = None,
     roi: Annotated[
         str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")
     ] = None,
@@ -273,6 +313,9 @@ def explain(
     (and --activation none --threshold 0.5 for a network without a sigmoid).
 
     A multi-class model: --target-class 2 --outcome dice_gt (class 2's Dice) or --outcome mean_dice.
+
+    Your own network: --model mypkg.nets:build_unet --weights unet.pt --activation sigmoid
+    [--mean 0.5 --std 0.25 | --preprocess mypkg.nets:normalise], or --model scripted.pt (TorchScript).
     """
     import torch
 
@@ -284,7 +327,35 @@ def explain(
 
     if threads:
         torch.set_num_threads(threads)
-    model = with_output(load_model(checkpoint), activation, threshold, target_class).to(choose_device(device))
+    if (checkpoint is None) == (model is None):
+        raise InputError("give exactly one of --checkpoint FILE and --model ENTRY_POINT|TORCHSCRIPT")
+    if checkpoint is not None:
+        if any(v is not None for v in (weights, preprocess, mean, std, in_channels)):
+            raise InputError(
+                "--weights, --preprocess, --mean, --std and --in-channels go with --model; a "
+                "--checkpoint holds its own"
+            )
+        net = with_output(load_model(checkpoint), activation, threshold, target_class)
+    else:
+        from triptych.pdcr.external import load_torch_model
+
+        if activation is None:
+            raise InputError(
+                "--model needs --activation sigmoid, softmax or none: a network's output is stated, never guessed"
+            )
+        net = load_torch_model(
+            model,
+            activation=activation,
+            weights=weights,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            threshold=0.5 if threshold is None else threshold,
+            target_class=target_class,
+            preprocess=preprocess,
+            mean=_floats(mean, "--mean"),
+            std=_floats(std, "--std"),
+        )
+    model = net.to(choose_device(device))
     options = dict(
         data=data,
         bank=bank,

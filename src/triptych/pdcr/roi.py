@@ -280,9 +280,7 @@ def mean_dice_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_
     return MeanDice(roi.tensor(), torch.from_numpy(gt), k, "mean_dice", empty_dice)
 
 
-def mean_dice_self_outcome(
-    model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float
-) -> MeanDice:
+def mean_dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> MeanDice:
     from triptych.pdcr.models import eval_mode
 
     k = _softmax_classes(model, "mean_dice_self")

@@ -103,9 +103,9 @@ def segmentation_dice(
     if model.classes < 2:
         return region_dice(model.binarise(prob), truth > 0, region)
     labels, truth = model.labels(prob), truth.round().long()
-    return torch.stack(
-        [region_dice(labels == c, truth == c, region) for c in range(1, model.classes)]
-    ).mean(0)
+    return torch.stack([region_dice(labels == c, truth == c, region) for c in range(1, model.classes)]).mean(
+        0
+    )
 
 
 @dataclass
@@ -262,7 +262,9 @@ def train_run(data: str, out: Path, *, resume: str | Path | None = None, **kwarg
 
     with training_run_dir(out, resume) as run:
         result = train_model(data, run, **kwargs)
-        result.checkpoint = final_path(result.checkpoint, run, out)  # where it will be, not where it was trained
+        result.checkpoint = final_path(
+            result.checkpoint, run, out
+        )  # where it will be, not where it was trained
         result.metrics["checkpoint"] = str(result.checkpoint)
         write_text(run / "metrics.json", json_text(result.metrics))
     return result
