@@ -175,6 +175,7 @@ def volume_case(args: argparse.Namespace) -> None:
             "threads": args.threads,
             "seed": args.seed,
             "load_average": list(load),
+            "untimed": bool(args.untimed),
         },
         "seconds_per_forward_pass": per_pass,
         "methods": rows,
@@ -191,6 +192,14 @@ def volume_case(args: argparse.Namespace) -> None:
         f"from 2 other volumes; {args.threads} torch thread(s), load average {load[0]:.1f} at the end. One "
         f"forward pass: {per_pass:.2f} s. The paper's rule ran on {len(sample)} random blocks and is "
         "extrapolated linearly; no high-draw truth at this size.\n",
+        *(
+            [
+                "\n**Untimed run**: niced on a shared, loaded machine, not under the timing lock; the seconds "
+                "say little, compare forward passes.\n"
+            ]
+            if args.untimed
+            else []
+        ),
         markdown_table(rows),
         f"\n(a)/(c): {ratios['passes_a_over_c']:.1f}× forward passes, {ratios['seconds_a_over_c']:.1f}× wall "
         f"time (extrapolated (a)). Adaptive blocks: {results['adaptive_summary']}.\n",
@@ -226,6 +235,9 @@ def main() -> None:
     ap.add_argument("--paper-sample", type=int, default=6, help="--volume: blocks the paper's rule runs on")
     ap.add_argument("--max-draws", type=int, default=20, help="--volume: adaptive's cap on draws per block")
     ap.add_argument("--tol", type=float, default=1.0, help="--volume: adaptive's CI tolerance (points)")
+    ap.add_argument(
+        "--untimed", action="store_true", help="--volume: say that the seconds come from a niced, loaded run"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.volume:

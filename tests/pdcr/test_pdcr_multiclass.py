@@ -126,7 +126,7 @@ def test_softmax_ce_training_on_three_classes_learns(tmp_path):
         features=(8, 16, 32),
         epochs=6,
         patches_per_epoch=32,
-        flags=TrainerFlags(accelerator="cpu", devices=1),
+        flags=TrainerFlags(accelerator="cpu", devices="1"),
         progress=False,
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
