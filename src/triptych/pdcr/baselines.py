@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from triptych.core.errors import InputError
 from triptych.pdcr.models import SegmentationModel
-from triptych.pdcr.roi import Outcome, RoI, RoIDice, make_outcome
+from triptych.pdcr.roi import MeanDice, Outcome, RoI, RoIDice, make_outcome
 
 
 class ForwardCounter:
@@ -59,8 +59,13 @@ class Target:
         outcome: str = "dice_self",
         ground_truth: Any = None,
         empty_dice: float = 1.0,
+        target_class: int | None = None,
     ) -> Target:
-        """The target for ``model`` on ``image`` (C, *spatial) with outcome kind ``outcome``."""
+        """The target for ``model`` on ``image`` (C, *spatial) with outcome kind ``outcome``; ``target_class``
+        picks a multi-class model's explained class (default: the model's)."""
+        from triptych.pdcr.models import with_output
+
+        model = with_output(model, target_class=target_class)
         return cls(model, roi, make_outcome(outcome, model, image, roi, ground_truth, empty_dice))
 
     @property
@@ -78,6 +83,12 @@ class Target:
 
     def soft_outcome(self, x: Tensor) -> Tensor:
         """A differentiable M: soft RoI Dice 2Σpy/(Σp+Σy) against y, or the soft mass: (B, C, H, W) -> (B,)."""
+        if isinstance(self.outcome_fn, MeanDice):  # soft Dice per foreground class, averaged
+            prob = self.model.probabilities(x)[:, :, self.roi_mask]  # (B, K, n)
+            ref = self.outcome_fn.reference[self.roi_mask]
+            y = torch.stack([ref == c for c in range(prob.shape[1])]).float()  # (K, n)
+            soft = (2 * (prob * y).sum(-1) + 1e-6) / (prob.sum(-1) + y.sum(-1) + 1e-6)
+            return soft[:, 1:].mean(-1)
         p = self.model.target_probability(x)[:, self.roi_mask]
         if not isinstance(self.outcome_fn, RoIDice):
             return p.mean(-1)

@@ -327,9 +327,9 @@ def model_for(
     ckpt = run / "checkpoints" / "best.safetensors"
     if not ckpt.is_file():
         from triptych.core.training import TrainerFlags
-        from triptych.pdcr.train import train_model
+        from triptych.pdcr.train import train_run
 
-        train_model(
+        train_run(  # into <run>.partial/, moved into place only when training finished
             f"{kind}:{root}",
             run,
             arch=arch,

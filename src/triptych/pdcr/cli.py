@@ -17,6 +17,17 @@ from triptych.pdcr.registry import ESTIMATORS, INTERVENTIONS, OUTCOMES  # light:
 app = typer.Typer(help="PdCR: causal (ATE) explanations of segmentation models.", no_args_is_help=True)
 
 
+def _floats(text: str | None, name: str) -> tuple[float, ...] | None:
+    from triptych.core.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise InputError(f"{name} {text!r}: give comma-separated numbers, one per channel") from None
+
+
 def _ints(text: str, name: str) -> tuple[int, ...]:
     from triptych.core.errors import InputError
 
@@ -53,6 +64,13 @@ def train(
     ] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     spatial_dims: Annotated[int, typer.Option(help="2 for images, 3 for volumes.")] = 2,
+    classes: Annotated[
+        int,
+        typer.Option(
+            help="1: binary masks, one sigmoid channel (Dice + BCE); K ≥ 2: label maps 0..K−1, "
+            "K softmax channels (Dice + cross-entropy)."
+        ),
+    ] = 1,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
     max_cpu_time: Annotated[
         float | None,
@@ -62,42 +80,41 @@ def train(
     ] = None,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
-    """Train a MONAI segmentation network (Dice + BCE) on random patches; keep the best validation checkpoint.
+    """Train a MONAI segmentation network (Dice + BCE, or Dice + CE for --classes K) on random patches; keep the
+    best validation checkpoint.
 
     Example: triptych pdcr train --data ../shared/data/drive --arch unet --out runs/drive_unet --max-time 00:00:15:00
-    """
-    import json
 
+    Multi-class (label-map masks 0..2): triptych pdcr train --data DATA --classes 3 --out runs/three_class
+    """
     import torch
 
-    from triptych.core.io import write_text
-    from triptych.core.runs import final_path, training_run_dir
-    from triptych.pdcr.train import train_model
+    from triptych.pdcr.train import train_run
 
     if threads:
         torch.set_num_threads(threads)
-    with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
-        result = train_model(
-            data,
-            run,
-            arch=arch,
-            patch=patch,
-            image_size=image_size,
-            features=_ints(features, "--features"),
-            batch_size=batch_size,
-            patches_per_epoch=patches_per_epoch,
-            epochs=epochs,
-            lr=lr,
-            val_fraction=val_fraction,
-            seed=seed,
-            flags=flags,
-            spatial_dims=spatial_dims,
-            res_units=res_units,
-            max_cpu_minutes=max_cpu_time,
-        )
-        checkpoint = final_path(result.checkpoint, run, out)
-        result.metrics["checkpoint"] = str(checkpoint)  # where it will be, not where it was trained
-        write_text(run / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+    # trains in OUT.partial/, replaces OUT when done
+    result = train_run(
+        data,
+        out,
+        resume=flags.resume,
+        arch=arch,
+        patch=patch,
+        image_size=image_size,
+        features=_ints(features, "--features"),
+        batch_size=batch_size,
+        patches_per_epoch=patches_per_epoch,
+        epochs=epochs,
+        lr=lr,
+        val_fraction=val_fraction,
+        seed=seed,
+        flags=flags,
+        spatial_dims=spatial_dims,
+        res_units=res_units,
+        max_cpu_minutes=max_cpu_time,
+        classes=classes,
+    )
+    checkpoint = result.checkpoint
     typer.echo(f"checkpoint: {checkpoint}")
     typer.echo(f"validation Dice: {result.val_dice:.4f}")
     if result.test_dice is not None:
@@ -129,7 +146,11 @@ def evaluate(
     if threads:
         torch.set_num_threads(threads)
     model = load_model(checkpoint)
-    samples = [s for s in load_dataset(data, split, spatial_dims=model.spatial_dims) if s.mask is not None]
+    samples = [
+        s
+        for s in load_dataset(data, split, spatial_dims=model.spatial_dims, classes=model.classes)
+        if s.mask is not None
+    ]
     if model.spec.input_size:
         samples = [resize_sample(s, model.spec.input_size) for s in samples]
     scores = score(model, samples)
@@ -138,7 +159,6 @@ def evaluate(
 
 @app.command()
 def explain(
-    checkpoint: Annotated[Path, typer.Option(help="Model checkpoint from `triptych pdcr train`.")],
     image: Annotated[
         Path,
         typer.Option(
@@ -149,6 +169,36 @@ def explain(
     out: Annotated[
         Path, typer.Option(help="Output folder (with --roi-file: one subfolder per RoI and rois.csv).")
     ],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model checkpoint from `triptych pdcr train` (or give --model).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own network instead of --checkpoint: an entry point 'package.module:factory' "
+            "(or 'file.py:factory') with --weights, or a TorchScript file; needs --activation."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="--model entry point: its state dict (.pt, .pth or .safetensors).")
+    ] = None,
+    preprocess: Annotated[
+        str | None,
+        typer.Option(
+            help="--model: 'module:function' applied to each batch (B, C, *S) of [0, 1] images "
+            "before the network (after --mean/--std)."
+        ),
+    ] = None,
+    mean: Annotated[
+        str | None, typer.Option(help="--model: per-channel normalisation mean, e.g. 0.485,0.456,0.406.")
+    ] = None,
+    std: Annotated[
+        str | None, typer.Option(help="--model: per-channel normalisation std, e.g. 0.229,0.224,0.225.")
+    ] = None,
+    spatial_dims: Annotated[int, typer.Option(help="--model: 2 for images, 3 for volumes.")] = 2,
+    in_channels: Annotated[
+        int | None, typer.Option(help="--model: input channels (default: its first convolution's).")
+    ] = None,
     roi: Annotated[
         str | None, typer.Option(help="RoI box x,y,w,h (or x,y for a pixel; 6 values in 3D).")
     ] = None,
@@ -246,6 +296,14 @@ def explain(
             "(agreement, default) or 0 (the paper's code)."
         ),
     ] = 1.0,
+    target_class: Annotated[
+        int | None,
+        typer.Option(
+            help="Multi-class models: the class (output channel) whose segmentation of the RoI is "
+            "explained; --mask is then a label map. Default: the checkpoint's (1, the first "
+            "foreground class, for `train --classes K`)."
+        ),
+    ] = None,
 ) -> None:
     """Explain why the model segments a RoI as it does: ATE map of input blocks and ranking of components.
 
@@ -253,6 +311,11 @@ def explain(
 
     The authors' settings: --roi-file coords_block8_roi32.txt --estimator reference --empty-dice 0
     (and --activation none --threshold 0.5 for a network without a sigmoid).
+
+    A multi-class model: --target-class 2 --outcome dice_gt (class 2's Dice) or --outcome mean_dice.
+
+    Your own network: --model mypkg.nets:build_unet --weights unet.pt --activation sigmoid
+    [--mean 0.5 --std 0.25 | --preprocess mypkg.nets:normalise], or --model scripted.pt (TorchScript).
     """
     import torch
 
@@ -264,7 +327,35 @@ def explain(
 
     if threads:
         torch.set_num_threads(threads)
-    model = with_output(load_model(checkpoint), activation, threshold).to(choose_device(device))
+    if (checkpoint is None) == (model is None):
+        raise InputError("give exactly one of --checkpoint FILE and --model ENTRY_POINT|TORCHSCRIPT")
+    if checkpoint is not None:
+        if any(v is not None for v in (weights, preprocess, mean, std, in_channels)):
+            raise InputError(
+                "--weights, --preprocess, --mean, --std and --in-channels go with --model; a "
+                "--checkpoint holds its own"
+            )
+        net = with_output(load_model(checkpoint), activation, threshold, target_class)
+    else:
+        from triptych.pdcr.external import load_torch_model
+
+        if activation is None:
+            raise InputError(
+                "--model needs --activation sigmoid, softmax or none: a network's output is stated, never guessed"
+            )
+        net = load_torch_model(
+            model,
+            activation=activation,
+            weights=weights,
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            threshold=0.5 if threshold is None else threshold,
+            target_class=target_class,
+            preprocess=preprocess,
+            mean=_floats(mean, "--mean"),
+            std=_floats(std, "--std"),
+        )
+    model = net.to(choose_device(device))
     options = dict(
         data=data,
         bank=bank,

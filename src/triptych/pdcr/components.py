@@ -242,8 +242,10 @@ def explain_components(
     screen: int = 3,
     draws: int = 50,
     rule: SequentialRule | None = None,
+    target_class: int | None = None,
 ) -> ComponentExplanation:
-    """Rank components of ``model`` by their causal effect on the RoI outcome for ``image`` (C, *S)."""
+    """Rank components of ``model`` by their causal effect on the RoI outcome for ``image`` (C, *S);
+    ``target_class`` as in :func:`~triptych.pdcr.regions.explain_regions`."""
     if tuple(image.shape[1:]) != roi.shape:
         raise InputError(f"--roi shape {roi.shape} differs from the image's {tuple(image.shape[1:])}")
     patch = model.spec.patch_size
@@ -270,7 +272,11 @@ def explain_components(
             )
         inputs = matching_inputs(dataset, image.shape[1:], pool_size, seed)
         pools = collect_activations(model, inputs, {n: modules[n] for n in names})
-    out_fn = make_outcome(outcome, model, image, roi, ground_truth) if isinstance(outcome, str) else outcome
+    out_fn = (
+        make_outcome(outcome, model, image, roi, ground_truth, target_class=target_class)
+        if isinstance(outcome, str)
+        else outcome
+    )
     start = time.perf_counter()
     problem = ComponentProblem(model, image, out_fn, pools, intervention, batch_size)
     gen = torch.Generator().manual_seed(seed)

@@ -1,7 +1,8 @@
 """Segmentation data: DRIVE layout, a generic images/masks folder, and embedded synthetic images.
 
 Every sample is an image (C, *S) float32 in [0, 1], a binary mask (*S) (or None) and,
-for DRIVE, a field-of-view mask used in metrics. Images are resized bilinearly and
+for DRIVE, a field-of-view mask used in metrics. With ``classes`` > 1 (a multi-class,
+softmax model) the mask is a label map instead: int64 values 0..classes−1, 0 = background. Images are resized bilinearly and
 masks with nearest-neighbour interpolation; training uses random patches at the
 working resolution (:class:`RandomPatches`).
 """
@@ -41,7 +42,8 @@ MONAI_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".mha", ".nrrd")
 
 @dataclass
 class Sample:
-    """One image with its ground truth: image (C, *S) in [0,1]; mask, fov (*S) bool or None."""
+    """One image with its ground truth: image (C, *S) in [0,1]; mask (*S) bool, or an int64 label map
+    for multi-class data; fov (*S) bool or None."""
 
     image: torch.Tensor
     mask: np.ndarray | None
@@ -137,6 +139,33 @@ def read_mask(path: str | Path, name: str = "--mask") -> np.ndarray:
     return binary_mask(arr, f"{name} {path}")
 
 
+def read_labels(path: str | Path, classes: int, name: str = "--mask") -> np.ndarray:
+    """A label-map file -> int64 array (*S) with values 0..classes−1 (0/255 masks read as 0/1)."""
+    arr = read_array(path, name)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., 0]
+    return label_map(arr, classes, f"{name} {path}")
+
+
+def label_map(arr: np.ndarray, classes: int, name: str) -> np.ndarray:
+    """Validate integer labels 0..classes−1 (a 0/255 binary mask counts as 0/1) -> int64."""
+    values = np.unique(arr)
+    if set(values.tolist()) <= {0, 255}:
+        return (arr > 0).astype(np.int64)
+    if not np.all(np.equal(np.mod(values, 1), 0)) or values.min() < 0 or values.max() >= classes:
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise InputError(
+            f"{name}: labels must be integers 0..{classes - 1} for a {classes}-class model (found "
+            f"{shown}{'...' if values.size > 6 else ''}); give a label map or the right --classes"
+        )
+    return arr.astype(np.int64)
+
+
+def read_truth(path: str | Path, classes: int = 1, name: str = "--mask") -> np.ndarray:
+    """The ground truth of one image: a binary mask (``classes`` = 1) or a label map (``classes`` > 1)."""
+    return read_mask(path, name) if classes <= 1 else read_labels(path, classes, name)
+
+
 def file_stem(path: Path) -> str:
     """The name without its image suffix, ``.nii.gz`` counted as one suffix."""
     name = path.name
@@ -162,7 +191,7 @@ def is_drive(base: Path) -> bool:
     return (base / "1st_manual").is_dir() and any((base / "images").glob("*.tif"))
 
 
-def load_drive(root: str | Path, split: str = "training") -> list[Sample]:
+def load_drive(root: str | Path, split: str = "training", classes: int = 1) -> list[Sample]:
     """DRIVE layout: ``<root>/<split>/images/*.tif``, ``1st_manual/*.gif``, ``mask/*.gif`` (FOV)."""
     base = Path(root) / split
     images = sorted((base / "images").glob("*.tif"))
@@ -178,7 +207,7 @@ def load_drive(root: str | Path, split: str = "training") -> list[Sample]:
         samples.append(
             Sample(
                 read_image(path),
-                read_mask(manual) if manual else None,
+                read_truth(manual, classes) if manual else None,
                 path.stem,
                 read_mask(fov, "--fov") if fov else None,
             )
@@ -222,10 +251,11 @@ def match_masks(images: Sequence[Path], masks: Sequence[Path], where: str) -> di
     return out
 
 
-def load_folder(root: str | Path, spatial_dims: int = 2) -> list[Sample]:
+def load_folder(root: str | Path, spatial_dims: int = 2, classes: int = 1) -> list[Sample]:
     """Generic layout: ``<root>/images/*`` and ``<root>/masks/*`` matched by stem (ISIC, Kvasir, FIVES ...).
 
     Any format :func:`read_array` reads (PNG, JPEG, TIFF, BMP, GIF, .npy, and NIfTI/DICOM through MONAI).
+    Masks are binary, or label maps 0..classes−1 when ``classes`` > 1.
     """
     root = Path(root)
     images = image_files(root / "images")
@@ -236,7 +266,7 @@ def load_folder(root: str | Path, spatial_dims: int = 2) -> list[Sample]:
     pairs = match_masks(images, image_files(root / "masks"), str(root))
     samples = []
     for path in images:
-        image, mask = read_image(path, spatial_dims), read_mask(pairs[path])
+        image, mask = read_image(path, spatial_dims), read_truth(pairs[path], classes)
         if tuple(image.shape[1:]) != mask.shape:
             raise InputError(
                 f"--data {root}: {path.name} is {tuple(image.shape[1:])} but its mask {mask.shape}"
@@ -246,9 +276,13 @@ def load_folder(root: str | Path, spatial_dims: int = 2) -> list[Sample]:
 
 
 def synthetic(
-    n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0, noise: float = 0.3
+    n: int = 24, size: int = 96, spatial_dims: int = 2, seed: int = 0, noise: float = 0.3, classes: int = 1
 ) -> list[Sample]:
-    """MONAI's synthetic blobs (``create_test_image_2d/3d``): one channel, binary masks, offline."""
+    """MONAI's synthetic blobs (``create_test_image_2d/3d``): one channel, offline.
+
+    ``classes`` = 1: binary masks; ``classes`` = K > 1: label maps 0..K−1, where each blob's
+    class is its brightness (MONAI's ``num_seg_classes`` = K − 1 foreground classes).
+    """
     from monai.data.synthetic import create_test_image_2d, create_test_image_3d
 
     rs = np.random.RandomState(seed)
@@ -262,7 +296,7 @@ def synthetic(
                 rad_max=max(size // 8, 6),
                 rad_min=max(size // 24, 3),
                 noise_max=noise,
-                num_seg_classes=1,
+                num_seg_classes=max(classes - 1, 1),
                 random_state=rs,
             )
         else:
@@ -274,23 +308,31 @@ def synthetic(
                 rad_max=max(size // 5, 4),
                 rad_min=max(size // 10, 2),
                 noise_max=noise,
-                num_seg_classes=1,
+                num_seg_classes=max(classes - 1, 1),
                 random_state=rs,
             )
         im = (im - im.min()) / max(float(im.max() - im.min()), 1e-6)
-        samples.append(Sample(torch.from_numpy(im.astype(np.float32))[None], seg > 0, f"synthetic_{i:03d}"))
+        mask = seg > 0 if classes <= 1 else seg.astype(np.int64)
+        samples.append(Sample(torch.from_numpy(im.astype(np.float32))[None], mask, f"synthetic_{i:03d}"))
     return samples
 
 
 def load_dataset(
-    source: str, split: str = "training", *, spatial_dims: int = 2, seed: int = 0, size: int = 96
+    source: str,
+    split: str = "training",
+    *,
+    spatial_dims: int = 2,
+    seed: int = 0,
+    size: int = 96,
+    classes: int = 1,
 ) -> list[Sample]:
     """Samples of one split of ``source``.
 
     ``source``: ``synthetic``; a DRIVE root (recognised by its ``1st_manual/`` folder and
     ``.tif`` images); a generic split folder ``<root>/{training,test}/{images,masks}/``; or
     an unsplit ``<root>/{images,masks}/`` (training only: it has no test split). A
-    ``drive:`` or ``folder:`` prefix, as ``benchmark`` takes, is accepted too.
+    ``drive:`` or ``folder:`` prefix, as ``benchmark`` takes, is accepted too. ``classes`` > 1
+    reads masks as label maps 0..classes−1 (multi-class models).
     """
     if source == "synthetic":
         return synthetic(
@@ -298,6 +340,7 @@ def load_dataset(
             size,
             spatial_dims,
             seed=seed + (0 if split == "training" else 1000),
+            classes=classes,
         )
     kind, sep, rest = source.partition(":")
     if sep and kind in ("drive", "folder"):
@@ -310,10 +353,10 @@ def load_dataset(
     base = root / split
     if base.is_dir():
         if (sep and kind == "drive") or is_drive(base):
-            return load_drive(root, split)
-        return load_folder(base, spatial_dims)
+            return load_drive(root, split, classes)
+        return load_folder(base, spatial_dims, classes)
     if split == "training" and (root / "images").is_dir():
-        return load_folder(root, spatial_dims)
+        return load_folder(root, spatial_dims, classes)
     if (root / "images").is_dir():  # an unsplit folder: its images are training images, never a test split
         raise InputError(
             f"--data {source}: has no {split}/ split; give <root>/training/ and <root>/test/, each "
@@ -337,7 +380,8 @@ def resize_sample(sample: Sample, size: Sequence[int]) -> Sample:
         if m is None:
             return None
         t = torch.from_numpy(m.astype(np.float32))[None, None]
-        return F.interpolate(t, size=size, mode="nearest")[0, 0].numpy() > 0.5
+        out = F.interpolate(t, size=size, mode="nearest")[0, 0].numpy()
+        return out > 0.5 if m.dtype == bool else out.round().astype(m.dtype)  # label maps keep their labels
 
     return Sample(image, nearest(sample.mask), sample.name, nearest(sample.fov))
 

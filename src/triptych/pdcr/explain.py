@@ -31,7 +31,8 @@ from triptych.pdcr.roi import RoI, RoIFile, make_outcome
 
 @dataclass
 class ExplainInputs:
-    """A validated image (C, *S) at the model's working size, its optional mask and the RoI."""
+    """A validated image (C, *S) at the model's working size, its optional mask (a label map for a
+    multi-class model) and the RoI."""
 
     image: torch.Tensor
     mask: np.ndarray | None
@@ -65,11 +66,12 @@ def load_image_and_mask(
 ) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
     """The image (C, *S) at the model's working size and channels, its ground truth (or None), and its
     voxel-to-world affine for NIfTI/DICOM inputs (kept through any resize)."""
-    from triptych.pdcr.data import MONAI_SUFFIXES, read_medical
+    from triptych.pdcr.data import MONAI_SUFFIXES, read_medical, read_truth
 
     image = read_image(image_path, model.spatial_dims, "--image")
     affine = read_medical(image_path)[1] if str(image_path).lower().endswith(MONAI_SUFFIXES) else None
-    mask = read_mask(mask_path, "--mask") if mask_path else None
+    # a binary mask, or a label map for a multi-class (softmax) model
+    mask = read_truth(mask_path, model.classes, "--mask") if mask_path else None
     if mask is not None and tuple(mask.shape) != tuple(image.shape[1:]):
         raise InputError(
             f"--mask {mask_path} has shape {tuple(mask.shape)} but --image {image_path} has "
@@ -154,10 +156,10 @@ def roi_file_jobs(
 
 @functools.lru_cache(maxsize=2)
 def _training_samples(
-    data: str, spatial_dims: int, size: int, input_size: tuple[int, ...] | None
+    data: str, spatial_dims: int, size: int, input_size: tuple[int, ...] | None, classes: int = 1
 ) -> tuple[Sample, ...]:
     """The training split once per process (an explain over many RoIs reuses it)."""
-    samples = load_dataset(data, "training", spatial_dims=spatial_dims, size=size)
+    samples = load_dataset(data, "training", spatial_dims=spatial_dims, size=size, classes=classes)
     return tuple(resize_sample(s, input_size) for s in samples) if input_size else tuple(samples)
 
 
@@ -167,7 +169,9 @@ def dataset_images(
     """Training images of ``data`` at the working size, and the index of the explained image if present."""
     if data is None:
         return [], None
-    samples = _training_samples(data, model.spatial_dims, int(image.shape[1]), model.spec.input_size)
+    samples = _training_samples(
+        data, model.spatial_dims, int(image.shape[1]), model.spec.input_size, model.classes
+    )
     images = [
         s.image if s.image.shape[0] == image.shape[0] else s.image.mean(0, keepdim=True) for s in samples
     ]

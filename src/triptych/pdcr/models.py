@@ -201,6 +201,15 @@ class SegmentationModel(nn.Module):
         """Binary mask of the target class, (B, *spatial)."""
         return self.binarise(self.probabilities(x))
 
+    @property
+    def classes(self) -> int:
+        """Mutually exclusive classes of a softmax model (background 0 included); 1 for sigmoid/none outputs."""
+        return self.spec.out_channels if self.spec.activation == "softmax" else 1
+
+    def labels(self, prob: torch.Tensor) -> torch.Tensor:
+        """Scores (B, C, *spatial) of a softmax model -> predicted label map (B, *spatial), argmax over classes."""
+        return prob.argmax(dim=1)
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
@@ -278,17 +287,28 @@ def wrap_model(
 
 
 def with_output(
-    model: SegmentationModel, activation: str | None = None, threshold: float | None = None
+    model: SegmentationModel,
+    activation: str | None = None,
+    threshold: float | None = None,
+    target_class: int | None = None,
 ) -> SegmentationModel:
-    """The same network with its output activation and/or threshold replaced (None keeps the model's)."""
+    """The same network with its output activation, threshold and/or explained class replaced (None keeps the
+    model's). ``target_class`` picks the channel a multi-class model's RoI outcome is about (0 = background
+    for a softmax model)."""
     from dataclasses import replace
 
-    if activation is None and threshold is None:
+    if activation is None and threshold is None and target_class is None:
         return model
+    if target_class is not None and not 0 <= int(target_class) < model.spec.out_channels:
+        raise InputError(
+            f"target_class={target_class} is outside 0..{model.spec.out_channels - 1}: the model has "
+            f"{model.spec.out_channels} output channel(s)"
+        )
     spec = replace(
         model.spec,
         activation=activation or model.spec.activation,
         threshold=model.spec.threshold if threshold is None else float(threshold),
+        target_class=model.spec.target_class if target_class is None else int(target_class),
     )
     return SegmentationModel(model.net, spec).train(model.training)
 

@@ -36,7 +36,7 @@ from triptych.pdcr.estimate import (
     reference_estimate,
 )
 from triptych.pdcr.interventions import RegionIntervention, apply_block, make_intervention
-from triptych.pdcr.models import SegmentationModel, eval_mode
+from triptych.pdcr.models import SegmentationModel, eval_mode, with_output
 from triptych.pdcr.registry import ESTIMATORS
 from triptych.pdcr.roi import Outcome, RoI, make_outcome
 
@@ -310,14 +310,17 @@ def explain_regions(
     draws: int = 50,
     rule: SequentialRule | None = None,
     show_progress: bool = True,
+    target_class: int | None = None,
 ) -> Explanation:
     """ATE map of input blocks on outcome M for RoI ``roi`` of ``image`` (C, *S).
 
     ``estimator='reference'`` is the paper's rule on a fixed grid of ``block``;
     ``'adaptive'`` starts at ``coarse_block`` (default 4·block) and splits significant
-    blocks down to ``block`` with sequential sampling.
+    blocks down to ``block`` with sequential sampling. ``target_class``: for a multi-class
+    model, the class a named per-class ``outcome`` is about (default: the model's).
     """
     estimate = ESTIMATORS.get(estimator)
+    model = with_output(model, target_class=target_class)
     if image.ndim != model.spatial_dims + 1:
         raise InputError(
             f"--image has shape {tuple(image.shape)}; the model expects (C, *S) with "

@@ -72,13 +72,25 @@ OUTCOMES = Registry("outcome", "--outcome")
 OUTCOMES.register(
     "dice_gt",
     "triptych.pdcr.roi:dice_gt_outcome",
-    "100·Dice against the ground truth in the RoI, the paper's",
+    "100·Dice of the target class against the ground truth in the RoI, the paper's",
 )
 OUTCOMES.register(
-    "dice_self", "triptych.pdcr.roi:dice_self_outcome", "100·Dice against the model's own prediction"
+    "dice_self",
+    "triptych.pdcr.roi:dice_self_outcome",
+    "100·Dice of the target class against the model's own prediction",
 )
 OUTCOMES.register(
-    "soft_mass", "triptych.pdcr.roi:soft_mass_outcome", "100·mean target probability in the RoI"
+    "soft_mass", "triptych.pdcr.roi:soft_mass_outcome", "100·mean target-class probability in the RoI"
+)
+OUTCOMES.register(
+    "mean_dice",
+    "triptych.pdcr.roi:mean_dice_outcome",
+    "multi-class: 100·mean Dice over foreground classes against the ground-truth label map",
+)
+OUTCOMES.register(
+    "mean_dice_self",
+    "triptych.pdcr.roi:mean_dice_self_outcome",
+    "multi-class: 100·mean Dice over foreground classes against the model's own labels",
 )
 
 INTERVENTIONS = Registry("intervention", "--intervention")

@@ -7,7 +7,14 @@ batch of (perturbed) images to one number per image:
 - ``dice_gt``:   M(x) = 100 · Dice(ŷ(x)[R], y[R]), y the ground truth (the paper's);
 - ``dice_self``: the same with y = ŷ(x₀), the model's own unperturbed prediction, so M(x₀) = 100;
 - ``soft_mass``: M(x) = 100 · mean_{i∈R} p_target(x)_i, the soft probability mass in R
-  (×100 so that it is on the Dice-point scale the dead zone τ is stated in).
+  (×100 so that it is on the Dice-point scale the dead zone τ is stated in);
+- ``mean_dice`` / ``mean_dice_self`` (multi-class softmax models): M(x) = 100 · mean over the
+  foreground classes c = 1..K−1 of Dice(ŷ(x)[R] = c, y[R] = c), against the ground-truth label
+  map or the model's own unperturbed labels.
+
+For a multi-class model ``dice_gt`` / ``dice_self`` / ``soft_mass`` are about one class, the
+model's target class (``target_class=`` / ``--target-class``); a ground truth is then a label map
+and the reference is its pixels of that class.
 
 Dice of two empty sets is 1 (perfect agreement) by default; the reference's 0 is
 available (``empty_dice=0``, ``--empty-dice 0``) to reproduce its numbers.
@@ -170,7 +177,28 @@ class SoftMass:
         return 100.0 * prob[:, self.target_class][:, self.roi].mean(-1)
 
 
-Outcome = RoIDice | SoftMass
+@dataclass
+class MeanDice:
+    """M(x) = 100 · mean_{c=1..K−1} Dice(ŷ(x)[R] = c, y[R] = c) for softmax probabilities (B, K, *S) -> (B,).
+
+    Every foreground class counts, so a class absent from both the prediction and the reference in R
+    scores ``empty`` (1: agreement) and a class that a perturbation makes appear there scores 0.
+    """
+
+    roi: torch.Tensor  # bool, spatial shape
+    reference: torch.Tensor  # int64 label map, spatial shape: ground truth or the model's own labels
+    classes: int  # K, background (0) included
+    name: str = "mean_dice"
+    empty: float = 1.0
+
+    def __call__(self, prob: torch.Tensor) -> torch.Tensor:
+        pred = prob.argmax(dim=1)[:, self.roi]  # (B, n)
+        ref = self.reference.to(pred.device)[self.roi].expand_as(pred)
+        per_class = [dice(pred == c, ref == c, self.empty) for c in range(1, self.classes)]
+        return 100.0 * torch.stack(per_class).mean(0)
+
+
+Outcome = RoIDice | SoftMass | MeanDice
 
 
 def make_outcome(
@@ -180,15 +208,19 @@ def make_outcome(
     roi: RoI,
     ground_truth: np.ndarray | torch.Tensor | None = None,
     empty_dice: float = 1.0,
+    target_class: int | None = None,
 ) -> Outcome:
     """Build outcome ``kind`` (a name in :data:`triptych.pdcr.registry.OUTCOMES`) for ``model`` on ``image`` (C, *S).
 
     ``empty_dice``: the Dice of an empty prediction against an empty reference in the RoI
-    (1: perfect agreement; 0: the reference implementation's value).
+    (1: perfect agreement; 0: the reference implementation's value). ``target_class``: the class a
+    per-class outcome is about (default: the model's, see :func:`~triptych.pdcr.models.with_output`).
     """
+    from triptych.pdcr.models import with_output
     from triptych.pdcr.registry import OUTCOMES
 
     factory = OUTCOMES.get(kind)
+    model = with_output(model, target_class=target_class)
     if empty_dice not in (0, 1):
         raise InputError(
             f"--empty-dice {empty_dice}: give 1 (ours: two empty sets agree) or 0 (the paper's code)"
@@ -204,15 +236,57 @@ def soft_mass_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_
     return SoftMass(roi.tensor(), model.spec.target_class)
 
 
-def dice_gt_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+def truth_array(ground_truth, roi: RoI, kind: str) -> np.ndarray:
+    """The ground truth as an array of the RoI's shape (one clear line when missing or misshapen)."""
     if ground_truth is None:
-        raise InputError("--outcome dice_gt needs a ground-truth --mask; give one or use --outcome dice_self")
+        raise InputError(
+            f"--outcome {kind} needs a ground-truth --mask; give one or use --outcome "
+            f"{'mean_dice_self' if kind.startswith('mean') else 'dice_self'}"
+        )
     gt = np.asarray(ground_truth.cpu() if isinstance(ground_truth, torch.Tensor) else ground_truth)
     if tuple(gt.shape) != roi.shape:
         raise InputError(f"--mask shape {tuple(gt.shape)} differs from the image's {roi.shape}")
-    return RoIDice(
-        roi.tensor(), torch.from_numpy(binary_mask(gt, "--mask")), model.binarise, "dice_gt", empty_dice
-    )
+    return gt
+
+
+def class_reference(model, gt: np.ndarray) -> np.ndarray:
+    """The target class's pixels of a ground truth: a binary mask, or a softmax model's label map == class."""
+    if model.classes <= 1:
+        return binary_mask(gt, "--mask")
+    from triptych.pdcr.data import label_map
+
+    return label_map(gt, model.classes, "--mask") == model.spec.target_class
+
+
+def dice_gt_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:
+    gt = class_reference(model, truth_array(ground_truth, roi, "dice_gt"))
+    return RoIDice(roi.tensor(), torch.from_numpy(gt), model.binarise, "dice_gt", empty_dice)
+
+
+def _softmax_classes(model, kind: str) -> int:
+    if model.classes < 2:
+        raise InputError(
+            f"--outcome {kind} needs a multi-class softmax model (2 or more output channels); "
+            "for a one-channel model use dice_gt or dice_self"
+        )
+    return model.classes
+
+
+def mean_dice_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> MeanDice:
+    from triptych.pdcr.data import label_map
+
+    k = _softmax_classes(model, "mean_dice")
+    gt = label_map(truth_array(ground_truth, roi, "mean_dice"), k, "--mask")
+    return MeanDice(roi.tensor(), torch.from_numpy(gt), k, "mean_dice", empty_dice)
+
+
+def mean_dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> MeanDice:
+    from triptych.pdcr.models import eval_mode
+
+    k = _softmax_classes(model, "mean_dice_self")
+    with torch.no_grad(), eval_mode(model):
+        own = model.labels(model.probabilities(image[None]))[0].cpu()
+    return MeanDice(roi.tensor(), own, k, "mean_dice_self", empty_dice)
 
 
 def dice_self_outcome(model, image: torch.Tensor, roi: RoI, ground_truth, empty_dice: float) -> RoIDice:

@@ -1,5 +1,9 @@
 """Training MONAI segmentation networks with Lightning: Dice + BCE (one channel) or Dice + CE.
 
+Binary masks train one sigmoid channel (Dice + BCE); label maps of K > 1 classes train K
+softmax channels (Dice + cross-entropy), never softmax over one channel (the reference's
+identically-zero loss). Multi-class scores are the mean Dice over the foreground classes.
+
 Training uses random patches at the working resolution and validates whole held-out
 images with sliding-window inference, keeping the checkpoint with the best validation
 Dice (inside the field of view when the data has one). The test Dice is measured on a
@@ -57,10 +61,9 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], _: int) -> None:
         image, mask, fov = batch
-        pred = self.model.predict(image)
         self.log(
             "val_dice",
-            float(region_dice(pred, mask[:, 0] > 0, fov[:, 0] > 0).mean()),
+            float(segmentation_dice(self.model, image, mask[:, 0], fov[:, 0] > 0).mean()),
             prog_bar=True,
             batch_size=image.shape[0],
         )
@@ -91,6 +94,20 @@ def region_dice(pred: torch.Tensor, truth: torch.Tensor, region: torch.Tensor) -
     return dice((pred & region).reshape(b, -1), (truth & region).reshape(b, -1))
 
 
+def segmentation_dice(
+    model: SegmentationModel, image: torch.Tensor, truth: torch.Tensor, region: torch.Tensor
+) -> torch.Tensor:
+    """Dice per image inside ``region``: of the target class for a binary model, the mean over the foreground
+    classes 1..K−1 for a K-class softmax model (``truth`` a label map then); (B,)."""
+    prob = model.probabilities(image)
+    if model.classes < 2:
+        return region_dice(model.binarise(prob), truth > 0, region)
+    labels, truth = model.labels(prob), truth.round().long()
+    return torch.stack([region_dice(labels == c, truth == c, region) for c in range(1, model.classes)]).mean(
+        0
+    )
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -102,15 +119,14 @@ class TrainResult:
 
 @in_eval_mode
 def evaluate(model: SegmentationModel, samples: list[Sample]) -> list[float]:
-    """Dice inside the FOV (whole image when none) per sample, at the model's working resolution."""
+    """Dice inside the FOV (whole image when none) per sample, at the model's working resolution (mean over
+    the foreground classes for a multi-class model)."""
     scores = []
     with torch.no_grad():
         for s in samples:
-            pred = model.predict(s.image[None])
             fov = s.fov if s.fov is not None else np.ones(s.mask.shape, dtype=bool)
-            scores.append(
-                float(region_dice(pred, torch.from_numpy(s.mask)[None], torch.from_numpy(fov)[None])[0])
-            )
+            truth, region = torch.from_numpy(s.mask)[None], torch.from_numpy(fov)[None]
+            scores.append(float(segmentation_dice(model, s.image[None], truth, region)[0]))
     return scores
 
 
@@ -134,13 +150,20 @@ def train_model(
     res_units: int = 2,
     max_cpu_minutes: float | None = None,
     evaluate_test: bool = True,
+    classes: int = 1,
 ) -> TrainResult:
-    """Train ``arch`` on ``data`` (DRIVE root, images/masks folder, or 'synthetic'); evaluate on its test split."""
+    """Train ``arch`` on ``data`` (DRIVE root, images/masks folder, or 'synthetic'); evaluate on its test split.
+
+    ``classes`` = 1: binary masks, one sigmoid channel (Dice + BCE). ``classes`` = K ≥ 2: masks are label
+    maps 0..K−1 and the network has K softmax channels (Dice + CE); the target class defaults to 1.
+    """
+    if classes < 1:
+        raise InputError(f"--classes {classes}: give 1 (binary masks) or the number of classes K ≥ 2")
     from triptych.core.seed import seed_everything
 
     seed_everything(seed)
     start, cpu_start = time.perf_counter(), time.process_time()
-    train_all = load_dataset(data, "training", spatial_dims=spatial_dims, seed=seed)
+    train_all = load_dataset(data, "training", spatial_dims=spatial_dims, seed=seed, classes=classes)
     if any(s.mask is None for s in train_all):
         raise InputError(f"--data {data}: every training image needs a ground-truth mask")
     if image_size:
@@ -157,7 +180,9 @@ def train_model(
         arch=arch,
         spatial_dims=spatial_dims,
         in_channels=int(train[0].image.shape[0]),
-        out_channels=1,
+        out_channels=classes,
+        activation="softmax" if classes > 1 else "sigmoid",
+        target_class=1 if classes > 1 else 0,  # the first foreground class, not the background
         features=features,
         patch_size=patch_size,
         input_size=(image_size,) * spatial_dims if image_size else None,
@@ -195,7 +220,7 @@ def train_model(
         try:
             test = [
                 s
-                for s in load_dataset(data, "test", spatial_dims=spatial_dims, seed=seed)
+                for s in load_dataset(data, "test", spatial_dims=spatial_dims, seed=seed, classes=classes)
                 if s.mask is not None
             ]
         except InputError:
@@ -206,6 +231,7 @@ def train_model(
     metrics = {
         "arch": arch,
         "data": str(data),
+        "classes": classes,
         "checkpoint": str(best),
         "epochs_run": trainer.current_epoch,
         "patch": list(patch_size),
@@ -224,3 +250,21 @@ def train_model(
     }
     write_text(Path(out) / "metrics.json", json_text(metrics))
     return TrainResult(best, metrics["test_dice_fov"], metrics["val_dice_fov"], metrics["seconds"], metrics)
+
+
+def train_run(data: str, out: Path, *, resume: str | Path | None = None, **kwargs: Any) -> TrainResult:
+    """:func:`train_model` into ``OUT.partial/``, moved to ``out`` only once training has finished.
+
+    An interrupted run never leaves a half-trained model where a finished one is expected (the
+    benchmark reuses any ``best.safetensors`` it finds); ``metrics.json`` names the final path.
+    """
+    from triptych.core.runs import final_path, training_run_dir
+
+    with training_run_dir(out, resume) as run:
+        result = train_model(data, run, **kwargs)
+        result.checkpoint = final_path(
+            result.checkpoint, run, out
+        )  # where it will be, not where it was trained
+        result.metrics["checkpoint"] = str(result.checkpoint)
+        write_text(run / "metrics.json", json_text(result.metrics))
+    return result
