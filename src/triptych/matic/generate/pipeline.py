@@ -18,7 +18,7 @@ import pandas as pd
 
 from triptych.core.errors import InputError
 from triptych.core.seed import seed_everything
-from triptych.matic.chem import fingerprints
+from triptych.matic.chem import fingerprints, mol_from_smiles
 from triptych.matic.generate.completion import CompletionModel
 from triptych.matic.generate.finetune import FinetuneConfig, RoundLog, finetune, sample_scored, spread
 from triptych.matic.generate.metrics import generation_metrics, novel_flags
@@ -32,6 +32,8 @@ class GenerateConfig:
 
     ``max_actives``: MCTS runs on this many actives per task, the best predicted among a
     seeded random ``pool`` of each task's actives (scoring every active costs oracle calls).
+    ``scaffold``: a user's core (SMILES); when given it is the only starting point, no
+    rationale is searched, and every molecule generated contains it.
     """
 
     n: int = 1000
@@ -43,6 +45,7 @@ class GenerateConfig:
     mcts: MCTSConfig = field(default_factory=MCTSConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
+    scaffold: str | None = None
 
 
 @dataclass
@@ -148,6 +151,33 @@ def diverse_top(ranked: Sequence[str], k: int, max_similarity: float = 0.7) -> l
     return taken
 
 
+def scaffold_seed(smiles: str) -> str:
+    """The canonical SMILES of a user's core, or an :class:`InputError` naming what is wrong with it."""
+    from rdkit import Chem
+
+    mol = mol_from_smiles(smiles)
+    if mol is None:
+        raise InputError(f"--scaffold {smiles!r}: not a valid SMILES; give the core, e.g. 'c1ccc2[nH]ccc2c1'")
+    if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()):
+        raise InputError(
+            f"--scaffold {smiles!r}: drop the attachment points (*); growth starts at any free H"
+        )
+    if "." in Chem.MolToSmiles(mol):
+        raise InputError(f"--scaffold {smiles!r}: give one connected core, not several fragments")
+    if not any(a.GetTotalNumHs() > 0 for a in mol.GetAtoms()):
+        raise InputError(
+            f"--scaffold {smiles!r}: the core has no hydrogen to replace, so nothing can be added"
+        )
+    return Chem.MolToSmiles(mol)
+
+
+def contains_core(smiles: Sequence[str | None], core: str) -> np.ndarray:
+    """Whether each molecule contains ``core`` as a substructure (False for invalid ones)."""
+    query = mol_from_smiles(core)
+    mols = [mol_from_smiles(s) if s else None for s in smiles]
+    return np.array([m is not None and m.HasSubstructMatch(query) for m in mols], dtype=bool)
+
+
 def scored_table(
     scores: Scores, rationales: Sequence[str], novel: np.ndarray, thresholds: Thresholds
 ) -> pd.DataFrame:
@@ -187,7 +217,6 @@ def dual_rationales(
         threshold=cfg.mcts.threshold,
         max_atoms=cfg.max_dual_atoms,
         max_pairs=cfg.merge_pairs,
-        seed=cfg.seed,
     )
     return (single[0], single[1]), dual
 
@@ -203,16 +232,22 @@ def generate(
     oracle_id: str = "",
     rationales: tuple[tuple[list[Rationale], list[Rationale]], list[Rationale]] | None = None,
 ) -> GenerationResult:
-    """Run the pipeline; ``rationales`` (from an earlier run with the same oracle) skips the search."""
+    """Run the pipeline; ``rationales`` (from an earlier run with the same oracle) skips the search.
+
+    With ``cfg.scaffold`` the core is the only seed and the search is skipped.
+    """
     gen = seed_everything(cfg.seed)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    if rationales is None:
+    core = scaffold_seed(cfg.scaffold) if cfg.scaffold else None
+    if core is not None:
+        rationales = (([], []), [])
+    elif rationales is None:
         rationales = dual_rationales(actives, oracle, tasks, cfg, cache, oracle_id)
     single, dual = rationales
     seconds["rationales"] = time.perf_counter() - start
     search_calls = oracle.calls
-    seeds = diverse_top(feasible_first(dual, cfg.finetune.thresholds), cfg.max_rationales)
+    seeds = [core] if core else diverse_top(feasible_first(dual, cfg.finetune.thresholds), cfg.max_rationales)
     if not seeds:  # no dual rationale: fall back on the best single-task ones, and say so in the metrics
         best = sorted([*single[0], *single[1]], key=lambda r: -r.proba[0])
         seeds = diverse_top([r.smiles for r in best], cfg.max_rationales)
@@ -241,6 +276,10 @@ def generate(
             "seconds": time.perf_counter() - start,
         }
     )
+    if core is not None:
+        metrics.update(
+            {"scaffold": core, "contains_scaffold": float(contains_core(scores.smiles, core).mean())}
+        )
     table = scored_table(scores, batch, novel, cfg.finetune.thresholds)
     return GenerationResult(table, metrics, single, dual, kept, rounds, seconds)
 
