@@ -39,8 +39,28 @@ def _one_seed(
     cfg: GenerateConfig,
     corpus: list[str],
     ablations: bool,
+    compare_guide: bool,
 ) -> tuple[dict[str, tuple[Scores, list[str], dict[str, Any]]], dict[str, Any]]:
-    """Every method's molecules for ``cfg.seed``: name -> (oracle scores, rationales, run info)."""
+    """Every method's molecules for ``cfg.seed``: name -> (oracle scores, rationales, run info).
+
+    With ``compare_guide``, the search is also run with the other MCTS guide (search only, its
+    calls and rationales reported), to show what scoring only rationale candidates saves.
+    """
+    other: dict[str, Any] = {}
+    if compare_guide:
+        alt = replace(
+            cfg, mcts=replace(cfg.mcts, guide="all" if cfg.mcts.guide == "candidates" else "candidates")
+        )
+        probe = CountingOracle(predictor)
+        t0 = time.perf_counter()
+        (a, b), dual = dual_rationales(actives, probe, tasks, alt, None, "")
+        other = {
+            "guide": alt.mcts.guide,
+            "seconds": time.perf_counter() - t0,
+            "oracle_calls": probe.calls,
+            "n_single_rationales": [len(a), len(b)],
+            "n_dual_rationales": len(dual),
+        }
     base = CountingOracle(predictor)
     t0 = time.perf_counter()
     rationales = dual_rationales(actives, base, tasks, cfg, None, "")
@@ -78,6 +98,9 @@ def _one_seed(
         runs[name] = (scores, list(result.table["rationale"]), info)
     budget = runs["matic_filtered_mle"][2]["oracle_calls"]
     search["share"] = search["oracle_calls"] / budget
+    search["guide"] = cfg.mcts.guide
+    if other:
+        search["other_guide"] = other
     th = cfg.finetune.thresholds
     baselines = {
         "graph_ga": lambda o: graph_ga(actives.all, o, tasks, budget, cfg.n, seed=cfg.seed, thresholds=th),
@@ -106,6 +129,7 @@ def run_benchmark(
     judge: ForestJudge | None = None,
     judge_info: dict[str, Any] | None = None,
     ablations: bool = True,
+    compare_guide: bool = False,
     corpus: list[str] | None = None,
     command: str = "",
 ) -> dict:
@@ -124,20 +148,26 @@ def run_benchmark(
     search: dict[str, list] = {}
     details: dict[str, Any] = {"tasks": list(names), "config": config_dict(cfg), "seeds": {}}
     tables = {}
-    for seed in seeds:
+    for seed in seeds:  # results are rewritten after every seed, so a long run leaves what it finished
         runs, info = _one_seed(
-            predictor, tasks, actives, completion, replace(cfg, seed=seed), corpus, ablations
+            predictor, tasks, actives, completion, replace(cfg, seed=seed), corpus, ablations, compare_guide
         )
         for k, v in info.items():
             search.setdefault(k, []).append(v)
         details["seeds"][seed] = {"search": info}
+        judged_p: dict[str, np.ndarray] = {}
+        if judge is not None:  # the judge sees the finished molecules only, after every method has run
+            every = sorted({s for sc, _, _ in runs.values() for s in sc.smiles if s})
+            judged_p = dict(zip(every, judge.predict_proba(every), strict=True))
         for name, (scores, rats, run) in runs.items():
             row = methods.setdefault(name, {"oracle": {}, "judge": {}, "oracle_calls": [], "seconds": []})
             novel = novel_flags(scores.smiles, reference)
             judged = {"oracle": generation_metrics(scores, th, novel)}
             table = scored_table(scores, rats, novel, th)
             if judge is not None:
-                js = judge.score(scores.smiles)
+                nan = (np.nan, np.nan)
+                p = np.array([judged_p.get(s, nan) if s else nan for s in scores.smiles], dtype=float)
+                js = Scores(scores.smiles, p[:, 0], p[:, 1], scores.qed, scores.sa)
                 judged["judge"] = generation_metrics(js, th, novel)
                 table["judge_p_a"], table["judge_p_b"] = js.p_a, js.p_b
                 table["judge_success"] = js.success(th)
@@ -151,18 +181,19 @@ def run_benchmark(
         if judge is None:
             for row in methods.values():
                 row.pop("judge", None)
-    results = {
-        "methods": methods,
-        "search": search,
-        "judge": judge_info or {},
-        "seeds": list(seeds),
-        "command": command,
-    }
-    with atomic_output_dir(out) as stage:
-        write_results(stage, results, _markdown(results, names, cfg, judge is not None))
-        write_text(stage / "details.json", json_text(details, indent=1, default=_plain))
-        for name, table in tables.items():
-            table.to_csv(stage / f"molecules_{name}.csv", index=False)
+        done = list(seeds)[: list(seeds).index(seed) + 1]
+        results = {
+            "methods": methods,
+            "search": search,
+            "judge": judge_info or {},
+            "seeds": done,
+            "command": command,
+        }
+        with atomic_output_dir(out) as stage:
+            write_results(stage, results, _markdown(results, names, cfg, judge is not None))
+            write_text(stage / "details.json", json_text(details, indent=1, default=_plain))
+            for name, table in tables.items():
+                table.to_csv(stage / f"molecules_{name}.csv", index=False)
     return results
 
 
@@ -190,7 +221,16 @@ def _markdown(results: dict, names: tuple[str, str], cfg: GenerateConfig, judged
         f"novelty is over successful molecules (max Tanimoto to the known actives < 0.4); diversity among "
         f"successful molecules.\n\n"
         f"Rationale search: {mean_sd(s['oracle_calls'], '{:.0f}')} oracle calls, "
-        f"{mean_sd(s['share'])} of MATIC's total; dual rationales {mean_sd(s['n_dual_rationales'], '{:.0f}')}.\n\n"
+        f"{mean_sd(s['share'])} of MATIC's total (MCTS guide: {s['guide'][0]}); dual rationales "
+        f"{mean_sd(s['n_dual_rationales'], '{:.0f}')}."
+        + (
+            f" The same search with guide {s['other_guide'][0]['guide']} (search only): "
+            f"{mean_sd([o['oracle_calls'] for o in s['other_guide']], '{:.0f}')} oracle calls, dual rationales "
+            f"{mean_sd([o['n_dual_rationales'] for o in s['other_guide']], '{:.0f}')}."
+            if "other_guide" in s
+            else ""
+        )
+        + "\n\n"
         + (f"Independent judge: {judge.get('description', '')}\n\n" if judged else "")
         + markdown_table(rows)
     )

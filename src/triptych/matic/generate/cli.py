@@ -351,6 +351,10 @@ def benchmark_generate_cmd(
     ablations: Annotated[
         bool, typer.Option(help="Also run MATIC with policy gradient and without RL.")
     ] = True,
+    compare_guide: Annotated[
+        bool,
+        typer.Option(help="Also run the search with the other --guide and report its calls (search only)."),
+    ] = False,
     threads: ThreadsOpt = 1,
 ) -> None:
     """Compare MATIC with a graph GA and best-of-dataset at equal oracle calls, judged by the oracle and by an independent model.
@@ -404,6 +408,7 @@ def benchmark_generate_cmd(
         judge=judge,
         judge_info=info,
         ablations=ablations,
+        compare_guide=compare_guide,
         command="triptych matic benchmark-generate " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else []),
     )
     from triptych.core.results import mean_sd

@@ -32,6 +32,8 @@ class GenerateConfig:
 
     ``max_actives``: MCTS runs on this many actives per task, the best predicted among a
     seeded random ``pool`` of each task's actives (scoring every active costs oracle calls).
+    ``max_source_atoms``: larger actives (peptides, macrocycles) are not searched: cutting
+    a 150-atom molecule down to a 20-atom rationale costs hundreds of expansions.
     ``scaffold``: a user's core (SMILES); when given it is the only starting point, no
     rationale is searched, and every molecule generated contains it.
     """
@@ -39,6 +41,7 @@ class GenerateConfig:
     n: int = 1000
     max_actives: int = 40
     pool: int = 300
+    max_source_atoms: int = 50
     max_rationales: int = 40
     max_dual_atoms: int = 30
     merge_pairs: int = 400
@@ -106,11 +109,18 @@ def pick_actives(
     n: int,
     pool: int | None = None,
     seed: int = 0,
+    max_atoms: int | None = None,
 ) -> list[str]:
     """The ``n`` actives with the highest predicted p_A x p_B (those most likely to hold a dual rationale).
 
-    With ``pool``, only a seeded random subset of that many actives is scored.
+    With ``pool``, only a seeded random subset of that many actives is scored; with
+    ``max_atoms``, only actives of at most that many heavy atoms are considered.
     """
+    if max_atoms is not None:
+        mols = [mol_from_smiles(s) for s in actives]
+        actives = [
+            s for s, m in zip(actives, mols, strict=True) if m is not None and m.GetNumAtoms() <= max_atoms
+        ]
     if not actives:
         return []
     if pool is not None and len(actives) > pool:
@@ -207,7 +217,9 @@ def dual_rationales(
     """MCTS on the best-predicted actives of each task, then merge into dual rationales."""
     single = []
     for k, task in enumerate(tasks):
-        chosen = pick_actives(actives.per_task[k], oracle, tasks, cfg.max_actives, cfg.pool, cfg.seed)
+        chosen = pick_actives(
+            actives.per_task[k], oracle, tasks, cfg.max_actives, cfg.pool, cfg.seed, cfg.max_source_atoms
+        )
         single.append(extract_rationales(chosen, oracle, task, cfg.mcts, cache=cache, oracle_id=oracle_id))
     dual = merge_rationales(
         single[0],
