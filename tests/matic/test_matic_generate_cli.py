@@ -131,7 +131,30 @@ def test_bad_inputs_fail_with_one_line(app, actives, tmp_path, invoke):
         ],
     )
     assert res.exit_code != 0 and "--method" in str(res.exception)
+    for flag, value in (("--scaffold", "c1ccccc1("), ("--guide", "greedy")):
+        res = invoke(app, ["generate", "--checkpoint", str(ckpt), flag, value, "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and flag in str(res.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_from_a_scaffold_keeps_it_in_every_molecule(app, actives, tmp_path, invoke):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"x")
+    out = tmp_path / "core"
+    core = "c1ccc2ncccc2c1"
+    res = invoke(
+        app,
+        ["generate", "--checkpoint", str(ckpt), "--actives", str(actives), "--scaffold", core]
+        + ["--n", "16", "--rounds", "1", "--samples-per-round", "8", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["contains_scaffold"] == 1.0 and metrics["search_oracle_calls"] == 0
+    from rdkit import Chem
+
+    table = pd.read_csv(out / "molecules.csv")
+    assert len(table) == 16
+    assert all(Chem.MolFromSmiles(s).HasSubstructMatch(Chem.MolFromSmiles(core)) for s in table["smiles"])
 
 
 def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, invoke):
