@@ -318,7 +318,13 @@ def rationales_cmd(
 
 
 def benchmark_generate_cmd(
-    checkpoint: CheckpointOpt,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Trained MATIC predictor used as the oracle (or give --oracle-data).")
+    ] = None,
+    oracle_data: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --checkpoint: a CSV on which a Morgan random-forest oracle is fit."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder (results.json, results.md).")] = Path(
         "runs/matic_bench_generate"
     ),
@@ -336,11 +342,15 @@ def benchmark_generate_cmd(
     guide: GuideOpt = "candidates",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; every method runs once per seed.")] = "0",
     judge_data: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="CSV the independent judge (Morgan random forest per task) is fit on; data the generator never sees."
+            help="CSV the independent judge (Morgan random forest per task) is fit on, or 'ncats' (embedded); "
+            "data the generator never sees."
         ),
     ] = None,
+    judge_balanced: Annotated[
+        bool, typer.Option(help="Weight the judge's classes (for screening data with few actives).")
+    ] = False,
     judge_columns: Annotated[
         str | None, typer.Option(help="The judge table's two label columns 'A,B' (default: the task names).")
     ] = None,
@@ -394,8 +404,19 @@ def benchmark_generate_cmd(
     )
     cfg = replace(cfg, pool=pool, mcts=replace(cfg.mcts, guide=_guide(guide)))
     torch.set_num_threads(threads)
-    predictor, _, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
-    judge, info = _judge(judge_data, judge_columns, judge_test, names, known) if judge_data else (None, None)
+    if (checkpoint is None) == (oracle_data is None):
+        raise InputError(
+            "give the oracle: --checkpoint model.safetensors or --oracle-data train.csv (one of them)"
+        )
+    if oracle_data is not None:
+        predictor, idx, names, known = _forest_setup(oracle_data, tasks, actives, active_columns)
+    else:
+        predictor, _, idx, names, known = _setup(checkpoint, tasks, actives, active_columns)
+    judge, info = (
+        _judge(judge_data, judge_columns, judge_test, names, known, judge_balanced)
+        if judge_data
+        else (None, None)
+    )
     results = run_benchmark(
         predictor,
         idx,
@@ -434,34 +455,62 @@ def _guide(guide: str) -> str:
     return guide
 
 
-def _judge(path: Path, columns: str | None, test: Path | None, names: tuple[str, str], known):
+def _forest_setup(path: Path, tasks: str | None, actives: Path | None, active_columns: str | None):
+    """A Morgan random-forest oracle fit on ``path`` (columns ``tasks`` or the first two), and the actives."""
+    from triptych.core.errors import InputError
+    from triptych.matic.data import load_table
+    from triptych.matic.generate.judge import ForestJudge
+    from triptych.matic.generate.pipeline import load_actives
+
+    cols = [c.strip() for c in tasks.split(",")] if tasks else None
+    if cols is not None and len(cols) != 2:
+        raise InputError(f"--tasks {tasks!r}: give two label columns of --oracle-data, 'A,B'")
+    table = load_table(Path(path), None, cols, quiet=True)
+    if len(table.tasks) < 2:
+        raise InputError(f"--oracle-data {path}: needs two label columns; it has {table.tasks}")
+    oracle = ForestJudge(table)
+    names = (table.tasks[0], table.tasks[1])
+    ac = tuple(c.strip() for c in active_columns.split(",")) if active_columns else None
+    return oracle, (0, 1), names, load_actives(actives, names, ac)
+
+
+def _judge(path: str, columns: str | None, test: Path | None, names: tuple[str, str], known, balanced: bool):
     """The independent judge fit on ``path``, and a description of it (data, overlap, held-out ROC-AUC)."""
     import numpy as np
 
     from triptych.core.errors import InputError
-    from triptych.matic.baselines import random_forest_probs
-    from triptych.matic.data import load_table
+    from triptych.matic.data import load_embedded, load_table
     from triptych.matic.generate.judge import ForestJudge, overlap
     from triptych.matic.metrics import task_metrics
 
     cols = [c.strip() for c in (columns.split(",") if columns else names)]
     if len(cols) != 2:
         raise InputError(f"--judge-columns {columns!r}: give two column names 'A,B'")
-    train = load_table(path, None, cols, quiet=True)
-    judge = ForestJudge(train)
+    if path == "ncats":
+        table = load_embedded()
+        missing = [c for c in cols if c not in table.tasks]
+        if missing:
+            raise InputError(f"--judge-columns: the embedded NCATS table has {table.tasks}, not {missing}")
+        train = type(table)(table.smiles, table.labels[:, [table.tasks.index(c) for c in cols]], cols)
+        label = "the embedded NCATS 3CLpro + CPE table"
+    else:
+        train = load_table(Path(path), None, cols, quiet=True)
+        label = Path(path).name
+    judge = ForestJudge(train, balanced=balanced)
     info = {
         "description": (
-            f"Morgan-fingerprint (r=2, 2048 bits) random forest, {judge.n_trees} trees per task, fit on "
-            f"{path.name} ({train.summary()}); never called by any generator. "
+            f"Morgan-fingerprint (r=2, 2048 bits) random forest{' (balanced class weights)' if balanced else ''}, "
+            f"{judge.n_trees} trees per task, fit on {label} ({train.summary()}); never called by any generator. "
             f"{overlap(train.smiles, known.all):.1%} of its molecules are among the generator's known actives."
         ),
         "train": str(path),
+        "balanced": balanced,
         "columns": cols,
         "overlap_with_known_actives": overlap(train.smiles, known.all),
     }
     if test is not None:
         held = load_table(test, None, cols, quiet=True)
-        probs = random_forest_probs(train, held, judge.seed, judge.n_trees)
+        probs = judge.predict_proba(held.smiles)
         auc = {}
         for j, c in enumerate(cols):
             keep = ~np.isnan(held.labels[:, j])

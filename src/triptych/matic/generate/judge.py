@@ -1,53 +1,73 @@
 """An independent judge of generated molecules: a model the generator never called.
 
 Success judged by the oracle the generator optimised is partly a measure of how well it
-exploits that model. The judge here differs in both data and architecture: a
-Morgan-fingerprint random forest per task (:func:`triptych.matic.baselines.random_forest_probs`)
-fit on a labelled table the generator is not given (by default the MATIC paper's curated
-training set, while the oracle is a PLE on the NCATS table). It is fit only after
-generation, on the generated molecules' SMILES alone, so nothing of it reaches the
-generator, the baselines or their oracle-call budgets.
+exploits that model. The judge is a Morgan-fingerprint random forest per task fit on a
+labelled table the generator is not given (other data than the oracle's). The benchmark
+calls it only after every method has finished, on the generated SMILES alone, so nothing
+of it reaches the generators, the baselines or their oracle-call budgets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from triptych.matic.chem import canonical
 from triptych.matic.data import MolTable
-from triptych.matic.generate.scoring import Scores, qed_sa
 
 
 @dataclass
 class ForestJudge:
-    """Morgan-fingerprint random forests (one per task) fit on ``train``; ``tasks`` are its two label columns."""
+    """Morgan-fingerprint random forests, one per label column of ``train``, fit once on first use.
+
+    An :class:`~triptych.matic.generate.scoring.Oracle` (``tasks``, ``predict_proba``), so the
+    same class serves as a fast fingerprint oracle for a generator and as the independent
+    judge, fit on different data. ``balanced`` weights classes inversely to their frequency
+    (for screening tables with ~3% actives, where an unweighted forest rarely says >= 0.5).
+    """
 
     train: MolTable
-    tasks: tuple[int, int] = (0, 1)
     seed: int = 0
     n_trees: int = 500
+    balanced: bool = False
+    _forests: list = field(default_factory=list, repr=False)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.train.tasks)
+
+    def _fit(self) -> list:
+        from sklearn.ensemble import RandomForestClassifier
+
+        from triptych.matic.baselines import morgan_fingerprints
+
+        if not self._forests:
+            x = morgan_fingerprints(self.train.smiles)
+            for j in range(len(self.tasks)):
+                keep = ~np.isnan(self.train.labels[:, j])
+                rf = RandomForestClassifier(
+                    n_estimators=self.n_trees,
+                    random_state=self.seed,
+                    n_jobs=1,
+                    class_weight="balanced_subsample" if self.balanced else None,
+                )
+                self._forests.append(rf.fit(x[keep], self.train.labels[keep, j].astype(int)))
+        return self._forests
 
     def predict_proba(self, smiles: Sequence[str | None]) -> np.ndarray:
-        """``(n, 2)`` probabilities of the two tasks; NaN rows for invalid SMILES."""
-        from triptych.matic.baselines import random_forest_probs
+        """``(n, n_tasks)`` probabilities; NaN rows for invalid SMILES."""
+        from triptych.matic.baselines import morgan_fingerprints
 
+        forests = self._fit()
         canon = [canonical(s) if s else None for s in smiles]
         rows = [i for i, s in enumerate(canon) if s is not None]
-        out = np.full((len(canon), 2), np.nan)
+        out = np.full((len(canon), len(forests)), np.nan)
         if rows:
-            query = MolTable([canon[i] for i in rows], np.zeros((len(rows), len(self.train.tasks))), [])
-            out[rows] = random_forest_probs(self.train, query, self.seed, self.n_trees)[:, list(self.tasks)]
+            x = morgan_fingerprints([canon[i] for i in rows])
+            out[rows] = np.stack([rf.predict_proba(x)[:, 1] for rf in forests], axis=1)
         return out
-
-    def score(self, smiles: Sequence[str | None]) -> Scores:
-        """The same four properties as the oracle's :func:`~triptych.matic.generate.scoring.score`, p from the judge."""
-        canon = [canonical(s) if s else None for s in smiles]
-        p = self.predict_proba(canon)
-        qed, sa = qed_sa(canon)
-        return Scores(canon, p[:, 0], p[:, 1], qed, sa)
 
 
 def overlap(a: Sequence[str], b: Sequence[str]) -> float:
