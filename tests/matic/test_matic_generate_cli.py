@@ -131,12 +131,46 @@ def test_bad_inputs_fail_with_one_line(app, actives, tmp_path, invoke):
         ],
     )
     assert res.exit_code != 0 and "--method" in str(res.exception)
+    for flag, value in (("--scaffold", "c1ccccc1("), ("--guide", "greedy")):
+        res = invoke(app, ["generate", "--checkpoint", str(ckpt), flag, value, "--out", str(tmp_path / "x")])
+        assert res.exit_code != 0 and flag in str(res.exception)
     assert not (tmp_path / "x").exists()
+
+
+def test_generate_from_a_scaffold_keeps_it_in_every_molecule(app, actives, tmp_path, invoke):
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"x")
+    out = tmp_path / "core"
+    core = "c1ccc2ncccc2c1"
+    res = invoke(
+        app,
+        ["generate", "--checkpoint", str(ckpt), "--actives", str(actives), "--scaffold", core]
+        + ["--n", "16", "--rounds", "1", "--samples-per-round", "8", "--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["contains_scaffold"] == 1.0 and metrics["search_oracle_calls"] == 0
+    from rdkit import Chem
+
+    table = pd.read_csv(out / "molecules.csv")
+    assert len(table) == 16
+    assert all(Chem.MolFromSmiles(s).HasSubstructMatch(Chem.MolFromSmiles(core)) for s in table["smiles"])
 
 
 def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, invoke):
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
+    judge = tmp_path / "judge.csv"  # other data: the judge's own labelled molecules
+    pd.DataFrame(
+        [
+            ("Cc1ccc2ncccc2c1C(=O)NC", 1, 1),
+            ("c1ccc2ncccc2c1", 1, 0),
+            ("CC(=O)NC1CCCCC1", 0, 1),
+            ("CCOCC", 0, 0),
+            ("CCCCN", 0, 0),
+        ],
+        columns=["smiles", "q", "a"],
+    ).to_csv(judge, index=False)
     out = tmp_path / "bench"
     res = invoke(
         app,
@@ -147,35 +181,47 @@ def test_benchmark_generate_writes_the_results_schema(app, actives, tmp_path, in
             "--actives",
             str(actives),
             "--n",
-            "30",
+            "12",
             "--rounds",
             "1",
             "--samples-per-round",
-            "20",
+            "10",
             "--max-actives",
             "2",
             "--rollouts",
             "3",
+            "--seeds",
+            "0,1",
+            "--judge-data",
+            str(judge),
+            "--judge-columns",
+            "q,a",
+            "--judge-test",
+            str(judge),
+            "--no-ablations",
             "--out",
             str(out),
         ],
     )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"methods"}
-    assert set(results["methods"]) == {
-        "matic_filtered_mle",
-        "matic_policy_gradient",
-        "matic_no_rl",
-        "graph_ga",
-        "best_of_dataset",
-    }
-    keys = {"success", "novelty", "diversity", "validity", "uniqueness", "oracle_calls", "seconds"}
-    assert all(set(m) == keys for m in results["methods"].values())
-    budget = results["methods"]["matic_filtered_mle"]["oracle_calls"]
-    assert results["methods"]["graph_ga"]["oracle_calls"] <= budget
-    assert results["methods"]["best_of_dataset"]["oracle_calls"] == budget
-    assert "| method |" in (out / "results.md").read_text()
+    assert set(results) == {"methods", "search", "judge", "seeds", "command"}
+    assert set(results["methods"]) == {"matic_filtered_mle", "graph_ga", "best_of_dataset"}
+    keys = {"success", "novelty", "diversity", "validity", "uniqueness"}
+    for m in results["methods"].values():
+        assert set(m) == {"oracle", "judge", "oracle_calls", "seconds"}
+        assert set(m["oracle"]) == set(m["judge"]) == keys and all(len(v) == 2 for v in m["judge"].values())
+    for seed in range(2):  # equal oracle calls, per seed
+        budget = results["methods"]["matic_filtered_mle"]["oracle_calls"][seed]
+        assert results["methods"]["graph_ga"]["oracle_calls"][seed] <= budget
+        assert results["methods"]["best_of_dataset"]["oracle_calls"][seed] == budget
+        assert 0 < results["search"]["share"][seed] < 1
+    assert (
+        results["judge"]["test_roc_auc"]["q"] == 1.0
+    )  # judged on its own training rows: a sanity check only
+    table = pd.read_csv(out / "molecules_graph_ga_seed1.csv")
+    assert {"judge_p_a", "judge_p_b", "judge_success"} <= set(table.columns)
+    assert "| method | judged by |" in (out / "results.md").read_text()
 
 
 def test_pretrain_makes_a_loadable_completion_model(tmp_path):

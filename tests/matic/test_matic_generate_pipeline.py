@@ -132,3 +132,25 @@ def test_seeds_put_rationales_within_the_sa_limit_first():
     # within the limit first; among those p_A·p_B·QED decides (0.49·0.59 = 0.29 < 0.36·0.83 = 0.30)
     assert ranked == [easy[1].smiles, easy[0].smiles, hard[0].smiles, hard[1].smiles]
     assert feasible_first(hard + easy, Thresholds(sa=10.0))[:2] == [hard[0].smiles, hard[1].smiles]
+
+
+def test_scaffold_constrained_generation_keeps_the_core_in_every_molecule():
+    from triptych.core.errors import InputError
+
+    model = CompletionModel.load(default_checkpoint())
+    oracle = CountingOracle(SubstructureOracle(PATTERNS))
+    core = "O=C(N)c1ccc2ncccc2c1"  # a user's core: quinoline carboxamide
+    cfg = GenerateConfig(
+        n=24,
+        scaffold=core,
+        finetune=FinetuneConfig(rounds=1, samples_per_round=16, min_keep=1),
+    )
+    result = generate(model, oracle, (0, 1), ACTIVES, cfg)
+    query = Chem.MolFromSmiles(core)
+    mols = [Chem.MolFromSmiles(s) for s in result.table["smiles"]]
+    assert len(mols) == 24 and all(m is not None and m.HasSubstructMatch(query) for m in mols)
+    assert result.metrics["contains_scaffold"] == 1.0 and result.metrics["search_oracle_calls"] == 0
+    assert any(m.GetNumAtoms() > query.GetNumAtoms() for m in mols)  # it grows the core, not just returns it
+    for bad in ("c1ccccc1(", "*c1ccccc1", "CCO.c1ccccc1", "FC(F)(F)F"):  # invalid, dummy, 2 pieces, no H
+        with pytest.raises(InputError, match="--scaffold"):
+            generate(model, oracle, (0, 1), ACTIVES, GenerateConfig(n=5, scaffold=bad))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from triptych.core.errors import InputError
 from triptych.core.seed import seed_everything
-from triptych.matic.chem import fingerprints
+from triptych.matic.chem import fingerprints, mol_from_smiles
 from triptych.matic.generate.completion import CompletionModel
 from triptych.matic.generate.finetune import FinetuneConfig, RoundLog, finetune, sample_scored, spread
 from triptych.matic.generate.metrics import generation_metrics, novel_flags
@@ -32,17 +32,23 @@ class GenerateConfig:
 
     ``max_actives``: MCTS runs on this many actives per task, the best predicted among a
     seeded random ``pool`` of each task's actives (scoring every active costs oracle calls).
+    ``max_source_atoms``: larger actives (peptides, macrocycles) are not searched: cutting
+    a 150-atom molecule down to a 20-atom rationale costs hundreds of expansions.
+    ``scaffold``: a user's core (SMILES); when given it is the only starting point, no
+    rationale is searched, and every molecule generated contains it.
     """
 
     n: int = 1000
     max_actives: int = 40
     pool: int = 300
+    max_source_atoms: int = 50
     max_rationales: int = 40
     max_dual_atoms: int = 30
     merge_pairs: int = 400
     mcts: MCTSConfig = field(default_factory=MCTSConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     seed: int = 0
+    scaffold: str | None = None
 
 
 @dataclass
@@ -103,11 +109,18 @@ def pick_actives(
     n: int,
     pool: int | None = None,
     seed: int = 0,
+    max_atoms: int | None = None,
 ) -> list[str]:
     """The ``n`` actives with the highest predicted p_A x p_B (those most likely to hold a dual rationale).
 
-    With ``pool``, only a seeded random subset of that many actives is scored.
+    With ``pool``, only a seeded random subset of that many actives is scored; with
+    ``max_atoms``, only actives of at most that many heavy atoms are considered.
     """
+    if max_atoms is not None:
+        mols = [mol_from_smiles(s) for s in actives]
+        actives = [
+            s for s, m in zip(actives, mols, strict=True) if m is not None and m.GetNumAtoms() <= max_atoms
+        ]
     if not actives:
         return []
     if pool is not None and len(actives) > pool:
@@ -148,6 +161,33 @@ def diverse_top(ranked: Sequence[str], k: int, max_similarity: float = 0.7) -> l
     return taken
 
 
+def scaffold_seed(smiles: str) -> str:
+    """The canonical SMILES of a user's core, or an :class:`InputError` naming what is wrong with it."""
+    from rdkit import Chem
+
+    mol = mol_from_smiles(smiles)
+    if mol is None:
+        raise InputError(f"--scaffold {smiles!r}: not a valid SMILES; give the core, e.g. 'c1ccc2[nH]ccc2c1'")
+    if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()):
+        raise InputError(
+            f"--scaffold {smiles!r}: drop the attachment points (*); growth starts at any free H"
+        )
+    if "." in Chem.MolToSmiles(mol):
+        raise InputError(f"--scaffold {smiles!r}: give one connected core, not several fragments")
+    if not any(a.GetTotalNumHs() > 0 for a in mol.GetAtoms()):
+        raise InputError(
+            f"--scaffold {smiles!r}: the core has no hydrogen to replace, so nothing can be added"
+        )
+    return Chem.MolToSmiles(mol)
+
+
+def contains_core(smiles: Sequence[str | None], core: str) -> np.ndarray:
+    """Whether each molecule contains ``core`` as a substructure (False for invalid ones)."""
+    query = mol_from_smiles(core)
+    mols = [mol_from_smiles(s) if s else None for s in smiles]
+    return np.array([m is not None and m.HasSubstructMatch(query) for m in mols], dtype=bool)
+
+
 def scored_table(
     scores: Scores, rationales: Sequence[str], novel: np.ndarray, thresholds: Thresholds
 ) -> pd.DataFrame:
@@ -177,7 +217,9 @@ def dual_rationales(
     """MCTS on the best-predicted actives of each task, then merge into dual rationales."""
     single = []
     for k, task in enumerate(tasks):
-        chosen = pick_actives(actives.per_task[k], oracle, tasks, cfg.max_actives, cfg.pool, cfg.seed)
+        chosen = pick_actives(
+            actives.per_task[k], oracle, tasks, cfg.max_actives, cfg.pool, cfg.seed, cfg.max_source_atoms
+        )
         single.append(extract_rationales(chosen, oracle, task, cfg.mcts, cache=cache, oracle_id=oracle_id))
     dual = merge_rationales(
         single[0],
@@ -187,7 +229,6 @@ def dual_rationales(
         threshold=cfg.mcts.threshold,
         max_atoms=cfg.max_dual_atoms,
         max_pairs=cfg.merge_pairs,
-        seed=cfg.seed,
     )
     return (single[0], single[1]), dual
 
@@ -203,16 +244,22 @@ def generate(
     oracle_id: str = "",
     rationales: tuple[tuple[list[Rationale], list[Rationale]], list[Rationale]] | None = None,
 ) -> GenerationResult:
-    """Run the pipeline; ``rationales`` (from an earlier run with the same oracle) skips the search."""
+    """Run the pipeline; ``rationales`` (from an earlier run with the same oracle) skips the search.
+
+    With ``cfg.scaffold`` the core is the only seed and the search is skipped.
+    """
     gen = seed_everything(cfg.seed)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    if rationales is None:
+    core = scaffold_seed(cfg.scaffold) if cfg.scaffold else None
+    if core is not None:
+        rationales = (([], []), [])
+    elif rationales is None:
         rationales = dual_rationales(actives, oracle, tasks, cfg, cache, oracle_id)
     single, dual = rationales
     seconds["rationales"] = time.perf_counter() - start
     search_calls = oracle.calls
-    seeds = diverse_top(feasible_first(dual, cfg.finetune.thresholds), cfg.max_rationales)
+    seeds = [core] if core else diverse_top(feasible_first(dual, cfg.finetune.thresholds), cfg.max_rationales)
     if not seeds:  # no dual rationale: fall back on the best single-task ones, and say so in the metrics
         best = sorted([*single[0], *single[1]], key=lambda r: -r.proba[0])
         seeds = diverse_top([r.smiles for r in best], cfg.max_rationales)
@@ -241,6 +288,10 @@ def generate(
             "seconds": time.perf_counter() - start,
         }
     )
+    if core is not None:
+        metrics.update(
+            {"scaffold": core, "contains_scaffold": float(contains_core(scores.smiles, core).mean())}
+        )
     table = scored_table(scores, batch, novel, cfg.finetune.thresholds)
     return GenerationResult(table, metrics, single, dual, kept, rounds, seconds)
 

@@ -11,7 +11,16 @@ tree by PUCT,
 
 until a fragment has ``min_atoms`` atoms or fewer, and backs up the leaf's probability.
 Every state visited with ``<= max_atoms`` atoms and ``P >= threshold`` is a rationale.
-Single-task rationales are then merged into dual ones (:func:`merge_rationales`).
+
+Only rationale candidates cost predictor calls (``guide="candidates"``, the default): a
+state with more than ``max_atoms`` atoms can never be a rationale, so it inherits its
+parent's prior instead of being scored, and the search is guided there by the backed-up
+leaf values Q alone. RationaleRL scores every expanded state; on 30-45-atom actives most
+states are that large, and scoring them took 96% of a whole generation run's oracle calls
+(``guide="all"`` restores it).
+
+Single-task rationales are then merged into dual ones by their maximum common
+substructure (:func:`mcs_merge`, RationaleRL's ``merge_rationales``).
 """
 
 from __future__ import annotations
@@ -23,9 +32,11 @@ import random
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from rdkit import Chem
+from rdkit.Chem import rdFMCS
 
 from triptych.core.io import write_text
 from triptych.core.progress import progress_bar
@@ -35,13 +46,18 @@ from triptych.matic.generate.scoring import CountingOracle
 
 @dataclass(frozen=True)
 class MCTSConfig:
-    """Search parameters; defaults are the reference's (matic.md): c_puct 10, 20 rollouts, stop at <= 15 atoms."""
+    """Search parameters; defaults are the reference's (matic.md): c_puct 10, 20 rollouts, stop at <= 15 atoms.
+
+    ``guide``: which expanded states the predictor scores: ``candidates`` (<= ``max_atoms``
+    atoms; larger ones inherit their parent's prior) or ``all`` (RationaleRL).
+    """
 
     c_puct: float = 10.0
     rollouts: int = 20
     min_atoms: int = 15
     max_atoms: int = 20
     threshold: float = 0.5
+    guide: Literal["candidates", "all"] = "candidates"
 
 
 @dataclass
@@ -119,9 +135,14 @@ def _rollout(
             states[atoms] = child
             node.children.append(child)
             fresh.append(child)
-        if fresh:
-            scores = yield [c.smiles for c in fresh]
-            for child, p in zip(fresh, scores, strict=True):
+        # Why: a state larger than max_atoms is never a rationale; scoring it only sharpens the
+        # prior, at the cost of most of the run's oracle calls. It inherits its parent's prior.
+        scored = [c for c in fresh if cfg.guide == "all" or len(c.atoms) <= cfg.max_atoms]
+        for child in fresh:
+            child.prior = node.prior
+        if scored:
+            scores = yield [c.smiles for c in scored]
+            for child, p in zip(scored, scores, strict=True):
                 child.prior = float(np.nan_to_num(p, nan=0.0))
     if not node.children:
         return node.prior
@@ -195,30 +216,57 @@ def mcts(smiles: str, oracle: CountingOracle, task: int, cfg: MCTSConfig = MCTSC
 
 
 # --------------------------------------------------------------------------- dual rationales
-def _join(a: str, b: str, rng: random.Random, tries: int) -> list[str]:
-    """Up to ``tries`` molecules that join fragments ``a`` and ``b`` by one single bond between atoms with a free H."""
+def mcs_merge(a: str, b: str, max_products: int = 3, timeout: int = 1) -> list[str]:
+    """Molecules that overlay fragments ``a`` and ``b`` on their maximum common substructure (RationaleRL).
+
+    The MCS (rings match rings, complete rings only) is found with RDKit ``rdFMCS``; for each
+    pair of matches, ``b``'s atoms outside the MCS and its bonds are grafted onto ``a`` at the
+    matched atoms. Products that do not sanitise, or that lose either fragment, are dropped;
+    fragments with no common substructure give none.
+    """
     ma, mb = mol_from_smiles(a), mol_from_smiles(b)
     if ma is None or mb is None:
         return []
-    ha = [x.GetIdx() for x in ma.GetAtoms() if x.GetTotalNumHs() > 0]
-    hb = [x.GetIdx() for x in mb.GetAtoms() if x.GetTotalNumHs() > 0]
-    pairs = [(i, j) for i in ha for j in hb]
-    rng.shuffle(pairs)
-    out = []
-    for i, j in pairs[:tries]:
-        combo = Chem.RWMol(Chem.CombineMols(ma, mb))
-        combo.AddBond(i, ma.GetNumAtoms() + j, Chem.BondType.SINGLE)
-        for k in (i, ma.GetNumAtoms() + j):
-            atom = combo.GetAtomWithIdx(k)
-            if atom.GetNumExplicitHs() > 0:
-                atom.SetNumExplicitHs(atom.GetNumExplicitHs() - 1)
-        new = combo.GetMol()
-        try:
-            Chem.SanitizeMol(new)
-        except Exception:
-            continue
-        out.append(Chem.MolToSmiles(new))
+    mcs = rdFMCS.FindMCS([ma, mb], ringMatchesRingOnly=True, completeRingsOnly=True, timeout=timeout)
+    if mcs.numAtoms == 0:
+        return []
+    query = Chem.MolFromSmarts(mcs.smartsString)
+    out: list[str] = []
+    for xa in ma.GetSubstructMatches(query, uniquify=False, maxMatches=20):
+        for xb in mb.GetSubstructMatches(query, uniquify=False, maxMatches=20):
+            joined = _graft(ma, mb, dict(zip(xb, xa, strict=True)))
+            if joined is not None and joined not in out:
+                out.append(joined)
+            if len(out) >= max_products:
+                return out
     return out
+
+
+def _graft(ma: Chem.Mol, mb: Chem.Mol, shared: dict[int, int]) -> str | None:
+    """``ma`` plus ``mb``'s atoms and bonds, ``mb``'s atom ``j`` identified with ``ma``'s ``shared[j]``."""
+    new = Chem.RWMol(ma)
+    index = dict(shared)
+    for atom in mb.GetAtoms():
+        if atom.GetIdx() not in index:
+            copy = Chem.Atom(atom.GetAtomicNum())
+            copy.SetFormalCharge(atom.GetFormalCharge())
+            copy.SetIsAromatic(atom.GetIsAromatic())
+            copy.SetNumExplicitHs(atom.GetNumExplicitHs())
+            index[atom.GetIdx()] = new.AddAtom(copy)
+    for bond in mb.GetBonds():
+        i, j = index[bond.GetBeginAtomIdx()], index[bond.GetEndAtomIdx()]
+        if new.GetBondBetweenAtoms(i, j) is None:
+            new.AddBond(i, j, bond.GetBondType())
+    mol = new.GetMol()
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception:
+        return None
+    smiles = Chem.MolToSmiles(mol)
+    check = mol_from_smiles(smiles)
+    if check is None or not (check.HasSubstructMatch(ma) and check.HasSubstructMatch(mb)):
+        return None  # grafting changed an atom's environment (aromaticity, Hs): not a merge of both
+    return smiles
 
 
 def merge_rationales(
@@ -230,17 +278,16 @@ def merge_rationales(
     threshold: float = 0.5,
     max_atoms: int = 30,
     max_pairs: int = 400,
-    join_tries: int = 3,
-    seed: int = 0,
+    products: int = 3,
 ) -> list[Rationale]:
     """Dual rationales (p_A and p_B >= threshold, <= ``max_atoms`` atoms) from single-task ones.
 
     Candidates, in order: a single-task rationale that already passes both tasks; the
     union of two rationales of the same source molecule when they overlap or touch
-    (one connected fragment); and two rationales joined by a new single bond. The
-    ``max_pairs`` pairs with the highest p_A x p_B are tried.
+    (one connected fragment); and the merge of two rationales on their maximum common
+    substructure (:func:`mcs_merge`). The ``max_pairs`` pairs with the highest
+    p_A x p_B are tried.
     """
-    rng = random.Random(seed)
     cands: dict[str, tuple[str, tuple[int, ...]]] = {}
     for r in [*rat_a, *rat_b]:
         cands.setdefault(r.smiles, (r.source, r.atoms))
@@ -261,9 +308,10 @@ def merge_rationales(
         ):  # overlap by containment: the larger covers both
             big = a if ma.GetNumAtoms() >= mb.GetNumAtoms() else b
             cands.setdefault(big.smiles, (big.source, big.atoms))
-        elif ma.GetNumAtoms() + mb.GetNumAtoms() <= max_atoms:
-            for joined in _join(a.smiles, b.smiles, rng, join_tries):
-                cands.setdefault(joined, (f"{a.source}.{b.source}", ()))
+        else:
+            for merged in mcs_merge(a.smiles, b.smiles, products):
+                if Chem.MolFromSmiles(merged).GetNumAtoms() <= max_atoms:
+                    cands.setdefault(merged, (f"{a.source}.{b.source}", ()))
     smiles = list(cands)
     probs = oracle.predict_proba(smiles) if smiles else np.zeros((0, 2))
     names = (oracle.tasks[tasks[0]], oracle.tasks[tasks[1]])
