@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from triptych.core.batch_options import RayAddressOpt, ThreadsPerWorkerOpt, WorkersOpt
+
 app = typer.Typer(
     help="M3-JEPA: align frozen encoders with a multi-gate MoE predictor; retrieval and search.",
     no_args_is_help=True,
@@ -67,10 +69,21 @@ def encode(
     ] = 512,
     batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    loader_workers: Annotated[
+        int,
+        typer.Option(min=0, help="DataLoader processes decoding and resizing images (0: in this process)."),
+    ] = 1,
+    workers: WorkersOpt = 0,
+    ray_address: RayAddressOpt = None,
+    threads_per_worker: ThreadsPerWorkerOpt = 1,
 ) -> None:
     """Encode a dataset's images and captions once into a memory-mapped feature cache; re-run to resume.
 
+    With --workers N (or --ray-address), the shards are encoded on Ray worker processes (or a
+    cluster's nodes), one encoder each; finished shards are kept, so a rerun resumes.
+
     Example: triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k
+    Ray:     triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k --workers 2
     Audio:   triptych m3jepa encode --data audio:clips/captions.csv --audio-encoder openai/whisper-base --out cache/clips
     """
     from triptych.core.device import choose_device
@@ -79,7 +92,9 @@ def encode(
     from triptych.core.runs import on_interrupt
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
-    from triptych.m3jepa.features import encode_dataset
+    from functools import partial
+
+    from triptych.m3jepa.features import RayPlan, encode_dataset
 
     _threads()
     dataset = load_dataset(data)
@@ -90,6 +105,7 @@ def encode(
     dev = str(choose_device(device))
     wanted_modalities = {m.strip() for m in modality.split(",")}
     encoders = []
+    plans: dict[str, RayPlan] | None = None
     if dataset.modality == "audio":
         if wanted_modalities & {
             "audio",
@@ -105,8 +121,33 @@ def encode(
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
     if "text" in wanted_modalities:
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
+    if workers != 0 or ray_address is not None:  # each Ray worker builds its own copy of each encoder
+        specs = {
+            "audio": (audio_encoder, audio_length),
+            "image": (image_encoder, None),
+            "text": (text_encoder, text_length),
+        }
+        plans = {
+            enc.modality: RayPlan(
+                partial(
+                    make_encoder, specs[enc.modality][0], modality=enc.modality, length=specs[enc.modality][1]
+                ),
+                workers,
+                ray_address,
+                threads_per_worker,
+            )
+            for enc in encoders
+        }
     with on_interrupt(f"interrupted: the finished shards are kept in {out}/; resume with: {command_line()}"):
-        encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
+        encode_dataset(
+            dataset,
+            out,
+            encoders,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            loader_workers=loader_workers,
+            ray=plans,
+        )
     typer.echo(
         f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
         f"into {out}"
