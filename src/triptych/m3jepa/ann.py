@@ -23,12 +23,12 @@ products, vectors with small biases are everybody's neighbour and the cells are 
 
 Two index kinds (:class:`AnnConfig`):
 
-- ``HNSW`` (default): a navigable small-world graph (Malkov & Yashunin, 2018) over the
+- ``HNSW``: a navigable small-world graph (Malkov & Yashunin, 2018) over the
   transformed vectors; each query walks it keeping ``ef_search`` candidates. ``storage``
   ``Flat`` keeps exact vectors: the file is memory-mapped (``IO_FLAG_MMAP_IFC``), only the
   graph (~2·M ids a vector) is read into RAM; ``SQ8`` keeps 8-bit codes in RAM (dim bytes a
   vector) and re-scores the candidates exactly from the memory-mapped folded vectors.
-- ``IVF``: k-means cells; each query visits the ``nprobe`` nearest cells. ``storage`` ``PQ``
+- ``IVF`` (default): k-means cells; each query visits the ``nprobe`` nearest cells. ``storage`` ``PQ``
   keeps 4-bit product-quantised codes (dim/8 bytes a vector, SIMD "fast scan", optionally
   after an ``opq`` rotation) and re-scores the best ``rerank`` candidates exactly from the
   memory-mapped vectors; ``Flat`` / ``SQ8`` keep exact (8-bit) vectors in inverted lists on
@@ -63,8 +63,8 @@ STORAGES = {"HNSW": ("Flat", "SQ8"), "IVF": ("PQ", "Flat", "SQ8")}
 class AnnConfig:
     """How the approximate index is built and searched (see the module docstring for the kinds)."""
 
-    kind: str = "HNSW"  # "HNSW" (graph) or "IVF" (k-means cells)
-    storage: str = "Flat"  # HNSW: Flat | SQ8; IVF: PQ | Flat | SQ8
+    kind: str = "IVF"  # "IVF" (k-means cells) or "HNSW" (graph)
+    storage: str = "PQ"  # IVF: PQ | Flat | SQ8; HNSW: Flat | SQ8
     m: int = 32  # HNSW: neighbours per node (2m on the bottom layer)
     ef_construction: int = 80  # HNSW: candidates kept while linking a new node
     ef_search: int = 64  # HNSW: candidates kept while searching (more: better recall, slower)

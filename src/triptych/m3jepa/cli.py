@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -86,14 +87,14 @@ def encode(
     Ray:     triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k --workers 2
     Audio:   triptych m3jepa encode --data audio:clips/captions.csv --audio-encoder openai/whisper-base --out cache/clips
     """
+    from functools import partial
+
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.core.io import command_line
     from triptych.core.runs import on_interrupt
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
-    from functools import partial
-
     from triptych.m3jepa.features import RayPlan, encode_dataset
 
     _threads()
@@ -152,6 +153,35 @@ def encode(
         f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
         f"into {out}"
     )
+
+
+@app.command()
+def export(
+    cache: Annotated[Path, typer.Option(help="Encoded dataset folder made by `triptych m3jepa encode`.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the .npy matrices, images/captions.parquet and export.json.")
+    ],
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Aligner checkpoint(s): export the aligned keys (default: the encoders' pooled vectors)."
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Export only this split (e.g. test).")] = None,
+) -> None:
+    """Export embeddings as NPY matrices with Parquet metadata (row -> image path / caption).
+
+    Example: triptych m3jepa export --cache cache/flickr8k --out emb/flickr8k
+    Aligned: triptych m3jepa export --cache cache/flickr8k --checkpoint runs/m3jepa/checkpoints/best.safetensors --out emb/aligned
+    """
+    from triptych.m3jepa.aligner import load_aligners
+    from triptych.m3jepa.export import export_embeddings
+
+    _threads()
+    aligner = load_aligners(checkpoint) if checkpoint else None
+    folder = export_embeddings(cache, out, aligner, split, checkpoints=[str(c) for c in checkpoint or []])
+    shapes = json.loads((folder / "export.json").read_text())["shapes"]
+    typer.echo(f"exported {', '.join(f'{k} {tuple(v)}' for k, v in shapes.items())} into {folder}")
 
 
 @app.command()
@@ -222,13 +252,23 @@ def index(
             "index (below it exact search is fast anyway)."
         ),
     ] = 50000,
+    ann_kind: Annotated[
+        str, typer.Option(help="IVF (k-means cells; PQ codes + exact re-ranking) or HNSW (a graph).")
+    ] = "IVF",
+    ann_storage: Annotated[
+        str,
+        typer.Option(
+            help="IVF: PQ (4-bit codes, re-ranked), Flat or SQ8 (lists on disk); HNSW: Flat or SQ8."
+        ),
+    ] = "PQ",
     nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
     nprobe: Annotated[
-        int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")
+        int, typer.Option(help="IVF: cells a query visits by default (more: better recall, slower).")
     ] = 64,
-    ann_storage: Annotated[
-        str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")
-    ] = "Flat",
+    ef_search: Annotated[
+        int, typer.Option(help="HNSW: candidates a query keeps (more: better recall, slower).")
+    ] = 64,
+    rerank: Annotated[int, typer.Option(help="PQ / SQ8: candidates re-scored exactly.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
@@ -301,10 +341,14 @@ def index(
         note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
     if ann not in ("auto", "on", "off"):
         raise InputError(f"--ann {ann!r}: choose auto, on or off")
-    if ann_storage not in ("Flat", "SQ8"):
-        raise InputError(f"--ann-storage {ann_storage!r}: choose Flat or SQ8")
     approximate = ann == "on" or (ann == "auto" and len(built.images) >= ann_min)
-    config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
+    config = (
+        AnnConfig(
+            kind=ann_kind, storage=ann_storage, nlist=nlist, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        ).check()
+        if approximate
+        else None
+    )
     built.save(out, ann=config, keep=keep)
     kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
     typer.echo(
