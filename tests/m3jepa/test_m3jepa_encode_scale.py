@@ -99,3 +99,27 @@ def test_two_ray_workers_encode_the_single_process_cache_and_resume(tmp_path, ra
     for s in lost:
         np.save(tmp_path / "ray" / s["name"] / "pooled.npy", np.zeros((s["count"], 6), np.float32))
     same(cache(tmp_path / "ray", ray=plan), reference)  # the lost shards are encoded again, the rest kept
+
+
+def test_export_writes_the_split_rows_and_their_metadata(tmp_path):
+    import json
+
+    import pandas as pd
+    from m3jepa_synth import caption_set, write_cache
+
+    from triptych.m3jepa.export import export_embeddings
+    from triptych.m3jepa.features import load_cache
+
+    write_cache(tmp_path / "cache", caption_set(n_images=30))
+    out = export_embeddings(tmp_path / "cache", tmp_path / "emb", split="test")
+    paired = load_cache(tmp_path / "cache")
+    image_rows, caption_rows, caption_image = paired.split("test")
+    images, captions = pd.read_parquet(out / "images.parquet"), pd.read_parquet(out / "captions.parquet")
+    assert list(images["id"]) == [paired.image.ids[i] for i in image_rows] == paired.data.splits["test"]
+    assert list(captions["caption"]) == [paired.data.captions[j] for j in caption_rows]
+    # each caption's image_row points at the exported row of its own image
+    want = [paired.data.caption_image[j] for j in caption_rows]
+    assert [image_rows[r] for r in captions["image_row"]] == want
+    np.testing.assert_array_equal(np.load(out / "image.npy"), paired.image.pooled[image_rows])
+    np.testing.assert_array_equal(np.load(out / "text.npy"), paired.text.pooled[caption_rows])
+    assert json.loads((out / "export.json").read_text())["vectors"] == "pooled encoder features"
