@@ -378,7 +378,12 @@ class _Items(torch.utils.data.Dataset):
 
 
 def _collate(items: list[Any]) -> Any:
-    return torch.stack(items) if items and torch.is_tensor(items[0]) else items
+    if not items or not torch.is_tensor(items[0]):
+        return items
+    batch = torch.stack(items)
+    # image batches in the layout image_tensor gives (a permuted NHWC array): the same conv kernels
+    # run, so the features are bit-identical to encoding the PIL images directly
+    return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
 
 
 def encode_rows(
