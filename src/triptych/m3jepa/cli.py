@@ -73,7 +73,7 @@ def encode(
     loader_workers: Annotated[
         int,
         typer.Option(min=0, help="DataLoader processes decoding and resizing images (0: in this process)."),
-    ] = 1,
+    ] = 0,
     workers: WorkersOpt = 0,
     ray_address: RayAddressOpt = None,
     threads_per_worker: ThreadsPerWorkerOpt = 1,
