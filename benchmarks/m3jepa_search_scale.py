@@ -160,7 +160,7 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     import torch
 
     from triptych.core.progress import progress_bar
-    from triptych.m3jepa.ann import AnnConfig, blocks_of, build_ivf, fold
+    from triptych.m3jepa.ann import AnnConfig, blocks_of, build_ann, fold
     from triptych.m3jepa.index_store import write_metadata
     from triptych.m3jepa.querybank import hubness
 
@@ -197,16 +197,21 @@ def build(args: argparse.Namespace, work: Path, prep: dict[str, Any]) -> dict[st
     del folded
     folded = np.load(work / "folded.npy", mmap_mode="r")
     config = AnnConfig(
+        kind=args.kind,
         nlist=args.nlist,
         nprobe=max(args.nprobe),
+        ef_search=max(args.ef_search),
+        m=args.hnsw_m,
+        ef_construction=args.ef_construction,
+        opq=args.opq,
         storage=args.storage,
         rerank=max(args.rerank),
         train_size=args.train_size,
         block_size=args.block,
     )
     sample = np.unique(np.linspace(0, total - 1, min(config.train_size, total)).astype(np.int64))
-    with progress_bar(total=total, desc="IVF index (add)") as bar:
-        record = build_ivf(
+    with progress_bar(total=total, desc=f"{config.kind} index (add)") as bar:
+        record = build_ann(
             folded[sample],
             blocks_of(folded, config.block_size),
             total,
@@ -282,19 +287,21 @@ def query(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     truth = np.load(work / "exact_top10.npy")
     own = np.load(work / "query_image.npy")[: args.queries]
     sweep = []
-    for nprobe, rerank in [(p, r) for r in args.rerank for p in args.nprobe]:
-        index.search(queries[:20], 10, nprobe, vectors, rerank)  # warm up
+    knob = args.ef_search if index.config.kind == "HNSW" else args.nprobe
+    for setting, rerank in [(p, r) for r in args.rerank for p in knob]:
+        nprobe, ef = (None, setting) if index.config.kind == "HNSW" else (setting, None)
+        index.search(queries[:20], 10, nprobe, vectors, rerank, ef)  # warm up
         times, found = [], []
         for q in queries:
             t = time.perf_counter()
-            _, rows = index.search(q[None], 10, nprobe, vectors, rerank)
+            _, rows = index.search(q[None], 10, nprobe, vectors, rerank, ef)
             times.append(time.perf_counter() - t)
             found.append(rows[0])
         found = np.asarray(found)
         recall = float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth, strict=True)]))
         sweep.append(
             {
-                "nprobe": nprobe,
+                "nprobe" if nprobe else "ef_search": setting,
                 "rerank": rerank,
                 "p50_ms": 1000 * float(np.percentile(times, 50)),
                 "p95_ms": 1000 * float(np.percentile(times, 95)),
@@ -347,7 +354,7 @@ def markdown(r: dict[str, Any]) -> str:
     b, q, e, x, p = r["build"], r["query"], r.get("encoder"), r["exact"], r["prepare"]
     rows = [
         {
-            "nprobe": s["nprobe"],
+            "nprobe / efSearch": s.get("nprobe", s.get("ef_search")),
             "re-ranked": s.get("rerank"),
             "p50 ms": s["p50_ms"],
             "p95 ms": s["p95_ms"],
@@ -391,10 +398,10 @@ def markdown(r: dict[str, Any]) -> str:
     return (
         f"# M3-JEPA search at scale: {b['items']:,} items\n\n"
         + source
-        + f"Folded vectors [K/c, -b] of {b['dim']} dims (zero-padded); FAISS `{b['ivf']['kind']}`, inner product"
+        + f"Folded vectors [K/c, -b] of {b['dim']} dims (zero-padded); FAISS `{b['ivf']['kind']}` on the inner products reduced to Euclidean distances (x' = [x, sqrt(M² − |x|²)], y' = [y, 0])"
         + (
             ", the best candidates (re-ranked column) re-scored exactly from the memory-mapped vectors"
-            if r["args"]["storage"] == "PQ"
+            if r["args"]["storage"] in ("PQ", "SQ8")
             else ", lists on disk and memory-mapped"
         )
         + f". {x['queries']:,} queries, one at a time, one thread; encoder excluded.\n\n"
@@ -404,14 +411,14 @@ def markdown(r: dict[str, Any]) -> str:
             if chosen["recall_at_10"] >= 0.95
             else "\n**No setting reached Recall@10 0.95; the best"
         )
-        + f": nprobe {chosen['nprobe']}, re-ranked "
+        + f": {'nprobe' if 'nprobe' in chosen else 'efSearch'} {chosen.get('nprobe', chosen.get('ef_search'))}, re-ranked "
         f"{chosen.get('rerank')}, p50 {chosen['p50_ms']:.2f} ms, Recall@10 vs exact "
         f"{chosen['recall_at_10']:.3f}.** Exact search over the same N: {x['ms_per_query_batched']:.1f} ms per "
         f"query in batches of {x['queries']} ({args_threads(r)} thread(s)).\n\n"
         f"Build on {r['args']['threads']} thread(s): {b['build_seconds_total']:.0f} s in all "
         f"({b['vectors_and_bias_seconds']:.0f} s synthetic vectors + QB-norm biases, of which bias "
-        f"{b['bias_seconds']:.0f} s; metadata {b['metadata_seconds']:.0f} s; IVF {b['ivf_seconds']:.0f} s, of which "
-        f"k-means {b['ivf_train_seconds']:.0f} s). Peak RSS: build {b['peak_rss_mb']:.0f} MB, query process "
+        f"{b['bias_seconds']:.0f} s; metadata {b['metadata_seconds']:.0f} s; ANN index {b['ivf_seconds']:.0f} s, of which "
+        f"training {b['ivf_train_seconds']:.0f} s). Peak RSS: build {b['peak_rss_mb']:.0f} MB, query process "
         f"{q['peak_rss_mb']:.0f} MB (after opening the index {q['peak_rss_after_open_mb']:.0f} MB), exact ground "
         f"truth {x['peak_rss_mb']:.0f} MB (RSS counts the pages of the memory-mapped vector file a process has "
         f"touched: the build writes all of it, a query reads its candidates' rows). Files: "
@@ -448,9 +455,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nprobe", default="8,16,32,64,128")
     parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument("--kind", default="IVF", help="IVF (k-means cells) or HNSW (graph)")
     parser.add_argument("--nlist", type=int, default=0, help="IVF cells (0: about 4 sqrt(N))")
     parser.add_argument(
-        "--storage", default="PQ", help="PQ (fast-scan codes + exact re-ranking), Flat or SQ8"
+        "--ef-search", default="32,64,128", help="HNSW: candidates kept (comma-separated: a sweep)"
+    )
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--opq", action="store_true", help="IVF-PQ: an OPQ rotation before quantising")
+    parser.add_argument(
+        "--storage",
+        default="PQ",
+        help="IVF: PQ (fast-scan codes + exact re-ranking), Flat or SQ8; HNSW: Flat or SQ8",
     )
     parser.add_argument(
         "--rerank", default="200", help="PQ: candidates re-scored exactly (comma-separated: a sweep)"
@@ -475,6 +491,7 @@ def main() -> None:
     args.nprobe = (
         [int(p) for p in str(args.nprobe).split(",")] if isinstance(args.nprobe, str) else args.nprobe
     )
+    args.ef_search = [int(e) for e in str(args.ef_search).split(",")]
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     if args.phase:  # a child process: one phase, its record to work/<phase>.json

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from triptych.m3jepa.ann import AnnConfig, AnnIndex, fold, fold_queries
+from triptych.m3jepa.ann import AnnConfig, AnnIndex, fold, fold_queries, to_distance
 from triptych.m3jepa.index_store import SearchIndex, load_index
 from triptych.m3jepa.querybank import hubness
 from triptych.m3jepa.search import Searcher
@@ -63,9 +63,11 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
     index = make_index()
     index.save(
         tmp_path / "idx",
-        ann=AnnConfig(nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000, block_size=700),
+        ann=AnnConfig(
+            kind="IVF", nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000, block_size=700
+        ),
     )
-    want = "IVF16_HNSW32,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
+    want = "IVF16,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
     assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == want
     shutil.move(tmp_path / "idx", tmp_path / "moved")  # the lists file is found next to the index file
     loaded = load_index(tmp_path / "moved")
@@ -99,3 +101,32 @@ def test_fewer_cells_trade_recall_for_speed_and_recall_is_measured(tmp_path):
 
     # one cell misses neighbours, four miss fewer; every cell with every candidate re-scored misses none
     assert recall(1) < recall(4) < recall(32, rerank=3000) == 1.0
+
+
+def test_distance_reduction_ranks_by_the_folded_inner_product():
+    """|y' - x'|² = |y|² + M² - 2 y·x: the nearest vectors are the best-scoring ones, biases and all."""
+    rng = np.random.default_rng(4)
+    x = fold(unit(rng.normal(size=(200, 6))), rng.uniform(-0.5, 0.5, 200), 2.0)
+    y = fold_queries(unit(rng.normal(size=(3, 6))))
+    bound = 1.01 * np.linalg.norm(x, axis=1).max()
+    xd = to_distance(x, bound)
+    assert np.allclose(np.linalg.norm(xd, axis=1), bound, atol=1e-5)  # every vector on the sphere of radius M
+    dist = ((y[:, None, :] - xd[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(dist, (y**2).sum(1)[:, None] + bound**2 - 2 * y @ x.T, atol=1e-4)
+    assert (np.argsort(dist, 1)[:, :10] == np.argsort(-(y @ x.T), 1)[:, :10]).all()
+
+
+@pytest.mark.parametrize("storage", ["Flat", "SQ8"])
+def test_hnsw_finds_the_exact_neighbours_with_exact_scores(tmp_path, storage):
+    index = make_index()
+    index.save(tmp_path / "idx", ann=AnnConfig(kind="HNSW", storage=storage, m=16, ef_search=32, rerank=50))
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.ann["image"]["kind"] == f"HNSW16,{storage}"
+    q = torch.tensor(unit(np.random.default_rng(5).normal(size=(40, 16))))
+    s_a, r_a, _ = Searcher(loaded, None).ranked(q, "image", 10)
+    s_e, r_e, _ = Searcher(loaded, None, exact=True).ranked(q, "image", 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(r_a.tolist(), r_e.tolist(), strict=True)])
+    assert recall >= 0.95
+    # scores are the exact s' of the rows found (re-scored from the memory-mapped vectors)
+    want = loaded.scores(q, "image")[0].gather(1, r_a)
+    torch.testing.assert_close(s_a, want, atol=1e-5, rtol=0)

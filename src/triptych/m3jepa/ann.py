@@ -1,4 +1,4 @@
-"""Approximate nearest-neighbour search over a collection of aligned vectors (FAISS, IVF on disk).
+"""Approximate nearest-neighbour search over a collection of aligned vectors (FAISS, memory-mapped).
 
 A search ranks items i by the querybank-normalised fused score (see :mod:`triptych.m3jepa.search`)
 
@@ -10,23 +10,32 @@ the bias and the scale into a single inner product,
 
     x_i = [K_i / c, -b_i],   y = [q, 1]   =>   y · x_i = s'(q, i),                  (folded vectors)
 
-so any maximum-inner-product index ranks by exactly the score the exact search uses. Zero
-columns pad the folded vectors to a multiple of 32 dims (product quantisers need it); they
-change no inner product.
+so a maximum-inner-product search ranks by exactly the score the exact search uses. Zero
+columns pad the folded vectors to a multiple of 32 dims (product quantisers need it), and
+one of them is always left free for the reduction of inner products to distances
+(Bachrach et al., RecSys 2014):
 
-The index is an inverted file (IVF: k-means cells on the folded vectors, inner-product
-metric; each query visits the ``nprobe`` cells nearest to it). Two storages:
+    x'_i = [x_i, sqrt(M² - |x_i|²)],   y' = [y, 0]   =>   |y' - x'_i|² = |y|² + M² - 2 s'(q, i)   (M ≥ max |x_i|)
 
-- ``PQ`` (default): each vector as a 4-bit product-quantised code of dim/8 bytes, scanned
-  with SIMD look-up tables (FAISS "fast scan"), so a query can visit many cells; the best
-  ``rerank`` candidates are then re-scored exactly from the full vectors, which stay on disk
-  and are memory-mapped (only the candidates' rows are read). The codes of 10⁶ vectors take
-  ~36 MB of RAM; the index is built by adding blocks of vectors, one block in memory at a time.
-- ``Flat`` / ``SQ8``: exact (or 8-bit) vectors in inverted lists that live on disk
-  (``OnDiskInvertedLists``) and are memory-mapped when searched; blocks are added to empty
-  copies of the trained index, written, and merged into one lists file
-  (``faiss.contrib.ondisk.merge_ondisk``). Exact scores, no re-ranking, but each visited
-  vector costs a full dot product.
+The nearest vector in Euclidean distance is then the best-scoring one, and graphs and k-means
+cells, which are built for distances, work as they do on any collection (on raw inner
+products, vectors with small biases are everybody's neighbour and the cells are lopsided).
+
+Two index kinds (:class:`AnnConfig`):
+
+- ``HNSW``: a navigable small-world graph (Malkov & Yashunin, 2018) over the
+  transformed vectors; each query walks it keeping ``ef_search`` candidates. ``storage``
+  ``Flat`` keeps exact vectors: the file is memory-mapped (``IO_FLAG_MMAP_IFC``), only the
+  graph (~2·M ids a vector) is read into RAM; ``SQ8`` keeps 8-bit codes in RAM (dim bytes a
+  vector) and re-scores the candidates exactly from the memory-mapped folded vectors.
+- ``IVF`` (default): k-means cells; each query visits the ``nprobe`` nearest cells. ``storage`` ``PQ``
+  keeps 4-bit product-quantised codes (dim/8 bytes a vector, SIMD "fast scan", optionally
+  after an ``opq`` rotation) and re-scores the best ``rerank`` candidates exactly from the
+  memory-mapped vectors; ``Flat`` / ``SQ8`` keep exact (8-bit) vectors in inverted lists on
+  disk (``OnDiskInvertedLists``), memory-mapped when searched.
+
+Either is built from blocks of vectors (one block in memory at a time; HNSW's storage grows
+with the collection: 4·dim bytes a vector for Flat, dim for SQ8, plus the graph).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -46,17 +55,24 @@ from triptych.core.errors import InputError
 INDEX_FILE = "ann_{name}.faiss"
 LISTS_FILE = "ann_{name}.ivfdata"
 META_FILE = "ann_{name}.json"
+KINDS = ("HNSW", "IVF")
+STORAGES = {"HNSW": ("Flat", "SQ8"), "IVF": ("PQ", "Flat", "SQ8")}
 
 
 @dataclass
 class AnnConfig:
-    """How the IVF index is built and searched (nlist 0: about 4·sqrt(N) cells)."""
+    """How the approximate index is built and searched (see the module docstring for the kinds)."""
 
-    nlist: int = 0
-    nprobe: int = 64
-    storage: str = "PQ"  # "PQ" (4-bit fast-scan codes + exact re-ranking), "Flat" or "SQ8" (lists on disk)
-    rerank: int = 200  # PQ: candidates re-scored exactly from the memory-mapped vectors
-    train_size: int = 100_000  # vectors the k-means cells (and PQ codebooks) are trained on
+    kind: str = "IVF"  # "IVF" (k-means cells) or "HNSW" (graph)
+    storage: str = "PQ"  # IVF: PQ | Flat | SQ8; HNSW: Flat | SQ8
+    m: int = 32  # HNSW: neighbours per node (2m on the bottom layer)
+    ef_construction: int = 80  # HNSW: candidates kept while linking a new node
+    ef_search: int = 64  # HNSW: candidates kept while searching (more: better recall, slower)
+    nlist: int = 0  # IVF cells; 0: about 4·sqrt(N)
+    nprobe: int = 64  # IVF: cells a query visits
+    opq: bool = False  # IVF-PQ: learn a rotation before quantising (OPQ)
+    rerank: int = 200  # PQ / SQ8: candidates re-scored exactly from the memory-mapped vectors
+    train_size: int = 100_000  # vectors the cells / quantisers are trained on
     block_size: int = 100_000  # vectors added (and held in memory) at a time
 
     def cells(self, count: int) -> int:
@@ -64,13 +80,28 @@ class AnnConfig:
         n = self.nlist or int(4 * np.sqrt(max(count, 1)))
         return int(max(1, min(n, count // 39 or 1)))  # faiss wants ~39 training points per cell
 
+    def check(self) -> AnnConfig:
+        if self.kind not in KINDS:
+            raise InputError(f"ANN kind {self.kind!r}: choose {' or '.join(KINDS)}")
+        if self.storage not in STORAGES[self.kind]:
+            raise InputError(
+                f"ANN storage {self.storage!r} with {self.kind}: choose {', '.join(STORAGES[self.kind])}"
+            )
+        return self
 
-PAD = 32  # folded widths are padded with zeros to a multiple of this
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> AnnConfig:
+        """The config stored in an index record (records of IVF-only versions have no ``kind``)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{"kind": "IVF", **{k: v for k, v in record.items() if k in known}})
+
+
+PAD = 32  # folded widths are padded with zeros to a multiple of this, one column left free
 
 
 def _padded(parts: list[np.ndarray]) -> np.ndarray:
     width = sum(p.shape[1] for p in parts)
-    zeros = np.zeros((len(parts[0]), -width % PAD), np.float32)
+    zeros = np.zeros((len(parts[0]), -(width + 1) % PAD + 1), np.float32)
     return np.ascontiguousarray(np.concatenate([*parts, zeros], 1), dtype=np.float32)
 
 
@@ -87,15 +118,21 @@ def fold_queries(queries: np.ndarray) -> np.ndarray:
     return _padded([queries, np.ones((len(queries), 1), np.float32)])
 
 
-def factory_string(dim: int, nlist: int, storage: str) -> str:
-    """The FAISS index_factory string: IVF cells and the storage of the vectors."""
-    if storage == "PQ":
-        # 4 dims per 4-bit sub-quantiser (dim/8 bytes a vector); an HNSW graph over the cell centroids
-        # assigns each vector to its cell without scoring every centroid
-        return f"IVF{nlist}_HNSW32,PQ{dim // 4}x4fs"
-    if storage in ("Flat", "SQ8"):
-        return f"IVF{nlist},{storage}"
-    raise InputError(f"ANN storage {storage!r}: choose PQ, Flat or SQ8")
+def to_distance(folded: np.ndarray, bound: float) -> np.ndarray:
+    """x' = [x, sqrt(M² - |x|²)] in the last (free) column: Euclidean neighbours of [y, 0] rank by y·x."""
+    x = np.array(folded, dtype=np.float32)  # a copy: the caller's block stays as it was
+    x[:, -1] = np.sqrt(np.maximum(np.float32(bound) ** 2 - np.einsum("ij,ij->i", x, x), 0.0))
+    return x
+
+
+def factory_string(dim: int, config: AnnConfig, nlist: int = 0) -> str:
+    """The FAISS index_factory string of ``config`` for ``dim``-d vectors (``nlist`` cells for IVF)."""
+    if config.kind == "HNSW":
+        return f"HNSW{config.m}" + (",SQ8" if config.storage == "SQ8" else ",Flat")
+    if config.storage == "PQ":  # 4 dims per 4-bit sub-quantiser (dim/8 bytes a vector), SIMD fast scan
+        rotate = f"OPQ{dim // 4}_{dim}," if config.opq else ""
+        return f"{rotate}IVF{nlist},PQ{dim // 4}x4fs"
+    return f"IVF{nlist},{config.storage}"
 
 
 def _faiss() -> Any:
@@ -109,7 +146,7 @@ def _faiss() -> Any:
     return faiss
 
 
-def build_ivf(
+def build_ann(
     train: np.ndarray,
     blocks: Iterable[np.ndarray],
     count: int,
@@ -118,44 +155,74 @@ def build_ivf(
     config: AnnConfig | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Build an on-disk IVF index over ``count`` folded vectors arriving in ``blocks``; returns its record.
+    """Build an approximate index over ``count`` folded vectors arriving in ``blocks``; returns its record.
 
-    ``train`` is a sample of the same vectors (at most ``config.train_size`` are used) for the
-    k-means cells; row r of the concatenated blocks gets id r. Writes ``ann_<name>.faiss``
-    (quantiser and list offsets), ``ann_<name>.ivfdata`` (the lists, memory-mapped when
-    searched) and ``ann_<name>.json`` into ``folder``.
+    ``train`` is a sample of the same vectors (at most ``config.train_size`` are used): it sets
+    the norm bound M of the distance reduction (with a margin) and trains the cells /
+    quantisers. Row r of the concatenated blocks gets id r. Writes ``ann_<name>.faiss`` (and,
+    for IVF Flat/SQ8, the lists file ``ann_<name>.ivfdata``) and ``ann_<name>.json`` into ``folder``.
     """
     faiss = _faiss()
-    from faiss.contrib.ondisk import merge_ondisk
-
-    cfg = config or AnnConfig()
+    cfg = (config or AnnConfig()).check()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     train = np.ascontiguousarray(np.asarray(train, dtype=np.float32)[: cfg.train_size])
-    dim, nlist = train.shape[1], cfg.cells(count)
-    kind = factory_string(dim, nlist, cfg.storage)
+    # M: the largest norm seen, with a margin; a vector above it still gets a distance, just a
+    # slightly optimistic one (its exact score is restored by re-scoring)
+    bound = 1.05 * float(np.sqrt(np.einsum("ij,ij->i", train, train).max()))
+    train = to_distance(train, bound)
+    dim, nlist = train.shape[1], (cfg.cells(count) if cfg.kind == "IVF" else 0)
+    kind = factory_string(dim, cfg, nlist)
     start = time.perf_counter()
-    empty = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
-    empty.cp.niter = 10  # k-means iterations: cells need not be perfect, the probes cover the rest
+    empty = faiss.index_factory(dim, kind, faiss.METRIC_L2)
+    if cfg.kind == "HNSW":
+        empty.hnsw.efConstruction = cfg.ef_construction
+    else:
+        faiss.extract_index_ivf(empty).cp.niter = 10  # k-means iterations: the probes cover the rest
     empty.train(train)
     trained_s = time.perf_counter() - start
-    if cfg.storage == "PQ":  # compact codes: the index stays small in RAM; blocks stream in
+    stream = (to_distance(b, bound) for b in blocks)
+    if cfg.kind == "HNSW" or cfg.storage == "PQ":  # compact in RAM, or a graph: blocks stream in
         added = 0
-        for block in blocks:
-            block = np.ascontiguousarray(block, dtype=np.float32)
-            empty.add_with_ids(block, np.arange(added, added + len(block), dtype=np.int64))
+        for block in stream:
+            if cfg.kind == "HNSW":  # graph ids are insertion order: row r of the blocks is id r
+                empty.add(block)
+            else:
+                empty.add_with_ids(block, np.arange(added, added + len(block), dtype=np.int64))
             added += len(block)
             if progress is not None:
                 progress(len(block))
-        if added != count:
-            raise InputError(f"the ANN build expected {count} vectors and received {added}")
+    else:
+        added = _add_on_disk(empty, stream, folder, name, dim, progress)
+    if added != count:
+        raise InputError(f"the ANN build expected {count} vectors and received {added}")
+    if cfg.kind == "HNSW" or cfg.storage == "PQ":
         faiss.write_index(empty, str(folder / INDEX_FILE.format(name=name)))
-        return _record(folder, name, kind, count, dim, cfg, nlist, trained_s, start)
+    record = {
+        "kind": kind,
+        "metric": "l2_of_inner_product",
+        "bound": bound,
+        "count": count,
+        "dim": dim,
+        "config": {**asdict(cfg), "nlist": nlist},
+        "train_seconds": trained_s,
+        "build_seconds": time.perf_counter() - start,
+    }
+    (folder / META_FILE.format(name=name)).write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _add_on_disk(
+    empty: Any, blocks: Iterable[np.ndarray], folder: Path, name: str, dim: int, progress: Any
+) -> int:
+    """IVF Flat/SQ8: add each block to an empty copy, write it, then merge the lists into one on-disk file."""
+    faiss = _faiss()
+    from faiss.contrib.ondisk import merge_ondisk
+
     parts, added, tmp = [], 0, folder / f".ann_{name}_blocks"
     tmp.mkdir(exist_ok=True)
     try:
-        for block in blocks:  # one block in memory at a time: add it to an empty copy, write it out
-            block = np.ascontiguousarray(block, dtype=np.float32)
+        for block in blocks:  # one block in memory at a time
             if block.shape[1] != dim:
                 raise InputError(f"ANN block of width {block.shape[1]} does not match the trained {dim}")
             part = faiss.clone_index(empty)
@@ -166,8 +233,6 @@ def build_ivf(
             del part
             if progress is not None:
                 progress(len(block))
-        if added != count:
-            raise InputError(f"the ANN build expected {count} vectors and received {added}")
         index = faiss.clone_index(empty)
         # merge the blocks' lists into one file; the index keeps only its basename (relocatable)
         lists = folder / LISTS_FILE.format(name=name)
@@ -183,37 +248,18 @@ def build_ivf(
         for p in parts:
             Path(p).unlink(missing_ok=True)
         tmp.rmdir()
-    return _record(folder, name, kind, count, dim, cfg, nlist, trained_s, start)
+    return added
 
 
-def _record(
-    folder: Path,
-    name: str,
-    kind: str,
-    count: int,
-    dim: int,
-    cfg: AnnConfig,
-    nlist: int,
-    trained_s: float,
-    start: float,
-) -> dict[str, Any]:
-    record = {
-        "kind": kind,
-        "metric": "inner_product",
-        "count": count,
-        "dim": dim,
-        "config": {**asdict(cfg), "nlist": nlist},
-        "train_seconds": trained_s,
-        "build_seconds": time.perf_counter() - start,
-    }
-    (folder / META_FILE.format(name=name)).write_text(json.dumps(record, indent=1))
-    return record
+build_ivf = build_ann  # the name of earlier versions
 
 
 class AnnIndex:
-    """An on-disk IVF index, memory-mapped: ``search(queries, k)`` -> (scores s', rows), as faiss gives them."""
+    """An on-disk approximate index, memory-mapped: ``search(queries, k)`` -> (scores s', rows)."""
 
-    def __init__(self, folder: str | os.PathLike, name: str, nprobe: int | None = None) -> None:
+    def __init__(
+        self, folder: str | os.PathLike, name: str, nprobe: int | None = None, ef_search: int | None = None
+    ) -> None:
         faiss = _faiss()
         folder = Path(folder)
         path = folder / INDEX_FILE.format(name=name)
@@ -223,13 +269,18 @@ class AnnIndex:
                 "index`, or search with --exact"
             )
         self.record = json.loads((folder / META_FILE.format(name=name)).read_text())
-        config = self.record["config"]
-        if config["storage"] == "PQ":  # codes in RAM (dim/8 bytes a vector); full vectors stay memory-mapped
-            self.index = faiss.read_index(str(path))
-        else:  # the lists file is found next to the index file and memory-mapped, never read whole
-            self.index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
-        self.nprobe = int(nprobe or config["nprobe"])
-        self.rerank = int(config.get("rerank", 0)) if config["storage"] == "PQ" else 0
+        self.config = AnnConfig.from_record(self.record["config"])
+        # distances of the reduction, or (records of earlier versions) raw inner products
+        self.bound = self.record.get("bound")
+        if self.config.kind == "IVF" and self.config.storage != "PQ":  # lists next to the index, mapped
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+        else:  # HNSW Flat: the vectors are memory-mapped, the graph (and PQ/SQ8 codes) read into RAM
+            flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+        self.index = faiss.read_index(str(path), flags)
+        self.nprobe = int(nprobe or self.config.nprobe)
+        self.ef_search = int(ef_search or self.config.ef_search)
+        # exact vectors need no re-scoring; codes do
+        self.rerank = self.config.rerank if self.config.storage in ("PQ", "SQ8") else 0
 
     @property
     def dim(self) -> int:
@@ -238,6 +289,13 @@ class AnnIndex:
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
+    def _set(self, nprobe: int | None, ef_search: int | None) -> None:
+        faiss = _faiss()
+        if self.config.kind == "HNSW":
+            faiss.downcast_index(self.index).hnsw.efSearch = int(ef_search or self.ef_search)
+        else:
+            faiss.extract_index_ivf(self.index).nprobe = int(nprobe or self.nprobe)
+
     def search(
         self,
         folded_queries: np.ndarray,
@@ -245,25 +303,34 @@ class AnnIndex:
         nprobe: int | None = None,
         vectors: Callable[[np.ndarray], np.ndarray] | None = None,
         rerank: int | None = None,
+        ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` rows by inner product with folded queries: (Q x k scores, Q x k rows; -1 = none found).
+        """Top-``k`` rows by the folded inner product: (Q x k scores, Q x k rows; -1 = none found).
 
-        With product-quantised codes, the best ``rerank`` candidates are re-scored exactly with
-        ``vectors(rows)`` (the folded vectors of those rows, e.g. from a memory map) and the
-        scores returned are exact; without ``vectors`` they are the codes' approximations.
+        The best ``rerank`` candidates (at least k) are re-scored exactly with ``vectors(rows)``
+        (the folded vectors of those rows, e.g. from a memory map) when it is given; otherwise
+        the scores are recovered from the index's distances (approximate for codes).
         """
-        faiss = _faiss()
         queries = np.ascontiguousarray(folded_queries, dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise InputError(
                 f"query vectors ({queries.shape[1]}-d folded) do not match the approximate index "
                 f"({self.dim}-d); search with the checkpoints the index was built with"
             )
-        params = faiss.SearchParametersIVF(nprobe=int(nprobe or self.nprobe))
+        self._set(nprobe, ef_search)
         k = int(min(k, len(self)))
         depth = max(k, self.rerank if rerank is None else rerank) if vectors is not None else k
-        scores, rows = self.index.search(queries, int(min(depth, len(self))), params=params)
-        if vectors is None or depth == 0:
+        if self.config.kind == "HNSW":  # the walk keeps ef candidates: at least the depth asked for
+            faiss = _faiss()
+            hnsw = faiss.downcast_index(self.index).hnsw
+            hnsw.efSearch = max(int(hnsw.efSearch), depth)
+        dist, rows = self.index.search(queries, int(min(depth, len(self))))
+        if self.bound is None:  # an index of raw inner products (earlier versions)
+            scores = dist
+        else:  # |y - x'|² = |y|² + M² - 2 y·x
+            norms = np.einsum("ij,ij->i", queries, queries)[:, None]
+            scores = 0.5 * (norms + np.float32(self.bound) ** 2 - dist)
+        if vectors is None:
             return scores[:, :k], rows[:, :k]
         out_s, out_r = (
             np.full((len(queries), k), -np.inf, np.float32),

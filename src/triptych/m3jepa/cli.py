@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from triptych.core.batch_options import RayAddressOpt, ThreadsPerWorkerOpt, WorkersOpt
 
 app = typer.Typer(
     help="M3-JEPA: align frozen encoders with a multi-gate MoE predictor; retrieval and search.",
@@ -67,19 +70,32 @@ def encode(
     ] = 512,
     batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    loader_workers: Annotated[
+        int,
+        typer.Option(min=0, help="DataLoader processes decoding and resizing images (0: in this process)."),
+    ] = 0,
+    workers: WorkersOpt = 0,
+    ray_address: RayAddressOpt = None,
+    threads_per_worker: ThreadsPerWorkerOpt = 1,
 ) -> None:
     """Encode a dataset's images and captions once into a memory-mapped feature cache; re-run to resume.
 
+    With --workers N (or --ray-address), the shards are encoded on Ray worker processes (or a
+    cluster's nodes), one encoder each; finished shards are kept, so a rerun resumes.
+
     Example: triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k
+    Ray:     triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k --workers 2
     Audio:   triptych m3jepa encode --data audio:clips/captions.csv --audio-encoder openai/whisper-base --out cache/clips
     """
+    from functools import partial
+
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.core.io import command_line
     from triptych.core.runs import on_interrupt
     from triptych.m3jepa.data import load_dataset
     from triptych.m3jepa.encoders import make_encoder
-    from triptych.m3jepa.features import encode_dataset
+    from triptych.m3jepa.features import RayPlan, encode_dataset
 
     _threads()
     dataset = load_dataset(data)
@@ -90,6 +106,7 @@ def encode(
     dev = str(choose_device(device))
     wanted_modalities = {m.strip() for m in modality.split(",")}
     encoders = []
+    plans: dict[str, RayPlan] | None = None
     if dataset.modality == "audio":
         if wanted_modalities & {
             "audio",
@@ -105,12 +122,66 @@ def encode(
         encoders.append(make_encoder(image_encoder, modality="image", device=dev))
     if "text" in wanted_modalities:
         encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
+    if workers != 0 or ray_address is not None:  # each Ray worker builds its own copy of each encoder
+        specs = {
+            "audio": (audio_encoder, audio_length),
+            "image": (image_encoder, None),
+            "text": (text_encoder, text_length),
+        }
+        plans = {
+            enc.modality: RayPlan(
+                partial(
+                    make_encoder, specs[enc.modality][0], modality=enc.modality, length=specs[enc.modality][1]
+                ),
+                workers,
+                ray_address,
+                threads_per_worker,
+            )
+            for enc in encoders
+        }
     with on_interrupt(f"interrupted: the finished shards are kept in {out}/; resume with: {command_line()}"):
-        encode_dataset(dataset, out, encoders, shard_size=shard_size, batch_size=batch_size)
+        encode_dataset(
+            dataset,
+            out,
+            encoders,
+            shard_size=shard_size,
+            batch_size=batch_size,
+            loader_workers=loader_workers,
+            ray=plans,
+        )
     typer.echo(
         f"encoded {len(dataset.images)} {dataset.modality} items and {len(dataset.captions)} captions "
         f"into {out}"
     )
+
+
+@app.command()
+def export(
+    cache: Annotated[Path, typer.Option(help="Encoded dataset folder made by `triptych m3jepa encode`.")],
+    out: Annotated[
+        Path, typer.Option(help="Folder for the .npy matrices, images/captions.parquet and export.json.")
+    ],
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Aligner checkpoint(s): export the aligned keys (default: the encoders' pooled vectors)."
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Export only this split (e.g. test).")] = None,
+) -> None:
+    """Export embeddings as NPY matrices with Parquet metadata (row -> image path / caption).
+
+    Example: triptych m3jepa export --cache cache/flickr8k --out emb/flickr8k
+    Aligned: triptych m3jepa export --cache cache/flickr8k --checkpoint runs/m3jepa/checkpoints/best.safetensors --out emb/aligned
+    """
+    from triptych.m3jepa.aligner import load_aligners
+    from triptych.m3jepa.export import export_embeddings
+
+    _threads()
+    aligner = load_aligners(checkpoint) if checkpoint else None
+    folder = export_embeddings(cache, out, aligner, split, checkpoints=[str(c) for c in checkpoint or []])
+    shapes = json.loads((folder / "export.json").read_text())["shapes"]
+    typer.echo(f"exported {', '.join(f'{k} {tuple(v)}' for k, v in shapes.items())} into {folder}")
 
 
 @app.command()
@@ -181,13 +252,23 @@ def index(
             "index (below it exact search is fast anyway)."
         ),
     ] = 50000,
+    ann_kind: Annotated[
+        str, typer.Option(help="IVF (k-means cells; PQ codes + exact re-ranking) or HNSW (a graph).")
+    ] = "IVF",
+    ann_storage: Annotated[
+        str,
+        typer.Option(
+            help="IVF: PQ (4-bit codes, re-ranked), Flat or SQ8 (lists on disk); HNSW: Flat or SQ8."
+        ),
+    ] = "PQ",
     nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
     nprobe: Annotated[
-        int, typer.Option(help="Cells a query visits by default (more: better recall, slower).")
+        int, typer.Option(help="IVF: cells a query visits by default (more: better recall, slower).")
     ] = 64,
-    ann_storage: Annotated[
-        str, typer.Option(help="Flat (exact vectors) or SQ8 (8-bit, 4x smaller).")
-    ] = "Flat",
+    ef_search: Annotated[
+        int, typer.Option(help="HNSW: candidates a query keeps (more: better recall, slower).")
+    ] = 64,
+    rerank: Annotated[int, typer.Option(help="PQ / SQ8: candidates re-scored exactly.")] = 200,
     batch_size: Annotated[int, typer.Option(help="Images per encoder call.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
 ) -> None:
@@ -260,10 +341,14 @@ def index(
         note = f"querybank: {built.querybank['captions']} captions of {bank_path} ({querybank_split}), β {qb_beta:g}"
     if ann not in ("auto", "on", "off"):
         raise InputError(f"--ann {ann!r}: choose auto, on or off")
-    if ann_storage not in ("Flat", "SQ8"):
-        raise InputError(f"--ann-storage {ann_storage!r}: choose Flat or SQ8")
     approximate = ann == "on" or (ann == "auto" and len(built.images) >= ann_min)
-    config = AnnConfig(nlist=nlist, nprobe=nprobe, storage=ann_storage) if approximate else None
+    config = (
+        AnnConfig(
+            kind=ann_kind, storage=ann_storage, nlist=nlist, nprobe=nprobe, ef_search=ef_search, rerank=rerank
+        ).check()
+        if approximate
+        else None
+    )
     built.save(out, ann=config, keep=keep)
     kinds = ", ".join(f"{m}: {r['kind']}" for m, r in built.ann.items()) or "exact search only"
     typer.echo(

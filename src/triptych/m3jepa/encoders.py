@@ -163,8 +163,16 @@ class EfficientNetLite0(Encoder):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "normalise": self.normalise, "size": self.size, "weights": "57934424"}
 
+    def preprocess(self, image: Any) -> torch.Tensor:
+        """One PIL image -> 3 x 224 x 224, normalised (run in DataLoader workers when encoding a cache)."""
+        return image_tensor([image], self.size, self.normalise)[0]
+
     def encode(self, batch: Sequence[Any]) -> EncodedBatch:
-        x = image_tensor(batch, self.size, self.normalise).to(self.device)
+        return self.encode_tensors(image_tensor(batch, self.size, self.normalise))
+
+    def encode_tensors(self, x: torch.Tensor) -> EncodedBatch:
+        """Preprocessed images (B x 3 x 224 x 224, as :meth:`preprocess` makes them) -> tokens, mask, pooled."""
+        x = x.to(self.device)
         grid = self.model.extract_features(x)  # B x 1280 x 7 x 7
         tokens = grid.flatten(2).transpose(1, 2)  # B x 49 x 1280, row-major over the grid
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)

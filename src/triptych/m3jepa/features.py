@@ -284,12 +284,17 @@ def write_features(
     shard_size: int = 1024,
     batch_size: int = 32,
     desc: str | None = None,
+    loader_workers: int = 0,
+    ray: RayPlan | None = None,
 ) -> Features:
     """Encode items ``load(0) .. load(N-1)`` (ids ``ids``) into the cache at ``path``, resuming.
 
     A folder that already holds a cache of the same ids, encoder and shard size is
     resumed: finished shards are kept and never recomputed. A cache made with another
     encoder, configuration or id list raises an InputError and is left untouched.
+
+    ``loader_workers`` processes decode and preprocess items (a torch DataLoader) while the
+    encoder runs; ``ray`` encodes the shards on Ray workers instead (:func:`encode_on_ray`).
     """
     path = Path(path)
     ids = [str(i) for i in ids]
@@ -323,40 +328,105 @@ def write_features(
     done = {s["start"] for s in manifest["shards"]}
     starts = range(0, len(ids), shard_size)
     todo = [s for s in starts if s not in done]
+    if ray is not None and todo:
+        encode_on_ray(path, manifest, todo, len(ids), load, ray, batch_size, loader_workers)
+        todo = []
     with progress_bar(len(ids), desc or f"encode {encoder.modality} ({encoder.name})", unit="item") as bar:
         if manifest["shards"]:  # say so when resuming: these items are not encoded again
             bar.update(sum(s["count"] for s in manifest["shards"]))
             bar.set_postfix_str(f"resumed: {len(manifest['shards'])} shards already done", refresh=True)
         for start in todo:
             stop = min(start + shard_size, len(ids))
-            name = f"shard-{start // shard_size:05d}"
-            chunks = []
-            for b in range(start, stop, batch_size):
-                chunks.append(
-                    _encode_checked(encoder, [load(i) for i in range(b, min(b + batch_size, stop))])
-                )
-                bar.update(min(b + batch_size, stop) - b)
-            with atomic_output_dir(path / name) as staging:
-                for key, dtype, k in (
-                    ("tokens", np.float16, 0),
-                    ("mask", bool, 1),
-                    ("pooled", np.float32, 2),
-                ):
-                    np.save(staging / f"{key}.npy", np.concatenate([c[k] for c in chunks]).astype(dtype))
-            manifest["shards"] = sorted(
-                [*manifest["shards"], {"name": name, "start": start, "count": stop - start}],
-                key=lambda s: s["start"],
-            )
-            write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+            arrays = encode_rows(encoder, load, range(start, stop), batch_size, loader_workers, bar.update)
+            _save_shard(path, manifest, start, arrays)
     manifest["complete"] = True
     write_text(path / MANIFEST, json.dumps(manifest, indent=1))
     return load_features(path)
 
 
-def _encode_checked(encoder: CachableEncoder, batch: list[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _save_shard(path: Path, manifest: dict[str, Any], start: int, arrays: Sequence[np.ndarray]) -> None:
+    """Write one finished shard (tokens, mask, pooled) atomically, then list it in the manifest."""
+    name = f"shard-{start // manifest['shard_size']:05d}"
+    with atomic_output_dir(path / name) as staging:
+        for key, dtype, a in zip(
+            ("tokens", "mask", "pooled"), (np.float16, bool, np.float32), arrays, strict=True
+        ):
+            np.save(staging / f"{key}.npy", np.asarray(a).astype(dtype))
+    count = len(arrays[0])
+    manifest["shards"] = sorted(
+        [
+            *[s for s in manifest["shards"] if s["start"] != start],
+            {"name": name, "start": start, "count": count},
+        ],
+        key=lambda s: s["start"],
+    )
+    write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+
+
+class _Items(torch.utils.data.Dataset):
+    """Items ``load(i)`` of some rows, each through the encoder's ``preprocess`` when it has one."""
+
+    def __init__(self, load: Callable[[int], Any], rows: Sequence[int], prepare: Callable[[Any], Any] | None):
+        self.load, self.rows, self.prepare = load, rows, prepare
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.load(self.rows[i])
+        return item if self.prepare is None else self.prepare(item)
+
+
+def _collate(items: list[Any]) -> Any:
+    if not items or not torch.is_tensor(items[0]):
+        return items
+    batch = torch.stack(items)
+    # image batches in the layout image_tensor gives (a permuted NHWC array): the same conv kernels
+    # run, so the features are bit-identical to encoding the PIL images directly
+    return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+
+
+def encode_rows(
+    encoder: CachableEncoder,
+    load: Callable[[int], Any],
+    rows: Sequence[int],
+    batch_size: int = 32,
+    loader_workers: int = 0,
+    progress: Callable[[int], Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode items ``load(r)`` for ``rows``: (tokens N x L x D, mask N x L, pooled N x D), padding zeroed.
+
+    Encoders with ``preprocess(item) -> tensor`` and ``encode_tensors(batch)`` (the image
+    encoders) split the work: decoding and resizing happen in ``loader_workers`` DataLoader
+    processes (0: here) while this process runs the network on the previous batch.
+    """
+    prepare = getattr(encoder, "preprocess", None)
+    dataset = _Items(load, rows, prepare)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=loader_workers,
+        collate_fn=_collate,
+        prefetch_factor=2 if loader_workers else None,
+    )
+    chunks = []
+    for batch in loader:
+        chunks.append(_encode_checked(encoder, batch))
+        if progress is not None:
+            progress(len(batch))
+    if not chunks:
+        return (
+            np.zeros((0, encoder.length, encoder.dim), np.float32),
+            np.zeros((0, encoder.length), bool),
+            np.zeros((0, encoder.dim), np.float32),
+        )
+    return tuple(np.concatenate([c[k] for c in chunks]) for k in range(3))  # type: ignore[return-value]
+
+
+def _encode_checked(encoder: CachableEncoder, batch: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the encoder, check its shapes against what it declared (B x L x D), zero the padding."""
     with torch.inference_mode():
-        out = encoder.encode(batch)
+        out = encoder.encode_tensors(batch) if torch.is_tensor(batch) else encoder.encode(batch)
     want = (len(batch), encoder.length, encoder.dim)
     if (
         tuple(out.tokens.shape) != want
@@ -369,6 +439,102 @@ def _encode_checked(encoder: CachableEncoder, batch: list[Any]) -> tuple[np.ndar
         )
     tokens = out.tokens.float().masked_fill(~out.mask.bool()[..., None], 0.0)
     return tokens.cpu().numpy(), out.mask.bool().cpu().numpy(), out.pooled.float().cpu().numpy()
+
+
+@dataclass
+class RayPlan:
+    """Encode a cache's shards on Ray (:mod:`triptych.core.batch`): who builds the encoder, and where.
+
+    ``make_encoder`` is a picklable zero-argument callable (e.g. ``functools.partial`` of
+    :func:`~triptych.m3jepa.encoders.make_encoder`): each worker process builds its own encoder once.
+    """
+
+    make_encoder: Callable[[], CachableEncoder]
+    workers: int | None = None  # None: as many as the CPUs hold
+    ray_address: str | None = None
+    threads_per_worker: int = 1
+
+
+class ShardEncoder:
+    """A Ray shard worker: encodes rows [start, stop) of a shard; the arrays travel as float16/bool bytes."""
+
+    def __init__(
+        self,
+        make_encoder: Callable[[], CachableEncoder],
+        load: Callable[[int], Any],
+        batch_size: int,
+        loader_workers: int,
+    ) -> None:
+        self.encoder, self.load = make_encoder(), load
+        self.batch_size, self.loader_workers = batch_size, loader_workers
+
+    def __call__(self, shard: dict[str, Any]) -> Any:
+        import pandas as pd
+
+        tokens, mask, pooled = encode_rows(
+            self.encoder,
+            self.load,
+            range(shard["start"], shard["stop"]),
+            self.batch_size,
+            self.loader_workers,
+        )
+        return pd.DataFrame(
+            {
+                "row": np.arange(shard["start"], shard["stop"]),
+                "tokens": [t.astype(np.float16).tobytes() for t in tokens],
+                "mask": [m.tobytes() for m in mask],
+                "pooled": [p.astype(np.float32).tobytes() for p in pooled],
+            }
+        )
+
+
+def encode_on_ray(
+    path: Path,
+    manifest: dict[str, Any],
+    todo: Sequence[int],
+    count: int,
+    load: Callable[[int], Any],
+    plan: RayPlan,
+    batch_size: int,
+    loader_workers: int = 0,
+) -> None:
+    """Encode the shards starting at ``todo`` on Ray workers; each finished shard joins the cache at once.
+
+    Resumable twice over: shards the manifest lists are not handed out, and a shard a worker
+    finished (``<cache>/.ray/shards/<name>.parquet``) is not encoded again if the run dies
+    before it joined the cache.
+    """
+    import functools
+
+    import pandas as pd
+
+    from triptych.core.batch import run_shards
+
+    size, length, dim = manifest["shard_size"], manifest["length"], manifest["dim"]
+    shards = [
+        {"id": f"shard-{start // size:05d}", "start": int(start), "stop": int(min(start + size, count))}
+        for start in todo
+    ]
+    results = run_shards(
+        functools.partial(ShardEncoder, plan.make_encoder, load, batch_size, loader_workers),
+        shards,
+        path / ".ray",
+        workers=plan.workers,
+        ray_address=plan.ray_address,
+        progress_desc=f"encode {manifest['modality']} ({manifest['encoder']}) on Ray",
+        threads_per_worker=plan.threads_per_worker,
+    )
+    for shard, result in zip(shards, results, strict=True):
+        table = pd.read_parquet(result.path)
+        n = len(table)
+        arrays = (
+            np.frombuffer(b"".join(table["tokens"]), np.float16).reshape(n, length, dim),
+            np.frombuffer(b"".join(table["mask"]), bool).reshape(n, length),
+            np.frombuffer(b"".join(table["pooled"]), np.float32).reshape(n, dim),
+        )
+        _save_shard(path, manifest, shard["start"], arrays)
+        result.path.unlink()
+    shutil.rmtree(path / ".ray", ignore_errors=True)
 
 
 DATASET = "dataset.json"
@@ -413,8 +579,14 @@ def encode_dataset(
     *,
     shard_size: int = 512,
     batch_size: int = 32,
+    loader_workers: int = 0,
+    ray: dict[str, RayPlan] | None = None,
 ) -> Path:
-    """Encode an ImageCaptions dataset into ``out`` (one cache per encoder's modality), resumably."""
+    """Encode an ImageCaptions dataset into ``out`` (one cache per encoder's modality), resumably.
+
+    ``loader_workers``: DataLoader processes decoding images; ``ray``: per modality, a
+    :class:`RayPlan` to encode that modality's shards on Ray workers.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record = data.to_json()
@@ -431,6 +603,8 @@ def encode_dataset(
                 encoder,
                 shard_size=shard_size,
                 batch_size=batch_size,
+                loader_workers=loader_workers,
+                ray=(ray or {}).get(media),
             )
         elif encoder.modality == "text":
             write_features(
@@ -440,6 +614,7 @@ def encode_dataset(
                 encoder,
                 shard_size=shard_size,
                 batch_size=batch_size,
+                ray=(ray or {}).get("text"),
             )
         else:
             raise InputError(

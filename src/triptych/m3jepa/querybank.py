@@ -35,21 +35,28 @@ def hubness(
     count: int,
     beta: float,
     scale: float = 1.0,
-    bank_chunk: int = 1024,
-    item_chunk: int = 16384,
+    bank_chunk: int = 16384,
+    item_chunk: int = 2048,
 ) -> torch.Tensor:
-    """b_i = (1/β) log Σ_c exp(β (c · K_i) / scale) for items i < ``count``; ``items(start, stop)`` gives K rows."""
+    """b_i = (1/β) log Σ_c exp(β (c · K_i) / scale) for items i < ``count``; ``items(start, stop)`` gives K rows.
+
+    One matrix product per block of items (items x bank, so the sum runs along contiguous
+    memory), then a log-sum-exp computed in place: memory is item_chunk x bank_chunk scores.
+    """
     if beta <= 0:
         raise InputError(f"the querybank temperature beta must be > 0 (got {beta})")
     if len(bank) == 0:
         raise InputError("the querybank is empty")
+    bank = bank.float() * (beta / scale)  # β/c folded into the bank once, not into every score
     out = torch.empty(count, dtype=torch.float32)
     for start in range(0, count, item_chunk):
         stop = min(start + item_chunk, count)
         keys = items(start, stop).float()
         total = None
         for b in range(0, len(bank), bank_chunk):
-            part = torch.logsumexp(beta * (bank[b : b + bank_chunk].float() @ keys.T) / scale, dim=0)
+            s = keys @ bank[b : b + bank_chunk].T  # β s(c, i) / c, items x bank
+            top = s.amax(1, keepdim=True)
+            part = s.sub_(top).exp_().sum(1).log_().add_(top[:, 0])  # log Σ_c exp, without overflow
             total = part if total is None else torch.logaddexp(total, part)
         out[start:stop] = total / beta
     return out
@@ -60,8 +67,8 @@ def querybank_bias(
     index: SearchIndex,
     modality: str,
     beta: float,
-    bank_chunk: int = 1024,
-    item_chunk: int = 16384,
+    bank_chunk: int = 16384,
+    item_chunk: int = 2048,
 ) -> torch.Tensor:
     """b_i for every indexed ``modality`` item (QB-norm), from the bank's query vectors, in bounded memory."""
     count = index.count(modality)
