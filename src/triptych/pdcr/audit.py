@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from triptych.pdcr.data import Sample
+    from triptych.pdcr.interventions import PatchBank
     from triptych.pdcr.models import SegmentationModel
 
 ROI_MODES = ("gt", "pred", "sample")  # or a CSV file of boxes: image,x,y,w,h
@@ -302,6 +303,20 @@ class AuditWorker:
             ]
         return [(f"component_{kind}", m) for m in component_rois(source, c.rois_per_image)]
 
+    def bank(self, i: int) -> PatchBank:
+        """The paper's bank for image ``i``: natural patches from the other images of the dataset."""
+        from triptych.pdcr.interventions import PatchBank
+
+        c = self.config
+        one_by_one = not c.multi_roi or c.estimator != "adaptive"
+        return PatchBank.from_images(
+            self.images,
+            (c.coarse_block or 2 * c.block) if c.estimator == "adaptive" and one_by_one else c.block,
+            exclude=i,
+            excluded_name=self.samples[i].name,
+            seed=_seed(c.seed, "bank", self.samples[i].name),
+        )
+
     def explain_together(
         self,
         sample: Sample,
@@ -377,7 +392,6 @@ class AuditWorker:
 
         from triptych.pdcr.analysis import roi_distance, share_within, support_radius
         from triptych.pdcr.estimate import SequentialRule
-        from triptych.pdcr.interventions import PatchBank
         from triptych.pdcr.roi import RoI
 
         c = self.config
@@ -385,14 +399,7 @@ class AuditWorker:
         sample, image = self.samples[i], self.images[i]
         coarse = c.coarse_block or 2 * c.block
         side = (c.window,) * self.model.spatial_dims if c.window else self.model.spec.patch_size
-        # The paper's bank: natural patches from the other images of the dataset.
-        bank = PatchBank.from_images(
-            self.images,
-            coarse if c.estimator == "adaptive" and not c.multi_roi else c.block,
-            exclude=i,
-            excluded_name=sample.name,
-            seed=_seed(c.seed, "bank", sample.name),
-        )
+        bank = self.bank(i)
         rule = SequentialRule(tau=c.tau, tol=c.tol, max_draws=c.max_draws)
         rois = self.rois(shard, sample, image)
         if c.multi_roi and c.estimator == "adaptive" and rois:
@@ -465,6 +472,7 @@ def audit(
     ray_address: str | None = None,
     threads_per_worker: int = 1,
     report: bool = True,
+    images: Sequence[str] | None = None,
 ) -> AuditResult:
     """Explain every RoI of ``data`` with ``model`` (a checkpoint path or a SegmentationModel); see the module doc."""
     from triptych.core.batch import read_shards, run_shards
@@ -477,6 +485,11 @@ def audit(
     loaded = load_model(model) if isinstance(model, str | Path) else model  # fail here, not in a worker
     samples = load_audit_data(data, loaded.spatial_dims)
     shards = plan_shards(samples, config)
+    if images is not None:  # audit these images only (the patch banks still come from all of --data)
+        unknown = set(images) - {s.name for s in samples}
+        if unknown:
+            raise InputError(f"images {sorted(unknown)}: not in --data {data}")
+        shards = [s for s in shards if s["image"] in set(images)]
     if not shards:
         raise InputError(f"--rois {config.rois}: no RoI falls on an image of --data {data}")
     source = str(model) if isinstance(model, str | Path) else model
