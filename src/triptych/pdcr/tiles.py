@@ -45,18 +45,34 @@ def tiled(model: SegmentationModel, shape: Sequence[int]) -> bool:
     )
 
 
+def tile_slices(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[slice, ...]]:
+    """The tiles sliding-window inference runs on an image of ``shape`` (MONAI's placement)."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    nd = len(shape)
+    interval = _get_scan_interval(tuple(shape), tuple(patch), nd, (OVERLAP,) * nd)
+    return [tuple(s) for s in dense_patch_slices(tuple(shape), tuple(patch), interval)]
+
+
+def tile_field(slices: Sequence[tuple[slice, ...]], mask: np.ndarray) -> np.ndarray:
+    """Pixels whose change can move the output anywhere on ``mask``: the union of tiles touching it."""
+    out = np.zeros(mask.shape, dtype=bool)
+    for s in slices:
+        if mask[s].any():
+            out[s] = True
+    return out
+
+
 class TileCache:
     """The tiles of one image, their raw outputs and the weighted sums N, D of the fused output."""
 
     def __init__(self, model: SegmentationModel, image: torch.Tensor, batch_size: int = 32) -> None:
-        from monai.data.utils import compute_importance_map, dense_patch_slices
-        from monai.inferers.utils import _get_scan_interval
+        from monai.data.utils import compute_importance_map
 
         self.model, self.image, self.batch_size = model, image, batch_size
         shape, patch = tuple(image.shape[1:]), tuple(model.spec.patch_size)
-        nd = len(shape)
-        interval = _get_scan_interval(shape, patch, nd, (OVERLAP,) * nd)
-        self.slices: list[tuple[slice, ...]] = [tuple(s) for s in dense_patch_slices(shape, patch, interval)]
+        self.slices = tile_slices(shape, patch)
         self.weight = compute_importance_map(
             patch, mode="gaussian", sigma_scale=SIGMA_SCALE, device="cpu", dtype=torch.float32
         )
@@ -86,12 +102,8 @@ class TileCache:
         ]
 
     def field(self, mask: np.ndarray) -> np.ndarray:
-        """Pixels whose change can move the output anywhere on ``mask``: the union of tiles touching it."""
-        out = np.zeros(mask.shape, dtype=bool)
-        for s in self.slices:
-            if mask[s].any():
-                out[s] = True
-        return out
+        """Pixels whose change can move the output anywhere on ``mask`` (:func:`tile_field`)."""
+        return tile_field(self.slices, mask)
 
     def tile_inputs(self, t: int, block: Block, content: torch.Tensor) -> torch.Tensor:
         """Tile ``t`` of the image with do(x[block] := content) for n contents (n, C, *block) -> (n, C, *patch)."""
