@@ -84,9 +84,7 @@ def main() -> None:
     single = [explain_rois(model, image, [r], seed=args.seed + 1 + k, **kw)[0] for k, r in enumerate(rois)]
     single_s = time.perf_counter() - t
     # the noise floor: the same single-RoI rule with other draws
-    again = [
-        explain_rois(model, image, [r], seed=args.seed + 101 + k, **kw)[0] for k, r in enumerate(rois)
-    ]
+    again = [explain_rois(model, image, [r], seed=args.seed + 101 + k, **kw)[0] for k, r in enumerate(rois)]
     rows = []
     for k, (a, b, c) in enumerate(zip(shared, single, again, strict=True)):
         blocks = [u for u in block_grid(image.shape[1:], args.block) if not overlaps(u, rois[k].mask)]
