@@ -83,17 +83,21 @@ def main() -> None:
     t = time.perf_counter()
     single = [explain_rois(model, image, [r], seed=args.seed + 1 + k, **kw)[0] for k, r in enumerate(rois)]
     single_s = time.perf_counter() - t
+    # the noise floor: the same single-RoI rule with other draws
+    again = [explain_rois(model, image, [r], seed=args.seed + 101 + k, **kw)[0] for k, r in enumerate(rois)]
     rows = []
-    for k, (a, b) in enumerate(zip(shared, single, strict=True)):
+    for k, (a, b, c) in enumerate(zip(shared, single, again, strict=True)):
         blocks = [u for u in block_grid(image.shape[1:], args.block) if not overlaps(u, rois[k].mask)]
-        va = np.array([a.ate[block_slices(u)].flat[0] for u in blocks])
-        vb = np.array([b.ate[block_slices(u)].flat[0] for u in blocks])
+        va, vb, vc = (np.array([e.ate[block_slices(u)].flat[0] for u in blocks]) for e in (a, b, c))
         rows.append(
             {
                 "roi": rois[k].description,
                 "single passes": b.forward_passes,
                 "Spearman shared vs single": float(spearmanr(va, vb).statistic),
+                "Spearman single vs single (other draws)": float(spearmanr(vc, vb).statistic),
                 "MAE shared vs single": float(np.abs(va - vb).mean()),
+                "MAE single vs single": float(np.abs(vc - vb).mean()),
+                "non-zero blocks (shared, single)": f"{int((va != 0).sum())}, {int((vb != 0).sum())} of {len(blocks)}",
             }
         )
     passes_single = sum(e.forward_passes for e in single)
@@ -113,7 +117,8 @@ def main() -> None:
             "# PdCR: many RoIs per forward pass\n",
             f"{len(rois)} RoIs of {args.roi_size}² on `{sample.name}`, {args.crop}² crop, {args.block}-px blocks, "
             f"sequential rule (tol {args.tol}, ≤ {args.max_draws} draws), outcome dice_self, {args.threads} thread(s). "
-            "Shared: one run serves all RoIs (common random numbers); single: one run per RoI (independent draws).\n",
+            "Shared: one run serves all RoIs (common random numbers); single: one run per RoI (independent draws); "
+            "single vs single: the same single-RoI rule run again with other draws (the noise floor).\n",
             markdown_table(
                 [
                     {

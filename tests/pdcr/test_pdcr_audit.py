@@ -68,6 +68,8 @@ def test_audit_writes_table_maps_and_report(reference):
     assert table.groupby("image").size().max() <= 2
     assert list(pd.read_csv(out / "results.csv").columns) == list(table.columns)
     assert (table["forward_passes"] > 1).all() and (table["base_outcome"] >= 0).all()
+    # all RoIs of an image were explained together (multiroi.explain_rois), the run's cost split over them
+    assert (table["shared_rois"] == table.groupby("image")["roi"].transform("size")).all()
     blocks = table[["significant_negative", "significant_positive", "not_significant", "called_zero"]].sum(1)
     assert (blocks == table[["negative_blocks", "positive_blocks", "zero_blocks"]].sum(1)).all()
     assert (

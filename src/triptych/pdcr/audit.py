@@ -1,10 +1,16 @@
 """PdCR at audit scale: explain every RoI of a dataset in one call, sharded per image on Ray.
 
 ``audit(checkpoint, data, out)`` plans one shard per image (its RoIs: given boxes, connected
-components of the ground truth or of the prediction, or seeded samples), runs
-:func:`~triptych.pdcr.regions.explain_regions` on every RoI through
+components of the ground truth or of the prediction, or seeded samples) and runs them through
 :func:`triptych.core.batch.run_sharded` (one model per Ray worker; ``workers=0`` in this
-process), and writes into ``out``:
+process). By default all RoIs of an image are explained together by
+:func:`~triptych.pdcr.multiroi.explain_rois` on the whole image: every draw serves every RoI
+it does not overlap (common random numbers), a sliding-window model recomputes only the tiles
+around the perturbed block, and blocks that share no tile with a RoI are exactly 0 for it.
+``multi_roi=False`` (or ``estimator="reference"``) explains one RoI at a time with
+:func:`~triptych.pdcr.regions.explain_regions`. ``forward_passes``/``seconds``/``tile_passes``
+of a RoI explained in a shared run are the run's totals divided by its ``shared_rois``.
+It writes into ``out``:
 
 - ``results.parquet`` / ``results.csv``: one row per RoI (image, RoI, class, base outcome,
   blocks by sign and by significance, support radius, locality, forward passes, seconds);
@@ -37,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from triptych.pdcr.data import Sample
+    from triptych.pdcr.interventions import PatchBank
     from triptych.pdcr.models import SegmentationModel
 
 ROI_MODES = ("gt", "pred", "sample")  # or a CSV file of boxes: image,x,y,w,h
@@ -60,6 +67,8 @@ TABLE_COLUMNS = (
     "share_within",
     "forward_passes",
     "seconds",
+    "shared_rois",
+    "tile_passes",
     "maps",
 )
 
@@ -81,7 +90,13 @@ class AuditConfig:
     alpha: float = 0.05  # Benjamini–Hochberg level for "significant"
     distance: float = 16.0  # locality: share of |ATE| within this many pixels of the RoI
     quantile: float = 0.9  # support radius: the radius holding this share of |ATE|
-    window: int | None = None  # side of the window explained around each RoI (default: the model's patch)
+    window: int | None = (
+        None  # one RoI at a time: side of the window around each RoI (default: the model's patch)
+    )
+    # All RoIs of an image together (multiroi.explain_rois: every draw serves every RoI it does not
+    # overlap, tile-by-tile inference, exact zeros beyond a RoI's tiles), on the whole image with the
+    # sequential rule on a flat grid of ``block``. False: one RoI at a time with ``estimator``.
+    multi_roi: bool = True
     batch_size: int = 64
     seed: int = 0
 
@@ -288,40 +303,75 @@ class AuditWorker:
             ]
         return [(f"component_{kind}", m) for m in component_rois(source, c.rois_per_image)]
 
-    def __call__(self, shard: dict[str, Any]) -> pd.DataFrame:
-        import pandas as pd
-
-        from triptych.pdcr.analysis import roi_distance, share_within, support_radius
-        from triptych.pdcr.estimate import SequentialRule
+    def bank(self, i: int) -> PatchBank:
+        """The paper's bank for image ``i``: natural patches from the other images of the dataset."""
         from triptych.pdcr.interventions import PatchBank
+
+        c = self.config
+        one_by_one = not c.multi_roi or c.estimator != "adaptive"
+        return PatchBank.from_images(
+            self.images,
+            (c.coarse_block or 2 * c.block) if c.estimator == "adaptive" and one_by_one else c.block,
+            exclude=i,
+            excluded_name=self.samples[i].name,
+            seed=_seed(c.seed, "bank", self.samples[i].name),
+        )
+
+    def explain_together(
+        self,
+        sample: Sample,
+        image: torch.Tensor,
+        rois: list[tuple[str, np.ndarray]],
+        bank: Any,
+        rule: Any,
+    ) -> list[tuple[Any, tuple[slice, ...], Any]]:
+        """All RoIs of the image in one shared run on the whole image (common random numbers)."""
+        from triptych.pdcr.multiroi import explain_rois
+        from triptych.pdcr.roi import RoI
+
+        c = self.config
+        whole = tuple(slice(0, s) for s in image.shape[1:])
+        roi_objs = [RoI(mask, kind) for kind, mask in rois]
+        outcome = c.outcome or ("dice_gt" if sample.mask is not None else "dice_self")
+        exps = explain_rois(
+            self.model,
+            image,
+            roi_objs,
+            intervention=bank,
+            outcome=outcome,
+            ground_truth=sample.mask,
+            block=c.block,
+            seed=_seed(c.seed, sample.name, "shared"),
+            batch_size=c.batch_size,
+            rule=rule,
+        )
+        return [(roi, whole, exp) for roi, exp in zip(roi_objs, exps, strict=True)]
+
+    def explain_one_by_one(
+        self,
+        sample: Sample,
+        image: torch.Tensor,
+        rois: list[tuple[str, np.ndarray]],
+        bank: Any,
+        rule: Any,
+        side: Sequence[int] | None,
+        coarse: int,
+    ) -> list[tuple[Any, tuple[slice, ...], Any]]:
+        """Each RoI on its own, on a window of ``side`` around it, with the configured estimator."""
         from triptych.pdcr.regions import explain_regions
         from triptych.pdcr.roi import RoI
 
         c = self.config
-        i = self.index[shard["image"]]
-        sample, image = self.samples[i], self.images[i]
-        coarse = c.coarse_block or 2 * c.block
-        side = (c.window,) * self.model.spatial_dims if c.window else self.model.spec.patch_size
-        # The paper's bank: natural patches from the other images of the dataset.
-        bank = PatchBank.from_images(
-            self.images,
-            coarse if c.estimator == "adaptive" else c.block,
-            exclude=i,
-            excluded_name=sample.name,
-            seed=_seed(c.seed, "bank", sample.name),
-        )
-        rule = SequentialRule(tau=c.tau, tol=c.tol, max_draws=c.max_draws)
-        rows = []
-        for r, (kind, mask) in enumerate(self.rois(shard, sample, image)):
+        out = []
+        for r, (kind, mask) in enumerate(rois):
             win = window_around(mask.shape, mask, side)
             roi = RoI(mask[win], kind)
             truth = sample.mask[win] if sample.mask is not None else None
-            outcome = c.outcome or ("dice_gt" if truth is not None else "dice_self")
             exp = explain_regions(
                 self.model,
                 image[(slice(None), *win)].contiguous(),
                 roi,
-                outcome=outcome,
+                outcome=c.outcome or ("dice_gt" if truth is not None else "dice_self"),
                 ground_truth=truth,
                 intervention=bank,
                 block=c.block,
@@ -334,10 +384,35 @@ class AuditWorker:
                 rule=rule,
                 show_progress=False,
             )
+            out.append((roi, win, exp))
+        return out
+
+    def __call__(self, shard: dict[str, Any]) -> pd.DataFrame:
+        import pandas as pd
+
+        from triptych.pdcr.analysis import roi_distance, share_within, support_radius
+        from triptych.pdcr.estimate import SequentialRule
+        from triptych.pdcr.roi import RoI
+
+        c = self.config
+        i = self.index[shard["image"]]
+        sample, image = self.samples[i], self.images[i]
+        coarse = c.coarse_block or 2 * c.block
+        side = (c.window,) * self.model.spatial_dims if c.window else self.model.spec.patch_size
+        bank = self.bank(i)
+        rule = SequentialRule(tau=c.tau, tol=c.tol, max_draws=c.max_draws)
+        rois = self.rois(shard, sample, image)
+        if c.multi_roi and c.estimator == "adaptive" and rois:
+            explained = self.explain_together(sample, image, rois, bank, rule)
+        else:
+            explained = self.explain_one_by_one(sample, image, rois, bank, rule, side, coarse)
+        rows = []
+        for r, ((kind, mask), (roi, win, exp)) in enumerate(zip(rois, explained, strict=True)):
             summary = exp.summary()
             dist = roi_distance(roi.mask)
             box = RoI(mask).bounding_box()
             roi_name = f"r{r:03d}"
+            share = exp.config.get("rois_shared", 1)  # a shared run's cost, split evenly over its RoIs
             rows.append(
                 {
                     "image": sample.name,
@@ -357,8 +432,10 @@ class AuditWorker:
                     "zero_blocks": summary["zero_blocks"],
                     "support_radius": support_radius(exp.ate, dist, c.quantile),
                     "share_within": share_within(exp.ate, dist, c.distance),
-                    "forward_passes": exp.forward_passes,
-                    "seconds": exp.seconds,
+                    "forward_passes": exp.forward_passes / share,
+                    "seconds": exp.seconds / share,
+                    "shared_rois": share,
+                    "tile_passes": (exp.config.get("tile_passes") or 0) / share,
                     "maps": f"maps/{shard['id']}__{roi_name}.npz",
                     # the maps travel in the shard file, so a Ray cluster needs no shared file system
                     "npz": _npz_bytes(
@@ -395,6 +472,7 @@ def audit(
     ray_address: str | None = None,
     threads_per_worker: int = 1,
     report: bool = True,
+    images: Sequence[str] | None = None,
 ) -> AuditResult:
     """Explain every RoI of ``data`` with ``model`` (a checkpoint path or a SegmentationModel); see the module doc."""
     from triptych.core.batch import read_shards, run_shards
@@ -407,6 +485,11 @@ def audit(
     loaded = load_model(model) if isinstance(model, str | Path) else model  # fail here, not in a worker
     samples = load_audit_data(data, loaded.spatial_dims)
     shards = plan_shards(samples, config)
+    if images is not None:  # audit these images only (the patch banks still come from all of --data)
+        unknown = set(images) - {s.name for s in samples}
+        if unknown:
+            raise InputError(f"images {sorted(unknown)}: not in --data {data}")
+        shards = [s for s in shards if s["image"] in set(images)]
     if not shards:
         raise InputError(f"--rois {config.rois}: no RoI falls on an image of --data {data}")
     source = str(model) if isinstance(model, str | Path) else model

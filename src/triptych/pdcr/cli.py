@@ -603,6 +603,14 @@ def audit(
             "model's training patch, or the whole image)."
         ),
     ] = None,
+    multi_roi: Annotated[
+        bool,
+        typer.Option(
+            "--multi-roi/--one-roi-at-a-time",
+            help="Explain all RoIs of an image together (shared draws, tile-by-tile inference); "
+            "--one-roi-at-a-time: each RoI alone with --estimator.",
+        ),
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed for sampled RoIs, patch banks and draws.")] = 0,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
@@ -625,6 +633,7 @@ def audit(
         estimator=estimator,
         max_draws=max_draws,
         window=window,
+        multi_roi=multi_roi,
         seed=seed,
     )
     result = run_audit(

@@ -307,7 +307,8 @@ def shared_sequential_estimate(
     return out
 
 
-ZERO_STATUSES = ("screened", "dead_zone")  # the rule called the unit zero (within its tolerance)
+# the rule called the unit zero (within its tolerance); exact_zero: the unit cannot reach the outcome at all
+ZERO_STATUSES = ("screened", "dead_zone", "exact_zero")
 
 
 def p_value(r: UnitResult, tau: float) -> float:

@@ -183,6 +183,10 @@ class SegmentationModel(nn.Module):
                 f"model output shape {tuple(out.shape)} does not match its input {tuple(x.shape)} "
                 f"with {self.spec.out_channels} output channel(s); check the network and --arch"
             )
+        return self.activate(out)
+
+    def activate(self, out: torch.Tensor) -> torch.Tensor:
+        """The recorded output activation on a raw output (B, C, *spatial)."""
         if self.spec.emits == "probabilities" or self.spec.activation == "none":
             return out
         return torch.sigmoid(out) if self.spec.activation == "sigmoid" else torch.softmax(out, dim=1)

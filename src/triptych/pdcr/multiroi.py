@@ -24,8 +24,9 @@ from triptych.core.errors import InputError
 from triptych.pdcr.estimate import SequentialRule, UnitResult, shared_sequential_estimate
 from triptych.pdcr.interventions import RegionIntervention
 from triptych.pdcr.models import SegmentationModel, eval_mode
-from triptych.pdcr.regions import Explanation, RegionProblem, _to_maps, block_grid, overlaps
+from triptych.pdcr.regions import Explanation, RegionProblem, _to_maps, block_grid, block_slices, overlaps
 from triptych.pdcr.roi import Outcome, RoI, make_outcome
+from triptych.pdcr.tiles import TiledRegionProblem, tiled
 
 
 @dataclass
@@ -52,11 +53,15 @@ def explain_rois(
     batch_size: int = 64,
     rule: SequentialRule | None = None,
     empty_dice: float = 1.0,
+    tiles: bool = True,
 ) -> list[Explanation]:
     """One :class:`Explanation` per RoI of ``image`` (C, *S), from shared forward passes.
 
     ``forward_passes`` and ``seconds`` of every returned explanation are those of the whole
-    shared run (they are not divisible per RoI).
+    shared run (they are not divisible per RoI). A model that predicts ``image`` by sliding
+    windows is run tile by tile (``tiles=True``, :mod:`triptych.pdcr.tiles`: exact): a
+    perturbed image costs the 1–4 tiles around its block, and blocks sharing no tile with a
+    RoI are exactly 0 for it (status ``exact_zero``, no draws).
     """
     if not rois:
         raise InputError("explain_rois needs at least one RoI")
@@ -65,17 +70,29 @@ def explain_rois(
     shape = tuple(image.shape[1:])
     outcomes = [make_outcome(outcome, model, image, r, ground_truth, empty_dice) for r in rois]
     units = block_grid(shape, block)
-    applies = np.array([[not overlaps(u, r.mask) for r in rois] for u in units])
+    outside = np.array([[not overlaps(u, r.mask) for r in rois] for u in units])
     start = time.perf_counter()
     with eval_mode(model):
-        problem = RegionProblem(model, image, Stacked(outcomes), intervention, batch_size)
+        if tiles and tiled(model, shape):
+            problem: RegionProblem = TiledRegionProblem(
+                model, image, Stacked(outcomes), intervention, batch_size
+            )
+            # a block that shares no tile with the RoI cannot move its outcome: exactly 0, no draws
+            fields = [problem.cache.field(r.mask) for r in rois]
+            in_field = np.array([[f[block_slices(u)].any() for f in fields] for u in units])
+        else:
+            problem = RegionProblem(model, image, Stacked(outcomes), intervention, batch_size)
+            in_field = np.ones_like(outside)
+        applies = outside & in_field
         table = shared_sequential_estimate(problem, units, applies, torch.Generator().manual_seed(seed), rule)
     seconds = time.perf_counter() - start
     out = []
     for r, roi in enumerate(rois):
         results = [
-            row[r] if row[r] is not None else UnitResult(u, 0.0, 0.0, 0.0, 0, "skipped")
-            for u, row in zip(units, table, strict=True)
+            row[r]
+            if row[r] is not None
+            else UnitResult(u, 0.0, 0.0, 0.0, 0, "exact_zero" if outside[i, r] else "skipped")
+            for i, (u, row) in enumerate(zip(units, table, strict=True))
         ]
         ate, se, q, zero, rows = _to_maps(results, shape, rule.tau, rule.alpha)
         ate[roi.mask], se[roi.mask], q[roi.mask] = 0.0, 0.0, 1.0
@@ -92,6 +109,7 @@ def explain_rois(
             "roi": roi.description,
             "alpha": rule.alpha,
             "rois_shared": len(rois),
+            "tile_passes": getattr(getattr(problem, "cache", None), "tile_passes", None),
         }
         out.append(
             Explanation(
