@@ -364,3 +364,22 @@ def make_encoder(
     if spec in (DEFAULT_IMAGE, "efficientnet"):
         return EfficientNetLite0(device=device, **kwargs)
     return HFEncoder(spec.removeprefix("hf:"), modality=modality, length=length, device=device)
+
+
+def encoder_from_record(
+    info: dict[str, Any] | None, modality: str, device: str, source: str, remedy: str
+) -> Encoder:
+    """Rebuild the frozen encoder that ``source`` (an index or a checkpoint) records, checked by fingerprint."""
+    from triptych.core.errors import InputError
+
+    if not info:
+        raise InputError(
+            f"the {source} does not say which {modality} encoder the aligner was trained on; {remedy}"
+        )
+    enc = make_encoder(info["encoder"], modality=modality, length=info.get("length"), device=device)
+    if info.get("fingerprint") and enc.fingerprint() != info["fingerprint"]:
+        raise InputError(
+            f"{modality} encoder {info['encoder']!r} here differs from the one the {source} was made with "
+            f"(another version or configuration); {remedy}"
+        )
+    return enc

@@ -192,24 +192,14 @@ class Searcher:
     def encoder(self, modality: str) -> Any:
         """The query encoder for ``modality``: the same encoder (and config) that made the index keys."""
         if modality not in self.encoders:
-            from triptych.m3jepa.encoders import make_encoder
+            from triptych.m3jepa.encoders import encoder_from_record
 
             info = self.index.encoders.get(modality) or (getattr(self.aligner, "encoders", {}) or {}).get(
                 modality
             )
-            if not info:
-                raise InputError(
-                    f"the index does not say which {modality} encoder the aligner was trained on; "
-                    "rebuild it with `triptych m3jepa index`"
-                )
-            enc = make_encoder(
-                info["encoder"], modality=modality, length=info.get("length"), device=self.device
+            enc = encoder_from_record(
+                info, modality, self.device, source="index", remedy="rebuild it with `triptych m3jepa index`"
             )
-            if info.get("fingerprint") and enc.fingerprint() != info["fingerprint"]:
-                raise InputError(
-                    f"{modality} encoder {info['encoder']!r} here differs from the one the index was "
-                    "built with (another version or configuration); rebuild the index"
-                )
             self.encoders[modality] = enc
         return self.encoders[modality]
 

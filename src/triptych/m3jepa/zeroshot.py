@@ -155,17 +155,7 @@ def zero_shot_classify(
 
 def encoder_for(aligner: Any, modality: str, device: str = "cpu") -> Any:
     """The frozen encoder the aligner was trained with (from its checkpoint's record), checked by fingerprint."""
-    from triptych.m3jepa.encoders import make_encoder
+    from triptych.m3jepa.encoders import encoder_from_record
 
     info = (getattr(aligner, "encoders", None) or {}).get(modality)
-    if not info:
-        raise InputError(
-            f"the checkpoint does not say which {modality} encoder it was trained on; retrain it"
-        )
-    enc = make_encoder(info["encoder"], modality=modality, length=info.get("length"), device=device)
-    if info.get("fingerprint") and enc.fingerprint() != info["fingerprint"]:
-        raise InputError(
-            f"{modality} encoder {info['encoder']!r} here differs from the one the checkpoint was trained "
-            "with (another version or configuration)"
-        )
-    return enc
+    return encoder_from_record(info, modality, device, source="checkpoint", remedy="retrain it")
