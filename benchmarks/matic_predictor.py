@@ -102,7 +102,8 @@ def run_graph(arch: str, splits: Splits, seed: int, args: argparse.Namespace) ->
 
             _, header = load_checkpoint(path, kind="matic.predictor")
             probs[:, cols] = load_predictor(path).predict_proba(both.smiles)
-            meta["/".join(tasks)] = {k: header.get(k) for k in ("epochs_run", "best_val_loss")}
+            meta["/".join(tasks)] = {k: header["extra"].get(k) for k in ("epochs_run", "best_val_loss")}
+    meta["budget"] = {"max_epochs": args.epochs, "patience": args.patience, "lr": args.lr, "gate": args.gate}
     return probs, meta
 
 
@@ -182,6 +183,28 @@ def blend_with_forest(net: np.ndarray, forest: np.ndarray, sp: Splits) -> np.nda
     return out
 
 
+def _graph_budgets(runs: dict) -> str:
+    """The graph models' training budgets and the epochs they ran, from the stored runs."""
+    parts = []
+    for ds, models in runs.items():
+        for model in GRAPH:
+            by_seed = models.get(model, {})
+            if not by_seed:
+                continue
+            b = next(iter(by_seed.values()))["meta"].get("budget", {})
+            ran = [
+                v["epochs_run"]
+                for r in by_seed.values()
+                for k, v in r["meta"].items()
+                if isinstance(v, dict) and "epochs_run" in v
+            ]
+            parts.append(
+                f"{ds} {model}: at most {b.get('max_epochs')} epochs, patience {b.get('patience')}, lr {b.get('lr')}, "
+                f"{b.get('gate')} gate, ran {', '.join(str(e) for e in ran)} epochs"
+            )
+    return "; ".join(parts) or "none run"
+
+
 def build_report(work: Path, out: Path, args: argparse.Namespace, command: str) -> None:
     """Aggregate every stored run into ``out/results.json``, ``results.md`` and reliability diagrams."""
     runs = _load_runs(work)
@@ -206,10 +229,9 @@ def build_report(work: Path, out: Path, args: argparse.Namespace, command: str) 
         "",
         "Test ROC-AUC / PR-AUC per task, mean ± sd over seeds (n = number of seeds). Paper split: the "
         "given train/val/test files, seeds vary initialisation and batches; NCATS: a different "
-        "Bemis–Murcko scaffold split per seed. Early stopping on validation loss everywhere "
-        f"(graph models: at most {args.epochs} epochs, patience {args.patience}, lr {args.lr}, "
-        f"{args.gate} gate; fp_ple: at most {args.fp_epochs}, patience {args.fp_patience}; chemprop "
-        f"{args.chemprop_epochs} epochs, best validation epoch). `*_ensemble`: mean "
+        "Bemis–Murcko scaffold split per seed. Early stopping on validation loss everywhere, the best "
+        f"epoch tested (graph models: {_graph_budgets(runs)}; fp_ple: at most {args.fp_epochs} epochs, "
+        f"patience {args.fp_patience}; chemprop {args.chemprop_epochs} epochs, its best validation epoch). `*_ensemble`: mean "
         "probability of the seeds' models (one deep ensemble, one number). `*+rf` (ours): the network's "
         "and the forest's logits mixed per task by a logistic regression fitted on VALIDATION.",
         "",

@@ -106,3 +106,27 @@ def test_ece_and_reliability_on_known_bins():
     assert [r["n"] for r in rows] == [1, 3]
     assert expected_calibration_error(y, p) == pytest.approx(0.05)
     assert fit_temperature(np.array([np.nan]), np.array([0.3])) == 1.0
+
+
+def test_train_ensemble_writes_members_and_calibration_and_predicts_mean_sd(tmp_path):
+    from triptych.matic.data import MolTable, Splits
+    from triptych.matic.ensemble import load_ensemble, train_ensemble
+    from triptych.matic.train import TrainConfig
+
+    smiles = ["CCO", "c1ccccc1O", "CC(=O)Nc1ccc(O)cc1", "C1CCNCC1", "c1ccncc1", "CCN(CC)CC"] * 2
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [np.nan, 1], [0, 0]] * 2, dtype=float)
+    t = MolTable(smiles, labels, ["a", "b"])
+    splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
+    cfg = TrainConfig(tasks=["a", "b"], gate="light", hidden=8, layers=1, max_epochs=1, batch_size=4)
+    path, metrics = train_ensemble(splits, cfg, tmp_path, n=2, calibrate="temperature")
+    assert path == tmp_path and (tmp_path / "calibration.json").is_file()
+    assert sorted(p.parent.name for p in tmp_path.glob("member_*/model.safetensors")) == [
+        "member_0",
+        "member_1",
+    ]
+    assert metrics["a"]["members"] == 2 and metrics["a"]["mean_sd"] >= 0
+    ens = load_ensemble(tmp_path)
+    assert len(ens.members) == 2 and ens.calibrator is not None and len(ens.calibrator.temperatures) == 2
+    mean, sd = ens.predict(["CCO", "not a smiles", "c1ccccc1O"])
+    assert mean.shape == sd.shape == (3, 2)
+    assert np.isnan(mean[1]).all() and np.isfinite(mean[[0, 2]]).all() and (sd[[0, 2]] >= 0).all()
