@@ -16,14 +16,17 @@ from sklearn.ensemble import RandomForestClassifier
 from triptych.matic.data import MolTable, Splits
 
 
-def morgan_fingerprints(smiles: list[str], radius: int = 2, n_bits: int = 2048) -> np.ndarray:
-    """``(n, n_bits)`` uint8 Morgan (ECFP4 for radius 2) bit vectors; zero rows for unparsable SMILES."""
+def morgan_fingerprints(
+    smiles: list[str], radius: int = 2, n_bits: int = 2048, counts: bool = False
+) -> np.ndarray:
+    """``(n, n_bits)`` Morgan (ECFP4 for radius 2) bit vectors (uint8), or folded counts with ``counts``
+    (uint32); zero rows for unparsable SMILES."""
     gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
-    out = np.zeros((len(smiles), n_bits), dtype=np.uint8)
+    out = np.zeros((len(smiles), n_bits), dtype=np.uint32 if counts else np.uint8)
     for i, s in enumerate(smiles):
         mol = Chem.MolFromSmiles(s)
         if mol is not None:
-            out[i] = gen.GetFingerprintAsNumPy(mol)
+            out[i] = gen.GetCountFingerprintAsNumPy(mol) if counts else gen.GetFingerprintAsNumPy(mol)
     return out
 
 

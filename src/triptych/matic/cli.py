@@ -67,12 +67,32 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Molecules per batch.")] = 64,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = 100,
     patience: Annotated[int, typer.Option(help="Early-stopping patience on validation loss (epochs).")] = 15,
+    ensemble: Annotated[
+        int,
+        typer.Option(
+            help="Deep ensemble: train N members (seeds SEED..SEED+N-1) into OUT/member_k/; mean and sd per task."
+        ),
+    ] = 1,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(help="Fit temperature or isotonic calibration on VALIDATION (OUT/calibration.json)."),
+    ] = None,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train a multi-task Attentive FP predictor; keep the best checkpoint and report test metrics.
 
     Example: triptych matic train --data matic:../shared/data/matic --out runs/matic_ple --epochs 60
+
+    Deep ensemble of 5, calibrated on validation:
+    triptych matic train --data matic:../shared/data/matic --out runs/matic_ens --ensemble 5 --calibrate temperature
     """
+    from triptych.core.errors import InputError
+    from triptych.matic.calibration import METHODS
+
+    if ensemble < 1:
+        raise InputError(f"--ensemble {ensemble}: give 1 (one model) or more members")
+    if calibrate is not None and calibrate not in METHODS:
+        raise InputError(f"--calibrate {calibrate!r}: choose one of {', '.join(METHODS)}")
     from triptych.core.runs import final_path, training_run_dir
     from triptych.matic.data import load_splits
     from triptych.matic.evaluation import evaluate_checkpoint
@@ -106,8 +126,13 @@ def train(
     for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         typer.echo(f"{name}: {t.summary()}")
     with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done
-        model_path = train_predictor(splits, config, run, flags)
-        metrics = evaluate_checkpoint(model_path, splits.test)
+        if ensemble == 1 and calibrate is None:
+            model_path = train_predictor(splits, config, run, flags)
+            metrics = evaluate_checkpoint(model_path, splits.test)
+        else:
+            from triptych.matic.ensemble import train_ensemble
+
+            model_path, metrics = train_ensemble(splits, config, run, ensemble, calibrate, flags)
         write_json(run / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
         model_path = final_path(model_path, run, out)
     for task, m in metrics.items():

@@ -14,6 +14,7 @@ with only shared experts; single-task uses one private expert per task and no ga
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -50,6 +51,34 @@ class Expert(nn.Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Tensor:
         """Atoms ``x [N, 39]``, bonds ``edge_attr [E, 10]`` -> ``[B, out_channels]``."""
         return self.net(x, edge_index, edge_attr, batch)
+
+
+def make_towers(n_tasks: int, hidden: int, tower_hidden: int, dropout: float) -> nn.ModuleList:
+    """Per-task towers ``hidden -> tower_hidden -> 1`` (ReLU, dropout), as in the reference."""
+    return nn.ModuleList(
+        nn.Sequential(
+            nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1)
+        )
+        for _ in range(n_tasks)
+    )
+
+
+def cgc_mix(
+    emb: Tensor, gate_experts: list[list[int]], gate_logits: Callable[[int, Tensor], Tensor | None]
+) -> tuple[list[Tensor], Tensor]:
+    """The CGC mix ``e_t = sum_k softmax(gate_t)_k E_k`` over task t's experts ``gate_experts[t]``.
+
+    ``emb [B, K, H]``; ``gate_logits(t, e_t [B, k, H])`` gives ``[B, k]`` logits, or ``None``
+    for no gate (weights of one). Returns per-task gate weights and ``[B, T, H]``.
+    """
+    gates, mixed = [], []
+    for t, members in enumerate(gate_experts):
+        e_t = emb[:, members]  # [B, k, H]
+        logits = gate_logits(t, e_t)
+        g = torch.ones(e_t.shape[:2], device=e_t.device) if logits is None else torch.softmax(logits, dim=-1)
+        gates.append(g)
+        mixed.append((g.unsqueeze(-1) * e_t).sum(dim=1))
+    return gates, torch.stack(mixed, dim=1)
 
 
 @dataclass
@@ -116,12 +145,7 @@ class MultiTaskAttentiveFP(nn.Module):
         self.stacked = (
             True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
         )
-        self.towers = nn.ModuleList(
-            nn.Sequential(
-                nn.Linear(hidden, tower_hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(tower_hidden, 1)
-            )
-            for _ in range(n_tasks)
-        )
+        self.towers = make_towers(n_tasks, hidden, tower_hidden, dropout)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Output:
         """Atoms ``x [N, 39]``, ``edge_index [2, E]``, bonds ``edge_attr [E, 10]``, graph ids ``batch [N]`` -> :class:`Output`."""
@@ -137,18 +161,13 @@ class MultiTaskAttentiveFP(nn.Module):
             gate_logits = [g(*args) for g in self.gates] if full else []
             attention = torch.stack([e.attention for e in self.experts], dim=1)
         emb = torch.stack(expert_out, dim=1)  # [B, K, H]
-        gates, mixed = [], []
-        for t, members in enumerate(self.gate_experts):
-            e_t = emb[:, members]  # [B, k, H]
+
+        def gate(t: int, e_t: Tensor) -> Tensor | None:
             if not self.gates:
-                g = torch.ones(e_t.shape[:2], device=e_t.device)
-            elif full:
-                g = torch.softmax(gate_logits[t], dim=-1)
-            else:
-                g = torch.softmax(self.gates[t](e_t.flatten(1)), dim=-1)
-            gates.append(g)
-            mixed.append((g.unsqueeze(-1) * e_t).sum(dim=1))  # CGC mix
-        task_emb = torch.stack(mixed, dim=1)  # [B, T, H]
+                return None
+            return gate_logits[t] if full else self.gates[t](e_t.flatten(1))
+
+        gates, task_emb = cgc_mix(emb, self.gate_experts, gate)
         logits = torch.cat([tower(task_emb[:, t]) for t, tower in enumerate(self.towers)], dim=1)
         return Output(logits, gates, [list(m) for m in self.gate_experts], emb, task_emb, attention)
 
