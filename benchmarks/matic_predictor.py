@@ -88,11 +88,7 @@ def run_graph(arch: str, splits: Splits, seed: int, args: argparse.Namespace) ->
     meta: dict = {}
     for tasks in tasks_list:
         cols = [splits.tasks.index(t) for t in tasks]
-
-        def pick(t: MolTable, cols: list[int] = cols, tasks: list[str] = tasks) -> MolTable:
-            return MolTable(t.smiles, t.labels[:, cols], list(tasks))
-
-        sub = Splits(pick(splits.train), pick(splits.val), pick(splits.test), splits.name)
+        sub = splits.select(tasks)
         cfg = TrainConfig(
             tasks=list(tasks),
             arch=arch,

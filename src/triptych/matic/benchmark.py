@@ -43,12 +43,7 @@ def _graph_probs(
     splits: Splits, arch: str, seed: int, cfg: BenchConfig, epochs: int, tasks: list[str]
 ) -> np.ndarray:
     """Train one graph model on ``tasks`` and return its test probabilities ``(n_test, len(tasks))``."""
-    cols = [splits.tasks.index(t) for t in tasks]
-
-    def pick(t: MolTable) -> MolTable:
-        return MolTable(t.smiles, t.labels[:, cols], list(tasks))
-
-    sub = Splits(pick(splits.train), pick(splits.val), pick(splits.test), splits.name)
+    sub = splits.select(tasks)
     config = TrainConfig(
         tasks=list(tasks),
         arch=arch,

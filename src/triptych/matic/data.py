@@ -260,6 +260,15 @@ class Splits:
     def tasks(self) -> list[str]:
         return self.train.tasks
 
+    def select(self, tasks: list[str]) -> Splits:
+        """The same molecules with only the label columns of ``tasks`` (a single-task model's data)."""
+        cols = [self.tasks.index(t) for t in tasks]
+
+        def pick(t: MolTable) -> MolTable:
+            return MolTable(t.smiles, t.labels[:, cols], list(tasks))
+
+        return Splits(pick(self.train), pick(self.val), pick(self.test), self.name)
+
 
 def split_table(table: MolTable, how: str, seed: int) -> Splits:
     """Split one table ``random`` or ``scaffold`` (80/10/10), seeded."""
