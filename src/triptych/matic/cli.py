@@ -258,18 +258,22 @@ def screen(
     tasks: Annotated[
         str | None, typer.Option(help="Comma-separated tasks you expect the checkpoint to predict (checked).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 32,
     chunk: Annotated[
         int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")
     ] = 2048,
     featurize_workers: Annotated[
         int | None,
         typer.Option(
-            help="Processes featurising while the model runs (default: 1 on 2+ cores, else 0 = in process)."
+            help="Processes that each featurise and score batches (default: one per core on 2+ cores; "
+            "0 = in this process)."
         ),
     ] = None,
     threads: Annotated[
-        int, typer.Option(help="CPU threads for the model (0: the cores left after the featurising workers).")
+        int,
+        typer.Option(
+            help="CPU threads of the model in this process (0: all cores); worker processes use one each."
+        ),
     ] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
     workers: WorkersOpt = None,
@@ -344,8 +348,8 @@ def screen(
     from triptych.matic.screen import screen as run_screen
 
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
-    # The featurising workers take a core each; the model gets the rest, so nothing is oversubscribed.
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - feat_workers))
+    # Worker processes take a core each (one thread); in process, the model gets every core.
+    torch.set_num_threads(threads or (1 if feat_workers else (os.cpu_count() or 1)))
     predictor = load_predictor(checkpoint, _tasks(tasks), str(choose_device(device)))
     result = run_screen(
         predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col, workers=feat_workers

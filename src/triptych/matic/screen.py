@@ -4,8 +4,9 @@
 
 Pipeline: the library is read in chunks; each chunk is sorted by SMILES length (a proxy
 for atom count, so a batch holds molecules of similar size), cut into batches, and the
-batches are featurised in worker processes (a torch ``DataLoader``) while the main
-process runs the model on the previous ones under ``inference_mode``. Memory is bounded
+batches are featurised and scored under ``inference_mode`` in worker processes (a torch
+``DataLoader``, one single-threaded process per core), so featurising one batch overlaps
+running the model on another. Memory is bounded
 by the chunk size plus a few numbers per molecule; rows are ranked by the dual score at
 the end.
 """
@@ -112,19 +113,25 @@ def count_lines(path: Path) -> int:
 
 
 def default_workers() -> int:
-    """Featurising processes: one beside the model when there are at least 2 cores, none on 1 core."""
-    return 1 if (os.cpu_count() or 1) >= 2 else 0
+    """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
+    n = os.cpu_count() or 1
+    return n if n >= 2 else 0
 
 
-class FeaturisedBatches(IterableDataset):
-    """Chunks of rows -> featurised batches ``dict(rows, valid, x, edge_index, edge_attr, batch)``.
+class ScoredBatches(IterableDataset):
+    """Chunks of rows -> scored batches ``dict(rows, valid, probs)``, featurised and run through the model.
 
-    In a ``DataLoader`` with W workers, worker k featurises batches k, k+W, ... of the
-    same deterministic sequence, so every batch is made exactly once.
+    In a ``DataLoader`` with W workers, worker k featurises and scores batches k, k+W, ...
+    of the same deterministic sequence, so every batch is made exactly once and the W
+    processes overlap featurisation with inference. Small networks scale better over
+    processes (one thread each) than over intra-op threads, which also spin against
+    other jobs on a shared machine. The model reaches the workers by fork (no copy).
     """
 
-    def __init__(self, chunks: Callable[[], Iterator[list[Row]]], batch_size: int = 64) -> None:
-        self.chunks, self.batch_size = chunks, batch_size
+    def __init__(
+        self, chunks: Callable[[], Iterator[list[Row]]], predictor: Predictor, batch_size: int = 32
+    ) -> None:
+        self.chunks, self.predictor, self.batch_size = chunks, predictor, batch_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -134,50 +141,56 @@ class FeaturisedBatches(IterableDataset):
             rows = sorted(rows, key=lambda r: len(r[1]))  # similar sizes share a batch
             for start in range(0, len(rows), self.batch_size):
                 if b % w == k:
-                    yield featurise_batch(rows[start : start + self.batch_size])
+                    yield score_batch(self.predictor, rows[start : start + self.batch_size])
                 b += 1
 
 
-def featurise_batch(rows: Sequence[Row]) -> dict:
+def score_batch(predictor: Predictor, rows: Sequence[Row]) -> dict:
+    """Featurise ``rows`` and score the valid ones: ``dict(rows, valid [n], probs [n_valid, T])``."""
     graphs = [DEFAULT.arrays(s) for _, s, _ in rows]
     valid = np.array([g is not None for g in graphs], dtype=bool)
     good = [g for g in graphs if g is not None]
-    out = {"rows": list(rows), "valid": valid}
+    probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
     if good:
-        out["tensors"] = collate(good)
-    return out
+        with torch.inference_mode():
+            x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in collate(good))
+            logits = predictor.model(x, edge_index, edge_attr, batch).logits
+            probs = torch.sigmoid(logits).float().cpu().numpy()
+    return {"rows": list(rows), "valid": valid, "probs": probs}
 
 
 def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # featurising workers do no tensor maths; keep the cores for the model
+    torch.set_num_threads(1)  # one process per core: more threads would only oversubscribe
+
+
+def _identity(item: dict) -> dict:
+    return item  # keep numpy arrays as they are (the default collate would turn them into tensors)
 
 
 def iter_scored(
     predictor: Predictor,
     chunks: Callable[[], Iterator[list[Row]]],
-    batch_size: int = 64,
+    batch_size: int = 32,
     workers: int | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
-    """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch.
+    """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
 
-    ``workers`` featurising processes (default :func:`default_workers`; 0 = in this process).
+    ``workers`` scoring processes (default :func:`default_workers`; 0 = in this process).
     """
     workers = default_workers() if workers is None else workers
+    if predictor.device.type != "cpu":
+        workers = 0  # one accelerator: featurise and score in this process
+    predictor.model.eval()
     loader = DataLoader(
-        FeaturisedBatches(chunks, batch_size),
+        ScoredBatches(chunks, predictor, batch_size),
         batch_size=None,
         num_workers=workers,
+        collate_fn=_identity,
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    model = predictor.model.eval()
-    with torch.inference_mode():
-        for item in loader:
-            probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
-            if "tensors" in item:
-                x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in item["tensors"])
-                probs = torch.sigmoid(model(x, edge_index, edge_attr, batch).logits).float().cpu().numpy()
-            yield item["rows"], np.asarray(item["valid"], dtype=bool), probs  # the loader made it a tensor
+    for item in loader:
+        yield item["rows"], item["valid"], item["probs"]
 
 
 def screen_smiles(
@@ -185,7 +198,7 @@ def screen_smiles(
     smiles: Sequence[str],
     names: Sequence[str] | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int = 32,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
@@ -219,7 +232,7 @@ def screen(
     out: str | Path,
     *,
     chunk: int = 2048,
-    batch_size: int = 64,
+    batch_size: int = 32,
     smiles_col: str | None = None,
     workers: int | None = None,
 ) -> ScreenResult:
