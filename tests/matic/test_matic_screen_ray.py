@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from triptych.core.errors import InputError
-from triptych.matic.data import MolTable, Splits
 from triptych.matic.library_screen import LibraryScreenConfig, screen_library
 from triptych.matic.train import TrainConfig, train_predictor
 
