@@ -266,7 +266,9 @@ def screen(
     tasks: Annotated[
         str | None, typer.Option(help="Comma-separated tasks you expect the checkpoint to predict (checked).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Molecules per forward pass (small batches stay in cache).")
+    ] = 16,
     chunk: Annotated[
         int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")
     ] = 2048,

@@ -135,7 +135,7 @@ class ScoredBatches(IterableDataset):
         self,
         chunks: Callable[[], Iterator[list[Row]]],
         scorer: Callable[[list[Row]], dict],
-        batch_size: int = 32,
+        batch_size: int = 16,
     ) -> None:
         self.chunks, self.scorer, self.batch_size = chunks, scorer, batch_size
 
@@ -176,7 +176,7 @@ def _identity(item: dict) -> dict:
 def iter_scored(
     predictor: Predictor,
     chunks: Callable[[], Iterator[list[Row]]],
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
     """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
@@ -240,7 +240,7 @@ def screen_smiles(
     smiles: Sequence[str],
     names: Sequence[str] | None = None,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
@@ -274,7 +274,7 @@ def screen(
     out: str | Path,
     *,
     chunk: int = 2048,
-    batch_size: int = 32,
+    batch_size: int = 16,
     smiles_col: str | None = None,
     workers: int | None = None,
     prefilter: Prefilter | None = None,
