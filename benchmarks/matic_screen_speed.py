@@ -353,6 +353,16 @@ def report(
     write_results(args.out, results, "\n".join(md))
 
 
+def add_epoch_times(pair: dict, work: Path, epochs: int) -> None:
+    """Add each tool's last-epoch seconds (its own progress bar, E-epoch run) and their ratio to a training pair."""
+    k = pair["pair"]
+    t = {
+        tool: last_epoch_seconds(work / f"train_{tool}_{epochs}_{k}.log") for tool in ("triptych", "chemprop")
+    }
+    pair["in_process_last_epoch_s"] = t
+    pair["ratio_in_process_epoch"] = t["triptych"] / t["chemprop"] if all(t.values()) else None
+
+
 def rewrite_report(args: argparse.Namespace) -> None:
     """Re-render results.json/md from an earlier run's results and logs (see ``--report-only``)."""
     import json
@@ -360,14 +370,7 @@ def rewrite_report(args: argparse.Namespace) -> None:
     old = json.loads((args.out / "results.json").read_text())
     work = args.work.resolve()
     for pair in old["train_pairs"]:
-        k = pair["pair"]
-        epochs = old["settings"]["epochs"]
-        t = {
-            tool: last_epoch_seconds(work / f"train_{tool}_{epochs}_{k}.log")
-            for tool in ("triptych", "chemprop")
-        }
-        pair["in_process_last_epoch_s"] = t
-        pair["ratio_in_process_epoch"] = t["triptych"] / t["chemprop"] if all(t.values()) else None
+        add_epoch_times(pair, work, old["settings"]["epochs"])
     settings = old["settings"]
     args.n, args.epochs, args.fraction = settings["n"], settings["epochs"], settings["prefilter_fraction"]
     args.screen_pairs, args.train_pairs, args.chemprop = (
@@ -406,6 +409,11 @@ def main() -> None:
         type=Path,
         default=Path("/work/wt/timing.lock") if Path("/work/wt").is_dir() else None,
         help="file to flock around every timed pair (the machine's shared timing lock)",
+    )
+    ap.add_argument(
+        "--screens-only",
+        action="store_true",
+        help="keep the training pairs of --out's results.json and screen with their models in --work",
     )
     ap.add_argument(
         "--report-only",
@@ -468,16 +476,9 @@ def main() -> None:
             t: (trained[(t, args.epochs)]["cpu_s"] - trained[(t, 1)]["cpu_s"]) / (args.epochs - 1)
             for t in ("triptych", "chemprop")
         }
-        in_process = {
-            t: last_epoch_seconds(work / f"train_{t}_{args.epochs}_{k}.log") for t in ("triptych", "chemprop")
-        }
         train_pairs.append(
             {
                 "pair": k,
-                "in_process_last_epoch_s": in_process,
-                "ratio_in_process_epoch": in_process["triptych"] / in_process["chemprop"]
-                if all(in_process.values())
-                else None,
                 "s_per_epoch": per_epoch,
                 "cpu_s_per_epoch": per_epoch_cpu,
                 "ratio_s_per_epoch": per_epoch["triptych"] / per_epoch["chemprop"],
@@ -486,35 +487,53 @@ def main() -> None:
                 / trained[("chemprop", args.epochs)]["wall_s"],
             }
         )
+        add_epoch_times(train_pairs[-1], work, args.epochs)
         report(args, screen_pairs, train_pairs, runs, None)
 
     screen_pairs: list[dict] = []
-    train_pair(0)  # then the screens (which need pair 0's models), then the other training pairs
+    if args.screens_only:  # training pairs (and their models in --work) from an earlier run of this script
+        import json
+
+        earlier = json.loads((args.out / "results.json").read_text())
+        train_pairs += earlier["train_pairs"]
+        for pair in train_pairs:
+            add_epoch_times(pair, work, args.epochs)
+        runs += [r for r in earlier["runs"] if r["what"] == "train"]
+        args.train_pairs = len(train_pairs)
+    else:
+        train_pair(0)  # then the screens (which need pair 0's models), then the other training pairs
     our_model = work / "train_triptych_1ep_0" / "model.safetensors"
     cp_model = next((work / "train_chemprop_1ep_0").rglob("best*.pt"))
 
     # 2. The prefilter of the screened model (untimed, niced): distilled on SMILES the screen never sees.
-    fit = subprocess.run(
-        [
-            "nice",
-            "-n",
-            "19",
-            str(Path(sys.executable).parent / "triptych"),
-            "matic",
-            "prefilter",
-            "--checkpoint",
-            str(our_model),
-            "--n",
-            str(args.prefilter_n),
-        ],
-        env=ONE_THREAD,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    prefilter = our_model.parent / "prefilter.safetensors"
+    fit = (
+        subprocess.CompletedProcess([], 0)
+        if args.screens_only and prefilter.is_file()
+        else subprocess.run(
+            [
+                "nice",
+                "-n",
+                "19",
+                str(Path(sys.executable).parent / "triptych"),
+                "matic",
+                "prefilter",
+                "--checkpoint",
+                str(our_model),
+                "--n",
+                str(args.prefilter_n),
+            ],
+            env=ONE_THREAD,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
     )
     if fit.returncode:
         sys.exit(f"prefilter fit failed:\n{fit.stdout}\n{fit.stderr}")
-    args.prefilter_fit = next((line for line in fit.stderr.splitlines() if "held-out" in line), "")
+    from triptych.core.checkpoint import read_header
+
+    args.prefilter_fit = read_header(prefilter)["extra"]
 
     # 3. Screening pairs: PLE, chemprop (default threads, one thread), cascade; the order flips every pair.
     for k in range(args.screen_pairs):
