@@ -8,38 +8,21 @@ import torch
 from torch_geometric.data import Batch
 
 from triptych.core.errors import InputError
-from triptych.matic.data import MolTable, Splits
 from triptych.matic.featurize import featurize
 from triptych.matic.model import MultiTaskAttentiveFP
 from triptych.matic.predictor import load_predictor
 from triptych.matic.screen import screen
 from triptych.matic.train import TrainConfig, train_predictor
 
-SMILES = [
-    "CCO",
-    "c1ccccc1O",
-    "CC(=O)Nc1ccc(O)cc1",
-    "C1CCNCC1",
-    "c1ccncc1",
-    "CCN(CC)CC",
-    "O=C(O)c1ccccc1",
-    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
-    "c1ccc2[nH]ccc2c1",
-    "CCCCCCO",
-    "Clc1ccc(Cl)cc1",
-    "N#Cc1ccccc1",
-]
-NAN = np.nan
-
 
 @pytest.mark.parametrize(
     ("arch", "gate", "n_experts", "gate_width"),
     [("ple", "full", 3, 2), ("ple", "light", 3, 2), ("mmoe", "light", 3, 3), ("single", "full", 2, 1)],
 )
-def test_architectures_expose_attention_gates_embeddings(arch, gate, n_experts, gate_width):
+def test_architectures_expose_attention_gates_embeddings(arch, gate, n_experts, gate_width, smiles12):
     torch.manual_seed(0)
     model = MultiTaskAttentiveFP(2, arch, gate, hidden=16).eval()
-    batch = Batch.from_data_list(featurize(SMILES[:3]))
+    batch = Batch.from_data_list(featurize(smiles12[:3]))
     out = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
     model.stacked = False  # PyG's AttentiveFP network by network: the batched pass must agree with it
     ref = model(batch.x, batch.edge_index, batch.edge_attr, batch.batch)
@@ -73,29 +56,10 @@ def test_ple_structure_and_paper_size():
     assert 3.0e6 < n < 3.6e6  # the paper reports about 3.25 M
 
 
-def _table(smiles, labels, tasks=("a", "b")):
-    return MolTable(list(smiles), np.array(labels, dtype=float), list(tasks))
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, splits12):
     out = tmp_path_factory.mktemp("run")
-    labels = [
-        [1, 0],
-        [0, NAN],
-        [1, 1],
-        [0, 0],
-        [NAN, 1],
-        [0, 0],
-        [1, NAN],
-        [1, 1],
-        [0, 1],
-        [0, 0],
-        [1, 0],
-        [NAN, 0],
-    ]
-    t = _table(SMILES, labels)
-    splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
+    splits = splits12
     config = TrainConfig(
         tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=2, patience=2, batch_size=4
     )
@@ -122,9 +86,9 @@ def test_checkpoint_for_other_tasks_fails_clearly(trained, tmp_path):
         load_predictor(other)
 
 
-def test_screen_ranks_reports_invalid_and_keeps_old_output(trained, tmp_path):
+def test_screen_ranks_reports_invalid_and_keeps_old_output(trained, tmp_path, smiles12):
     lib = tmp_path / "lib.csv"
-    lib.write_text("id,smiles\n" + "".join(f"m{i},{s}\n" for i, s in enumerate(SMILES)) + "bad,C1CC((\n")
+    lib.write_text("id,smiles\n" + "".join(f"m{i},{s}\n" for i, s in enumerate(smiles12)) + "bad,C1CC((\n")
     out = tmp_path / "preds.csv"
     res = screen(load_predictor(trained), lib, out, chunk=5, batch_size=3)
     assert (res.n_total, res.n_valid) == (13, 12) and res.invalid == [(14, "C1CC((")]
@@ -147,10 +111,10 @@ def test_screen_ranks_reports_invalid_and_keeps_old_output(trained, tmp_path):
     assert out.read_text() == before  # a failed screen leaves the earlier output intact
 
 
-def test_explain_writes_maps_gates_and_correlations(trained, tmp_path):
+def test_explain_writes_maps_gates_and_correlations(trained, tmp_path, smiles12):
     from triptych.matic.explain import explain
 
-    explain(load_predictor(trained), ["c1ccccc1O"], tmp_path / "x", SMILES)
+    explain(load_predictor(trained), ["c1ccccc1O"], tmp_path / "x", smiles12)
     names = {p.name for p in (tmp_path / "x").iterdir()}
     for stem in ("mol1_expert_shared", "mol1_expert_a-private", "mol1_task_a", "mol1_task_b"):
         assert f"{stem}.png" in names and f"{stem}.svg" in names
@@ -203,9 +167,9 @@ def test_cli_bad_inputs_give_clear_errors_and_write_nothing(trained, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_evaluate_reports_metrics(trained, tmp_path):
+def test_cli_evaluate_reports_metrics(trained, tmp_path, smiles12):
     data = tmp_path / "t.csv"
-    data.write_text("smiles,a,b\n" + "".join(f"{s},{i % 2},{(i // 2) % 2}\n" for i, s in enumerate(SMILES)))
+    data.write_text("smiles,a,b\n" + "".join(f"{s},{i % 2},{(i // 2) % 2}\n" for i, s in enumerate(smiles12)))
     res = _invoke(
         [
             "matic",
@@ -225,11 +189,11 @@ def test_cli_evaluate_reports_metrics(trained, tmp_path):
     assert set(m) == {"a", "b"} and m["a"]["n"] == 12 and 0 <= m["a"]["roc_auc"] <= 1
 
 
-def test_screen_smiles_in_order_and_worker_processes_change_nothing(trained, tmp_path):
+def test_screen_smiles_in_order_and_worker_processes_change_nothing(trained, tmp_path, smiles12):
     from triptych.matic.screen import screen_smiles
 
     p = load_predictor(trained)
-    smiles = [*SMILES, "C1CC((", "CCO"]
+    smiles = [*smiles12, "C1CC((", "CCO"]
     df = screen_smiles(p, smiles, batch_size=4)
     assert list(df["smiles"]) == smiles and list(df["valid"]) == [True] * 12 + [False, True]
     np.testing.assert_allclose(
@@ -249,11 +213,11 @@ def test_screen_smiles_in_order_and_worker_processes_change_nothing(trained, tmp
     assert a.read_text() == b.read_text()
 
 
-def test_stacked_pass_trains_like_pyg():
+def test_stacked_pass_trains_like_pyg(smiles12):
     """Gradients of the batched pass equal PyG's (dropout off, so both are deterministic)."""
     torch.manual_seed(0)
     model = MultiTaskAttentiveFP(2, "ple", "full", hidden=16, dropout=0.0).train()
-    b = Batch.from_data_list(featurize(SMILES[:5]))
+    b = Batch.from_data_list(featurize(smiles12[:5]))
     grads = []
     for stacked in (True, False):
         model.stacked = stacked

@@ -9,31 +9,14 @@ import pandas as pd
 import pytest
 
 from triptych.core.errors import InputError
-from triptych.matic.data import MolTable, Splits
 from triptych.matic.library_screen import LibraryScreenConfig, screen_library
 from triptych.matic.train import TrainConfig, train_predictor
 
 # Ray is not imported here: init_ray sets Ray's environment (loopback only, auth) before Ray's first import.
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs the [ray] extra")
 
-SMILES = [
-    "CCO",
-    "c1ccccc1O",
-    "CC(=O)Nc1ccc(O)cc1",
-    "C1CCNCC1",
-    "c1ccncc1",
-    "CCN(CC)CC",
-    "O=C(O)c1ccccc1",
-    "CC(C)Cc1ccc(C(C)C(=O)O)cc1",
-    "c1ccc2[nH]ccc2c1",
-    "CCCCCCO",
-    "Clc1ccc(Cl)cc1",
-    "N#Cc1ccccc1",
-]
-NAN = np.nan
 # A library with a salt of a training molecule, a duplicate parent, a PAINS and an invalid line.
-LIBRARY = [
-    *SMILES,
+EXTRA = [
     "[Na+].[O-]C(=O)c1ccccc1",
     "O=C1NC(=S)SC1=Cc1ccccc1",
     "C1CC((",
@@ -44,24 +27,9 @@ LIBRARY = [
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def model(tmp_path_factory, splits12):
     out = tmp_path_factory.mktemp("run")
-    labels = [
-        [1, 0],
-        [0, NAN],
-        [1, 1],
-        [0, 0],
-        [NAN, 1],
-        [0, 0],
-        [1, NAN],
-        [1, 1],
-        [0, 1],
-        [0, 0],
-        [1, 0],
-        [NAN, 0],
-    ]
-    t = MolTable(list(SMILES), np.array(labels, dtype=float), ["a", "b"])
-    splits = Splits(t, t.subset(range(6)), t.subset(range(6, 12)))
+    splits = splits12
     config = TrainConfig(
         tasks=["a", "b"], arch="ple", gate="light", hidden=16, max_epochs=1, patience=1, batch_size=4
     )
@@ -69,14 +37,20 @@ def model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def library(tmp_path_factory):
+def library_smiles(smiles12):
+    """The training molecules followed by :data:`EXTRA`."""
+    return [*smiles12, *EXTRA]
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory, library_smiles, smiles12):
     """The library as a sharded input: two gzipped .smi parts."""
     folder = tmp_path_factory.mktemp("lib")
-    half = len(LIBRARY) // 2
-    for k, part in enumerate((LIBRARY[:half], LIBRARY[half:])):
+    half = len(library_smiles) // 2
+    for k, part in enumerate((library_smiles[:half], library_smiles[half:])):
         with gzip.open(folder / f"part-{k}.smi.gz", "wt") as handle:
             handle.write("".join(f"{s} m{k}_{i}\n" for i, s in enumerate(part)))
-    (folder / "train.smi").write_text("\n".join(SMILES) + "\n")
+    (folder / "train.smi").write_text("\n".join(smiles12) + "\n")
     return folder
 
 
@@ -98,7 +72,7 @@ def _config(model, library, **kw):
     )
 
 
-def test_in_process_screen_columns_dedup_and_top(model, library, tmp_path):
+def test_in_process_screen_columns_dedup_and_top(model, library, tmp_path, library_smiles):
     import torch
 
     torch.set_num_threads(1)
@@ -111,16 +85,21 @@ def test_in_process_screen_columns_dedup_and_top(model, library, tmp_path):
         workers=0,
     )
     df = pd.read_parquet(res.predictions)
-    assert (res.n_total, res.shards) == (len(LIBRARY), 6)
-    assert list(df["smiles"]) == LIBRARY and df["file"].str.endswith(("part-0.smi.gz", "part-1.smi.gz")).all()
-    salt = LIBRARY.index("[Na+].[O-]C(=O)c1ccccc1")
+    assert (res.n_total, res.shards) == (len(library_smiles), 6)
+    assert (
+        list(df["smiles"]) == library_smiles
+        and df["file"].str.endswith(("part-0.smi.gz", "part-1.smi.gz")).all()
+    )
+    salt = library_smiles.index("[Na+].[O-]C(=O)c1ccccc1")
     assert (
         df.loc[salt, "parent_smiles"] == "O=C(O)c1ccccc1" and df.loc[salt, "duplicate"]
     )  # same parent as row 6
-    assert df.loc[LIBRARY.index("OCC"), "duplicate"] and not df.loc[0, "duplicate"]
-    bad = LIBRARY.index("C1CC((")
+    assert df.loc[library_smiles.index("OCC"), "duplicate"] and not df.loc[0, "duplicate"]
+    bad = library_smiles.index("C1CC((")
     assert (
-        not df.loc[bad, "valid"] and np.isnan(df.loc[bad, "dual_score"]) and res.n_valid == len(LIBRARY) - 1
+        not df.loc[bad, "valid"]
+        and np.isnan(df.loc[bad, "dual_score"])
+        and res.n_valid == len(library_smiles) - 1
     )
     assert res.n_duplicates == 2
     # a duplicate parent has the scores of its first occurrence
@@ -128,16 +107,16 @@ def test_in_process_screen_columns_dedup_and_top(model, library, tmp_path):
         df.loc[salt, ["p_a", "p_b"]].astype(float), df.loc[6, ["p_a", "p_b"]].astype(float)
     )
     np.testing.assert_allclose(df["dual_score"], df["p_a"] * df["p_b"], rtol=1e-6)
-    assert df.loc[LIBRARY.index("O=C1NC(=S)SC1=Cc1ccccc1"), "pains"] and df["pains"].sum() == 1
+    assert df.loc[library_smiles.index("O=C1NC(=S)SC1=Cc1ccccc1"), "pains"] and df["pains"].sum() == 1
     np.testing.assert_allclose(df.loc[:11, "max_sim_train"], 1.0, rtol=1e-6)  # the training molecules
     assert df.loc[:11, "in_domain"].all()
-    assert df.loc[LIBRARY.index("CCCCCCCCCCCCN"), "max_sim_train"] < 1.0
+    assert df.loc[library_smiles.index("CCCCCCCCCCCCN"), "max_sim_train"] < 1.0
     top = pd.read_csv(res.top)
     assert list(top["rank"]) == [1, 2, 3, 4, 5] and top["dual_score"].is_monotonic_decreasing
     unique = df[df["valid"] & ~df["duplicate"]].sort_values("dual_score", ascending=False, kind="stable")
     assert list(top["smiles"]) == list(unique["smiles"][:5])
     summary = json.loads(res.summary.read_text())
-    assert summary["n_total"] == len(LIBRARY) and summary["shards_reused"] == 0
+    assert summary["n_total"] == len(library_smiles) and summary["shards_reused"] == 0
 
 
 def test_two_ray_workers_equal_single_process_and_resume(model, library, tmp_path, ray_local):

@@ -77,6 +77,12 @@ def train(
         str | None,
         typer.Option(help="Fit temperature or isotonic calibration on VALIDATION (OUT/calibration.json)."),
     ] = None,
+    prefilter: Annotated[
+        bool,
+        typer.Option(
+            help="Also fit the fingerprint prefilter for 'screen --prefilter' (distilled from the trained PLE)."
+        ),
+    ] = False,
     flags: TrainerFlags = TrainerFlags(),  # the scale-out options, from @trainer_options
 ) -> None:
     """Train a multi-task Attentive FP predictor; keep the best checkpoint and report test metrics.
@@ -91,6 +97,10 @@ def train(
 
     if ensemble < 1:
         raise InputError(f"--ensemble {ensemble}: give 1 (one model) or more members")
+    if prefilter and ensemble > 1:
+        raise InputError(
+            "--prefilter distils one PLE: train the ensemble without it, then run `matic prefilter`"
+        )
     if calibrate is not None and calibrate not in METHODS:
         raise InputError(f"--calibrate {calibrate!r}: choose one of {', '.join(METHODS)}")
     from triptych.core.runs import final_path, training_run_dir
@@ -134,6 +144,8 @@ def train(
 
             model_path, metrics = train_ensemble(splits, config, run, ensemble, calibrate, flags)
         write_json(run / "metrics.json", {"data": data, "split": splits.name, "test": metrics})
+        if prefilter:
+            _fit_prefilter(model_path, splits.train.smiles)
         model_path = final_path(model_path, run, out)
     for task, m in metrics.items():
         typer.echo(
@@ -283,20 +295,39 @@ def screen(
     tasks: Annotated[
         str | None, typer.Option(help="Comma-separated tasks you expect the checkpoint to predict (checked).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Molecules per forward pass.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(help="Molecules per forward pass (small batches stay in cache).")
+    ] = 16,
     chunk: Annotated[
         int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")
     ] = 2048,
     featurize_workers: Annotated[
         int | None,
         typer.Option(
-            help="Processes featurising while the model runs (default: 1 on 2+ cores, else 0 = in process)."
+            help="Processes that each featurise and score batches (default: one per core on 2+ cores; "
+            "0 = in this process)."
         ),
     ] = None,
     threads: Annotated[
-        int, typer.Option(help="CPU threads for the model (0: the cores left after the featurising workers).")
+        int,
+        typer.Option(
+            help="CPU threads of the model in this process (0: all cores); worker processes use one each."
+        ),
     ] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    prefilter: Annotated[
+        float | None,
+        typer.Option(
+            help="Cascade: a fingerprint model ranks every molecule and the PLE scores only this fraction "
+            "(e.g. 0.05); the others are listed after, unscored."
+        ),
+    ] = None,
+    prefilter_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="The fingerprint model for --prefilter (default: prefilter.safetensors beside --checkpoint)."
+        ),
+    ] = None,
     workers: WorkersOpt = None,
     ray_address: RayAddressOpt = None,
     shard_size: Annotated[
@@ -330,11 +361,19 @@ def screen(
 
     Example: triptych matic screen --checkpoint runs/matic/model.safetensors --input library.smi --out preds.csv
 
+    Cascade (a fingerprint model fitted with 'matic train --prefilter' ranks all, the PLE scores the best 5%):
+    triptych matic screen --checkpoint runs/matic/model.safetensors --input library.smi --out preds.csv --prefilter 0.05
+
     Library scale (Ray, sharded, resumable; standardised parents, PAINS/Brenk alerts, domain flag):
     triptych matic screen --checkpoint runs/matic/model.safetensors --input 'lib/*.sdf.gz' --out screen_out --workers 8
     """
     if out.suffix.lower() != ".csv" or workers is not None or ray_address is not None:
         from triptych.matic.library_cli import screen_library_command
+
+        if prefilter is not None:
+            from triptych.core.errors import InputError
+
+            raise InputError("--prefilter runs in the single-file screen; give a .csv as --out")
 
         screen_library_command(
             checkpoint=checkpoint,
@@ -369,11 +408,24 @@ def screen(
     from triptych.matic.screen import screen as run_screen
 
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
-    # The featurising workers take a core each; the model gets the rest, so nothing is oversubscribed.
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) - feat_workers))
+    # Worker processes take a core each (one thread); in process, the model gets every core.
+    torch.set_num_threads(threads or (1 if feat_workers else (os.cpu_count() or 1)))
     predictor = load_predictor(checkpoint, _tasks(tasks), str(choose_device(device)))
+    cascade = None
+    if prefilter is not None:
+        from triptych.matic.prefilter import FILENAME, load_prefilter
+
+        cascade = load_prefilter(prefilter_model or checkpoint.parent / FILENAME)
     result = run_screen(
-        predictor, input, out, chunk=chunk, batch_size=batch_size, smiles_col=smiles_col, workers=feat_workers
+        predictor,
+        input,
+        out,
+        chunk=chunk,
+        batch_size=batch_size,
+        smiles_col=smiles_col,
+        workers=feat_workers,
+        prefilter=cascade,
+        fraction=prefilter if prefilter is not None else 0.05,
     )
     if result.invalid:
         shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (
@@ -388,6 +440,43 @@ def screen(
         f"screened {result.n_valid}/{result.n_total} molecules in {result.seconds:.1f} s "
         f"({result.throughput:.0f} mol/s); ranked by dual score -> {out}"
     )
+
+
+def _fit_prefilter(
+    checkpoint: Path, extra_smiles: list[str], corpus: list[str] | None = None, n: int = 25_000
+):
+    """Fit and save ``prefilter.safetensors`` beside ``checkpoint`` (distilled from that PLE)."""
+    from triptych.matic.predictor import load_predictor
+    from triptych.matic.prefilter import FILENAME, default_corpus, fit_prefilter
+
+    smiles = [*extra_smiles, *(corpus if corpus is not None else default_corpus(n))]
+    prefilter, held = fit_prefilter(load_predictor(checkpoint), smiles, log=lambda m: typer.echo(m, err=True))
+    path = prefilter.save(
+        checkpoint.parent / FILENAME, extra={"held_out": held, "distilled_from": checkpoint.name}
+    )
+    typer.echo(f"prefilter: {path}")
+    return path
+
+
+@app.command("prefilter")
+def prefilter_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="The PLE checkpoint (model.safetensors) to distil.")],
+    corpus: Annotated[
+        str | None,
+        typer.Option(
+            help="Molecules to distil on: a .smi/.csv file (default: 25,000 embedded MOSES SMILES)."
+        ),
+    ] = None,
+    n: Annotated[int, typer.Option(help="At most this many corpus molecules.")] = 25_000,
+) -> None:
+    """Fit the fingerprint prefilter of 'screen --prefilter' for an existing PLE; writes prefilter.safetensors beside it.
+
+    Example: triptych matic prefilter --checkpoint runs/matic/model.safetensors
+    """
+    from triptych.matic.screen import read_chunks
+
+    smiles = [s for rows in read_chunks(corpus) for _, s, _ in rows][:n] if corpus else None
+    _fit_prefilter(checkpoint, [], smiles, n)
 
 
 @app.command()

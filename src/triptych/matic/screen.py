@@ -4,8 +4,9 @@
 
 Pipeline: the library is read in chunks; each chunk is sorted by SMILES length (a proxy
 for atom count, so a batch holds molecules of similar size), cut into batches, and the
-batches are featurised in worker processes (a torch ``DataLoader``) while the main
-process runs the model on the previous ones under ``inference_mode``. Memory is bounded
+batches are featurised and scored under ``inference_mode`` in worker processes (a torch
+``DataLoader``, one single-threaded process per core), so featurising one batch overlaps
+running the model on another. Memory is bounded
 by the chunk size plus a few numbers per molecule; rows are ranked by the dual score at
 the end.
 """
@@ -13,10 +14,12 @@ the end.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,7 @@ from triptych.core.progress import progress_bar
 from triptych.matic.data import find_smiles_column
 from triptych.matic.featurize import DEFAULT, collate
 from triptych.matic.predictor import Predictor
+from triptych.matic.prefilter import Prefilter
 
 Row = tuple[int, str, str]  # (line number, SMILES, name)
 
@@ -112,19 +116,28 @@ def count_lines(path: Path) -> int:
 
 
 def default_workers() -> int:
-    """Featurising processes: one beside the model when there are at least 2 cores, none on 1 core."""
-    return 1 if (os.cpu_count() or 1) >= 2 else 0
+    """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
+    n = os.cpu_count() or 1
+    return n if n >= 2 else 0
 
 
-class FeaturisedBatches(IterableDataset):
-    """Chunks of rows -> featurised batches ``dict(rows, valid, x, edge_index, edge_attr, batch)``.
+class ScoredBatches(IterableDataset):
+    """Chunks of rows -> scored batches (``scorer(rows)``, e.g. :func:`score_batch`: featurised, run through the model).
 
-    In a ``DataLoader`` with W workers, worker k featurises batches k, k+W, ... of the
-    same deterministic sequence, so every batch is made exactly once.
+    In a ``DataLoader`` with W workers, worker k featurises and scores batches k, k+W, ...
+    of the same deterministic sequence, so every batch is made exactly once and the W
+    processes overlap featurisation with inference. Small networks scale better over
+    processes (one thread each) than over intra-op threads, which also spin against
+    other jobs on a shared machine. The model reaches the workers by fork (no copy).
     """
 
-    def __init__(self, chunks: Callable[[], Iterator[list[Row]]], batch_size: int = 64) -> None:
-        self.chunks, self.batch_size = chunks, batch_size
+    def __init__(
+        self,
+        chunks: Callable[[], Iterator[list[Row]]],
+        scorer: Callable[[list[Row]], dict],
+        batch_size: int = 16,
+    ) -> None:
+        self.chunks, self.scorer, self.batch_size = chunks, scorer, batch_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -134,50 +147,92 @@ class FeaturisedBatches(IterableDataset):
             rows = sorted(rows, key=lambda r: len(r[1]))  # similar sizes share a batch
             for start in range(0, len(rows), self.batch_size):
                 if b % w == k:
-                    yield featurise_batch(rows[start : start + self.batch_size])
+                    yield self.scorer(rows[start : start + self.batch_size])
                 b += 1
 
 
-def featurise_batch(rows: Sequence[Row]) -> dict:
+def score_batch(predictor: Predictor, rows: Sequence[Row]) -> dict:
+    """Featurise ``rows`` and score the valid ones: ``dict(rows, valid [n], probs [n_valid, T])``."""
     graphs = [DEFAULT.arrays(s) for _, s, _ in rows]
     valid = np.array([g is not None for g in graphs], dtype=bool)
     good = [g for g in graphs if g is not None]
-    out = {"rows": list(rows), "valid": valid}
+    probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
     if good:
-        out["tensors"] = collate(good)
-    return out
+        with torch.inference_mode():
+            x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in collate(good))
+            logits = predictor.model(x, edge_index, edge_attr, batch).logits
+            probs = torch.sigmoid(logits).float().cpu().numpy()
+    return {"rows": list(rows), "valid": valid, "probs": probs}
 
 
 def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)  # featurising workers do no tensor maths; keep the cores for the model
+    torch.set_num_threads(1)  # one process per core: more threads would only oversubscribe
+
+
+def _identity(item: dict) -> dict:
+    return item  # keep numpy arrays as they are (the default collate would turn them into tensors)
 
 
 def iter_scored(
     predictor: Predictor,
     chunks: Callable[[], Iterator[list[Row]]],
-    batch_size: int = 64,
+    batch_size: int = 16,
     workers: int | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
-    """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch.
+    """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
 
-    ``workers`` featurising processes (default :func:`default_workers`; 0 = in this process).
+    ``workers`` scoring processes (default :func:`default_workers`; 0 = in this process).
     """
     workers = default_workers() if workers is None else workers
+    if predictor.device.type != "cpu":
+        workers = 0  # one accelerator: featurise and score in this process
+    predictor.model.eval()
+    for item in _scored(chunks, partial(score_batch, predictor), batch_size, workers):
+        yield item["rows"], item["valid"], item["probs"]
+
+
+def _scored(
+    chunks: Callable[[], Iterator[list[Row]]],
+    scorer: Callable[[list[Row]], dict],
+    batch_size: int,
+    workers: int,
+) -> Iterator[dict]:
     loader = DataLoader(
-        FeaturisedBatches(chunks, batch_size),
+        ScoredBatches(chunks, scorer, batch_size),
         batch_size=None,
         num_workers=workers,
+        collate_fn=_identity,
         worker_init_fn=_one_thread if workers else None,
         prefetch_factor=4 if workers else None,
     )
-    model = predictor.model.eval()
-    with torch.inference_mode():
-        for item in loader:
-            probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
-            if "tensors" in item:
-                x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in item["tensors"])
-                probs = torch.sigmoid(model(x, edge_index, edge_attr, batch).logits).float().cpu().numpy()
-            yield item["rows"], np.asarray(item["valid"], dtype=bool), probs  # the loader made it a tensor
+    yield from loader
+
+
+def prefilter_batch(prefilter: Prefilter, rows: Sequence[Row]) -> dict:
+    """The prefilter's scores of ``rows`` (NaN where a SMILES does not parse)."""
+    return {"rows": list(rows), "scores": prefilter.scores([s for _, s, _ in rows])}
+
+
+def select_top(
+    prefilter: Prefilter,
+    chunks: Callable[[], Iterator[list[Row]]],
+    fraction: float,
+    workers: int | None = None,
+) -> tuple[list[Row], list[Row], np.ndarray]:
+    """Score every row with the prefilter: ``(the top fraction of valid rows, all valid rows, their scores)``.
+
+    The kept rows are the ``ceil(fraction * n_valid)`` best by prefilter score, ties by input line.
+    """
+    workers = default_workers() if workers is None else workers
+    rows, scores = [], []
+    for item in _scored(chunks, partial(prefilter_batch, prefilter), 1024, workers):
+        rows += item["rows"]
+        scores.append(item["scores"])
+    score = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
+    keep = max(1, math.ceil(fraction * int(np.isfinite(score).sum())))
+    order = np.lexsort((np.array([r[0] for r in rows]), -np.nan_to_num(score, nan=-np.inf)))
+    top = [rows[i] for i in order[:keep] if np.isfinite(score[i])]
+    return top, rows, score
 
 
 def screen_smiles(
@@ -185,7 +240,7 @@ def screen_smiles(
     smiles: Sequence[str],
     names: Sequence[str] | None = None,
     *,
-    batch_size: int = 64,
+    batch_size: int = 16,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
@@ -219,23 +274,38 @@ def screen(
     out: str | Path,
     *,
     chunk: int = 2048,
-    batch_size: int = 64,
+    batch_size: int = 16,
     smiles_col: str | None = None,
     workers: int | None = None,
+    prefilter: Prefilter | None = None,
+    fraction: float = 0.05,
 ) -> ScreenResult:
     """Score every molecule of ``input_path``, write ``out`` ranked by the dual score, and list invalid lines.
 
     ``out`` gets columns ``rank, line, smiles, name, p_<task>..., dual_score``; invalid
     lines go to ``<out stem>.invalid.csv``. Both are written atomically, at the end.
+    With a ``prefilter`` (the cascade, :mod:`prefilter`), only the ``fraction`` of valid
+    molecules it ranks best go through the PLE; a ``prefilter_score`` column is added,
+    and the molecules the PLE did not score follow the scored ones, by prefilter score,
+    with empty probabilities.
     """
     input_path, out = Path(input_path), Path(out)
     start = time.perf_counter()
     first = next(read_chunks(input_path, 1, smiles_col), None)  # user errors surface here, not in a worker
+    if not 0 < fraction <= 1:
+        raise InputError(f"--prefilter {fraction}: give the fraction to rescore with the PLE, in (0, 1]")
+    chunks = (lambda: read_chunks(input_path, chunk, smiles_col)) if first is not None else (lambda: iter([]))
+    pre_rows: list[Row] = []
+    pre_score = np.zeros(0, dtype=np.float32)
+    n_lines = count_lines(input_path)
+    if prefilter is not None:
+        top, pre_rows, pre_score = select_top(prefilter, chunks, fraction, workers)
+        chunks = lambda: (top[k : k + chunk] for k in range(0, len(top), chunk))  # noqa: E731
+        n_lines = len(top)
     lines, smiles, names, probs = [], [], [], []
     invalid: list[tuple[int, str]] = []
     total = 0
-    chunks = (lambda: read_chunks(input_path, chunk, smiles_col)) if first is not None else (lambda: iter([]))
-    with progress_bar(count_lines(input_path), "screening", unit="mol") as bar:
+    with progress_bar(n_lines, "screening", unit="mol") as bar:
         for rows, valid, p in iter_scored(predictor, chunks, batch_size, workers):
             for (n, s, name), good in zip(rows, valid, strict=True):
                 if good:
@@ -247,6 +317,21 @@ def screen(
             probs.append(p)
             total += len(rows)
             bar.update(len(rows))
+    prob = np.vstack(probs) if probs else np.zeros((0, len(predictor.tasks)), dtype=np.float32)
+    extra: dict[int, float] = {}
+    if prefilter is not None:
+        total = len(pre_rows)
+        scored = set(lines)
+        invalid += [(n, s) for (n, s, _), z in zip(pre_rows, pre_score, strict=True) if not np.isfinite(z)]
+        extra = {r[0]: float(z) for r, z in zip(pre_rows, pre_score, strict=True)}
+        rest = [
+            (r, z) for r, z in zip(pre_rows, pre_score, strict=True) if np.isfinite(z) and r[0] not in scored
+        ]
+        for (n, s, name), _ in rest:
+            lines.append(n)
+            smiles.append(s)
+            names.append(name)
+        prob = np.vstack([prob, np.full((len(rest), len(predictor.tasks)), np.nan, dtype=np.float32)])
     if total == 0:
         raise InputError(
             f"{input_path}: no molecules found; give one SMILES per line or a CSV with a smiles column"
@@ -258,15 +343,21 @@ def screen(
             f"{invalid[0][1]!r}); check the file holds SMILES"
         )
     invalid.sort()
-    prob = np.vstack(probs)
     dual = prob.prod(axis=1)
-    order = np.lexsort((np.asarray(lines), -dual))  # by dual score, ties by input line
+    pre = np.array([extra.get(n, np.nan) for n in lines]) if extra else np.zeros(len(lines))
+    # By dual score (unscored rows last, by prefilter score), ties by input line.
+    order = np.lexsort((np.asarray(lines), -pre, -np.nan_to_num(dual, nan=-1.0)))
+    fmt = lambda v: "" if np.isnan(v) else f"{v:.4f}"  # noqa: E731
     with atomic_write(out, "w", newline="", encoding="utf-8") as handle:
         w = csv.writer(handle)
-        w.writerow(["rank", "line", "smiles", "name", *(f"p_{t}" for t in predictor.tasks), "dual_score"])
+        w.writerow(
+            ["rank", "line", "smiles", "name", *(f"p_{t}" for t in predictor.tasks), "dual_score"]
+            + (["prefilter_score"] if extra else [])
+        )
         for rank, i in enumerate(order, start=1):
             w.writerow(
-                [rank, lines[i], smiles[i], names[i], *(f"{v:.4f}" for v in prob[i]), f"{dual[i]:.4f}"]
+                [rank, lines[i], smiles[i], names[i], *(fmt(v) for v in prob[i]), fmt(dual[i])]
+                + ([f"{pre[i]:.4f}"] if extra else [])
             )
     if invalid:
         with atomic_write(

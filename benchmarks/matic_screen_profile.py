@@ -1,0 +1,173 @@
+"""Where the time of a MATIC screen goes: start-up, featurisation, the PLE forward, and what changes it.
+
+Measures, on N SMILES of the embedded MOSES subset and the paper's default PLE (full gates,
+random weights: the cost does not depend on the weights):
+- start-up: importing the screening stack in a fresh interpreter;
+- featurisation per molecule: parsing + stereo perception, then the feature arrays;
+- the PLE forward (stacked pass, ``inference_mode``) per batch size, fp32 and bf16 autocast,
+  1 and 2 intra-op threads; optionally ``torch.compile`` (its compile time too);
+- the operators that dominate the forward (``torch.profiler``, self CPU time).
+Rates are molecules per CPU-second of this process (``time.process_time``), which a shared
+machine disturbs much less than wall time; wall rates are given beside them. bf16 and
+compile results are compared with fp32 on the dual score (Spearman, top-1% overlap).
+
+    python benchmarks/matic_screen_profile.py --n 1024 --out benchmarks/results/matic_screen_profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import subprocess
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from triptych.core.results import markdown_table, write_results
+from triptych.matic.featurize import DEFAULT, collate, mol_from_smiles
+from triptych.matic.model import MultiTaskAttentiveFP
+from triptych.matic.prefilter import top_recall
+
+
+def moses(n: int) -> list[str]:
+    src = resources.files("triptych.matic.generate") / "data" / "moses_train_50k.csv.gz"
+    with gzip.open(src.open("rb"), "rt") as handle:
+        return [line.strip() for line in handle][1 : n + 1]
+
+
+def clock(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return time.perf_counter() - w, time.process_time() - c, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/matic_screen_profile"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    smiles = moses(args.n)
+    rows: list[dict] = []
+
+    def add(what: str, setting: str, n: int, wall: float, cpu: float, **extra) -> None:
+        rows.append(
+            {"what": what, "setting": setting, "mol_per_cpu_s": n / cpu, "mol_per_wall_s": n / wall, **extra}
+        )
+        print(rows[-1], flush=True)
+
+    imports = (
+        "import torch, torch_geometric, rdkit.Chem; import triptych.matic.screen, triptych.matic.predictor"
+    )
+    w = time.perf_counter()
+    subprocess.run([sys.executable, "-c", imports], check=True)
+    startup = time.perf_counter() - w
+
+    wall, cpu, mols = clock(lambda: [mol_from_smiles(s) for s in smiles])
+    add("featurise", "parse + stereo", len(smiles), wall, cpu)
+    wall, cpu, arrays = clock(lambda: [DEFAULT.mol_arrays(m) for m in mols])
+    add("featurise", "atom/bond arrays", len(smiles), wall, cpu)
+
+    model = MultiTaskAttentiveFP(2).eval()
+    order = np.argsort([len(s) for s in smiles])
+
+    def forward(bs: int, dtype: torch.dtype | None, fn=None):
+        batches = [collate([arrays[i] for i in order[k : k + bs]]) for k in range(0, len(smiles), bs)]
+        fn = fn or (lambda *b: model(*b).logits)
+
+        def go():
+            with torch.inference_mode():
+                outs = []
+                for b in batches:
+                    if dtype is None:
+                        outs.append(torch.sigmoid(fn(*b)).float())
+                    else:
+                        with torch.autocast("cpu", dtype=dtype):
+                            outs.append(torch.sigmoid(fn(*b).float()))
+                return torch.cat(outs).prod(dim=1).numpy()
+
+        return clock(go)
+
+    def agreement(ref: np.ndarray, got: np.ndarray) -> dict:
+        return {
+            "spearman_vs_fp32": float(spearmanr(ref, got).statistic),
+            "top1pct_overlap_vs_fp32": top_recall(ref, got, 0.01, 0.01),
+        }
+
+    forward(32, None)  # warm-up
+    ref = None
+    for bs in (16, 32, 64, 128):
+        wall, cpu, out = forward(bs, None)
+        ref = out if bs == 32 else ref
+        add("PLE forward", f"batch {bs}, fp32, 1 thread", len(smiles), wall, cpu)
+    for bs in (32, 64):
+        wall, cpu, out = forward(bs, torch.bfloat16)
+        add(
+            "PLE forward",
+            f"batch {bs}, bf16 autocast, 1 thread",
+            len(smiles),
+            wall,
+            cpu,
+            **agreement(ref, out),
+        )
+    torch.set_num_threads(2)
+    wall, cpu, _ = forward(32, None)
+    add("PLE forward", "batch 32, fp32, 2 threads", len(smiles), wall, cpu)
+    torch.set_num_threads(1)
+    compile_s = None
+    if args.compile:
+        compiled = torch.compile(lambda *b: model(*b).logits, dynamic=True)
+        compile_s, _, _ = forward(32, None, compiled)
+        wall, cpu, out = forward(32, None, compiled)
+        add("PLE forward", "batch 32, torch.compile, 1 thread", len(smiles), wall, cpu, **agreement(ref, out))
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        forward(32, None)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    ops = [
+        {"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]
+    ]
+    atoms = float(np.mean([a[0].shape[0] for a in arrays]))
+    results = {
+        "n": len(smiles),
+        "mean_heavy_atoms": atoms,
+        "startup_import_s": startup,
+        "rates": rows,
+        "top_ops": ops,
+        "compile_first_pass_s": compile_s,
+        "load_avg": os.getloadavg(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "command": " ".join(sys.argv),
+    }
+    md = (
+        f"# Where a MATIC screen spends its time\n\n{results['date_utc']} UTC, `{results['command']}`; "
+        f"{len(smiles)} MOSES SMILES ({atoms:.1f} heavy atoms on average), the paper's PLE (full gates). "
+        f"Load average {results['load_avg'][0]:.1f} on {os.cpu_count()} cores (run niced, outside the timing "
+        "lock): read the CPU-second rates, not the wall rates.\n\n"
+        f"Start-up (import of torch, PyG, RDKit and the screening modules in a fresh interpreter): "
+        f"{startup:.1f} s wall.\n\n"
+        + markdown_table(rows, floatfmt="{:.3f}")
+        + "\n\nTop operators of the fp32 forward (batch 32), by self CPU time:\n\n"
+        + markdown_table(ops, floatfmt="{:.3f}")
+        + (
+            f"\n\ntorch.compile's first pass (compiling) took {compile_s:.0f} s wall.\n"
+            if compile_s
+            else "\n"
+        )
+    )
+    write_results(args.out, results, md)
+
+
+if __name__ == "__main__":
+    main()
