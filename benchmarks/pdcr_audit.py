@@ -404,7 +404,7 @@ def report(args: argparse.Namespace) -> None:
         f"exact zeros beyond a RoI's tiles), sequential rule tol {args.tol}, ≤ {args.max_draws} draws.\n",
         "## Speed\n",
         (
-            "Timed under the shared lock, one after the other (1 worker, 2 workers, the paper's sample).\n"
+            "Timed one after the other in one run, load average before and after each in the table (1 worker, 2 workers, the paper's sample).\n"
             if "2" in runs
             else "Ours: the 1-worker audit, timed under the shared lock (the 2-worker run that followed was "
             "stopped for lack of time). The paper's sample: timed afterwards at nice 19, outside the lock; both "
