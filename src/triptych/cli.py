@@ -100,6 +100,29 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def as_cli_flags(message: str, argv: list[str]) -> str:
+    """A library error that names a Python argument (``target_class=5 …``), told in the command's flag.
+
+    Library code raises with the argument's name, so that API users read their own words; on the command line
+    the same message names the option (``--target-class 5 …``) when the invoked command has that option.
+    """
+    import re
+
+    m = re.match(r"([a-z][a-z0-9_]*)=(\S+)", message)
+    if not m:
+        return message
+    flag = "--" + m.group(1).replace("_", "-")
+    command = typer.main.get_command(app)
+    for token in argv[1:]:  # down the sub-commands named on the command line (Typer's own Click)
+        if token not in getattr(command, "commands", {}):
+            break
+        command = command.commands[token]
+    if not any(flag in getattr(p, "opts", ()) for p in command.params):
+        return message
+    rest = message[m.end() :].replace(f" ({flag})", "", 1)
+    return f"{flag} {m.group(2)}{rest}"
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, with no traceback; Ctrl-C and SIGTERM print one line."""
     from triptych.core import io
@@ -110,7 +133,7 @@ def main() -> None:
     try:
         app()
     except TriptychError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {as_cli_flags(str(exc), sys.argv)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # outside a command (Typer turns one inside into exit 130)
         say("interrupted: nothing was written")
