@@ -30,19 +30,37 @@ def morgan_fingerprints(
     return out
 
 
+def fit_task_forests(
+    x: np.ndarray, labels: np.ndarray, seed: int, n_trees: int = 500, class_weight: str | None = None
+) -> list[RandomForestClassifier | None]:
+    """One random forest per label column, fit on the rows labelled for it; None where a task has one class."""
+    forests: list[RandomForestClassifier | None] = []
+    for j in range(labels.shape[1]):
+        keep = ~np.isnan(labels[:, j])
+        y = labels[keep, j].astype(int)
+        if len(np.unique(y)) < 2:
+            forests.append(None)
+            continue
+        rf = RandomForestClassifier(
+            n_estimators=n_trees, random_state=seed, n_jobs=1, class_weight=class_weight
+        )
+        forests.append(rf.fit(x[keep], y))
+    return forests
+
+
+def forest_probs(forests: list[RandomForestClassifier | None], x: np.ndarray) -> np.ndarray:
+    """``(n, T)`` positive-class probabilities; NaN for a task without a forest."""
+    probs = np.full((len(x), len(forests)), np.nan)
+    for j, rf in enumerate(forests):
+        if rf is not None:
+            probs[:, j] = rf.predict_proba(x)[:, 1]
+    return probs
+
+
 def random_forest_probs(train: MolTable, test: MolTable, seed: int, n_trees: int = 500) -> np.ndarray:
     """Fit one random forest per task on the molecules labelled for it; ``(n_test, T)`` probabilities."""
-    x_train, x_test = morgan_fingerprints(train.smiles), morgan_fingerprints(test.smiles)
-    probs = np.full((len(test), len(train.tasks)), np.nan)
-    for j in range(len(train.tasks)):
-        keep = ~np.isnan(train.labels[:, j])
-        y = train.labels[keep, j].astype(int)
-        if len(np.unique(y)) < 2:
-            continue
-        rf = RandomForestClassifier(n_estimators=n_trees, random_state=seed, n_jobs=1)
-        rf.fit(x_train[keep], y)
-        probs[:, j] = rf.predict_proba(x_test)[:, 1]
-    return probs
+    forests = fit_task_forests(morgan_fingerprints(train.smiles), train.labels, seed, n_trees)
+    return forest_probs(forests, morgan_fingerprints(test.smiles))
 
 
 def chemprop_available() -> bool:

@@ -67,15 +67,19 @@ _EXPORTS = {
         "models",
     ),
     "PdCR": "explainer",
+    "audit": "audit",
+    "load_torch_model": "external",
     "explain_rois": "multiroi",
     **dict.fromkeys(["Explanation", "explain_regions"], "regions"),
     **dict.fromkeys(["RoI", "RoIDice", "SoftMass", "dice", "make_outcome"], "roi"),
 }
 
 if TYPE_CHECKING:  # static tools see the real imports
+    from triptych.pdcr.audit import audit
     from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
     from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
     from triptych.pdcr.explainer import PdCR
+    from triptych.pdcr.external import load_torch_model
     from triptych.pdcr.interventions import (
         ActivationIntervention,
         Blur,
@@ -125,6 +129,8 @@ __all__ = [
     "SoftMass",
     "Zero",
     "apply_block",
+    "audit",
+    "load_torch_model",
     "build_model",
     "dice",
     "load_model",

@@ -39,26 +39,17 @@ class ForestJudge:
         return list(self.train.tasks)
 
     def _fit(self) -> list:
-        from sklearn.ensemble import RandomForestClassifier
-
-        from triptych.matic.baselines import morgan_fingerprints
+        from triptych.matic.baselines import fit_task_forests, morgan_fingerprints
 
         if not self._forests:
+            weight = "balanced_subsample" if self.balanced else None
             x = morgan_fingerprints(self.train.smiles)
-            for j in range(len(self.tasks)):
-                keep = ~np.isnan(self.train.labels[:, j])
-                rf = RandomForestClassifier(
-                    n_estimators=self.n_trees,
-                    random_state=self.seed,
-                    n_jobs=1,
-                    class_weight="balanced_subsample" if self.balanced else None,
-                )
-                self._forests.append(rf.fit(x[keep], self.train.labels[keep, j].astype(int)))
+            self._forests = fit_task_forests(x, self.train.labels, self.seed, self.n_trees, weight)
         return self._forests
 
     def predict_proba(self, smiles: Sequence[str | None]) -> np.ndarray:
         """``(n, n_tasks)`` probabilities; NaN rows for invalid SMILES."""
-        from triptych.matic.baselines import morgan_fingerprints
+        from triptych.matic.baselines import forest_probs, morgan_fingerprints
 
         forests = self._fit()
         canon = [canonical(s) if s else None for s in smiles]
@@ -66,7 +57,7 @@ class ForestJudge:
         out = np.full((len(canon), len(forests)), np.nan)
         if rows:
             x = morgan_fingerprints([canon[i] for i in rows])
-            out[rows] = np.stack([rf.predict_proba(x)[:, 1] for rf in forests], axis=1)
+            out[rows] = forest_probs(forests, x)
         return out
 
 
