@@ -67,7 +67,6 @@ _EXPORTS = {
         "models",
     ),
     "PdCR": "explainer",
-    "audit": "audit",
     "load_torch_model": "external",
     "explain_rois": "multiroi",
     **dict.fromkeys(["Explanation", "explain_regions"], "regions"),
@@ -75,7 +74,6 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # static tools see the real imports
-    from triptych.pdcr.audit import audit
     from triptych.pdcr.components import Component, ComponentExplanation, explain_components, list_components
     from triptych.pdcr.estimate import SequentialRule, reference_estimate, sequential_estimate
     from triptych.pdcr.explainer import PdCR
@@ -129,7 +127,6 @@ __all__ = [
     "SoftMass",
     "Zero",
     "apply_block",
-    "audit",
     "load_torch_model",
     "build_model",
     "dice",
