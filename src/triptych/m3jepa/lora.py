@@ -178,6 +178,7 @@ def save_lora_run(out: str | Path, result: LoraResult) -> Path:
         records[modality] = {
             "encoder": enc.name,
             "fingerprint": enc.fingerprint(),
+            "precision": enc.precision,
             "dim": int(enc.dim),
             "length": int(enc.length),
         }

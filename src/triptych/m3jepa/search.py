@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from triptych.core.errors import InputError
 from triptych.core.inputs import at_least
 from triptych.m3jepa.aligner import Aligner
-from triptych.m3jepa.features import EncodedBatch, Features, check_compatible
+from triptych.m3jepa.features import EncodedBatch, Features, cache_precision, check_compatible
 from triptych.m3jepa.index_store import Hit, SearchIndex, load_index
 from triptych.m3jepa.querybank import add_querybank, bank_queries, querybank_bias
 from triptych.m3jepa.retrieval import embed_rows
@@ -112,6 +112,7 @@ def encoder_record(features: Features) -> dict[str, Any]:
     return {
         "encoder": m["encoder"],
         "fingerprint": m["fingerprint"],
+        "precision": cache_precision(m),
         "dim": int(m["dim"]),
         "length": int(m["length"]),
     }
@@ -158,6 +159,7 @@ def check_encoder(aligner: Aligner, modality: str, features: Features) -> None:
             encoder=info.get("encoder"),
             fingerprint=info.get("fingerprint"),
             dim=info.get("dim"),
+            precision=info.get("precision", "fp32"),  # models from before the field: fp32 caches
         )
 
 
