@@ -345,7 +345,7 @@ def index_images(
     image_encoder: Any,
     text_encoder: Any = None,
     checkpoints: Sequence[str] = (),
-    batch_size: int = 32,
+    batch_size: int = 8,
 ) -> SearchIndex:
     """Encode a dataset's images (and captions, given a text encoder) into ``work`` (resumable), then index."""
     from triptych.m3jepa.features import encode_dataset, load_features
