@@ -90,7 +90,7 @@ def main() -> None:
                     "pooled cos mean": float(pooled.mean()),
                     "token cos min": float(tokens.min()),
                     "token cos mean": float(tokens.mean()),
-                    "tokens max |diff|": float(
+                    "tokens max abs diff": float(
                         np.abs(np.asarray(b.tokens, np.float32) - np.asarray(a.tokens, np.float32)).max()
                     ),
                 }

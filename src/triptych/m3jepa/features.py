@@ -12,8 +12,8 @@ Layout of one cache folder (one modality, one encoder)::
 ``manifest.json`` holds ``format``, ``modality``, ``encoder`` (name), ``fingerprint``
 (encoder version + preprocessing config hash), ``precision`` (fp32 or bf16: what the
 encoder computed in; absent in caches written before it existed, which are fp32), ``dim``
-(D), ``length`` (L), ``dtype`` (of tokens), ``count`` (N), ``shard_size``, ``shards`` (list of ``{"name", "start",
-"count"}``, only finished ones) and ``complete``. Rows keep the order of ``ids.json``;
+(D), ``length`` (L), ``dtype`` (of tokens), ``count`` (N), ``shard_size``, ``shards``
+(list of ``{"name", "start", "count"}``, only finished ones) and ``complete``. Rows keep the order of ``ids.json``;
 shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``.
 
 Writing is resumable: each shard is written to a staging folder and renamed into place,
