@@ -219,6 +219,7 @@ def _add_on_disk(
     faiss = _faiss()
     from faiss.contrib.ondisk import merge_ondisk
 
+    folder = folder.resolve()  # the merge runs inside the folder: the block paths must not be relative
     parts, added, tmp = [], 0, folder / f".ann_{name}_blocks"
     tmp.mkdir(exist_ok=True)
     try:
