@@ -284,13 +284,14 @@ def own_image_ranks(queries: Any, folded: np.ndarray, work: Path, block: int) ->
     """
     import torch
 
-    own = torch.from_numpy(np.load(work / "query_image.npy")[: len(queries)])
+    every = np.load(work / "query_image.npy")  # all the split's captions, not only those queried
+    own = torch.from_numpy(every[: len(queries)])
     n_real = len(np.load(work / "real.npy", mmap_mode="r"))
     real = torch.from_numpy(np.array(folded[:n_real]))
     scores = queries @ real.T
     own_s = scores[torch.arange(len(queries)), own]
     rank_real = (scores > own_s[:, None]).sum(1) + 1
-    test = torch.from_numpy(np.unique(own.numpy()))  # the images of the queried split
+    test = torch.from_numpy(np.unique(every))  # the images of the queried split
     rank_split = (scores[:, test] > own_s[:, None]).sum(1) + 1
     above = torch.zeros(len(queries), dtype=torch.long)  # synthetic items outscoring the own image
     for s in range(n_real, len(folded), block):
@@ -545,11 +546,12 @@ def main() -> None:
     parser.add_argument("--opq", action="store_true", help="IVF-PQ: an OPQ rotation before quantising")
     parser.add_argument(
         "--storage",
-        default="PQ",
-        help="IVF: PQ (fast-scan codes + exact re-ranking), Flat or SQ8; HNSW: Flat or SQ8",
+        default="SQ8",
+        help="IVF: SQ8 (8-bit codes, the index default), Flat, or PQ (4-bit fast-scan codes), codes "
+        "followed by exact re-ranking; HNSW: Flat or SQ8",
     )
     parser.add_argument(
-        "--rerank", default="200", help="PQ: candidates re-scored exactly (comma-separated: a sweep)"
+        "--rerank", default="50", help="SQ8 / PQ: candidates re-scored exactly (comma-separated: a sweep)"
     )
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=50_000)

@@ -57,7 +57,7 @@ def make_index(n: int = 3000, p: int = 8) -> SearchIndex:
     return index
 
 
-@pytest.mark.parametrize("storage", ["PQ", "Flat"])
+@pytest.mark.parametrize("storage", ["SQ8", "PQ", "Flat"])
 def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tmp_path, storage):
     """Every cell visited (and, for PQ codes, every candidate re-scored): the exact search's rows and scores."""
     index = make_index()
@@ -67,7 +67,7 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
             kind="IVF", nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000, block_size=700
         ),
     )
-    want = "IVF16,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
+    want = "IVF16,PQ8x4fs" if storage == "PQ" else f"IVF16,{storage}"  # 17 folded dims, padded to 32
     assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == want
     shutil.move(tmp_path / "idx", tmp_path / "moved")  # the lists file is found next to the index file
     loaded = load_index(tmp_path / "moved")
@@ -84,6 +84,15 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
         assert r_a.tolist() == r_e.tolist()
         torch.testing.assert_close(s_a, s_e, atol=1e-5, rtol=0)
         torch.testing.assert_close(c_a, c_e, atol=1e-5, rtol=0)  # cosine = score + bias, recovered
+
+
+def test_default_is_ivf_sq8_and_the_rerank_depth_follows_the_storage():
+    """SQ8 codes order candidates almost exactly (50 re-scored); 4-bit PQ needs more; exact lists none."""
+    assert (AnnConfig().kind, AnnConfig().storage, AnnConfig().rerank_depth()) == ("IVF", "SQ8", 50)
+    assert AnnConfig(storage="PQ").rerank_depth() == 200 and AnnConfig(storage="Flat").rerank_depth() == 0
+    assert AnnConfig(storage="PQ", rerank=2000).rerank_depth() == 2000
+    # a record written before the per-storage default (rerank stored as a number) reads back as it was
+    assert AnnConfig.from_record({"storage": "PQ", "rerank": 500, "nlist": 4}).rerank_depth() == 500
 
 
 def test_on_disk_lists_build_into_a_relative_folder(tmp_path, monkeypatch):
