@@ -271,8 +271,20 @@ def exact(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "seconds": seconds,
         "ms_per_query_batched": 1000 * seconds / len(queries),
         "own_image": own_image_ranks(queries, folded, work, args.block),
+        "metadata_rows_match": metadata_rows_match(work),
         "peak_rss_mb": peak_rss_mb(),
     }
+
+
+def metadata_rows_match(work: Path) -> bool:
+    """Rows 0..n_real-1 of the index's metadata name the real images in the order their vectors were stored."""
+    from itertools import islice
+
+    from triptych.m3jepa.index_store import MetadataColumn
+
+    images = json.loads((work / "prepare.json").read_text())["images"]
+    stored = MetadataColumn(work / "index" / "metadata.sqlite", "image", "path")
+    return list(islice(iter(stored), len(images))) == images
 
 
 def own_image_ranks(queries: Any, folded: np.ndarray, work: Path, block: int) -> dict[str, Any]:
@@ -476,12 +488,12 @@ def markdown(r: dict[str, Any]) -> str:
         + ".\n\n"
         + enc
         + "\n"
-        + own_image_text(x.get("own_image"))
+        + own_image_text(x.get("own_image"), x.get("metadata_rows_match"))
         + provenance(r)
     )
 
 
-def own_image_text(o: dict[str, Any] | None) -> str:
+def own_image_text(o: dict[str, Any] | None, matched: Any = None) -> str:
     """The own-image diagnosis of the exact phase: the same ranks among the split, the real images, all N."""
     if not o:
         return ""
@@ -492,6 +504,7 @@ def own_image_text(o: dict[str, Any] | None) -> str:
         f"{c['r_at_1']:.1f} %, R@10 {a['r_at_10']:.1f} / {b['r_at_10']:.1f} / {c['r_at_10']:.1f} %, median rank "
         f"{a['median_rank']:.0f} / {b['median_rank']:.0f} / {c['median_rank']:.0f}; a median "
         f"{o['synthetic_above_median']:.0f} synthetic items outscore it.\n"
+        + (f"Metadata rows 0–{o['real_images'] - 1:,} name the real images in vector order: {matched}.\n")
     )
 
 
