@@ -18,11 +18,14 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from rdkit import Chem
-from torch_geometric.data import Data
+
+if TYPE_CHECKING:  # PyG is imported where a Data is built: screening needs only the arrays
+    from torch_geometric.data import Data
 
 ELEMENTS = ("B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I", "At")  # + other
 HYBRIDISATIONS = (
@@ -219,6 +222,7 @@ class AttentiveFPFeaturizer:
     @staticmethod
     def _load(path: Path) -> list[Data | None]:
         from safetensors.torch import load_file
+        from torch_geometric.data import Data
 
         t = load_file(str(path))
         na, ne = t["n_atoms"].numpy(), t["n_edges"].numpy()
@@ -246,6 +250,8 @@ def _set_in_range(x: np.ndarray, rows: np.ndarray, values: np.ndarray, offset: i
 
 
 def to_data(arrays: GraphArrays) -> Data:
+    from torch_geometric.data import Data
+
     x, edge_index, edge_attr = arrays
     return Data(
         x=torch.from_numpy(x), edge_index=torch.from_numpy(edge_index), edge_attr=torch.from_numpy(edge_attr)

@@ -18,6 +18,10 @@ from triptych.core.errors import InputError
 from triptych.matic.featurize import DEFAULT, collate
 from triptych.matic.model import KIND, ModelConfig, MultiTaskAttentiveFP, Output
 
+# Inference precision of the stacked pass. bf16 (AMX / AVX-512 BF16 on recent x86 CPUs) moves half
+# the bytes; its rankings agree with fp32 to the tolerance in benchmarks/results/matic_screen_speed.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 @dataclass
 class Predictor:
@@ -80,19 +84,28 @@ def read_config(checkpoint: str | Path) -> tuple[dict, dict]:
 
 
 def load_predictor(
-    checkpoint: str | Path, tasks: Sequence[str] | None = None, device: str = "cpu"
+    checkpoint: str | Path,
+    tasks: Sequence[str] | None = None,
+    device: str = "cpu",
+    *,
+    pyg: bool = True,
+    precision: str = "fp32",
 ) -> Predictor:
     """Rebuild a predictor from a ``matic.predictor`` checkpoint (exported or training).
 
     ``tasks``, when given, must be the tasks the checkpoint was trained for (any order is
-    an error too, since columns would be swapped silently).
+    an error too, since columns would be swapped silently). ``pyg=False`` builds the
+    network without PyG (inference through the stacked pass only; starts faster);
+    ``precision`` ``"bf16"`` runs that pass in bfloat16 (see :data:`PRECISIONS`).
     """
+    if precision not in PRECISIONS:
+        raise InputError(f"--precision {precision!r} unknown; choose {' or '.join(PRECISIONS)}")
     path = Path(checkpoint)
     state_dict, saved = read_config(path)
     try:
         with rebuilding(path):
             config = ModelConfig.from_dict(saved)
-            model = config.build_model()
+            model = config.build_model(pyg)
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     if tasks is not None and list(tasks) != list(config.tasks):
@@ -106,4 +119,5 @@ def load_predictor(
     except CheckpointError as exc:
         raise InputError(str(exc)) from None
     dev = torch.device(device)
+    model.inference_dtype = PRECISIONS[precision]
     return Predictor(model.to(dev).eval(), config, path, dev)

@@ -115,6 +115,17 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
+def default_precision(device: str = "cpu") -> str:
+    """``bf16`` on a CPU with native bfloat16 arithmetic (AMX or AVX-512 BF16), else ``fp32``."""
+    if device != "cpu":
+        return "fp32"
+    return (
+        "bf16"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "fp32"
+    )
+
+
 def default_workers() -> int:
     """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
     n = os.cpu_count() or 1
