@@ -297,7 +297,7 @@ def screen(
     ] = None,
     batch_size: Annotated[
         int, typer.Option(help="Molecules per forward pass (small batches stay in cache).")
-    ] = 16,
+    ] = 32,
     chunk: Annotated[
         int, typer.Option(help="Molecules read (and sorted by size) at a time; bounds memory.")
     ] = 2048,

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -35,6 +35,9 @@ from triptych.matic.data import find_smiles_column
 from triptych.matic.featurize import DEFAULT, collate
 from triptych.matic.predictor import Predictor
 from triptych.matic.prefilter import Prefilter
+
+if TYPE_CHECKING:  # pandas only for the in-memory table; a file screen starts without it
+    import pandas as pd
 
 Row = tuple[int, str, str]  # (line number, SMILES, name)
 
@@ -146,7 +149,7 @@ class ScoredBatches(IterableDataset):
         self,
         chunks: Callable[[], Iterator[list[Row]]],
         scorer: Callable[[list[Row]], dict],
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> None:
         self.chunks, self.scorer, self.batch_size = chunks, scorer, batch_size
 
@@ -187,7 +190,7 @@ def _identity(item: dict) -> dict:
 def iter_scored(
     predictor: Predictor,
     chunks: Callable[[], Iterator[list[Row]]],
-    batch_size: int = 16,
+    batch_size: int = 32,
     workers: int | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
     """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
@@ -251,7 +254,7 @@ def screen_smiles(
     smiles: Sequence[str],
     names: Sequence[str] | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
@@ -259,6 +262,8 @@ def screen_smiles(
     Columns ``index, smiles, name, valid, p_<task>..., dual_score`` (NaN where invalid).
     The function a batch worker calls per shard, with the predictor loaded once.
     """
+    import pandas as pd
+
     names = list(names) if names is not None else [""] * len(smiles)
     rows = [(i, s, n) for i, (s, n) in enumerate(zip(smiles, names, strict=True))]
     prob = np.full((len(rows), len(predictor.tasks)), np.nan, dtype=np.float32)
@@ -285,7 +290,7 @@ def screen(
     out: str | Path,
     *,
     chunk: int = 2048,
-    batch_size: int = 16,
+    batch_size: int = 32,
     smiles_col: str | None = None,
     workers: int | None = None,
     prefilter: Prefilter | None = None,
