@@ -126,16 +126,6 @@ def main() -> None:
             cpu,
             **agreement(ref, out),
         )
-    for bs in (32,):
-        wall, cpu, out = forward(bs, torch.bfloat16)
-        add(
-            "PLE forward",
-            f"batch {bs}, bf16 autocast, 1 thread",
-            len(smiles),
-            wall,
-            cpu,
-            **agreement(ref, out),
-        )
     torch.set_num_threads(2)
     wall, cpu, _ = forward(32, None)
     add("PLE forward", "batch 32, fp32, 2 threads", len(smiles), wall, cpu)

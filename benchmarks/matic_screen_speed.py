@@ -529,6 +529,7 @@ def main() -> None:
         runs += [r for r in earlier["runs"] if r["what"] == "screen"]
         args.prefilter_fit = earlier.get("prefilter_fit")
         args.screen_pairs = len(screen_pairs)
+        args.fraction = earlier["settings"]["prefilter_fraction"]  # the fraction those screens ran
         for k in range(args.train_pairs):
             train_pair(k)
         report(args, screen_pairs, train_pairs, runs, earlier.get("stacked_vs_pyg"))

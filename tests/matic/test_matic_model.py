@@ -253,3 +253,16 @@ def test_screening_imports_no_pyg(trained):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_padded_batches_score_like_unpadded(trained, smiles12):
+    """Padding a batch to a bucket of atoms (one extra, dropped molecule) leaves every real molecule's score."""
+    from triptych.matic.featurize import DEFAULT, collate
+
+    p = load_predictor(trained, pyg=False)
+    graphs = [g for g in (DEFAULT.arrays(s) for s in smiles12) if g is not None]
+    x, ei, ea, b = collate(graphs, bucket=16)
+    assert x.shape[0] % 16 == 0 and ei.shape[1] % 32 == 0 and int(b.max()) == len(graphs)
+    with torch.inference_mode():
+        plain = torch.sigmoid(p.model(*collate(graphs)).logits).numpy()
+    np.testing.assert_allclose(p.probabilities(graphs), plain, rtol=1e-5, atol=1e-6)

@@ -258,12 +258,29 @@ def to_data(arrays: GraphArrays) -> Data:
     )
 
 
-def collate(graphs: Sequence[GraphArrays]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(
+    graphs: Sequence[GraphArrays], bucket: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Arrays of several molecules -> one disjoint-union batch ``(x, edge_index, edge_attr, batch)``, as PyG's ``Batch``.
 
     Done in numpy, which is cheaper than building a ``Data`` per molecule and calling
     ``Batch.from_data_list`` when the graphs come straight from the featuriser.
+    ``bucket > 0`` appends one padding molecule (featureless atoms, self-loop edges) so that
+    the atom count is a multiple of ``bucket`` and the edge count of ``2 * bucket``: oneDNN
+    (bf16 on CPU) builds a kernel per matrix shape, and batches of a few shapes reuse them.
+    The padding molecule is the last graph; drop its outputs.
     """
+    if bucket and graphs:
+        n = sum(g[0].shape[0] for g in graphs)
+        e = sum(g[1].shape[1] for g in graphs)
+        pn, pe = bucket - n % bucket, 2 * bucket - e % (2 * bucket)
+        loops = np.arange(pe) % pn
+        pad = (
+            np.zeros((pn, graphs[0][0].shape[1]), np.float32),
+            np.stack([loops, loops]),
+            np.zeros((pe, graphs[0][2].shape[1]), np.float32),
+        )
+        graphs = [*graphs, pad]
     sizes = np.array([g[0].shape[0] for g in graphs], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     edge_index = np.concatenate([g[1] + off for g, off in zip(graphs, offsets, strict=True)], axis=1)

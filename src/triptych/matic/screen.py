@@ -32,7 +32,7 @@ from triptych.core.inputs import input_file, open_text
 from triptych.core.io import atomic_write
 from triptych.core.progress import progress_bar
 from triptych.matic.data import find_smiles_column
-from triptych.matic.featurize import DEFAULT, collate
+from triptych.matic.featurize import DEFAULT
 from triptych.matic.predictor import Predictor
 from triptych.matic.prefilter import Prefilter
 
@@ -172,10 +172,7 @@ def score_batch(predictor: Predictor, rows: Sequence[Row]) -> dict:
     good = [g for g in graphs if g is not None]
     probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
     if good:
-        with torch.inference_mode():
-            x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in collate(good))
-            logits = predictor.model(x, edge_index, edge_attr, batch).logits
-            probs = torch.sigmoid(logits).float().cpu().numpy()
+        probs = predictor.probabilities(good)
     return {"rows": list(rows), "valid": valid, "probs": probs}
 
 
