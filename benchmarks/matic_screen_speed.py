@@ -540,6 +540,7 @@ def main() -> None:
 
         earlier = json.loads((args.out / "results.json").read_text())
         train_pairs += earlier["train_pairs"]
+        args.epochs = earlier["settings"]["epochs"]  # the E those training pairs ran
         for pair in train_pairs:
             add_epoch_times(pair, work, args.epochs)
         runs += [r for r in earlier["runs"] if r["what"] == "train"]
