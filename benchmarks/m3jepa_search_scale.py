@@ -2,20 +2,24 @@
 
 The collection is every Flickr8k image's real index-side vector (the trained aligner's keys and
 own predictions, fused, as `triptych m3jepa index` stores them) plus synthetic items up to
-``--n``: each synthetic vector is drawn from a Gaussian with the real vectors' mean and full
-covariance, and every unit-norm block of it (each member's key and own prediction) is
-renormalised to the norm the real blocks have. Every item's QB-norm bias is computed from the
+``--n``. With ``--bandwidth 0`` each synthetic vector is drawn from a Gaussian with the real
+vectors' mean μ and full covariance Σ; with ``--bandwidth h > 0`` by a smoothed bootstrap,
+x = μ + (r − μ + h·e)/sqrt(1 + h²) with r a uniformly drawn real vector and e ~ N(0, Σ) (again mean
+μ and covariance Σ, but items gather around real ones as a collection's items gather around
+themes). Every unit-norm block of x (each member's key and own prediction) is then renormalised
+to the norm the real blocks have. Every item's QB-norm bias is computed from the
 same querybank of training captions with the bounded-memory :func:`~triptych.m3jepa.querybank.hubness`,
 and the folded vectors [K/c, -b] go to a memory-mapped .npy (the exact search's input) and
-then, streamed by blocks, into the IVF index. Queries are the test split's real captions.
+then, streamed by blocks, into the ANN index. Queries are the test split's real captions.
 
 Phases run as separate processes so each reports its own peak RSS:
 
 1. ``prepare`` (aligner + cache): real vectors, the bank, the test queries;
 2. ``build``: synthetic items, biases, folded vectors, metadata (SQLite), the IVF index (timed);
-3. ``exact``: the exact top-10 of each query over all N (ground truth, and exact latency);
-4. ``query``: the memory-mapped IVF index, one query at a time, one thread: latency p50/p95 and
-   Recall@10 against exact search for each ``--nprobe``;
+3. ``exact``: the exact top-10 of each query over all N (ground truth, and exact latency), and
+   each caption's own image's rank among its split, the real images and all N;
+4. ``query``: the memory-mapped ANN index, one query at a time, one thread: latency p50/p95 and
+   Recall@10 against exact search for each ``--nprobe`` (or ``--ef-search``) and ``--rerank``;
 5. ``encoder``: the text encoder + predictor latency per caption (excluded from 4, reported apart).
 
 Example:
@@ -46,6 +50,10 @@ def peak_rss_mb() -> float:
 
 def save_json(path: Path, record: dict[str, Any]) -> None:
     path.write_text(json.dumps(record, indent=1))
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
 
 # ---- phases ------------------------------------------------------------------------------------
@@ -258,12 +266,64 @@ def exact(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         best_i = cand_i.gather(1, pos)
     seconds = time.perf_counter() - start
     np.save(work / "exact_top10.npy", best_i.numpy())
-    # the own image's exact rank among all N (how far real distractors + synthetic ones push it)
     return {
         "queries": len(queries),
         "seconds": seconds,
         "ms_per_query_batched": 1000 * seconds / len(queries),
+        "own_image": own_image_ranks(queries, folded, work, args.block),
+        "metadata_rows_match": metadata_rows_match(work),
         "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def metadata_rows_match(work: Path) -> bool:
+    """Rows 0..n_real-1 of the index's metadata name the real images in the order their vectors were stored."""
+    from itertools import islice
+
+    from triptych.m3jepa.index_store import MetadataColumn
+
+    images = json.loads((work / "prepare.json").read_text())["images"]
+    stored = MetadataColumn(work / "index" / "metadata.sqlite", "image", "path")
+    return list(islice(iter(stored), len(images))) == images
+
+
+def own_image_ranks(queries: Any, folded: np.ndarray, work: Path, block: int) -> dict[str, Any]:
+    """Each caption's own image: its exact rank among the real images alone and among all N items.
+
+    Separates crowding (real look-alikes and the synthetic items drawn around them outscoring the
+    own image) from a row/metadata mismatch: among the real images the ranks must match the
+    aligner's usual retrieval quality.
+    """
+    import torch
+
+    every = np.load(work / "query_image.npy")  # all the split's captions, not only those queried
+    own = torch.from_numpy(every[: len(queries)])
+    n_real = len(np.load(work / "real.npy", mmap_mode="r"))
+    real = torch.from_numpy(np.array(folded[:n_real]))
+    scores = queries @ real.T
+    own_s = scores[torch.arange(len(queries)), own]
+    rank_real = (scores > own_s[:, None]).sum(1) + 1
+    test = torch.from_numpy(np.unique(every))  # the images of the queried split
+    rank_split = (scores[:, test] > own_s[:, None]).sum(1) + 1
+    above = torch.zeros(len(queries), dtype=torch.long)  # synthetic items outscoring the own image
+    for s in range(n_real, len(folded), block):
+        above += ((queries @ torch.from_numpy(np.array(folded[s : s + block])).T) > own_s[:, None]).sum(1)
+
+    def summary(rank: Any) -> dict[str, float]:
+        r = rank.double()
+        return {
+            "r_at_1": 100 * float((r <= 1).double().mean()),
+            "r_at_10": 100 * float((r <= 10).double().mean()),
+            "median_rank": float(r.median()),
+        }
+
+    return {
+        "split_images": len(test),
+        "real_images": n_real,
+        "among_split": summary(rank_split),
+        "among_real": summary(rank_real),
+        "among_all": summary(rank_real + above),
+        "synthetic_above_median": float(above.double().median()),
     }
 
 
@@ -375,8 +435,10 @@ def markdown(r: dict[str, Any]) -> str:
     fill = (
         "drawn from a Gaussian with their mean and full covariance"
         if not h
-        else f"drawn by a smoothed bootstrap around them (x = μ + (r − μ + {h:g}·e)/sqrt(1 + {h:g}²), r a random "
-        f"one of them, e ~ N(0, Σ): the same mean μ and covariance Σ, items gathered around existing ones)"
+        else f"drawn by a smoothed bootstrap around them (x = μ + (r − μ + {h:g}·e)/sqrt(1 + {h:g}²), r one of "
+        f"them drawn uniformly, e ~ N(0, Σ), μ and Σ their mean and covariance: the same mean and covariance, "
+        f"items gathered around existing ones, about {b['synthetic_items'] / max(b['real_items'], 1):.0f} "
+        f"around each)"
     )
     if p.get("synthetic_only"):
         source = (
@@ -426,7 +488,39 @@ def markdown(r: dict[str, Any]) -> str:
         + ".\n\n"
         + enc
         + "\n"
+        + own_image_text(x.get("own_image"), x.get("metadata_rows_match"))
+        + provenance(r)
     )
+
+
+def own_image_text(o: dict[str, Any] | None, matched: Any = None) -> str:
+    """The own-image diagnosis of the exact phase: the same ranks among the split, the real images, all N."""
+    if not o:
+        return ""
+    a, b, c = o["among_split"], o["among_real"], o["among_all"]
+    return (
+        f"\nOwn image, exact ranking (the caption's own image among the {o['split_images']:,} images of its "
+        f"split / all {o['real_images']:,} real images / all items): R@1 {a['r_at_1']:.1f} / {b['r_at_1']:.1f} / "
+        f"{c['r_at_1']:.1f} %, R@10 {a['r_at_10']:.1f} / {b['r_at_10']:.1f} / {c['r_at_10']:.1f} %, median rank "
+        f"{a['median_rank']:.0f} / {b['median_rank']:.0f} / {c['median_rank']:.0f}; a median "
+        f"{o['synthetic_above_median']:.0f} synthetic items outscore it.\n"
+        + (f"Metadata rows 0–{o['real_images'] - 1:,} name the real images in vector order: {matched}.\n")
+    )
+
+
+def provenance(r: dict[str, Any]) -> str:
+    """Each phase's command, time, load, and whether it ran under the timing lock (``/work/wt/timed``)."""
+    lines = ["\nProvenance (each phase is a process of its own):\n"]
+    for phase in PHASES:
+        run = r.get(phase, {}).get("run")
+        if run:
+            lo, hi = run["load_average_1min"]
+            how = "under the timing lock at full priority" if run["timed"] else "niced"
+            lines.append(
+                f"- {phase}: {run['started_utc']} – {run['finished_utc']}, 1-min load average {lo:.1f} → "
+                f"{hi:.1f}, {how}: `{run['command']}`\n"
+            )
+    return "".join(lines) if len(lines) > 1 else ""
 
 
 def args_threads(r: dict[str, Any]) -> int:
@@ -465,11 +559,12 @@ def main() -> None:
     parser.add_argument("--opq", action="store_true", help="IVF-PQ: an OPQ rotation before quantising")
     parser.add_argument(
         "--storage",
-        default="PQ",
-        help="IVF: PQ (fast-scan codes + exact re-ranking), Flat or SQ8; HNSW: Flat or SQ8",
+        default="SQ8",
+        help="IVF: SQ8 (8-bit codes, the index default), Flat, or PQ (4-bit fast-scan codes), codes "
+        "followed by exact re-ranking; HNSW: Flat or SQ8",
     )
     parser.add_argument(
-        "--rerank", default="200", help="PQ: candidates re-scored exactly (comma-separated: a sweep)"
+        "--rerank", default="50", help="SQ8 / PQ: candidates re-scored exactly (comma-separated: a sweep)"
     )
     parser.add_argument("--train-size", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=50_000)
@@ -503,7 +598,17 @@ def main() -> None:
             "query": lambda: query(args, work),
             "encoder": lambda: encoder(args, work),
         }[args.phase]
-        save_json(work / f"{args.phase}.json", fn())
+        started, load = utc_now(), os.getloadavg()
+        record = fn()
+        # provenance: what ran, when, at what load, and whether under the timing lock at full priority
+        record["run"] = {
+            "command": " ".join(["python", *sys.argv[: sys.argv.index("--phase")]]),
+            "started_utc": started,
+            "finished_utc": utc_now(),
+            "load_average_1min": [load[0], os.getloadavg()[0]],
+            "timed": os.environ.get("TRIPTYCH_TIMED") == "1",
+        }
+        save_json(work / f"{args.phase}.json", record)
         return
     skip = {s for s in args.skip.split(",") if s}
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from triptych.m3jepa.ann import AnnConfig, AnnIndex, fold, fold_queries, to_distance
+from triptych.m3jepa.ann import AnnConfig, AnnIndex, build_ann, fold, fold_queries, to_distance
 from triptych.m3jepa.index_store import SearchIndex, load_index
 from triptych.m3jepa.querybank import hubness
 from triptych.m3jepa.search import Searcher
@@ -57,7 +57,7 @@ def make_index(n: int = 3000, p: int = 8) -> SearchIndex:
     return index
 
 
-@pytest.mark.parametrize("storage", ["PQ", "Flat"])
+@pytest.mark.parametrize("storage", ["SQ8", "PQ", "Flat"])
 def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tmp_path, storage):
     """Every cell visited (and, for PQ codes, every candidate re-scored): the exact search's rows and scores."""
     index = make_index()
@@ -67,7 +67,7 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
             kind="IVF", nlist=16, nprobe=16, storage=storage, rerank=3000, train_size=1000, block_size=700
         ),
     )
-    want = "IVF16,PQ8x4fs" if storage == "PQ" else "IVF16,Flat"  # 17 folded dims, padded to 32
+    want = "IVF16,PQ8x4fs" if storage == "PQ" else f"IVF16,{storage}"  # 17 folded dims, padded to 32
     assert set(index.ann) == {"image", "text"} and index.ann["image"]["kind"] == want
     shutil.move(tmp_path / "idx", tmp_path / "moved")  # the lists file is found next to the index file
     loaded = load_index(tmp_path / "moved")
@@ -84,6 +84,30 @@ def test_approximate_search_visiting_every_cell_is_exact_and_the_folder_moves(tm
         assert r_a.tolist() == r_e.tolist()
         torch.testing.assert_close(s_a, s_e, atol=1e-5, rtol=0)
         torch.testing.assert_close(c_a, c_e, atol=1e-5, rtol=0)  # cosine = score + bias, recovered
+
+
+def test_default_is_ivf_sq8_and_the_rerank_depth_follows_the_storage():
+    """SQ8 codes order candidates almost exactly (50 re-scored); 4-bit PQ needs more; exact lists none."""
+    assert (AnnConfig().kind, AnnConfig().storage, AnnConfig().rerank_depth()) == ("IVF", "SQ8", 50)
+    assert AnnConfig(storage="PQ").rerank_depth() == 200 and AnnConfig(storage="Flat").rerank_depth() == 0
+    assert AnnConfig(storage="PQ", rerank=2000).rerank_depth() == 2000
+    # a record written before the per-storage default (rerank stored as a number) reads back as it was
+    assert AnnConfig.from_record({"storage": "PQ", "rerank": 500, "nlist": 4}).rerank_depth() == 500
+
+
+def test_on_disk_lists_build_into_a_relative_folder(tmp_path, monkeypatch):
+    """The on-disk merge runs inside the index folder: a relative folder (as a CLI user gives) must still work."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(6)
+    folded = fold(unit(rng.normal(size=(900, 8))), rng.uniform(0.1, 0.3, 900), 2.0)
+    config = AnnConfig(kind="IVF", storage="SQ8", nlist=8, nprobe=8, train_size=900, block_size=400)
+    record = build_ann(
+        folded, (folded[s : s + 400] for s in range(0, 900, 400)), 900, "rel/idx", "image", config
+    )
+    assert record["kind"] == "IVF8,SQ8" and (tmp_path / "rel/idx/ann_image.ivfdata").is_file()
+    q = fold_queries(unit(rng.normal(size=(4, 16))))
+    rows = AnnIndex("rel/idx", "image").search(q, 5, vectors=lambda r: folded[r])[1]
+    assert rows.tolist() == np.argsort(-(q @ folded.T), 1)[:, :5].tolist()  # every cell visited: exact
 
 
 def test_fewer_cells_trade_recall_for_speed_and_recall_is_measured(tmp_path):

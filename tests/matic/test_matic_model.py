@@ -226,3 +226,43 @@ def test_stacked_pass_trains_like_pyg(smiles12):
         grads.append([p.grad.clone() for p in model.parameters()])
     for g1, g2 in zip(*grads, strict=True):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+
+
+def test_pyg_free_predictor_and_bf16_agree_with_pyg(trained, smiles12):
+    """The screen's model (no PyG modules, cached stacked weights) equals PyG's; bf16 keeps the ranking."""
+    ref = load_predictor(trained)
+    ref.model.stacked = False
+    base = ref.predict_proba(smiles12)
+    fast = load_predictor(trained, pyg=False)
+    np.testing.assert_allclose(fast.predict_proba(smiles12), base, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast.predict_proba(smiles12), base, rtol=1e-5, atol=1e-6)  # cached weights
+    half = load_predictor(trained, pyg=False, precision="bf16").predict_proba(smiles12)
+    np.testing.assert_allclose(half, base, atol=2e-2)
+    with pytest.raises(InputError, match="--precision"):
+        load_predictor(trained, precision="fp8")
+
+
+def test_screening_imports_no_pyg(trained):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from triptych.matic.predictor import load_predictor; "
+        f"p = load_predictor({str(trained)!r}, pyg=False); p.predict_proba(['CCO']); "
+        "import triptych.matic.screen; print('torch_geometric' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_padded_batches_score_like_unpadded(trained, smiles12):
+    """Padding a batch to a bucket of atoms (one extra, dropped molecule) leaves every real molecule's score."""
+    from triptych.matic.featurize import DEFAULT, collate
+
+    p = load_predictor(trained, pyg=False)
+    graphs = [g for g in (DEFAULT.arrays(s) for s in smiles12) if g is not None]
+    x, ei, ea, b = collate(graphs, bucket=16)
+    assert x.shape[0] % 16 == 0 and ei.shape[1] % 32 == 0 and int(b.max()) == len(graphs)
+    with torch.inference_mode():
+        plain = torch.sigmoid(p.model(*collate(graphs)).logits).numpy()
+    np.testing.assert_allclose(p.probabilities(graphs), plain, rtol=1e-5, atol=1e-6)

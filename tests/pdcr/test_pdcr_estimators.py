@@ -45,6 +45,22 @@ def setup():
     return model, image, roi, bank, truth
 
 
+def _explain(setup, estimator: str, bank_size: int, seed: int = 0):
+    """The block ATE map of the toy problem by ``estimator``, the bank's patches ``bank_size`` wide."""
+    model, image, roi, bank, _ = setup
+    return explain_regions(
+        model,
+        image,
+        roi,
+        outcome="soft_mass",
+        intervention=bank(bank_size),
+        block=8,
+        estimator=estimator,
+        seed=seed,
+        show_progress=False,
+    )
+
+
 def _errors(exp, truth):
     rows = []
     for b, t in truth.items():
@@ -54,18 +70,8 @@ def _errors(exp, truth):
 
 
 def test_reference_recovers_known_ates_within_se(setup):
-    model, image, roi, bank, truth = setup
-    exp = explain_regions(
-        model,
-        image,
-        roi,
-        outcome="soft_mass",
-        intervention=bank(8),
-        block=8,
-        estimator="reference",
-        seed=0,
-        show_progress=False,
-    )
+    truth = setup[-1]
+    exp = _explain(setup, "reference", 8, seed=0)
     rows = _errors(exp, truth)
     estimated = rows[:, 1] != 0
     assert estimated.sum() >= 8  # the strong blocks are found
@@ -104,29 +110,9 @@ def test_reference_screen_and_dead_zone_rule(setup):
 
 
 def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
-    model, image, roi, bank, truth = setup
-    ref = explain_regions(
-        model,
-        image,
-        roi,
-        outcome="soft_mass",
-        intervention=bank(8),
-        block=8,
-        estimator="reference",
-        seed=0,
-        show_progress=False,
-    )
-    ada = explain_regions(
-        model,
-        image,
-        roi,
-        outcome="soft_mass",
-        intervention=bank(32),
-        block=8,
-        estimator="adaptive",
-        seed=0,
-        show_progress=False,
-    )
+    truth = setup[-1]
+    ref = _explain(setup, "reference", 8, seed=0)
+    ada = _explain(setup, "adaptive", 32, seed=0)
     rows = _errors(ada, truth)
     strong = np.abs(rows[:, 0]) > 0.3
     assert strong.sum() >= 5
@@ -149,29 +135,9 @@ def test_adaptive_recovers_with_fewer_passes_and_is_reproducible(setup):
         for r in ada.blocks
         if r["n"] and r["ate"] == 0 and r["mean"] == 0 and r["status"] not in ("relevant", "skipped")
     )
-    again = explain_regions(
-        model,
-        image,
-        roi,
-        outcome="soft_mass",
-        intervention=bank(32),
-        block=8,
-        estimator="adaptive",
-        seed=0,
-        show_progress=False,
-    )
+    again = _explain(setup, "adaptive", 32, seed=0)
     np.testing.assert_array_equal(ada.ate, again.ate)
-    other = explain_regions(
-        model,
-        image,
-        roi,
-        outcome="soft_mass",
-        intervention=bank(32),
-        block=8,
-        estimator="adaptive",
-        seed=1,
-        show_progress=False,
-    )
+    other = _explain(setup, "adaptive", 32, seed=1)
     assert not np.array_equal(ada.ate, other.ate)
 
 

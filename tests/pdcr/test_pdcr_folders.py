@@ -94,22 +94,14 @@ def test_png_split_folder_trains_explains_benchmarks_and_compares(tmp_path):
         tmp_path / "expl",
     )
     assert np.load(tmp_path / "expl" / "ate.npy").shape == (32, 32)  # the model's 32² window
+    # the options benchmark and compare share
+    shared = ["--data", f"folder:{data}", "--rois", "2", "--models-dir", models, "--crop", "32"]
+    shared += ["--roi-size", "8", "--max-draws", "4"]
     bench = run(
         "benchmark",
-        "--data",
-        f"folder:{data}",
+        *shared,
         "--archs",
         "unet",
-        "--rois",
-        "2",
-        "--models-dir",
-        models,
-        "--crop",
-        "32",
-        "--roi-size",
-        "8",
-        "--max-draws",
-        "4",
         "--steps",
         "4",
         "--rise-masks",
@@ -126,20 +118,9 @@ def test_png_split_folder_trains_explains_benchmarks_and_compares(tmp_path):
     assert {r["image"] for r in details["rois"]} <= {"te0", "te1"}  # RoIs only on test images
     run(
         "compare",
-        "--data",
-        f"folder:{data}",
+        *shared,
         "--archs",
         "unet,attention_unet",
-        "--rois",
-        "2",
-        "--models-dir",
-        models,
-        "--crop",
-        "32",
-        "--roi-size",
-        "8",
-        "--max-draws",
-        "4",
         "--out",
         tmp_path / "compare",
     )

@@ -277,14 +277,16 @@ def index(
         ),
     ] = 50000,
     ann_kind: Annotated[
-        str, typer.Option(help="IVF (k-means cells; PQ codes + exact re-ranking) or HNSW (a graph).")
+        str, typer.Option(help="IVF (k-means cells; SQ8 codes + exact re-ranking) or HNSW (a graph).")
     ] = "IVF",
     ann_storage: Annotated[
         str,
         typer.Option(
-            help="IVF: PQ (4-bit codes, re-ranked), Flat or SQ8 (lists on disk); HNSW: Flat or SQ8."
+            help="IVF: SQ8 (8-bit codes, lists on disk, re-ranked), Flat (lists on disk) or PQ "
+            "(4-bit codes in RAM, re-ranked; needs a deeper --rerank on clustered collections); "
+            "HNSW: Flat or SQ8."
         ),
-    ] = "PQ",
+    ] = "SQ8",
     nlist: Annotated[int, typer.Option(help="IVF cells (0: about 4·sqrt(N)).")] = 0,
     nprobe: Annotated[
         int, typer.Option(help="IVF: cells a query visits by default (more: better recall, slower).")
@@ -292,7 +294,10 @@ def index(
     ef_search: Annotated[
         int, typer.Option(help="HNSW: candidates a query keeps (more: better recall, slower).")
     ] = 64,
-    rerank: Annotated[int, typer.Option(help="PQ / SQ8: candidates re-scored exactly.")] = 200,
+    rerank: Annotated[
+        int | None,
+        typer.Option(help="SQ8 / PQ: candidates re-scored exactly (default: 50 for SQ8, 200 for PQ)."),
+    ] = None,
     batch_size: Annotated[
         int, typer.Option(min=1, help="Images per encoder call (8: fastest on CPU; more on a GPU).")
     ] = 8,

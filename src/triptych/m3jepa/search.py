@@ -229,7 +229,7 @@ class Searcher:
             return best, rows, cosine.gather(1, rows)
         from triptych.m3jepa.ann import fold_queries
 
-        # PQ codes find candidates; their exact scores come from the index's memory-mapped vectors
+        # the codes (SQ8 or PQ) find candidates; their exact scores come from the memory-mapped vectors
         best, rows = ann.search(
             fold_queries(q.numpy()), k, vectors=lambda r: self.index.folded(modality, torch.from_numpy(r))
         )

@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from rdkit import RDLogger
 from rdkit.Chem.Scaffolds import MurckoScaffold
 
@@ -22,6 +22,9 @@ from triptych.core.errors import InputError
 from triptych.core.inputs import read_text
 from triptych.matic.chem import canonical as canonical_smiles
 from triptych.matic.chem import parse
+
+if TYPE_CHECKING:  # pandas is imported where a table is read: screening starts without it
+    import pandas as pd
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -56,6 +59,8 @@ class MolTable:
 
 def read_csv_frame(path: Path) -> pd.DataFrame:
     """A user's molecule CSV (plain or gzip, any encoding :mod:`triptych.core.inputs` reads) as strings."""
+    import pandas as pd
+
     text = read_text(path, hint="give a CSV with a SMILES column and label columns")
     if not text.strip():
         raise InputError(
@@ -87,6 +92,8 @@ def find_smiles_column(columns: list[str], smiles_col: str | None, path: Path) -
 
 
 def _parse_labels(df: pd.DataFrame, cols: list[str], path: Path) -> np.ndarray:
+    import pandas as pd
+
     labels = np.full((len(df), len(cols)), np.nan)
     for j, c in enumerate(cols):
         raw = df[c].str.strip()
@@ -360,6 +367,8 @@ def build_embedded(redial_dir: str | Path, out: str | Path) -> MolTable:
 
     ACTIVE -> 1, INACTIVE -> 0; a label is missing where only one assay measured the compound.
     """
+    import pandas as pd
+
     from triptych.core.io import write_bytes
 
     redial_dir = Path(redial_dir)

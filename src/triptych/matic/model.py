@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.models import AttentiveFP
 
 from triptych.matic.featurize import ATOM_DIM, BOND_DIM
-from triptych.matic.stacked import stacked_attentive_fp
+from triptych.matic.stacked import AttentiveFPParams, StackedWeights, stack_weights, stacked_attentive_fp
 
 KIND = "matic.predictor"  # checkpoint kind of a trained predictor
 ARCHS = ("ple", "mmoe", "single")
@@ -35,14 +34,27 @@ class Expert(nn.Module):
 
     The attention is the softmax of the virtual super node over a molecule's atoms in
     the last readout step (PyG's ``mol_conv``), caught with a PyG edge-update hook.
+    ``pyg=False`` holds the same parameters without PyG (:class:`AttentiveFPParams`), for
+    the stacked pass only.
     """
 
     def __init__(
-        self, out_channels: int, hidden: int = 150, layers: int = 3, timesteps: int = 1, dropout: float = 0.1
+        self,
+        out_channels: int,
+        hidden: int = 150,
+        layers: int = 3,
+        timesteps: int = 1,
+        dropout: float = 0.1,
+        pyg: bool = True,
     ) -> None:
         super().__init__()
-        self.net = AttentiveFP(ATOM_DIM, hidden, out_channels, BOND_DIM, layers, timesteps, dropout)
         self.attention: Tensor | None = None  # [atoms] after each forward
+        if not pyg:
+            self.net = AttentiveFPParams(ATOM_DIM, hidden, out_channels, BOND_DIM, layers, timesteps, dropout)
+            return
+        from torch_geometric.nn.models import AttentiveFP  # only here: PyG's import costs seconds
+
+        self.net = AttentiveFP(ATOM_DIM, hidden, out_channels, BOND_DIM, layers, timesteps, dropout)
         self.net.mol_conv.register_edge_update_forward_hook(self._keep_attention)
 
     def _keep_attention(self, module: nn.Module, inputs: tuple, alpha: Tensor) -> None:
@@ -108,6 +120,7 @@ class MultiTaskAttentiveFP(nn.Module):
         timesteps: int = 1,
         dropout: float = 0.1,
         tower_hidden: int = 32,
+        pyg: bool = True,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -126,7 +139,7 @@ class MultiTaskAttentiveFP(nn.Module):
         self.n_shared, self.n_private = n_shared, n_private
         n_experts = n_shared + n_private * n_tasks
         self.experts = nn.ModuleList(
-            Expert(hidden, hidden, layers, timesteps, dropout) for _ in range(n_experts)
+            Expert(hidden, hidden, layers, timesteps, dropout, pyg) for _ in range(n_experts)
         )
         shared = list(range(n_shared))
         # Task t's gate ranks its private experts first, then the shared ones.
@@ -138,22 +151,31 @@ class MultiTaskAttentiveFP(nn.Module):
             for members in self.gate_experts:
                 k = len(members)
                 self.gates.append(
-                    Expert(k, hidden, layers, timesteps, dropout)
+                    Expert(k, hidden, layers, timesteps, dropout, pyg)
                     if gate == "full"
                     else nn.Linear(k * hidden, k)
                 )
+        self.pyg = pyg  # False: no PyG modules, so only the stacked pass can run
         self.stacked = (
             True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
         )
+        # Inference only: the dtype of the stacked pass (bfloat16 uses the CPU's AMX/AVX-512 BF16 units).
+        self.inference_dtype = torch.float32
+        self._cache: tuple[tuple, StackedWeights] | None = None
         self.towers = make_towers(n_tasks, hidden, tower_hidden, dropout)
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, batch: Tensor) -> Output:
         """Atoms ``x [N, 39]``, ``edge_index [2, E]``, bonds ``edge_attr [E, 10]``, graph ids ``batch [N]`` -> :class:`Output`."""
         args = (x, edge_index, edge_attr, batch)
         full = self.gate_kind == "full" and len(self.gates) > 0
-        if self.stacked:  # every Attentive FP (experts, then full gates) in one batched pass
+        if self.stacked or not self.pyg:  # every Attentive FP (experts, then full gates) in one batched pass
             nets = [e.net for e in self.experts] + ([g.net for g in self.gates] if full else [])
-            outs, att = stacked_attentive_fp(nets, *args)
+            w = self._inference_weights(nets)
+            dtype = x.dtype if w is None else self.inference_dtype
+            outs, att = stacked_attentive_fp(
+                nets, x.to(dtype), edge_index, edge_attr.to(dtype), batch, weights=w
+            )
+            outs, att = [o.float() for o in outs], att.float()
             expert_out, gate_logits = outs[: len(self.experts)], outs[len(self.experts) :]
             attention = att[:, : len(self.experts)]
         else:  # PyG's AttentiveFP network by network (the reference the stacked pass is tested against)
@@ -170,6 +192,28 @@ class MultiTaskAttentiveFP(nn.Module):
         gates, task_emb = cgc_mix(emb, self.gate_experts, gate)
         logits = torch.cat([tower(task_emb[:, t]) for t, tower in enumerate(self.towers)], dim=1)
         return Output(logits, gates, [list(m) for m in self.gate_experts], emb, task_emb, attention)
+
+    def _inference_weights(self, nets: list[nn.Module]) -> StackedWeights | None:
+        """Without autograd, the stacked weights, built once and reused while the parameters stay unchanged.
+
+        Stacking copies every weight (about 3 M numbers for the paper's PLE), which is
+        a few percent of a small batch's forward; in training it must run every step.
+        """
+        if self.training or torch.is_grad_enabled():
+            return None
+        params = list(self.parameters())
+        key = (self.inference_dtype, *((q.data_ptr(), q._version) for q in params))
+        if self._cache is None or self._cache[0] != key:
+            layers = len(nets[0].atom_convs) + 1
+            w = stack_weights([dict(m.named_parameters()) for m in nets], layers)
+            w = {
+                k: [t.to(self.inference_dtype) for t in v]
+                if isinstance(v, list)
+                else v.to(self.inference_dtype).contiguous()
+                for k, v in w.items()
+            }
+            self._cache = (key, w)
+        return self._cache[1]
 
     def expert_names(self, tasks: list[str]) -> list[str]:
         """Human names of the experts: ``shared``/``shared-k`` or ``<task>-private``/``<task>-private-k``."""
@@ -200,7 +244,8 @@ class ModelConfig:
         """The model part of a saved config (a checkpoint's config also holds the training settings)."""
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
-    def build_model(self) -> MultiTaskAttentiveFP:
+    def build_model(self, pyg: bool = True) -> MultiTaskAttentiveFP:
+        """The network; ``pyg=False`` for inference without importing PyG (stacked pass only)."""
         return MultiTaskAttentiveFP(
             len(self.tasks),
             self.arch,
@@ -211,4 +256,5 @@ class ModelConfig:
             self.layers,
             self.timesteps,
             self.dropout,
+            pyg=pyg,
         )

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
@@ -32,9 +32,12 @@ from triptych.core.inputs import input_file, open_text
 from triptych.core.io import atomic_write
 from triptych.core.progress import progress_bar
 from triptych.matic.data import find_smiles_column
-from triptych.matic.featurize import DEFAULT, collate
+from triptych.matic.featurize import DEFAULT
 from triptych.matic.predictor import Predictor
 from triptych.matic.prefilter import Prefilter
+
+if TYPE_CHECKING:  # pandas only for the in-memory table; a file screen starts without it
+    import pandas as pd
 
 Row = tuple[int, str, str]  # (line number, SMILES, name)
 
@@ -115,6 +118,17 @@ def count_lines(path: Path) -> int:
         return sum(1 for _ in handle)
 
 
+def default_precision(device: str = "cpu") -> str:
+    """``bf16`` on a CPU with native bfloat16 arithmetic (AMX or AVX-512 BF16), else ``fp32``."""
+    if device != "cpu":
+        return "fp32"
+    return (
+        "bf16"
+        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        else "fp32"
+    )
+
+
 def default_workers() -> int:
     """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
     n = os.cpu_count() or 1
@@ -135,7 +149,7 @@ class ScoredBatches(IterableDataset):
         self,
         chunks: Callable[[], Iterator[list[Row]]],
         scorer: Callable[[list[Row]], dict],
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> None:
         self.chunks, self.scorer, self.batch_size = chunks, scorer, batch_size
 
@@ -158,10 +172,7 @@ def score_batch(predictor: Predictor, rows: Sequence[Row]) -> dict:
     good = [g for g in graphs if g is not None]
     probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
     if good:
-        with torch.inference_mode():
-            x, edge_index, edge_attr, batch = (t.to(predictor.device) for t in collate(good))
-            logits = predictor.model(x, edge_index, edge_attr, batch).logits
-            probs = torch.sigmoid(logits).float().cpu().numpy()
+        probs = predictor.probabilities(good)
     return {"rows": list(rows), "valid": valid, "probs": probs}
 
 
@@ -176,7 +187,7 @@ def _identity(item: dict) -> dict:
 def iter_scored(
     predictor: Predictor,
     chunks: Callable[[], Iterator[list[Row]]],
-    batch_size: int = 16,
+    batch_size: int = 32,
     workers: int | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
     """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
@@ -240,7 +251,7 @@ def screen_smiles(
     smiles: Sequence[str],
     names: Sequence[str] | None = None,
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     workers: int = 0,
 ) -> pd.DataFrame:
     """Score a list of SMILES in memory: one row per input, in input order.
@@ -248,6 +259,8 @@ def screen_smiles(
     Columns ``index, smiles, name, valid, p_<task>..., dual_score`` (NaN where invalid).
     The function a batch worker calls per shard, with the predictor loaded once.
     """
+    import pandas as pd
+
     names = list(names) if names is not None else [""] * len(smiles)
     rows = [(i, s, n) for i, (s, n) in enumerate(zip(smiles, names, strict=True))]
     prob = np.full((len(rows), len(predictor.tasks)), np.nan, dtype=np.float32)
@@ -274,7 +287,7 @@ def screen(
     out: str | Path,
     *,
     chunk: int = 2048,
-    batch_size: int = 16,
+    batch_size: int = 32,
     smiles_col: str | None = None,
     workers: int | None = None,
     prefilter: Prefilter | None = None,
