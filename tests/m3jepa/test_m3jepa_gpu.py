@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from m3jepa_synth import DIMS, caption_set
+from tiny_hf import tiny_bert, tiny_dinov2
 
 from triptych.core.training import TrainerFlags
 from triptych.m3jepa.benchmark import split_tasks
@@ -91,14 +92,7 @@ def test_lora_finetuning_runs_on_cuda(tmp_path):
 def lora_on(tmp_path, device: str) -> None:
     import numpy as np
     from test_m3jepa_lora import PREDICTOR, dataset
-    from transformers import (
-        BertConfig,
-        BertModel,
-        BertTokenizerFast,
-        BitImageProcessor,
-        Dinov2Config,
-        Dinov2Model,
-    )
+    from transformers import BertTokenizerFast
 
     from triptych.m3jepa.data import read_caption_table
     from triptych.m3jepa.encoders import HFEncoder
@@ -110,26 +104,8 @@ def lora_on(tmp_path, device: str) -> None:
     )
     tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))  # no hub download
     torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=len(words) + 5,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
-    dino = Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=14,
-        )
-    )
-    processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    bert = tiny_bert(len(words) + 5)
+    dino, processor = tiny_dinov2()
     base = [p.detach().clone() for m in (bert, dino) for p in m.parameters()]
     encoders = {
         "image": HFEncoder("tiny-dinov2", dino, processor),

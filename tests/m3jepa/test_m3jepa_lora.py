@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_hf import tiny_bert, tiny_dinov2
 
 from triptych.core.errors import InputError
 from triptych.m3jepa.data import read_caption_table
@@ -17,29 +18,9 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white
 
 
 def tiny_models(tokenizer):
-    from transformers import BertConfig, BertModel, BitImageProcessor, Dinov2Config, Dinov2Model
-
     torch.manual_seed(0)
-    bert = BertModel(
-        BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-        )
-    )
-    dino = Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=28,
-            patch_size=14,
-        )
-    )
-    processor = BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    bert = tiny_bert(tokenizer.vocab_size)
+    dino, processor = tiny_dinov2()
     return bert, dino, processor
 
 
