@@ -101,10 +101,14 @@ class RegionProblem:
         self.stochastic = bool(intervention.stochastic)
         self.forward_passes = 0
         with torch.no_grad():
-            base = self.outcome(model.probabilities(image[None]))[0]
+            base = self.outcome(self.base_probabilities())[0]
         # one outcome: a float; several (one per RoI): an array (R,)
         self.base: Any = float(base) if base.ndim == 0 else base.double().cpu().numpy()
         self.forward_passes += 1
+
+    def base_probabilities(self) -> torch.Tensor:
+        """The model's probabilities on the unperturbed image, (1, C, *spatial)."""
+        return self.model.probabilities(self.image[None])
 
     def evaluate(self, batch: torch.Tensor) -> np.ndarray:
         with torch.no_grad():

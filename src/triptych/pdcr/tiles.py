@@ -28,7 +28,7 @@ import torch
 
 from triptych.pdcr.interventions import RegionIntervention
 from triptych.pdcr.models import SegmentationModel
-from triptych.pdcr.regions import Block, NoBar, RegionProblem, block_slices
+from triptych.pdcr.regions import Block, RegionProblem, block_slices
 from triptych.pdcr.roi import Outcome
 
 OVERLAP = 0.25  # as SegmentationModel._raw calls sliding_window_inference
@@ -143,14 +143,12 @@ class TiledRegionProblem(RegionProblem):
         batch_size: int = 32,
         cache: TileCache | None = None,
     ) -> None:
-        self.model, self.image, self.outcome, self.intervention = model, image, outcome, intervention
-        self.batch_size, self.bar = batch_size, NoBar()
-        self.stochastic = bool(intervention.stochastic)
         self.cache = cache or TileCache(model, image, batch_size)
-        with torch.no_grad():
-            base = outcome(self.cache.probabilities())[0]
-        self.base = float(base) if base.ndim == 0 else base.double().cpu().numpy()
-        self.forward_passes = 1  # perturbed images (the cache's tile_passes counts the tiles run)
+        # forward_passes counts perturbed images; the cache's tile_passes counts the tiles run
+        super().__init__(model, image, outcome, intervention, batch_size)
+
+    def base_probabilities(self) -> torch.Tensor:
+        return self.cache.probabilities()
 
     def draw(
         self, units: Sequence[Block], counts: Sequence[int], generator: torch.Generator
