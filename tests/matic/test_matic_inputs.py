@@ -297,3 +297,14 @@ def test_mutated_predictor_checkpoints_load_or_raise_input_error(checkpoint, tmp
     path = tmp_path / "m.safetensors"
     path.write_bytes(_mutate(data, [(8 + p % (header - 8), v) for p, v in edits], None))  # edit the header
     _only_user_errors(load_predictor, path)
+
+
+def test_screen_refuses_an_unknown_precision(checkpoint, tmp_path, monkeypatch, capsys):
+    smi = tmp_path / "x.smi"
+    smi.write_text("CCO\n")
+    result = run_cli(
+        ["matic", "screen", "--checkpoint", checkpoint, "--input", smi, "--precision", "fp8"],
+        monkeypatch,
+        capsys,
+    )
+    assert_one_line_error(result, "--precision 'fp8'", "choose auto, fp32 or bf16")

@@ -410,10 +410,13 @@ def screen(
     import torch
 
     from triptych.core.device import choose_device
+    from triptych.core.errors import InputError
     from triptych.matic.predictor import load_predictor
     from triptych.matic.screen import default_precision, default_workers
     from triptych.matic.screen import screen as run_screen
 
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"--precision {precision!r} unknown; choose auto, fp32 or bf16")
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
     # Worker processes take a core each (one thread); in process, the model gets every core.
     torch.set_num_threads(threads or (1 if feat_workers else (os.cpu_count() or 1)))
