@@ -1,14 +1,20 @@
 """Library-scale screening: wall time and peak memory of `triptych matic screen` on N MOSES SMILES.
 
-The library (the first N SMILES of MOSES train, as a gzipped .smi) is screened by the CLI as a
-whole process, into a folder (the Ray library path: standardisation, PLE scores, PAINS/Brenk,
-applicability domain against the model's training molecules). The process tree's resident
-memory (driver + Ray's processes + workers, summed) is sampled every 0.5 s; its peak is the
-number to hold under 2 GB. The model is the paper's default PLE (full gates) trained for one
-epoch on 256 embedded NCATS molecules: its weights do not change the cost, and no metric of it
-is reported. The machine is shared, so the load average is recorded beside every time.
+The library (the first N SMILES of MOSES train, as ``--files`` gzipped .smi shards) is screened
+by the CLI as a whole process, into a folder (the Ray library path: standardisation, PLE
+scores, PAINS/Brenk, applicability domain against the model's training molecules). With
+``--prefilter F`` the library is one gzipped .smi screened by the single-file cascade instead
+(a fingerprint model ranks every molecule, the PLE scores the top F; no standardisation,
+alerts or domain). The process tree's memory (driver + Ray's processes + workers) is sampled
+every 0.5 s with psutil (PSS summed: the real footprint; RSS summed; the largest single RSS);
+its peak is the number to hold under 2 GB. The command also runs under ``/usr/bin/time -v``
+(its maximum RSS: the largest process it waited for). The model is the paper's default PLE
+(full gates) trained for one epoch on 256 embedded NCATS molecules: its weights do not change
+the cost, and no metric of it is reported. The machine is shared, so the load average is
+sampled every 30 s and recorded beside the time.
 
-    python benchmarks/matic_screen_scale.py --n 1000000 --workers 2
+    python benchmarks/matic_screen_scale.py --n 1000000 --workers 2 --work /tmp/matic_scale
+    python benchmarks/matic_screen_scale.py --n 1000000 --prefilter 0.1 --work /tmp/matic_scale
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,15 +39,30 @@ if not MOSES.is_file():
     MOSES = Path("/work/shared/data/moses/train.csv.gz")
 
 
-def write_library(n: int, path: Path) -> int:
-    with gzip.open(MOSES, "rt") as src, gzip.open(path, "wt", compresslevel=1) as dst:
+def write_library(n: int, folder: Path, files: int = 1) -> tuple[int, list[Path]]:
+    """The first ``n`` MOSES train SMILES as ``files`` gzipped .smi parts (``SMILES mosesK``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per = -(-n // files)
+    paths = [folder / f"part-{i:03d}.smi.gz" for i in range(files)]
+    done = folder / f"done_{n}_{files}"
+    if done.is_file():  # written by an earlier run in the same --work folder
+        return n, paths
+    dst = None
+    k = 0
+    with gzip.open(MOSES, "rt") as src:
         next(src)  # header
-        k = 0
         for k, line in enumerate(src, start=1):
-            dst.write(f"{line.strip()} moses{k}\n")
+            if (k - 1) % per == 0:
+                if dst is not None:
+                    dst.close()
+                dst = gzip.open(paths[(k - 1) // per], "wt", compresslevel=1)  # noqa: SIM115
+            dst.write(f"{line.strip().split(',')[0]} moses{k}\n")
             if k == n:
                 break
-    return k
+    if dst is not None:
+        dst.close()
+    done.write_text(str(k))
+    return k, paths[: -(-k // per)]
 
 
 def train_model(folder: Path) -> Path:
@@ -54,6 +76,16 @@ def train_model(folder: Path) -> Path:
     model = train_predictor(splits, config, folder, progress=False)
     (folder / "train.smi").write_text("\n".join(splits.train.smiles) + "\n")
     return model
+
+
+def fit_prefilter(triptych: list[str], model: Path) -> dict:
+    """``prefilter.safetensors`` beside ``model`` (fitted once, untimed); its held-out fit report."""
+    from triptych.core.checkpoint import read_header
+
+    path = model.parent / "prefilter.safetensors"
+    if not path.is_file():
+        subprocess.run([*triptych, "prefilter", "--checkpoint", str(model)], check=True)
+    return read_header(path)["extra"]
 
 
 def tree_memory(pid: int) -> tuple[int, int, int]:
@@ -82,49 +114,70 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=10_000)
+    ap.add_argument("--files", type=int, default=10, help="gzipped .smi parts the library is written as")
+    ap.add_argument(
+        "--prefilter", type=float, default=None, help="screen one file with the cascade at this fraction"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "matic_screen_scale")
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temporary one).")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="matic_scale_"))
     work.mkdir(parents=True, exist_ok=True)
-    lib = work / "library.smi.gz"
-    n = write_library(args.n, lib)
+    files = 1 if args.prefilter else args.files
+    n, parts = write_library(args.n, work / f"library_{args.n}_{files}", files)
     model = work / "model" / "model.safetensors"
     if not model.is_file():  # a rerun in the same --work folder reuses the model
         model = train_model(work / "model")
-    out = work / f"screen_{n}_{args.workers}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "triptych.cli",
-        "matic",
-        "screen",
-        "--checkpoint",
-        str(model),
-        "--input",
-        str(lib),
-        "--out",
-        str(out),
-        "--workers",
-        str(args.workers),
-        "--shard-size",
-        str(args.shard_size),
-        "--domain-ref",
-        str(work / "model" / "train.smi"),
-    ]
+    triptych = [sys.executable, "-m", "triptych.cli", "matic"]
+    if args.prefilter:
+        prefilter_fit = fit_prefilter(triptych, model)
+        out = work / f"screen_{n}_prefilter{args.prefilter}.csv"
+        cmd = [*triptych, "screen", "--checkpoint", str(model), "--input", str(parts[0])]
+        cmd += ["--out", str(out), "--prefilter", str(args.prefilter)]
+        label = f"n{n}_prefilter{args.prefilter}"
+    else:
+        prefilter_fit = None
+        out = work / f"screen_{n}_{args.workers}"
+        cmd = [
+            *triptych,
+            "screen",
+            "--checkpoint",
+            str(model),
+            "--input",
+            str(parts[0].parent / "part-*.smi.gz"),
+        ]
+        cmd += ["--out", str(out), "--workers", str(args.workers), "--shard-size", str(args.shard_size)]
+        cmd += ["--domain-ref", str(work / "model" / "train.smi")]
+        label = f"n{n}_w{args.workers}"
+    cmd = ["/usr/bin/time", "-v", *cmd] if Path("/usr/bin/time").is_file() else cmd
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TRIPTYCH_QUIET": "1"}
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = np.zeros(3, dtype=np.int64)
+    loads, last_load = [os.getloadavg()[0]], time.perf_counter()
     while proc.poll() is None:
         peak = np.maximum(peak, tree_memory(proc.pid))
+        if time.perf_counter() - last_load >= 30:
+            loads.append(os.getloadavg()[0])
+            last_load = time.perf_counter()
         time.sleep(0.5)
     wall = time.perf_counter() - start
     output = proc.stdout.read()
     if proc.returncode:
         sys.exit(f"screen failed ({proc.returncode}):\n{output}")
-    summary = json.loads((out / "summary.json").read_text())
+    if args.prefilter:
+        import pandas as pd
+
+        table = pd.read_csv(out, usecols=["dual_score"])
+        summary = {
+            "n_valid": len(table),
+            "n_duplicates": None,
+            "n_ple_scored": int(table["dual_score"].notna().sum()),
+        }
+    else:
+        summary = json.loads((out / "summary.json").read_text())
+    max_rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", output)
     result = {
         "n": n,
         "workers": args.workers,
@@ -134,31 +187,47 @@ def main() -> None:
         "peak_rss_tree_gb": round(peak[0] / 2**30, 3),
         "peak_pss_tree_gb": round(peak[1] / 2**30, 3),
         "peak_rss_one_process_gb": round(peak[2] / 2**30, 3),
+        "time_v_max_rss_gb": round(int(max_rss.group(1)) / 2**20, 3) if max_rss else None,
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "load1_every_30s": {"min": min(loads), "mean": round(float(np.mean(loads)), 2), "max": max(loads)},
         "cpus": os.cpu_count(),
         "n_valid": summary["n_valid"],
         "n_duplicates": summary["n_duplicates"],
+        "n_ple_scored": summary.get("n_ple_scored"),
+        "prefilter": args.prefilter,
+        "prefilter_fit": prefilter_fit,
+        "files": len(parts),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "command": " ".join(cmd),
-        "cli_output": output.strip().splitlines()[-1:],
+        "benchmark_command": " ".join(sys.argv),
+        "cli_output": [line for line in output.strip().splitlines() if line.startswith("screened")],
     }
     from triptych.core.results import write_results
 
+    how = (
+        f"one gzipped .smi, the single-file cascade `--prefilter {args.prefilter}` (2 scoring processes)"
+        if args.prefilter
+        else f"{len(parts)} gzipped .smi files, the Ray library path `--workers {args.workers}`, "
+        f"shards of {args.shard_size}"
+    )
+    loads_s = result["load1_every_30s"]
     md = (
-        f"# matic screen at library scale\n\n{n} MOSES SMILES (gzipped .smi), `--workers {args.workers}`, "
-        f"shards of {args.shard_size}, whole CLI process, on a shared {os.cpu_count()}-CPU machine.\n\n"
-        f"| molecules | wall (s) | mol/s | peak PSS, process tree (GB) | peak RSS summed (GB) | "
-        f"largest process RSS (GB) | load avg before / after |\n|---|---|---|---|---|---|---|\n"
+        f"# matic screen at library scale\n\n{result['date_utc']} UTC. {n} MOSES SMILES ({how}), whole CLI "
+        f"process, autogroup-niced on a shared {os.cpu_count()}-CPU machine.\n\n"
+        f"Command: `{' '.join(sys.argv)}`\n\n"
+        "| molecules | wall (s) | mol/s | peak PSS, process tree (GB) | peak RSS summed (GB) | "
+        "largest process RSS (GB) | load1 min / mean / max |\n|---|---|---|---|---|---|---|\n"
         f"| {n} | {result['wall_s']} | {result['molecules_per_s']} | {result['peak_pss_tree_gb']} | "
         f"{result['peak_rss_tree_gb']} | {result['peak_rss_one_process_gb']} | "
-        f"{result['load_avg_before'][0]} / {result['load_avg_after'][0]} |\n\n"
-        "Memory is sampled every 0.5 s over the driver, Ray's own processes and the workers; PSS shares "
-        "pages between the processes that map them (the real footprint), summed RSS counts shared "
-        "libraries once per process. "
-        "The load average counts every helper sharing the machine: throughput is what this run got, "
-        "not what the code does on an idle machine.\n"
+        f"{loads_s['min']} / {loads_s['mean']} / {loads_s['max']} |\n\n"
+        "Memory is sampled every 0.5 s with psutil over the driver, Ray's own processes and the workers; "
+        "PSS shares pages between the processes that map them (the real footprint), summed RSS counts "
+        "shared libraries once per process. "
+        "The load average (sampled every 30 s) counts every helper sharing the machine: throughput is "
+        "what this run got, not what the code does on an idle machine.\n"
     )
-    out_dir = args.out / f"n{n}_w{args.workers}"
+    out_dir = args.out / label
     write_results(out_dir, result, md)
     print(json.dumps(result, indent=2))
 

@@ -318,8 +318,8 @@ def screen(
     precision: Annotated[
         str,
         typer.Option(
-            help="Model arithmetic of the single-file screen: fp32, bf16, or auto (bf16 on a CPU with "
-            "native bfloat16, e.g. AMX; rankings agree with fp32, see the MATIC speed results)."
+            help="Model arithmetic: fp32, bf16, or auto (bf16 on a CPU with native bfloat16, e.g. AMX; "
+            "rankings agree with fp32, see the MATIC speed results). The same in both screens."
         ),
     ] = "auto",
     prefilter: Annotated[
@@ -389,6 +389,7 @@ def screen(
             smiles_col=smiles_col,
             tasks=_tasks(tasks),
             batch_size=batch_size,
+            precision=precision,
             threads=threads,
             device=device,
             workers=workers,
@@ -412,11 +413,9 @@ def screen(
     from triptych.core.device import choose_device
     from triptych.core.errors import InputError
     from triptych.matic.predictor import load_predictor
-    from triptych.matic.screen import default_precision, default_workers
+    from triptych.matic.screen import default_workers, resolve_precision
     from triptych.matic.screen import screen as run_screen
 
-    if precision not in ("auto", "fp32", "bf16"):
-        raise InputError(f"--precision {precision!r} unknown; choose auto, fp32 or bf16")
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
     # Worker processes take a core each (one thread); in process, the model gets every core.
     torch.set_num_threads(threads or (1 if feat_workers else (os.cpu_count() or 1)))
@@ -427,7 +426,7 @@ def screen(
         _tasks(tasks),
         dev,
         pyg=False,
-        precision=default_precision(dev) if precision == "auto" else precision,
+        precision=resolve_precision(precision, dev),
     )
     cascade = None
     if prefilter is not None:

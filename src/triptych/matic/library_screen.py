@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -41,8 +41,9 @@ class LibraryScreenConfig:
 
     checkpoint: str
     tasks: tuple[str, ...] | None = None
-    batch_size: int = 256
+    batch_size: int = 32
     device: str = "cpu"
+    precision: str = "auto"  # of the model pass: fp32, bf16 or auto (resolved by screen_library)
     tautomers: bool = False
     dedup: str = "smiles"
     alerts: bool = True
@@ -54,11 +55,20 @@ class LibraryScreenConfig:
 
 
 def score_smiles(predictor, smiles: Sequence[str], batch_size: int) -> np.ndarray:
-    """``(n, n_tasks)`` probabilities from the in-process scorer (NaN rows where featurisation fails).
+    """``(n, n_tasks)`` probabilities (NaN rows where featurisation fails), batched as ``matic screen`` batches.
 
-    The one call into MATIC's scoring, so a change of that API is reconciled here only.
+    The single-file screen's own loop (:func:`triptych.matic.screen.iter_scored`: size-sorted
+    batches, featurised and scored in this process, which is already one Ray worker), so both
+    paths give a molecule the same score. The one call into MATIC's scoring.
     """
-    return np.asarray(predictor.predict_proba(list(smiles), batch_size), dtype=np.float32)
+    from triptych.matic.screen import iter_scored
+
+    rows = [(i, s, "") for i, s in enumerate(smiles)]
+    prob = np.full((len(rows), len(predictor.tasks)), np.nan, dtype=np.float32)
+    for batch_rows, valid, p in iter_scored(predictor, lambda: iter([rows]), batch_size, workers=0):
+        idx = np.array([r[0] for r in batch_rows], dtype=np.int64)
+        prob[idx[valid]] = p
+    return prob
 
 
 def reference_smiles(spec: str) -> list[str]:
@@ -98,8 +108,13 @@ class ShardScreener:
         from triptych.matic.standardize import Standardizer, mol_from_smiles
 
         self.config = config
+        # The single-file screen's model path: the stacked pass without PyG, at the run's precision.
         self.predictor = load_predictor(
-            config.checkpoint, list(config.tasks) if config.tasks else None, config.device
+            config.checkpoint,
+            list(config.tasks) if config.tasks else None,
+            config.device,
+            pyg=False,
+            precision=config.precision,
         )
         self.standardize = Standardizer(config.tautomers)
         self.domain = None
@@ -201,8 +216,11 @@ def screen_library(
     """
     from triptych.core.batch import run_shards
     from triptych.matic.predictor import load_predictor
+    from triptych.matic.screen import resolve_precision
 
     start = time.perf_counter()
+    # "auto" is resolved here, once: every worker (and the resume check) sees the same precision.
+    config = replace(config, precision=resolve_precision(config.precision, config.device))
     if top_n < 1:
         raise InputError(f"--top {top_n}: give a positive number of rows for top.csv")
     out_dir = Path(out_dir)

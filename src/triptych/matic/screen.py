@@ -129,6 +129,13 @@ def default_precision(device: str = "cpu") -> str:
     )
 
 
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``fp32`` or ``bf16`` from a ``--precision`` value (``auto``: :func:`default_precision`)."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise InputError(f"--precision {precision!r} unknown; choose auto, fp32 or bf16")
+    return default_precision(device) if precision == "auto" else precision
+
+
 def default_workers() -> int:
     """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
     n = os.cpu_count() or 1
