@@ -179,3 +179,43 @@ def test_cli_library_run_and_errors(model, library, tmp_path):
     ]:
         result = runner.invoke(app, base + argv)
         assert isinstance(result.exception, InputError) and match in str(result.exception), result.output
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_library_and_single_file_screens_give_equal_scores(model, tmp_path, smiles12, precision):
+    """The library path scores through the single-file screen's model path, precision and batches."""
+    import json
+
+    import torch
+
+    from triptych.matic.predictor import load_predictor
+    from triptych.matic.screen import resolve_precision, screen, screen_smiles
+    from triptych.matic.standardize import Standardizer
+
+    torch.set_num_threads(1)
+    parents = list(dict.fromkeys(Standardizer().smiles(smiles12)))  # already standardised: same molecules
+    lib = tmp_path / "lib.smi"
+    lib.write_text("".join(f"{s} m{i}\n" for i, s in enumerate(parents)))
+    config = LibraryScreenConfig(checkpoint=str(model), batch_size=4, precision=precision, alerts=False)
+    res = screen_library(str(lib), config, tmp_path / "lib_out", workers=0)
+    table = pd.read_parquet(res.predictions)
+    resolved = resolve_precision(precision)
+    assert json.loads(res.summary.read_text())["config"]["precision"] == resolved
+    predictor = load_predictor(model, pyg=False, precision=resolved)
+    single = screen_smiles(predictor, parents, batch_size=4)
+    for col in ("p_a", "p_b", "dual_score"):
+        np.testing.assert_array_equal(table[col].to_numpy(np.float32), single[col].to_numpy(np.float32))
+    # the CLI's single-file screen writes the same scores (to its 4 decimals)
+    ranked = pd.read_csv(screen(predictor, lib, tmp_path / "single.csv", batch_size=4, workers=0).out)
+    by_line = ranked.set_index("line").sort_index()
+    np.testing.assert_allclose(by_line["dual_score"], table["dual_score"], atol=5e-5)
+
+
+def test_library_screen_refuses_an_unknown_precision(model, tmp_path, library):
+    with pytest.raises(InputError, match="--precision 'fp8' unknown"):
+        screen_library(
+            str(library / "part-*.smi.gz"),
+            _config(model, library, precision="fp8"),
+            tmp_path / "x",
+            workers=0,
+        )

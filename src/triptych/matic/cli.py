@@ -465,9 +465,12 @@ def _fit_prefilter(
     """Fit and save ``prefilter.safetensors`` beside ``checkpoint`` (distilled from that PLE)."""
     from triptych.matic.predictor import load_predictor
     from triptych.matic.prefilter import FILENAME, default_corpus, fit_prefilter
+    from triptych.matic.screen import resolve_precision
 
     smiles = [*extra_smiles, *(corpus if corpus is not None else default_corpus(n))]
-    prefilter, held = fit_prefilter(load_predictor(checkpoint), smiles, log=lambda m: typer.echo(m, err=True))
+    # Distilled from the scores the screen computes: its model path and precision.
+    predictor = load_predictor(checkpoint, pyg=False, precision=resolve_precision("auto"))
+    prefilter, held = fit_prefilter(predictor, smiles, log=lambda m: typer.echo(m, err=True))
     path = prefilter.save(
         checkpoint.parent / FILENAME, extra={"held_out": held, "distilled_from": checkpoint.name}
     )
