@@ -79,3 +79,34 @@ def test_cascade_scores_the_top_fraction_and_lists_the_rest(fitted, tmp_path, sm
     pd.testing.assert_frame_equal(everything.drop(columns="prefilter_score"), full)
     with pytest.raises(InputError, match="fraction"):
         screen(predictor, lib, tmp_path / "x.csv", workers=0, prefilter=pre, fraction=0.0)
+
+
+def test_first_pass_scores_without_torch_and_equal_in_workers(fitted, tmp_path, smiles12):
+    """The cascade's first pass reads the checkpoint and scores in numpy (no torch import), in 2 processes or 1."""
+    import subprocess
+    import sys
+
+    from triptych.matic.cascade import PrefilterPass, fingerprint_features, load_prefilter_weights
+
+    model, _, _ = fitted
+    path = model.parent / FILENAME
+    lib = tmp_path / "lib.smi"
+    lib.write_text("".join(f"{s} m{i}\n" for i, s in enumerate([*smiles12, "C1CC(("])))
+    code = (
+        "import sys; from triptych.matic.cascade import PrefilterPass, load_prefilter_weights; "
+        f"w = load_prefilter_weights({str(path)!r}); rows, s = PrefilterPass(w, {str(lib)!r}, workers=0).result(); "
+        "assert len(rows) == 13 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    weights = load_prefilter_weights(path)
+    rows0, s0 = PrefilterPass(weights, lib, workers=0).result()
+    rows2, s2 = PrefilterPass(weights, lib, workers=2, chunk=4).result()
+    assert rows0 == rows2 and [r[0] for r in rows0] == list(range(1, 14))
+    np.testing.assert_array_equal(s0, s2)
+    assert np.isnan(s0[-1]) and np.isfinite(s0[:-1]).all()
+    # the numpy MLP is the fitted torch MLP
+    pre = load_prefilter(path)
+    phi, _ = fingerprint_features(smiles12, pre.model.config)
+    with torch.inference_mode():
+        ref = pre.model(torch.from_numpy(phi)).numpy() * pre.std + pre.mean
+    np.testing.assert_allclose(s0[:-1], ref, rtol=1e-5, atol=1e-5)

@@ -15,15 +15,16 @@ import os
 from collections.abc import Iterator, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
 
 from triptych.core.errors import TriptychError
 from triptych.core.io import atomic_write
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a numpy reader starts without it
+    import torch
 
 FORMAT = "triptych-checkpoint/1"
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol 2+, or torch.save's zip
@@ -35,6 +36,8 @@ class CheckpointError(TriptychError):
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
     """Replace tensors by references; make every other value JSON-safe and reversible."""
+    import torch
+
     if isinstance(obj, torch.Tensor):
         key = path or "tensor"
         tensors[key] = obj.detach().cpu().contiguous()
@@ -97,6 +100,8 @@ def save_checkpoint(
     ``kind`` names what the checkpoint is for (``"pdcr.segmentation"``, ...), and
     ``config`` is what is needed to rebuild the model; both are checked on load.
     """
+    from safetensors.torch import save
+
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(dict(state), tensors, "")
     # safetensors refuses tensors that share memory; copies are cheap at our sizes.
@@ -185,11 +190,13 @@ def load_checkpoint(
     *,
     kind: str | None = None,
     config: Mapping[str, Any] | None = None,
+    numpy: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Load ``(state, meta)``; raise :class:`CheckpointError` with one clear line if unusable.
 
     ``kind`` and ``config`` (a subset of keys that must match) guard against loading a
-    checkpoint into the wrong model.
+    checkpoint into the wrong model. ``numpy=True`` gives the tensors as numpy arrays
+    without importing torch (for readers that must start fast).
     """
     meta = read_header(path)
     if kind is not None and meta["kind"] != kind:
@@ -200,6 +207,10 @@ def load_checkpoint(
             raise CheckpointError(
                 f"checkpoint {path} was made with {key}={have!r}, incompatible with {key}={want!r}"
             )
+    if numpy:
+        from safetensors.numpy import load_file
+    else:
+        from safetensors.torch import load_file
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

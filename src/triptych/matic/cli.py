@@ -408,15 +408,29 @@ def screen(
     input = single_input(input, out)
     import os
 
+    from triptych.matic.cascade import (
+        FILENAME,
+        PrefilterPass,
+        check_fraction,
+        default_workers,
+        load_prefilter_weights,
+    )
+
+    feat_workers = default_workers() if featurize_workers is None else featurize_workers
+    cascade = None
+    if prefilter is not None:
+        # The cascade's first pass (RDKit and numpy only) starts now, in worker processes, and runs
+        # while this process imports torch and loads the PLE (about 1.5 s of start-up on a CPU).
+        check_fraction(prefilter)
+        weights = load_prefilter_weights(prefilter_model or checkpoint.parent / FILENAME)
+        cascade = PrefilterPass(weights, input, smiles_col, feat_workers)
     import torch
 
     from triptych.core.device import choose_device
-    from triptych.core.errors import InputError
     from triptych.matic.predictor import load_predictor
-    from triptych.matic.screen import default_workers, resolve_precision
+    from triptych.matic.screen import resolve_precision
     from triptych.matic.screen import screen as run_screen
 
-    feat_workers = default_workers() if featurize_workers is None else featurize_workers
     # Worker processes take a core each (one thread); in process, the model gets every core.
     torch.set_num_threads(threads or (1 if feat_workers else (os.cpu_count() or 1)))
     dev = str(choose_device(device))
@@ -428,11 +442,6 @@ def screen(
         pyg=False,
         precision=resolve_precision(precision, dev),
     )
-    cascade = None
-    if prefilter is not None:
-        from triptych.matic.prefilter import FILENAME, load_prefilter
-
-        cascade = load_prefilter(prefilter_model or checkpoint.parent / FILENAME)
     result = run_screen(
         predictor,
         input,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from triptych.core.errors import InputError
-from triptych.core.inputs import GZIP_MAGIC, input_file
+from triptych.core.inputs import GZIP_MAGIC, input_file, open_text
 from triptych.matic.data import find_smiles_column
 
 Row = tuple[int, str, str]  # (row, SMILES, name)
@@ -370,3 +370,68 @@ def iter_library(
     """Every row of every file of ``inputs``, in order, streamed shard by shard."""
     for shard in plan_shards(inputs, shard_size, smiles_col):
         yield from iter_rows(shard)
+
+
+# ---------------------------------------------------------------- one file, as the single-file screen reads it
+# (torch-free, so the cascade's first pass can read while the screen imports torch)
+
+_SINGLE_HINT = "give a .csv with a SMILES column or a .smi file"
+
+
+def _open_single(path: Path):
+    return open_text(path, "", _SINGLE_HINT, newline="")
+
+
+def read_chunks(
+    path: str | Path, chunk: int = 2048, smiles_col: str | None = None
+) -> Iterator[list[tuple[int, str, str]]]:
+    """Yield lists of ``(line number, SMILES, name)`` from a ``.csv`` (header, SMILES column) or ``.smi`` file.
+
+    A ``.smi`` line is ``SMILES [name]``; in a CSV the name is an ``id``/``name`` column if present.
+    """
+    path = input_file(path, "", _SINGLE_HINT)
+    if path.stat().st_size == 0:
+        raise InputError(
+            f"{path}: the file is empty; give one SMILES per line (.smi) or a CSV with a smiles column"
+        )
+    is_csv = ".csv" in path.suffixes
+    with _open_single(path) as handle:
+        try:
+            yield from _chunks(handle, path, chunk, smiles_col, is_csv)
+        except csv.Error as exc:
+            raise InputError(f"{path}: not a valid CSV ({exc}); {_SINGLE_HINT}") from None
+
+
+def _chunks(
+    handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
+) -> Iterator[list[tuple[int, str, str]]]:
+    buf: list[tuple[int, str, str]] = []
+    if is_csv:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header:
+            raise InputError(f"{path}: the file is empty; give a CSV with a smiles column")
+        col = header.index(find_smiles_column(header, smiles_col, path))
+        names = [i for i, c in enumerate(header) if c.strip().lower() in ("id", "name", "compound_id")]
+        rows = (
+            (n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
+            for n, r in enumerate(reader, start=2)
+        )
+    else:
+        rows = (
+            (n, *(line.split(None, 1) + ["", ""])[:2])
+            for n, line in enumerate(handle, start=1)
+            if line.strip()
+        )
+    for n, smi, name in rows:
+        buf.append((n, smi.strip(), name.strip()))
+        if len(buf) == chunk:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def count_lines(path: Path) -> int:
+    with _open_single(path) as handle:
+        return sum(1 for _ in handle)

@@ -23,23 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rdkit.Chem import rdFingerprintGenerator
 from torch import nn
 
-from triptych.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from triptych.core.checkpoint import save_checkpoint
 from triptych.core.errors import InputError
-from triptych.matic.chem import parse
+from triptych.matic.cascade import (  # noqa: F401 (KIND and the features are part of this module's API)
+    FILENAME,
+    KIND,
+    PrefilterConfig,
+    PrefilterWeights,
+    fingerprint_features,
+    load_prefilter_weights,
+)
 
-KIND = "matic.prefilter"
-FILENAME = "prefilter.safetensors"  # beside the PLE's model.safetensors
 LOG_FLOOR = 1e-6  # log p is clipped here: below it the ranking is irrelevant to a screen
-
-
-@dataclass
-class PrefilterConfig:
-    radius: int = 2
-    n_bits: int = 2048
-    hidden: int = 256
 
 
 class FingerprintMLP(nn.Module):
@@ -54,19 +51,6 @@ class FingerprintMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
-
-
-def fingerprint_features(smiles: Sequence[str], config: PrefilterConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(phi [n, n_bits] float32, valid [n] bool)``; rows of zeros where a SMILES does not parse."""
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=config.radius, fpSize=config.n_bits)
-    phi = np.zeros((len(smiles), config.n_bits), dtype=np.float32)
-    valid = np.zeros(len(smiles), dtype=bool)
-    for i, s in enumerate(smiles):
-        mol = parse(s)
-        if mol is not None:
-            phi[i] = gen.GetCountFingerprintAsNumPy(mol)
-            valid[i] = True
-    return np.log1p(phi, out=phi), valid
 
 
 def log_dual(probs: np.ndarray) -> np.ndarray:
@@ -100,16 +84,14 @@ class Prefilter:
     std: float
     path: Path | None = None
 
-    def scores(self, smiles: Sequence[str], batch_size: int = 4096) -> np.ndarray:
-        out = np.full(len(smiles), np.nan, dtype=np.float32)
-        self.model.eval()
-        for start in range(0, len(smiles), batch_size):
-            phi, valid = fingerprint_features(smiles[start : start + batch_size], self.model.config)
-            if valid.any():
-                with torch.inference_mode():
-                    z = self.model(torch.from_numpy(phi[valid])).numpy()
-                out[start + np.flatnonzero(valid)] = z * self.std + self.mean
-        return out
+    def weights(self) -> PrefilterWeights:
+        """The fitted MLP as numpy arrays: what a screen scores with (:mod:`cascade`)."""
+        state = {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        return PrefilterWeights.from_state(state, self.model.config, self.mean, self.std)
+
+    def scores(self, smiles: Sequence[str]) -> np.ndarray:
+        """The estimate of the PLE's log dual score of each SMILES (NaN where it does not parse)."""
+        return self.weights().scores(smiles)
 
     def save(self, path: str | Path, extra: dict | None = None) -> Path:
         return save_checkpoint(
@@ -124,17 +106,14 @@ class Prefilter:
 def load_prefilter(path: str | Path) -> Prefilter:
     """Read a ``matic.prefilter`` checkpoint, or a one-line :class:`InputError`."""
     path = Path(path)
+    w = load_prefilter_weights(path)
+    model = FingerprintMLP(w.config)
+    state = {"net.0.weight": w.w1, "net.0.bias": w.b1, "net.2.weight": w.w2, "net.2.bias": w.b2}
     try:
-        state, header = load_checkpoint(path, kind=KIND)
-        config = PrefilterConfig(**header.get("config", {}))
-        model = FingerprintMLP(config)
-        model.load_state_dict(state["state_dict"])
-    except (CheckpointError, KeyError, TypeError, RuntimeError) as exc:
-        raise InputError(
-            f"prefilter {path}: not a usable matic.prefilter checkpoint ({exc}); fit one with "
-            "'triptych matic prefilter --checkpoint MODEL' or train with --prefilter"
-        ) from None
-    return Prefilter(model.eval(), float(state["mean"]), float(state["std"]), path)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    except RuntimeError as exc:  # shapes that do not match the config
+        raise InputError(f"prefilter {path}: not a usable matic.prefilter checkpoint ({exc})") from None
+    return Prefilter(model.eval(), w.mean, w.std, path)
 
 
 def fit_prefilter(

@@ -14,8 +14,6 @@ the end.
 from __future__ import annotations
 
 import csv
-import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,11 +26,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from triptych.core.errors import InputError
-from triptych.core.inputs import input_file, open_text
 from triptych.core.io import atomic_write
 from triptych.core.progress import progress_bar
-from triptych.matic.data import find_smiles_column
+from triptych.matic.cascade import (
+    PrefilterPass,
+    PrefilterWeights,
+    check_fraction,
+    default_workers,
+    select_top,
+)
 from triptych.matic.featurize import DEFAULT
+from triptych.matic.library import count_lines, read_chunks
 from triptych.matic.predictor import Predictor
 from triptych.matic.prefilter import Prefilter
 
@@ -56,68 +60,6 @@ class ScreenResult:
         return self.n_total / self.seconds if self.seconds > 0 else float("nan")
 
 
-_HINT = "give a .csv with a SMILES column or a .smi file"
-
-
-def _open(path: Path):
-    return open_text(path, "", _HINT, newline="")
-
-
-def read_chunks(
-    path: str | Path, chunk: int = 2048, smiles_col: str | None = None
-) -> Iterator[list[tuple[int, str, str]]]:
-    """Yield lists of ``(line number, SMILES, name)`` from a ``.csv`` (header, SMILES column) or ``.smi`` file.
-
-    A ``.smi`` line is ``SMILES [name]``; in a CSV the name is an ``id``/``name`` column if present.
-    """
-    path = input_file(path, "", _HINT)
-    if path.stat().st_size == 0:
-        raise InputError(
-            f"{path}: the file is empty; give one SMILES per line (.smi) or a CSV with a smiles column"
-        )
-    is_csv = ".csv" in path.suffixes
-    with _open(path) as handle:
-        try:
-            yield from _chunks(handle, path, chunk, smiles_col, is_csv)
-        except csv.Error as exc:
-            raise InputError(f"{path}: not a valid CSV ({exc}); {_HINT}") from None
-
-
-def _chunks(
-    handle, path: Path, chunk: int, smiles_col: str | None, is_csv: bool
-) -> Iterator[list[tuple[int, str, str]]]:
-    buf: list[tuple[int, str, str]] = []
-    if is_csv:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise InputError(f"{path}: the file is empty; give a CSV with a smiles column")
-        col = header.index(find_smiles_column(header, smiles_col, path))
-        names = [i for i, c in enumerate(header) if c.strip().lower() in ("id", "name", "compound_id")]
-        rows = (
-            (n, r[col] if col < len(r) else "", r[names[0]] if names and names[0] < len(r) else "")
-            for n, r in enumerate(reader, start=2)
-        )
-    else:
-        rows = (
-            (n, *(line.split(None, 1) + ["", ""])[:2])
-            for n, line in enumerate(handle, start=1)
-            if line.strip()
-        )
-    for n, smi, name in rows:
-        buf.append((n, smi.strip(), name.strip()))
-        if len(buf) == chunk:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def count_lines(path: Path) -> int:
-    with _open(path) as handle:
-        return sum(1 for _ in handle)
-
-
 def default_precision(device: str = "cpu") -> str:
     """``bf16`` on a CPU with native bfloat16 arithmetic (AMX or AVX-512 BF16), else ``fp32``."""
     if device != "cpu":
@@ -134,12 +76,6 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     if precision not in ("auto", "fp32", "bf16"):
         raise InputError(f"--precision {precision!r} unknown; choose auto, fp32 or bf16")
     return default_precision(device) if precision == "auto" else precision
-
-
-def default_workers() -> int:
-    """Scoring processes: one per core on 2+ cores (each featurises and runs the model), else 0 = in process."""
-    n = os.cpu_count() or 1
-    return n if n >= 2 else 0
 
 
 class ScoredBatches(IterableDataset):
@@ -226,33 +162,6 @@ def _scored(
     yield from loader
 
 
-def prefilter_batch(prefilter: Prefilter, rows: Sequence[Row]) -> dict:
-    """The prefilter's scores of ``rows`` (NaN where a SMILES does not parse)."""
-    return {"rows": list(rows), "scores": prefilter.scores([s for _, s, _ in rows])}
-
-
-def select_top(
-    prefilter: Prefilter,
-    chunks: Callable[[], Iterator[list[Row]]],
-    fraction: float,
-    workers: int | None = None,
-) -> tuple[list[Row], list[Row], np.ndarray]:
-    """Score every row with the prefilter: ``(the top fraction of valid rows, all valid rows, their scores)``.
-
-    The kept rows are the ``ceil(fraction * n_valid)`` best by prefilter score, ties by input line.
-    """
-    workers = default_workers() if workers is None else workers
-    rows, scores = [], []
-    for item in _scored(chunks, partial(prefilter_batch, prefilter), 1024, workers):
-        rows += item["rows"]
-        scores.append(item["scores"])
-    score = np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
-    keep = max(1, math.ceil(fraction * int(np.isfinite(score).sum())))
-    order = np.lexsort((np.array([r[0] for r in rows]), -np.nan_to_num(score, nan=-np.inf)))
-    top = [rows[i] for i in order[:keep] if np.isfinite(score[i])]
-    return top, rows, score
-
-
 def screen_smiles(
     predictor: Predictor,
     smiles: Sequence[str],
@@ -297,7 +206,7 @@ def screen(
     batch_size: int = 32,
     smiles_col: str | None = None,
     workers: int | None = None,
-    prefilter: Prefilter | None = None,
+    prefilter: Prefilter | PrefilterWeights | PrefilterPass | None = None,
     fraction: float = 0.05,
 ) -> ScreenResult:
     """Score every molecule of ``input_path``, write ``out`` ranked by the dual score, and list invalid lines.
@@ -307,19 +216,23 @@ def screen(
     With a ``prefilter`` (the cascade, :mod:`prefilter`), only the ``fraction`` of valid
     molecules it ranks best go through the PLE; a ``prefilter_score`` column is added,
     and the molecules the PLE did not score follow the scored ones, by prefilter score,
-    with empty probabilities.
+    with empty probabilities. A :class:`~triptych.matic.cascade.PrefilterPass` over
+    ``input_path`` started earlier (the CLI starts it before importing torch) is used as it is.
     """
     input_path, out = Path(input_path), Path(out)
     start = time.perf_counter()
     first = next(read_chunks(input_path, 1, smiles_col), None)  # user errors surface here, not in a worker
-    if not 0 < fraction <= 1:
-        raise InputError(f"--prefilter {fraction}: give the fraction to rescore with the PLE, in (0, 1]")
+    check_fraction(fraction)
     chunks = (lambda: read_chunks(input_path, chunk, smiles_col)) if first is not None else (lambda: iter([]))
     pre_rows: list[Row] = []
     pre_score = np.zeros(0, dtype=np.float32)
     n_lines = count_lines(input_path)
     if prefilter is not None:
-        top, pre_rows, pre_score = select_top(prefilter, chunks, fraction, workers)
+        if not isinstance(prefilter, PrefilterPass):
+            weights = prefilter.weights() if isinstance(prefilter, Prefilter) else prefilter
+            prefilter = PrefilterPass(weights, input_path, smiles_col, workers)
+        pre_rows, pre_score = prefilter.result()
+        top = select_top(pre_rows, pre_score, fraction)
         chunks = lambda: (top[k : k + chunk] for k in range(0, len(top), chunk))  # noqa: E731
         n_lines = len(top)
     lines, smiles, names, probs = [], [], [], []
