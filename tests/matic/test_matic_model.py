@@ -266,3 +266,29 @@ def test_padded_batches_score_like_unpadded(trained, smiles12):
     with torch.inference_mode():
         plain = torch.sigmoid(p.model(*collate(graphs)).logits).numpy()
     np.testing.assert_allclose(p.probabilities(graphs), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_early_feature_pass_gives_the_same_screen(trained, tmp_path, smiles12):
+    """Rows featurised before torch's import (early.FeaturePass) score exactly as rows the workers featurise."""
+    import time
+
+    from triptych.matic.early import FeaturePass
+    from triptych.matic.featurize import DEFAULT
+
+    lib = tmp_path / "lib.smi"
+    lib.write_text("".join(f"{s} m{i}\n" for i, s in enumerate([*smiles12, "C1CC(("])))
+    early = FeaturePass(lib, workers=2, chunk=4)
+    time.sleep(1.0)  # let the workers finish some chunks
+    made = early.take()
+    assert made and set(made) <= set(range(1, 14))
+    for n, arrays in made.items():
+        want = DEFAULT.arrays(lib.read_text().splitlines()[n - 1].split()[0])
+        assert (arrays is None) == (want is None)
+        if want is not None:
+            assert all(np.array_equal(a, b) for a, b in zip(arrays, want, strict=True))
+    predictor = load_predictor(trained, pyg=False)
+    plain = screen(predictor, lib, tmp_path / "plain.csv", batch_size=3, workers=2).out.read_text()
+    again = FeaturePass(lib, workers=2, chunk=4)
+    time.sleep(0.5)
+    with_early = screen(predictor, lib, tmp_path / "early.csv", batch_size=3, workers=2, early=again)
+    assert with_early.out.read_text() == plain and with_early.invalid == [(13, "C1CC((")]

@@ -14,7 +14,6 @@ meanwhile instead of after it.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from triptych.core.errors import InputError
 from triptych.matic.chem import parse
+from triptych.matic.early import fork_pool
 from triptych.matic.library import read_chunks
 
 KIND = "matic.prefilter"
@@ -150,8 +150,7 @@ class PrefilterPass:
         workers = default_workers() if workers is None else workers
         self._pool = None
         if workers:
-            # fork: the workers start at once, with what this process has imported (no torch yet in the CLI).
-            self._pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_blas_thread)
+            self._pool = fork_pool(workers, _one_blas_thread)
             self._parts = self._pool.imap(partial(_score_rows, weights), self.chunks())
 
     def result(self) -> tuple[list[Row], np.ndarray]:

@@ -417,13 +417,18 @@ def screen(
     )
 
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
-    cascade = None
+    cascade = early = None
+    # Work that needs only RDKit and numpy starts now, in worker processes, and runs while this
+    # process imports torch and loads the PLE (about 1.5 s of start-up on a CPU): the cascade's
+    # first pass, or else the featurisation of the first molecules.
     if prefilter is not None:
-        # The cascade's first pass (RDKit and numpy only) starts now, in worker processes, and runs
-        # while this process imports torch and loads the PLE (about 1.5 s of start-up on a CPU).
         check_fraction(prefilter)
         weights = load_prefilter_weights(prefilter_model or checkpoint.parent / FILENAME)
         cascade = PrefilterPass(weights, input, smiles_col, feat_workers)
+    elif feat_workers and device == "cpu":
+        from triptych.matic.early import FeaturePass
+
+        early = FeaturePass(input, smiles_col, feat_workers)
     import torch
 
     from triptych.core.device import choose_device
@@ -452,6 +457,7 @@ def screen(
         workers=feat_workers,
         prefilter=cascade,
         fraction=prefilter if prefilter is not None else 0.05,
+        early=early,
     )
     if result.invalid:
         shown = ", ".join(f"line {n}" for n, _ in result.invalid[:10]) + (

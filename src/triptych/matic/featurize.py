@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from rdkit import Chem
 
-if TYPE_CHECKING:  # PyG is imported where a Data is built: screening needs only the arrays
+if TYPE_CHECKING:  # torch and PyG are imported where tensors are built: arrays need only RDKit and numpy
+    import torch
     from torch_geometric.data import Data
 
 ELEMENTS = ("B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I", "At")  # + other
@@ -203,6 +203,7 @@ class AttentiveFPFeaturizer:
         return graphs
 
     def _save(self, path: Path, graphs: list[Data | None]) -> None:
+        import torch
         from safetensors.torch import save
 
         from triptych.core.io import write_bytes
@@ -250,6 +251,7 @@ def _set_in_range(x: np.ndarray, rows: np.ndarray, values: np.ndarray, offset: i
 
 
 def to_data(arrays: GraphArrays) -> Data:
+    import torch
     from torch_geometric.data import Data
 
     x, edge_index, edge_attr = arrays
@@ -270,6 +272,8 @@ def collate(
     (bf16 on CPU) builds a kernel per matrix shape, and batches of a few shapes reuse them.
     The padding molecule is the last graph; drop its outputs.
     """
+    import torch
+
     if bucket and graphs:
         n = sum(g[0].shape[0] for g in graphs)
         e = sum(g[1].shape[1] for g in graphs)

@@ -35,7 +35,8 @@ from triptych.matic.cascade import (
     default_workers,
     select_top,
 )
-from triptych.matic.featurize import DEFAULT
+from triptych.matic.early import FeaturePass
+from triptych.matic.featurize import DEFAULT, GraphArrays
 from triptych.matic.library import count_lines, read_chunks
 from triptych.matic.predictor import Predictor
 from triptych.matic.prefilter import Prefilter
@@ -108,9 +109,15 @@ class ScoredBatches(IterableDataset):
                 b += 1
 
 
-def score_batch(predictor: Predictor, rows: Sequence[Row]) -> dict:
-    """Featurise ``rows`` and score the valid ones: ``dict(rows, valid [n], probs [n_valid, T])``."""
-    graphs = [DEFAULT.arrays(s) for _, s, _ in rows]
+def score_batch(
+    predictor: Predictor, rows: Sequence[Row], made: dict[int, GraphArrays | None] | None = None
+) -> dict:
+    """Featurise ``rows`` and score the valid ones: ``dict(rows, valid [n], probs [n_valid, T])``.
+
+    ``made``: arrays featurised already, by line number (:class:`~triptych.matic.early.FeaturePass`).
+    """
+    made = made or {}
+    graphs = [made[n] if n in made else DEFAULT.arrays(s) for n, s, _ in rows]
     valid = np.array([g is not None for g in graphs], dtype=bool)
     good = [g for g in graphs if g is not None]
     probs = np.zeros((0, len(predictor.tasks)), dtype=np.float32)
@@ -132,16 +139,18 @@ def iter_scored(
     chunks: Callable[[], Iterator[list[Row]]],
     batch_size: int = 32,
     workers: int | None = None,
+    made: dict[int, GraphArrays | None] | None = None,
 ) -> Iterator[tuple[list[Row], np.ndarray, np.ndarray]]:
     """Yield ``(rows, valid mask, probabilities of the valid rows [n_valid, T])`` batch by batch, in order.
 
-    ``workers`` scoring processes (default :func:`default_workers`; 0 = in this process).
+    ``workers`` scoring processes (default :func:`default_workers`; 0 = in this process);
+    ``made``: rows featurised already, by line number (the workers inherit them by fork).
     """
     workers = default_workers() if workers is None else workers
     if predictor.device.type != "cpu":
         workers = 0  # one accelerator: featurise and score in this process
     predictor.model.eval()
-    for item in _scored(chunks, partial(score_batch, predictor), batch_size, workers):
+    for item in _scored(chunks, partial(score_batch, predictor, made=made), batch_size, workers):
         yield item["rows"], item["valid"], item["probs"]
 
 
@@ -208,6 +217,7 @@ def screen(
     workers: int | None = None,
     prefilter: Prefilter | PrefilterWeights | PrefilterPass | None = None,
     fraction: float = 0.05,
+    early: FeaturePass | None = None,
 ) -> ScreenResult:
     """Score every molecule of ``input_path``, write ``out`` ranked by the dual score, and list invalid lines.
 
@@ -217,7 +227,9 @@ def screen(
     molecules it ranks best go through the PLE; a ``prefilter_score`` column is added,
     and the molecules the PLE did not score follow the scored ones, by prefilter score,
     with empty probabilities. A :class:`~triptych.matic.cascade.PrefilterPass` over
-    ``input_path`` started earlier (the CLI starts it before importing torch) is used as it is.
+    ``input_path`` started earlier (the CLI starts it before importing torch) is used as it is,
+    and so is an ``early`` :class:`~triptych.matic.early.FeaturePass` (its finished rows are not
+    featurised again).
     """
     input_path, out = Path(input_path), Path(out)
     start = time.perf_counter()
@@ -238,8 +250,9 @@ def screen(
     lines, smiles, names, probs = [], [], [], []
     invalid: list[tuple[int, str]] = []
     total = 0
+    made = early.take() if early is not None else None
     with progress_bar(n_lines, "screening", unit="mol") as bar:
-        for rows, valid, p in iter_scored(predictor, chunks, batch_size, workers):
+        for rows, valid, p in iter_scored(predictor, chunks, batch_size, workers, made):
             for (n, s, name), good in zip(rows, valid, strict=True):
                 if good:
                     lines.append(n)
