@@ -8,7 +8,11 @@ random weights: the cost does not depend on the weights):
 - the PLE forward as ``matic screen`` runs it (stacked pass with cached weights, no PyG modules,
   ``inference_mode``) per batch size, in fp32 and bf16 (``--precision``), best of ``--rounds``;
   bf16 autocast of the same fp32 model; 2 intra-op threads; optionally ``torch.compile``;
-- the operators that dominate the forward (``torch.profiler``, self CPU time).
+- the operators that dominate the forward (``torch.profiler``, self CPU time);
+- with ``--checkpoint`` (a trained PLE with its prefilter beside it): whole ``matic screen``
+  processes on 1 molecule (the start-up and teardown floor) and on ``--process-n`` molecules,
+  plain and ``--prefilter``, with the CPU seconds of each phase of those screens measured
+  one by one in this process (reading, prefilter pass, featurisation, the model pass, output).
 Rates are molecules per CPU-second of this process (``time.process_time``), which a shared
 machine disturbs much less than wall time; wall rates are given beside them. bf16 and
 compile results are compared with fp32 on the dual score (Spearman, top-1% overlap).
@@ -56,6 +60,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="repeats of each forward setting (best kept)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/matic_screen_profile"))
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a trained PLE (prefilter beside it)")
+    ap.add_argument("--process-n", type=int, default=10_000, help="molecules of the whole-process screens")
+    ap.add_argument("--fraction", type=float, default=0.05, help="--prefilter fraction of those screens")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -168,6 +175,7 @@ def main() -> None:
         {"op": e.key, "self_cpu_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:10]
     ]
     atoms = float(np.mean([a[0].shape[0] for a in arrays]))
+    process = whole_process(args) if args.checkpoint else None
     results = {
         "n": len(smiles),
         "mean_heavy_atoms": atoms,
@@ -175,6 +183,7 @@ def main() -> None:
         "rates": rows,
         "top_ops": ops,
         "compile_first_pass_s": compile_s,
+        "whole_process": process,
         "load_avg": os.getloadavg(),
         "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "command": " ".join(sys.argv),
@@ -195,7 +204,89 @@ def main() -> None:
             else "\n"
         )
     )
+    if process:
+        md += (
+            f"\n## Whole `matic screen` processes ({args.process_n} MOSES SMILES, `{args.checkpoint}`)\n\n"
+            + markdown_table(process["runs"], floatfmt="{:.2f}")
+            + f"\n\nThe phases of those screens, CPU seconds for {args.process_n} molecules, each measured "
+            "alone in one process (a screen splits featurisation and the model pass over two worker "
+            "processes, and runs the prefilter pass while torch is imported):\n\n"
+            + markdown_table(process["phases"], floatfmt="{:.2f}")
+            + "\n\nNeither side standardises in this comparison: `matic screen --out X.csv` featurises the "
+            "SMILES as given (as `chemprop predict` does); the library path (`--out FOLDER`) standardises "
+            "(rdMolStandardize parent), de-duplicates and adds alerts and the domain.\n"
+        )
     write_results(args.out, results, md)
+
+
+def whole_process(args: argparse.Namespace) -> dict:
+    """Whole ``matic screen`` processes (wall, CPU) and the CPU seconds of each of their phases."""
+    import csv
+    import resource
+    import tempfile
+
+    from triptych.matic.cascade import FILENAME, load_prefilter_weights
+    from triptych.matic.library import read_chunks
+    from triptych.matic.predictor import load_predictor
+
+    work = Path(tempfile.mkdtemp(prefix="matic_profile_"))
+    smiles = moses(args.process_n)
+    lib, one = work / "library.csv", work / "one.csv"
+    lib.write_text("smiles\n" + "\n".join(smiles) + "\n")
+    one.write_text("smiles\nCCO\n")
+    env = {**os.environ, "TRIPTYCH_QUIET": "1"}
+    env = {k: v for k, v in env.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    exe = str(Path(sys.executable).parent / "triptych")
+    runs = []
+    for name, path, extra in (
+        ("1 molecule", one, []),
+        ("1 molecule, --prefilter", one, ["--prefilter", str(args.fraction)]),
+        (f"{args.process_n} molecules", lib, []),
+        (
+            f"{args.process_n} molecules, --prefilter {args.fraction}",
+            lib,
+            ["--prefilter", str(args.fraction)],
+        ),
+    ):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        w = time.perf_counter()
+        cmd = [exe, "matic", "screen", "--checkpoint", str(args.checkpoint), "--input", str(path)]
+        subprocess.run(
+            [*cmd, "--out", str(work / "out.csv"), *extra], check=True, env=env, capture_output=True
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        runs.append({"screen": name, "wall_s": time.perf_counter() - w, "cpu_s": cpu})
+        print(runs[-1], flush=True)
+
+    predictor = load_predictor(args.checkpoint, pyg=False, precision="bf16")
+    weights = load_prefilter_weights(args.checkpoint.parent / FILENAME)
+    phases = []
+
+    def phase(name: str, fn):
+        wall, cpu, out = clock(fn)
+        phases.append({"phase": name, "cpu_s": cpu, "ms_per_mol": 1e3 * cpu / len(smiles)})
+        return out
+
+    rows = phase(
+        "read the file (csv, chunks of 2048)", lambda: [r for c in read_chunks(lib, 2048) for r in c]
+    )
+    phase("prefilter pass (parse, Morgan counts, numpy MLP)", lambda: weights.scores(smiles))
+    order = sorted(range(len(smiles)), key=lambda i: len(smiles[i]))
+    graphs = phase("featurise (parse, stereo, arrays)", lambda: [DEFAULT.arrays(smiles[i]) for i in order])
+    phase(
+        "model pass (bf16, batches of 32, padded)",
+        lambda: [predictor.probabilities(graphs[k : k + 32]) for k in range(0, len(graphs), 32)],
+    )
+
+    def write() -> None:
+        with (work / "written.csv").open("w", newline="") as handle:
+            out = csv.writer(handle)
+            for rank, (n, s, _) in enumerate(rows, start=1):
+                out.writerow([rank, n, s, "", "0.5000", "0.5000", "0.2500"])
+
+    phase("write the ranked CSV", write)
+    return {"runs": runs, "phases": phases}
 
 
 if __name__ == "__main__":

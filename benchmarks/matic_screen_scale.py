@@ -190,7 +190,11 @@ def main() -> None:
         "time_v_max_rss_gb": round(int(max_rss.group(1)) / 2**20, 3) if max_rss else None,
         "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "load1_every_30s": {"min": min(loads), "mean": round(float(np.mean(loads)), 2), "max": max(loads)},
+        "load1_every_30s": {
+            "min": round(min(loads), 2),
+            "mean": round(float(np.mean(loads)), 2),
+            "max": round(max(loads), 2),
+        },
         "cpus": os.cpu_count(),
         "n_valid": summary["n_valid"],
         "n_duplicates": summary["n_duplicates"],
