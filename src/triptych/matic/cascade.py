@@ -6,9 +6,9 @@
 
 The prefilter is fitted in torch (:mod:`prefilter`); scoring it needs only RDKit and a
 matrix product, so this module never imports torch. ``matic screen --prefilter`` starts
-:class:`PrefilterPass` in worker processes before it imports torch: on a CPU, torch's import
-is about 1.5 s of a screen's start-up, and the fingerprints of the library are computed
-meanwhile instead of after it.
+:class:`PrefilterPass` in worker processes before it imports torch: on a CPU, the imports are
+most of a screen's start-up (1.3 of 1.7 s in benchmarks/results/matic_screen_profile), and the
+fingerprints of the library are computed meanwhile instead of after it.
 """
 
 from __future__ import annotations

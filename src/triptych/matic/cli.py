@@ -419,7 +419,7 @@ def screen(
     feat_workers = default_workers() if featurize_workers is None else featurize_workers
     cascade = early = None
     # Work that needs only RDKit and numpy starts now, in worker processes, and runs while this
-    # process imports torch and loads the PLE (about 1.5 s of start-up on a CPU): the cascade's
+    # process imports torch and loads the PLE (most of the start-up on a CPU): the cascade's
     # first pass, or else the featurisation of the first molecules.
     if prefilter is not None:
         check_fraction(prefilter)

@@ -1,6 +1,6 @@
 """Work a screen starts before it imports torch: featurising the first molecules of its file.
 
-On a CPU, importing torch is about 1.5 s of a ``matic screen`` process and runs on one core.
+On a CPU, importing torch is most of a ``matic screen`` process's 1.7 s start-up, on one core.
 :class:`FeaturePass` forks worker processes first (they hold only RDKit and numpy), which
 featurise the file from its start meanwhile; when the model is loaded, :meth:`FeaturePass.take`
 keeps what is done and stops them. The screen's scoring workers then featurise only the rest
