@@ -110,3 +110,22 @@ def test_first_pass_scores_without_torch_and_equal_in_workers(fitted, tmp_path, 
     with torch.inference_mode():
         ref = pre.model(torch.from_numpy(phi)).numpy() * pre.std + pre.mean
     np.testing.assert_allclose(s0[:-1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_pool_workers_die_on_sigterm_even_under_the_cli_handler():
+    """The CLI turns SIGTERM into SystemExit; the early pools' workers must not inherit that (terminate() would hang)."""
+    import signal
+
+    from triptych.cli import _terminate
+    from triptych.matic.early import fork_pool
+
+    before = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        pool = fork_pool(1)
+        try:
+            assert pool.apply(signal.getsignal, (signal.SIGTERM,)) == signal.SIG_DFL
+        finally:
+            pool.terminate()
+            pool.join()
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -10,7 +10,9 @@ keeps what is done and stops them. The screen's scoring workers then featurise o
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections.abc import Iterator
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -22,7 +24,16 @@ Row = tuple[int, str, str]  # (line number, SMILES, name)
 
 def fork_pool(workers: int, initializer=None):
     """``workers`` processes forked now, with what this process has imported (no torch yet in the CLI)."""
-    return multiprocessing.get_context("fork").Pool(workers, initializer=initializer)
+    return multiprocessing.get_context("fork").Pool(workers, initializer=partial(_worker_start, initializer))
+
+
+def _worker_start(initializer) -> None:
+    # The CLI turns SIGTERM into a Python exception (a clean exit); a forked worker inherits that
+    # handler, which a worker blocked on its task queue may never run, so Pool.terminate() would
+    # wait for it for ever. A pool worker dies on SIGTERM at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if initializer is not None:
+        initializer()
 
 
 def _featurise(rows: list[Row]) -> tuple[list[int], list[GraphArrays | None]]:
