@@ -266,3 +266,24 @@ def test_padded_batches_score_like_unpadded(trained, smiles12):
     with torch.inference_mode():
         plain = torch.sigmoid(p.model(*collate(graphs)).logits).numpy()
     np.testing.assert_allclose(p.probabilities(graphs), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_training_pass_matches_fp32(smiles12):
+    """Training in bf16 (fp32 master weights) gives the fp32 loss and gradients within bf16's precision."""
+    torch.manual_seed(0)
+    model = MultiTaskAttentiveFP(2, "ple", "full", hidden=16, dropout=0.0).train()
+    b = Batch.from_data_list(featurize(smiles12[:8]))
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model.train_dtype = dtype
+        model.zero_grad()
+        logits = model(b.x, b.edge_index, b.edge_attr, b.batch).logits
+        assert logits.dtype == torch.float32
+        logits.sum().backward()
+        results.append((logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    (l32, g32), (l16, g16) = results
+    torch.testing.assert_close(l16, l32, rtol=0, atol=3e-2)  # bf16 keeps 8 bits of mantissa
+    cos = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cos > 0.999, cos  # the same descent direction
+    assert (g16.norm() / g32.norm() - 1).abs() < 0.02

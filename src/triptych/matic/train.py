@@ -76,6 +76,9 @@ class TrainConfig(ModelConfig):
     max_epochs: int = 100
     patience: int = 15
     seed: int = 0
+    # Arithmetic of the stacked Attentive FP pass in training: auto (bf16 on a CPU with native bfloat16,
+    # e.g. AMX; fp32 elsewhere), bf16 or fp32. Master weights, optimiser, loss and validation stay fp32.
+    precision: str = "auto"
 
     def weights(self) -> list[float]:
         w = self.task_weights or [1.0] * len(self.tasks)
@@ -83,6 +86,30 @@ class TrainConfig(ModelConfig):
             raise InputError(f"--task-weights has {len(w)} values for {len(self.tasks)} tasks {self.tasks}")
         total = float(sum(w))
         return [float(v) / total for v in w]
+
+
+TRAIN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Lightning's --precision names that select MATIC's own bf16 / fp32 pass (Lightning then runs 32-true:
+# its bf16 autocast would leave the stacked pass with mixed dtypes).
+LIGHTNING_PRECISIONS = {
+    "bf16-mixed": "bf16",
+    "bf16-true": "bf16",
+    "bf16": "bf16",
+    "32-true": "fp32",
+    "32": "fp32",
+}
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bfloat16 arithmetic, else ``fp32``; Lightning's names mapped."""
+    precision = LIGHTNING_PRECISIONS.get(precision, precision)
+    if precision == "auto":
+        from triptych.matic.screen import default_precision
+
+        return default_precision("cpu" if not torch.cuda.is_available() else "cuda")
+    if precision not in TRAIN_DTYPES:
+        raise InputError(f"--precision {precision!r}: choose auto, bf16 or fp32 (or bf16-mixed / 32-true)")
+    return precision
 
 
 class MaticModule(L.LightningModule):
@@ -93,6 +120,7 @@ class MaticModule(L.LightningModule):
         self.save_hyperparameters()  # kind + config: typed checkpoints that rebuild the model
         self.config = TrainConfig(**config)
         self.model = self.config.build_model()
+        self.model.train_dtype = TRAIN_DTYPES[resolve_precision(self.config.precision)]
         self.register_buffer("task_weights", torch.tensor(self.config.weights()), persistent=False)
 
     def forward(self, batch):
@@ -162,6 +190,7 @@ def train_predictor(
     module = MaticModule(asdict(config))
     trainer = make_trainer(
         flags,
+        precision="32-true",  # the bf16 pass is the model's own (config.precision), not Lightning's autocast
         max_epochs=config.max_epochs,
         default_root_dir=out_dir,
         monitor="val_loss",

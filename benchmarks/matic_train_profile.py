@@ -1,0 +1,183 @@
+"""Where a MATIC training step spends its time: the paper's PLE (full gates) on the paper split.
+
+Times, per optimiser step over ``--steps`` steps after warm-up, with ``torch.set_num_threads``
+given by ``--threads``:
+
+- collate: the PyG ``DataLoader`` building a batch of 64 graphs (host work);
+- stack: :func:`stack_weights` (re-stacking the five networks' parameters);
+- forward (rest of the stacked pass, the gates and towers, the loss), backward, optimiser
+  (gradient clipping + Adam), each with ``perf_counter`` around it;
+- Lightning: one epoch through ``Trainer.fit`` minus the bare loop's epoch time.
+
+and a ``torch.profiler`` table of the top operators (self CPU time) over a few steps.
+
+Example:
+    python benchmarks/matic_train_profile.py --data ../shared/data/matic --threads 1 \\
+        --out benchmarks/results/matic_train_profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/matic"))
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="folder for profile_<threads>t_<precision>.json/.txt"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import lightning as L
+    from torch_geometric.loader import DataLoader
+
+    from triptych.core.training import make_trainer
+    from triptych.matic.data import load_splits
+    from triptych.matic.stacked import stack_weights
+    from triptych.matic.train import MaticModule, TrainConfig, graphs_with_labels, labelled_only
+
+    splits = load_splits(f"matic:{args.data}", "given", 0)
+    config = TrainConfig(tasks=splits.tasks, seed=0)
+    L.seed_everything(0, verbose=False)
+    module = MaticModule(asdict(config))
+    model = module.model
+    model.train()
+    opt = torch.optim.Adam(module.parameters(), lr=config.lr)
+    graphs = graphs_with_labels(labelled_only(splits.train))
+    dl = DataLoader(graphs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    nets = [e.net for e in model.experts] + [g.net for g in model.gates]
+    layers = len(nets[0].atom_convs) + 1
+
+    def step(batch) -> dict[str, float]:
+        t = {}
+        t0 = time.perf_counter()
+        with autocast:
+            stack_weights(
+                [dict(m.named_parameters()) for m in nets], layers
+            )  # timed alone (also inside forward)
+        t["stack"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with autocast:
+            loss = module._loss(batch)
+        t["forward"] = time.perf_counter() - t0 - t["stack"]  # forward includes one stacking
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t["backward"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        opt.step()
+        t["optimiser"] = time.perf_counter() - t0
+        return t
+
+    # Bare loop: collate separately from the step.
+    rows = []
+    it = iter(dl)
+    for i in range(args.steps + 3):
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(dl)
+            batch = next(it)
+        collate = time.perf_counter() - t0
+        r = step(batch)
+        r["collate"] = collate
+        r["atoms"] = int(batch.num_nodes)
+        if i >= 3:
+            rows.append(r)
+    keys = ["collate", "stack", "forward", "backward", "optimiser"]
+    mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    mean["step_total"] = sum(mean.values())
+
+    # One full epoch, bare loop (with validation forward as Lightning does it).
+    val = DataLoader(graphs_with_labels(labelled_only(splits.val)), batch_size=256)
+    t0 = time.perf_counter()
+    for batch in dl:
+        step(batch)
+    module.eval()
+    with torch.no_grad(), autocast:
+        for batch in val:
+            module._loss(batch)
+    module.train()
+    bare_epoch = time.perf_counter() - t0
+
+    # One epoch through Lightning (as ``train_predictor`` runs it: checkpoints, logging, clipping).
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(
+            None,
+            max_epochs=2,
+            default_root_dir=tmp,
+            monitor="val_loss",
+            patience=3,
+            enable_progress_bar=False,
+            deterministic=False,
+            log_every_n_steps=10,
+            gradient_clip_val=1.0,
+            accelerator="cpu",
+            precision="bf16-mixed" if args.precision == "bf16" else "32-true",
+        )
+        epoch_times: list[float] = []
+
+        class EpochTimer(L.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                self.t0 = time.perf_counter()
+
+            def on_validation_epoch_end(self, trainer, pl_module):
+                if not trainer.sanity_checking:
+                    epoch_times.append(time.perf_counter() - self.t0)
+
+        trainer.callbacks.append(EpochTimer())
+        lm = MaticModule(asdict(config))
+        trainer.fit(lm, dl, val)
+    lightning_epoch = epoch_times[-1]
+
+    # Operator table.
+    from torch.profiler import ProfilerActivity, profile
+
+    it = iter(dl)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(6):
+            step(next(it))
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+
+    result = {
+        "threads": args.threads,
+        "precision": args.precision,
+        "steps_per_epoch": len(dl),
+        "mean_atoms_per_batch": sum(r["atoms"] for r in rows) / len(rows),
+        "per_step_s": mean,
+        "share": {k: mean[k] / mean["step_total"] for k in keys},
+        "bare_epoch_s": bare_epoch,
+        "lightning_epoch_s": lightning_epoch,
+        "lightning_overhead_s": lightning_epoch - bare_epoch,
+        "load1": os.getloadavg()[0],
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    print(json.dumps(result, indent=1))
+    print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        tag = f"{args.threads}t_{args.precision}"
+        (args.out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (args.out / f"profile_{tag}_ops.txt").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
