@@ -80,6 +80,20 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+def commit(ref: str) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def snapshot(ref: str, dest: Path) -> Path:
+    """The ``src`` tree of git revision ``ref`` under ``dest``."""
+    blob = subprocess.run(["git", "archive", ref, "src"], cwd=ROOT, capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/matic"))
@@ -98,22 +112,15 @@ def main() -> None:
         return
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    old_src = work / "old_src"
-    if "old" in args.variants:  # the old package, importable ahead of this tree's editable install
-        blob = subprocess.run(
-            ["git", "archive", args.old_ref, "src"], cwd=ROOT, capture_output=True, check=True
-        ).stdout
-        with tarfile.open(fileobj=BytesIO(blob)) as tar:
-            tar.extractall(old_src, filter="data")
-        old_commit = subprocess.run(
-            ["git", "rev-parse", "--short", args.old_ref], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
+    # Both packages are snapshots (git archive), put ahead of this tree's editable install: edits made
+    # while the runs go on do not leak into them.
+    srcs = {"old": snapshot(args.old_ref, work / "old_src"), "new": snapshot("HEAD", work / "new_src")}
+    old_commit = commit(args.old_ref)
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TRIPTYCH_QUIET": "1"}
-            if variant == "old":
-                env["PYTHONPATH"] = str(old_src / "src")
+            env["PYTHONPATH"] = str(srcs["old" if variant == "old" else "new"] / "src")
             cmd = [sys.executable, __file__, "--child", "--variant", variant, "--seed", str(seed)]
             cmd += ["--data", str(args.data.resolve()), "--epochs", str(args.epochs)]
             cmd += ["--work", str(work / f"{variant}_{seed}")]
@@ -124,15 +131,13 @@ def main() -> None:
             r = json.loads(line[0][7:])
             runs.append(r)
             print(variant, seed, [round(c["val_loss"], 4) for c in r["curve"]], flush=True)
-    write(args, runs, old_commit if "old" in args.variants else None)
+    write(args, runs, old_commit)
 
 
 def write(args: argparse.Namespace, runs: list[dict], old_commit: str | None) -> None:
     from triptych.core.results import markdown_table, write_results
 
-    head = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    head = commit("HEAD")
     rows = []
     for r in runs:
         row = {"variant": r["variant"], "seed": r["seed"]}
