@@ -7,7 +7,8 @@ given by ``--threads``:
 - stack: :func:`stack_weights` (re-stacking the five networks' parameters);
 - forward (rest of the stacked pass, the gates and towers, the loss), backward, optimiser
   (gradient clipping + Adam), each with ``perf_counter`` around it;
-- Lightning: one epoch through ``Trainer.fit`` minus the bare loop's epoch time.
+- Lightning: one epoch through ``Trainer.fit`` (checkpoints, logging, clipping, validation) minus the
+  bare loop's epoch (steps + validation forward).
 
 and a ``torch.profiler`` table of the top operators (self CPU time) over a few steps.
 
@@ -19,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -33,10 +35,11 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/matic"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=24)
-    ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (autocast)")
+    ap.add_argument("--precision", default="fp32", help="fp32 or bf16 (the model's train precision)")
     ap.add_argument(
-        "--out", type=Path, default=None, help="folder for profile_<threads>t_<precision>.json/.txt"
+        "--out", type=Path, default=None, help="folder for profile_<tag>_<threads>t_<precision>.json/.txt"
     )
+    ap.add_argument("--tag", default="new", help="label of the code profiled (e.g. old, new)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,7 +52,12 @@ def main() -> None:
     from triptych.matic.train import MaticModule, TrainConfig, graphs_with_labels, labelled_only
 
     splits = load_splits(f"matic:{args.data}", "given", 0)
-    config = TrainConfig(tasks=splits.tasks, seed=0)
+    try:
+        config = TrainConfig(tasks=splits.tasks, seed=0, precision=args.precision)
+    except TypeError:  # the code before --precision (PYTHONPATH=<old src>): fp32 only
+        if args.precision != "fp32":
+            raise
+        config = TrainConfig(tasks=splits.tasks, seed=0)
     L.seed_everything(0, verbose=False)
     module = MaticModule(asdict(config))
     model = module.model
@@ -57,7 +65,7 @@ def main() -> None:
     opt = torch.optim.Adam(module.parameters(), lr=config.lr)
     graphs = graphs_with_labels(labelled_only(splits.train))
     dl = DataLoader(graphs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    autocast = contextlib.nullcontext()  # (bf16 is the model's own train_dtype, set from the config)
 
     nets = [e.net for e in model.experts] + [g.net for g in model.gates]
     layers = len(nets[0].atom_convs) + 1
@@ -122,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = make_trainer(
             None,
-            max_epochs=2,
+            max_epochs=1,
             default_root_dir=tmp,
             monitor="val_loss",
             patience=3,
@@ -131,7 +139,7 @@ def main() -> None:
             log_every_n_steps=10,
             gradient_clip_val=1.0,
             accelerator="cpu",
-            precision="bf16-mixed" if args.precision == "bf16" else "32-true",
+            precision="32-true",
         )
         epoch_times: list[float] = []
 
@@ -158,6 +166,7 @@ def main() -> None:
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
 
     result = {
+        "code": args.tag,
         "threads": args.threads,
         "precision": args.precision,
         "steps_per_epoch": len(dl),
@@ -174,7 +183,7 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        tag = f"{args.threads}t_{args.precision}"
+        tag = f"{args.tag}_{args.threads}t_{args.precision}"
         (args.out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
         (args.out / f"profile_{tag}_ops.txt").write_text(table + "\n")
 
