@@ -524,7 +524,12 @@ def main() -> None:
     if args.train_only:  # screening pairs (and the ranking check) from an earlier run of this script
         import json
 
-        earlier = json.loads((args.out / "results.json").read_text())
+        earlier_path = args.out / "results.json"
+        earlier = (  # a fresh --out: training pairs only
+            json.loads(earlier_path.read_text())
+            if earlier_path.is_file()
+            else {"screen_pairs": [], "runs": [], "settings": {"prefilter_fraction": args.fraction}}
+        )
         screen_pairs += earlier["screen_pairs"]
         runs += [r for r in earlier["runs"] if r["what"] == "screen"]
         args.prefilter_fit = earlier.get("prefilter_fit")

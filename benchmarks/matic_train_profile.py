@@ -46,10 +46,20 @@ def main() -> None:
     import lightning as L
     from torch_geometric.loader import DataLoader
 
+    import triptych.matic.train as T
     from triptych.core.training import make_trainer
     from triptych.matic.data import load_splits
     from triptych.matic.stacked import stack_weights
-    from triptych.matic.train import MaticModule, TrainConfig, graphs_with_labels, labelled_only
+    from triptych.matic.train import MaticModule, TrainConfig, labelled_only
+
+    def loader(table, batch_size: int, shuffle: bool):
+        """This tree's padded-array batches, or (old code) PyG's DataLoader of ``Data`` graphs."""
+        if hasattr(T, "graph_loader"):
+            return T.graph_loader(T.labelled_graphs(labelled_only(table)), batch_size, shuffle, seed=0)
+        gen = torch.Generator().manual_seed(0) if shuffle else None
+        return DataLoader(
+            T.graphs_with_labels(labelled_only(table)), batch_size=batch_size, shuffle=shuffle, generator=gen
+        )
 
     splits = load_splits(f"matic:{args.data}", "given", 0)
     try:
@@ -63,8 +73,7 @@ def main() -> None:
     model = module.model
     model.train()
     opt = torch.optim.Adam(module.parameters(), lr=config.lr)
-    graphs = graphs_with_labels(labelled_only(splits.train))
-    dl = DataLoader(graphs, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    dl = loader(splits.train, 64, shuffle=True)
     autocast = contextlib.nullcontext()  # (bf16 is the model's own train_dtype, set from the config)
 
     nets = [e.net for e in model.experts] + [g.net for g in model.gates]
@@ -105,7 +114,7 @@ def main() -> None:
         collate = time.perf_counter() - t0
         r = step(batch)
         r["collate"] = collate
-        r["atoms"] = int(batch.num_nodes)
+        r["atoms"] = int(batch.x.shape[0])
         if i >= 3:
             rows.append(r)
     keys = ["collate", "stack", "forward", "backward", "optimiser"]
@@ -113,7 +122,7 @@ def main() -> None:
     mean["step_total"] = sum(mean.values())
 
     # One full epoch, bare loop (with validation forward as Lightning does it).
-    val = DataLoader(graphs_with_labels(labelled_only(splits.val)), batch_size=256)
+    val = loader(splits.val, 256, shuffle=False)
     t0 = time.perf_counter()
     for batch in dl:
         step(batch)
