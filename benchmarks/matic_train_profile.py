@@ -40,7 +40,13 @@ def main() -> None:
         "--out", type=Path, default=None, help="folder for profile_<tag>_<threads>t_<precision>.json/.txt"
     )
     ap.add_argument("--tag", default="new", help="label of the code profiled (e.g. old, new)")
+    ap.add_argument(
+        "--summarize", action="store_true", help="only write results.md/json from --out's profile_*.json"
+    )
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.out)
+        return
     torch.set_num_threads(args.threads)
 
     import lightning as L
@@ -195,6 +201,47 @@ def main() -> None:
         tag = f"{args.tag}_{args.threads}t_{args.precision}"
         (args.out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1) + "\n")
         (args.out / f"profile_{tag}_ops.txt").write_text(table + "\n")
+
+
+def summarize(out: Path) -> None:
+    """One table of every ``profile_*.json`` in ``out`` (each written by a run of this script)."""
+    from triptych.core.results import markdown_table, write_results
+
+    profiles = [json.loads(f.read_text()) for f in sorted(out.glob("profile_*.json"))]
+    rows = []
+    for r in profiles:
+        ms = {k: 1000 * v for k, v in r["per_step_s"].items()}
+        rows.append(
+            {
+                "code": r["code"],
+                "threads": r["threads"],
+                "precision": r["precision"],
+                "date": r["date"],
+                "load1": r["load1"],
+                "collate ms": ms["collate"],
+                "stack ms": ms["stack"],
+                "forward ms": ms["forward"],
+                "backward ms": ms["backward"],
+                "optimiser ms": ms["optimiser"],
+                "step ms": ms["step_total"],
+                "bare epoch s": r["bare_epoch_s"],
+                "Lightning epoch s": r["lightning_epoch_s"],
+                "Lightning overhead s": r["lightning_overhead_s"],
+            }
+        )
+    md = [
+        "# Where a MATIC training step spends its time\n",
+        "The paper's PLE (full gates, 5 Attentive FPs), batch 64, the paper split (33 steps per epoch). "
+        "Per-step wall times (mean over the measured steps, after 3 warm-up steps), each run a whole "
+        "process under `/work/wt/timed` (every other job at autogroup nice 19; load1 is mostly those). "
+        "`code`: old = before this change (PyG DataLoader, fp32, per-step PyG collate), new = this tree. "
+        "Operator tables: `profile_<code>_<threads>t_<precision>_ops.txt`.\n",
+        "Command (per row): `OMP_NUM_THREADS=T python benchmarks/matic_train_profile.py --data "
+        "../shared/data/matic --threads T --precision P --tag CODE --out benchmarks/results/matic_train_profile` "
+        "(old: with `PYTHONPATH=<git archive of the old revision>/src`); this table: `--summarize`.\n",
+        markdown_table(rows, floatfmt="{:.1f}"),
+    ]
+    write_results(out, {"profiles": profiles}, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
