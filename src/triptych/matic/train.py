@@ -147,7 +147,7 @@ class MaticModule(L.LightningModule):
 
 
 # Atoms per batch are padded to a multiple of this (bonds to twice it): bf16 matrix products on CPU
-# (oneDNN) build a kernel per shape, and a new shape every step costs about a quarter of a bf16 step.
+# (oneDNN) build a kernel per shape, and unpadded batches would bring a new shape (kernel builds) every step.
 ATOM_BUCKET = 64
 
 
