@@ -70,3 +70,23 @@ def test_precision_names():
 
     with pytest.raises(InputError, match="--precision"):
         resolve_precision("16-mixed")
+
+
+def test_validation_sees_the_optimiser_updates(splits12):
+    """After optimiser steps, an eval forward (cached stacked weights) equals a fresh model with the new weights."""
+    module = _module()
+    batch = collate_labelled(labelled_graphs(splits12.train))
+    module.eval()
+    with torch.no_grad():
+        module(batch)  # builds the inference cache with the initial weights
+    module.train()
+    opt = module.configure_optimizers()
+    for _ in range(2):
+        opt.zero_grad()
+        module._loss(batch).backward()
+        opt.step()
+    module.eval()
+    fresh = _module().eval()
+    fresh.load_state_dict(module.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(module(batch), fresh(batch))

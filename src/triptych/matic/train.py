@@ -141,9 +141,9 @@ class MaticModule(L.LightningModule):
         self.log("val_loss", self._loss(batch), batch_size=batch.num_graphs, prog_bar=True, on_epoch=True)
 
     def configure_optimizers(self):
-        # fused: one kernel per parameter instead of about eight; the paper's PLE has ~190 parameter tensors
-        fused = all(q.device.type in ("cpu", "cuda") for q in self.parameters())
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, fused=fused)
+        # Not fused=True: the fused kernel updates the parameters without bumping their version counters,
+        # so the model's cached stacked inference weights (validation) would never see the updates.
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
 
 
 # Atoms per batch are padded to a multiple of this (bonds to twice it): bf16 matrix products on CPU
