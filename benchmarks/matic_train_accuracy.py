@@ -115,7 +115,7 @@ def main() -> None:
     # Both packages are snapshots (git archive), put ahead of this tree's editable install: edits made
     # while the runs go on do not leak into them.
     srcs = {"old": snapshot(args.old_ref, work / "old_src"), "new": snapshot("HEAD", work / "new_src")}
-    old_commit = commit(args.old_ref)
+    old_commit, new_commit = commit(args.old_ref), commit("HEAD")  # the snapshots' revisions
     runs = []
     for seed in args.seeds:
         for variant in args.variants:
@@ -131,13 +131,12 @@ def main() -> None:
             r = json.loads(line[0][7:])
             runs.append(r)
             print(variant, seed, [round(c["val_loss"], 4) for c in r["curve"]], flush=True)
-    write(args, runs, old_commit)
+    write(args, runs, old_commit, new_commit)
 
 
-def write(args: argparse.Namespace, runs: list[dict], old_commit: str | None) -> None:
+def write(args: argparse.Namespace, runs: list[dict], old_commit: str, head: str) -> None:
     from triptych.core.results import markdown_table, write_results
 
-    head = commit("HEAD")
     rows = []
     for r in runs:
         row = {"variant": r["variant"], "seed": r["seed"]}
@@ -156,8 +155,8 @@ def write(args: argparse.Namespace, runs: list[dict], old_commit: str | None) ->
             s[key] = round(statistics.mean(row[key] for row in mine), 4)
         summary.append(s)
     md = [
-        "# MATIC training: the fast path learns the same model\n",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, this tree at {head}; old = {old_commit}. "
+        "# MATIC training: does the fast path learn the same model?\n",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, new = {head}; old = {old_commit} (git snapshots). "
         f"Paper split, the paper's PLE (full gates), {args.epochs} epochs, seeds {args.seeds}, one thread each, "
         f"run niced on the shared 2-core machine (load average at the end {os.getloadavg()[0]:.1f}; CPU seconds "
         "are only indicative).\n",
