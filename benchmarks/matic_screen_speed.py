@@ -291,6 +291,7 @@ def report(
             "n": args.n,
             "train_pairs": args.train_pairs,
             "epochs": args.epochs,
+            "train_threads": getattr(args, "train_threads", "one"),
             "screen_pairs": args.screen_pairs,
             "prefilter_fraction": args.fraction,
             "chemprop": args.chemprop,
@@ -309,7 +310,7 @@ def report(
         "# MATIC screening and training speed against chemprop\n",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. {args.n} MOSES SMILES screened; training on the "
         f"MATIC paper split. Whole processes, alternating A/B, {LOCKED} while the other jobs on the machine "
-        f"ran niced; {len(train_pairs)} training "
+        f"ran niced; training with {getattr(args, 'train_threads', 'one')} thread(s) per tool; {len(train_pairs)} training "
         f"pairs and {len(screen_pairs)} screening pairs; medians of per-pair ratios. {os.cpu_count()} cores "
         f"shared with other jobs (load average at the end: {load[0]:.1f}, and per run in the table below), so "
         "absolute numbers are noisy; the ratios are the result. chemprop's reference in each screening pair "
@@ -424,6 +425,12 @@ def main() -> None:
     ap.add_argument(
         "--epochs", type=int, default=2, help="E: the longer training run (the shorter is 1 epoch)"
     )
+    ap.add_argument(
+        "--train-threads",
+        choices=["one", "default"],
+        default="one",
+        help="training runs with OMP_NUM_THREADS=1 (one), or each tool's default threads (default)",
+    )
     ap.add_argument("--fraction", type=float, default=0.05, help="--prefilter fraction screened")
     ap.add_argument("--prefilter-n", type=int, default=25_000, help="SMILES the prefilter is distilled on")
     ap.add_argument(
@@ -488,7 +495,8 @@ def main() -> None:
             if tool == "triptych"
             else chemprop_train(args.chemprop, files, out, ep)
         )
-        return run(tool, "train", cmd, f"train_{tool}_{ep}_{k}", ONE_THREAD, epochs=ep, pair=k)
+        env = ONE_THREAD if args.train_threads == "one" else ENV  # "default": each tool's own thread count
+        return run(tool, "train", cmd, f"train_{tool}_{ep}_{k}", env, epochs=ep, pair=k)
 
     # 1. Training pairs: 1 and E epochs of both, alternating which tool goes first; one lock per pair.
     #    Pair 0's 1-epoch models are the ones screened (the speed of a screen does not depend on training length).
@@ -524,7 +532,12 @@ def main() -> None:
     if args.train_only:  # screening pairs (and the ranking check) from an earlier run of this script
         import json
 
-        earlier = json.loads((args.out / "results.json").read_text())
+        earlier_path = args.out / "results.json"
+        earlier = (  # a fresh --out: training pairs only
+            json.loads(earlier_path.read_text())
+            if earlier_path.is_file()
+            else {"screen_pairs": [], "runs": [], "settings": {"prefilter_fraction": args.fraction}}
+        )
         screen_pairs += earlier["screen_pairs"]
         runs += [r for r in earlier["runs"] if r["what"] == "screen"]
         args.prefilter_fit = earlier.get("prefilter_fit")

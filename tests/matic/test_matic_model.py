@@ -292,3 +292,24 @@ def test_early_feature_pass_gives_the_same_screen(trained, tmp_path, smiles12):
     time.sleep(0.5)
     with_early = screen(predictor, lib, tmp_path / "early.csv", batch_size=3, workers=2, early=again)
     assert with_early.out.read_text() == plain and with_early.invalid == [(13, "C1CC((")]
+
+
+def test_bf16_training_pass_matches_fp32(smiles12):
+    """Training in bf16 (fp32 master weights) gives the fp32 loss and gradients within bf16's precision."""
+    torch.manual_seed(0)
+    model = MultiTaskAttentiveFP(2, "ple", "full", hidden=16, dropout=0.0).train()
+    b = Batch.from_data_list(featurize(smiles12[:8]))
+    results = []
+    for dtype in (torch.float32, torch.bfloat16):
+        model.train_dtype = dtype
+        model.zero_grad()
+        logits = model(b.x, b.edge_index, b.edge_attr, b.batch).logits
+        assert logits.dtype == torch.float32
+        logits.sum().backward()
+        results.append((logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+    (l32, g32), (l16, g16) = results
+    torch.testing.assert_close(l16, l32, rtol=0, atol=3e-2)  # bf16 keeps 8 bits of mantissa
+    cos = torch.nn.functional.cosine_similarity(g16, g32, dim=0)
+    assert cos > 0.999, cos  # the same descent direction
+    assert (g16.norm() / g32.norm() - 1).abs() < 0.02

@@ -37,7 +37,7 @@ def _tasks(tasks: str | None) -> list[str] | None:
 
 
 @app.command()
-@trainer_options()
+@trainer_options(precision="auto")
 def train(
     data: DataOpt = "ncats",
     out: Annotated[
@@ -91,6 +91,9 @@ def train(
 
     Deep ensemble of 5, calibrated on validation:
     triptych matic train --data matic:../shared/data/matic --out runs/matic_ens --ensemble 5 --calibrate temperature
+
+    --precision auto (the default) trains the Attentive FPs in bf16 on a CPU with native bfloat16
+    (AMX), fp32 elsewhere; fp32 master weights, optimiser and validation. --precision fp32 for plain fp32.
     """
     from triptych.core.errors import InputError
     from triptych.matic.calibration import METHODS
@@ -106,7 +109,7 @@ def train(
     from triptych.core.runs import final_path, training_run_dir
     from triptych.matic.data import load_splits
     from triptych.matic.evaluation import evaluate_checkpoint
-    from triptych.matic.train import TrainConfig, train_predictor, write_json
+    from triptych.matic.train import TrainConfig, resolve_precision, train_predictor, write_json
 
     splits = load_splits(
         data,
@@ -131,8 +134,10 @@ def train(
         max_epochs=epochs,
         patience=patience,
         seed=seed,
+        precision=flags.precision,  # auto: bf16 on a CPU with native bfloat16 (AMX), else fp32
     )
     config.weights()  # validate before any work
+    resolve_precision(config.precision)
     for name, t in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         typer.echo(f"{name}: {t.summary()}")
     with training_run_dir(out, flags.resume) as run:  # trains in OUT.partial/, replaces OUT when done

@@ -22,7 +22,13 @@ import torch
 from torch import Tensor, nn
 
 from triptych.matic.featurize import ATOM_DIM, BOND_DIM
-from triptych.matic.stacked import AttentiveFPParams, StackedWeights, stack_weights, stacked_attentive_fp
+from triptych.matic.stacked import (
+    AttentiveFPParams,
+    StackedWeights,
+    cast_weights,
+    stack_weights,
+    stacked_attentive_fp,
+)
 
 KIND = "matic.predictor"  # checkpoint kind of a trained predictor
 ARCHS = ("ple", "mmoe", "single")
@@ -159,8 +165,10 @@ class MultiTaskAttentiveFP(nn.Module):
         self.stacked = (
             True  # batched pass over all Attentive FPs (same maths and weights; much faster on CPU)
         )
-        # Inference only: the dtype of the stacked pass (bfloat16 uses the CPU's AMX/AVX-512 BF16 units).
+        # The dtype of the stacked pass (bfloat16 uses the CPU's AMX/AVX-512 BF16 units), for inference and
+        # for training; training keeps fp32 master weights (the bf16 copies are cast from them every step).
         self.inference_dtype = torch.float32
+        self.train_dtype = torch.float32
         self._cache: tuple[tuple, StackedWeights] | None = None
         self.towers = make_towers(n_tasks, hidden, tower_hidden, dropout)
 
@@ -170,8 +178,13 @@ class MultiTaskAttentiveFP(nn.Module):
         full = self.gate_kind == "full" and len(self.gates) > 0
         if self.stacked or not self.pyg:  # every Attentive FP (experts, then full gates) in one batched pass
             nets = [e.net for e in self.experts] + ([g.net for g in self.gates] if full else [])
-            w = self._inference_weights(nets)
-            dtype = x.dtype if w is None else self.inference_dtype
+            w, dtype = self._inference_weights(nets), self.inference_dtype
+            if w is None:  # autograd: stacked anew every step, so that the gradients reach the parameters
+                layers = len(nets[0].atom_convs) + 1
+                w = cast_weights(
+                    stack_weights([dict(m.named_parameters()) for m in nets], layers), self.train_dtype
+                )
+                dtype = self.train_dtype
             outs, att = stacked_attentive_fp(
                 nets, x.to(dtype), edge_index, edge_attr.to(dtype), batch, weights=w
             )
@@ -206,13 +219,7 @@ class MultiTaskAttentiveFP(nn.Module):
         if self._cache is None or self._cache[0] != key:
             layers = len(nets[0].atom_convs) + 1
             w = stack_weights([dict(m.named_parameters()) for m in nets], layers)
-            w = {
-                k: [t.to(self.inference_dtype) for t in v]
-                if isinstance(v, list)
-                else v.to(self.inference_dtype).contiguous()
-                for k, v in w.items()
-            }
-            self._cache = (key, w)
+            self._cache = (key, cast_weights(w, self.inference_dtype))
         return self._cache[1]
 
     def expert_names(self, tasks: list[str]) -> list[str]:

@@ -80,6 +80,16 @@ def stack_weights(nets: Sequence[Params], layers: int) -> StackedWeights:
     return w
 
 
+def cast_weights(w: StackedWeights, dtype: torch.dtype) -> StackedWeights:
+    """Stacked weights in ``dtype``, contiguous (one copy each; differentiable, so fp32 master weights get the gradients)."""
+    return {
+        k: [t.to(dtype) for t in v]
+        if isinstance(v, list)
+        else v.to(dtype, memory_format=torch.contiguous_format)
+        for k, v in w.items()
+    }
+
+
 def _attention_layer(hidden: int, edge_dim: int | None = None) -> nn.Module:
     """The parameters of PyG's ``GATConv`` (``edge_dim=None``) or ``GATEConv`` as AttentiveFP builds them."""
     layer = nn.Module()
@@ -129,9 +139,9 @@ def segment_softmax(logits: Tensor, index: Tensor, size: int) -> Tensor:
     k = logits.shape[0]
     top = logits.new_full((k, size), float("-inf"))
     top = top.scatter_reduce(1, index.expand(k, -1), logits.detach(), "amax")
-    e = (logits - top[:, index]).exp()
+    e = (logits - top.index_select(1, index)).exp()
     total = e.new_zeros(k, size).index_add_(1, index, e)
-    return e / (total[:, index] + 1e-16)
+    return e / (total.index_select(1, index) + 1e-16)
 
 
 def _gru(inp: Tensor, h: Tensor, w: StackedWeights, name: str) -> Tensor:
@@ -139,14 +149,41 @@ def _gru(inp: Tensor, h: Tensor, w: StackedWeights, name: str) -> Tensor:
     gi = torch.baddbmm(w[f"{name}.bih"], inp, w[f"{name}.ih"])
     gh = torch.baddbmm(w[f"{name}.bhh"], h, w[f"{name}.hh"])
     hid = h.shape[-1]
-    rz = torch.sigmoid(gi[..., : 2 * hid] + gh[..., : 2 * hid])
-    n = torch.tanh(torch.addcmul(gi[..., 2 * hid :], rz[..., :hid], gh[..., 2 * hid :]))
-    return torch.lerp(n, h, rz[..., hid:])
+    # split, not slicing: in training, a slice's backward fills a zero tensor of the whole [K, N, 3H]
+    # per slice and adds them up; split's backward is one concatenation
+    gi_rz, gi_n = gi.split([2 * hid, hid], -1)
+    gh_rz, gh_n = gh.split([2 * hid, hid], -1)
+    r, z = torch.sigmoid(gi_rz + gh_rz).split([hid, hid], -1)
+    n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
+    return torch.lerp(n, h, z)
 
 
-def _scatter_sum(values: Tensor, index: Tensor, size: int) -> Tensor:
-    """Sum ``values [K, E, H]`` into ``[K, size, H]`` by ``index [E]``."""
-    return values.new_zeros(values.shape[0], size, values.shape[2]).index_add_(1, index, values)
+def _scatter_sum(values: Tensor, index: Tensor, size: int, bias: Tensor | None = None) -> Tensor:
+    """Sum ``values [K, E, H]`` into ``[K, size, H]`` by ``index [E]`` (starting from ``bias [K, 1, H]`` if given)."""
+    k, _, h = values.shape
+    out = values.new_zeros(k, size, h) if bias is None else bias.expand(k, size, h).contiguous()
+    return out.index_add_(1, index, values)
+
+
+def _gather(values: Tensor, index: Tensor) -> Tensor:
+    """``values[:, index]`` for ``values [K, N, ...]``: ``index_select``, whose backward is one ``index_add``.
+
+    (Advanced indexing's backward is an accumulating ``index_put`` into zeros, several times slower on CPU.)
+    """
+    return values.index_select(1, index)
+
+
+def _dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Dropout (keep with probability ``1 - p``, scale by ``1 / (1 - p)``), as ``F.dropout``.
+
+    The mask comes from ``torch.rand``, which on CPU is several times faster than the
+    ``bernoulli_`` that ``F.dropout`` draws; same distribution, other random numbers.
+    """
+    if not training or p == 0.0:
+        return x
+    drop = torch.rand(x.shape, dtype=torch.float32, device=x.device) < p
+    # the scale as a Python number: exact in the product's fp32 arithmetic even when x is bf16
+    return x.masked_fill(drop, 0.0) * (1.0 / (1.0 - p))
 
 
 def stacked_forward(
@@ -173,35 +210,38 @@ def stacked_forward(
 
     # GATEConv: the bond features enter the source-side attention term.
     node = torch.bmm(h0, w["gate_node"])  # [K, N, 2H + 1]: W_1x x | v . x | W_2 x
+    node_x, node_v, node_w2 = node.split([hdim, 1, hdim], -1)
     ej = (edge_attr @ w["gate_edge"].reshape(k * hdim, -1).t()).view(-1, k, hdim).transpose(0, 1)
-    xj = F.leaky_relu(node[:, src, :hdim] + ej)
-    alpha = torch.bmm(xj, w["gate_att"]).squeeze(-1) + node[:, dst, hdim]
-    alpha = F.dropout(segment_softmax(F.leaky_relu(alpha), dst, n), p, training)
-    h = _scatter_sum(node[:, src, hdim + 1 :] * alpha.unsqueeze(-1), dst, n) + w["gate_b"]
-    h = F.dropout(F.elu(h), p, training)
+    xj = F.leaky_relu(_gather(node_x, src) + ej)
+    alpha = torch.bmm(xj, w["gate_att"]).squeeze(-1) + _gather(node_v, dst).squeeze(-1)
+    alpha = _dropout(segment_softmax(F.leaky_relu(alpha), dst, n), p, training)
+    h = _scatter_sum(_gather(node_w2, src) * alpha.unsqueeze(-1), dst, n, w["gate_b"])
+    h = _dropout(F.elu(h), p, training)
     h_atoms = _gru(h, h0, w, "gru").relu()
 
     # Atom GAT layers.
     for layer in range(layers - 1):
         c = f"atom_convs.{layer}"
         xs = torch.bmm(h_atoms, w[c])  # [K, N, H + 2]: W x | u_src . W x | u_dst . W x
-        alpha = segment_softmax(F.leaky_relu(xs[:, src, hdim] + xs[:, dst, hdim + 1], 0.01), dst, n)
-        alpha = F.dropout(alpha, p, training)
-        h = _scatter_sum(xs[:, src, :hdim] * alpha.unsqueeze(-1), dst, n) + w[f"{c}.b"]
-        h = F.dropout(F.elu(h), p, training)
+        wx, a_src, a_dst = xs.split([hdim, 1, 1], -1)
+        a = _gather(a_src, src).squeeze(-1) + _gather(a_dst, dst).squeeze(-1)
+        alpha = _dropout(segment_softmax(F.leaky_relu(a, 0.01), dst, n), p, training)
+        h = _scatter_sum(_gather(wx, src) * alpha.unsqueeze(-1), dst, n, w[f"{c}.b"])
+        h = _dropout(F.elu(h), p, training)
         h_atoms = _gru(h, h_atoms, w, f"atom_grus.{layer}").relu()
 
     # Molecule readout through the virtual super node (atom-side products do not change over timesteps).
     mol = _scatter_sum(h_atoms, batch, b).relu()
-    xs = torch.bmm(h_atoms, w["mol_conv"])
+    wx, a_src, _ = torch.bmm(h_atoms, w["mol_conv"]).split([hdim, 1, 1], -1)
+    att_dst = w["mol_conv"][:, :, hdim + 1 :]
     attention = h_atoms.new_zeros(k, n)
     for _ in range(timesteps):
-        a = xs[:, :, hdim] + torch.bmm(mol, w["mol_conv"][:, :, hdim + 1 :]).squeeze(-1)[:, batch]
-        attention = F.dropout(segment_softmax(F.leaky_relu(a, 0.01), batch, b), p, training)
-        h = _scatter_sum(xs[:, :, :hdim] * attention.unsqueeze(-1), batch, b) + w["mol_conv.b"]
-        h = F.dropout(F.elu(h), p, training)
+        a = a_src.squeeze(-1) + _gather(torch.bmm(mol, att_dst), batch).squeeze(-1)
+        attention = _dropout(segment_softmax(F.leaky_relu(a, 0.01), batch, b), p, training)
+        h = _scatter_sum(wx * attention.unsqueeze(-1), batch, b, w["mol_conv.b"])
+        h = _dropout(F.elu(h), p, training)
         mol = _gru(h, mol, w, "mol_gru").relu()
-    mol = F.dropout(mol, p, training)
+    mol = _dropout(mol, p, training)
     outs = [F.linear(mol[i], wi, bi) for i, (wi, bi) in enumerate(zip(w["lin2_w"], w["lin2_b"], strict=True))]
     return outs, attention.detach().t()
 
