@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from triptych.core.checkpoint import save_checkpoint
@@ -271,6 +271,7 @@ def _drain(path, **kwargs) -> None:
     name=st.sampled_from(["lib.smi", "lib.csv", "lib.csv.gz", "lib.smi.gz"]),
     gz=st.booleans(),
 )
+@example(data=b'"\nCCO\n', name="lib.csv", gz=False)  # a quoted header: a column name holding a newline
 def test_smiles_files_load_or_raise_input_error(tmp_path, data, name, gz):
     path = tmp_path / name
     path.write_bytes(gzip.compress(data, mtime=0) if gz else data)

@@ -75,19 +75,24 @@ def read_csv_frame(path: Path) -> pd.DataFrame:
     return df
 
 
+def column_list(columns: list[str]) -> str:
+    """Column names for an error message, quoted so that a name holding a newline stays on one line."""
+    return ", ".join(repr(c) for c in columns)
+
+
 def find_smiles_column(columns: list[str], smiles_col: str | None, path: Path) -> str:
     """The SMILES column: the one named, else the first called smiles (any case)."""
     if smiles_col is not None:
         if smiles_col not in columns:
             raise InputError(
-                f"{path}: no column {smiles_col!r} (columns: {', '.join(columns)}); pass --smiles-col"
+                f"{path}: no column {smiles_col!r} (columns: {column_list(columns)}); pass --smiles-col"
             )
         return smiles_col
     for c in columns:
         if c.strip().lower() in ("smiles", "smiles_stand", "canonical_smiles"):
             return c
     raise InputError(
-        f"{path}: no SMILES column (columns: {', '.join(columns)}); name it 'smiles' or pass --smiles-col"
+        f"{path}: no SMILES column (columns: {column_list(columns)}); name it 'smiles' or pass --smiles-col"
     )
 
 

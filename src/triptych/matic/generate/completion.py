@@ -69,7 +69,7 @@ def embedded_corpus() -> list[str]:
 def read_corpus(path: str | Path) -> list[str]:
     """SMILES from a ``.smi`` file (first column) or a CSV (optionally gzipped) with a SMILES column."""
     from triptych.core.inputs import read_text
-    from triptych.matic.data import find_smiles_column, read_csv_frame
+    from triptych.matic.data import column_list, find_smiles_column, read_csv_frame
 
     path = Path(path)
     if path.suffix == ".smi":
@@ -81,7 +81,7 @@ def read_corpus(path: str | Path) -> list[str]:
         col = find_smiles_column(columns, None, path)
     except InputError:
         raise InputError(
-            f"corpus {path}: no SMILES column (columns: {', '.join(columns)}); name it SMILES"
+            f"corpus {path}: no SMILES column (columns: {column_list(columns)}); name it SMILES"
         ) from None
     return [s for s in df[col].astype(str) if s.strip()]
 
