@@ -81,6 +81,24 @@ def test_summed_and_sampled_schedules(tasks, tmp_path):
     )
 
 
+def test_ema_selects_and_saves_the_averaged_weights(tasks, tmp_path):
+    result = _train(tasks, tmp_path, ema_decay=0.9, max_epochs=3, patience=10)
+    module = result.module
+    # training resumed each epoch from its own weights: they differ from the average kept beside them
+    module.on_train_epoch_start()
+    fast = [p.detach().clone() for p in module.model.parameters()]
+    averaged = [p.detach() for p in module.ema.module.parameters()]
+    assert any(not torch.allclose(f, a) for f, a in zip(fast, averaged, strict=True))
+    # the last checkpoint holds the average after the last step, and it is what the aligner loads
+    last = load_aligner(result.checkpoint.parent / "last.safetensors").model
+    for a, p in zip(averaged, last.parameters(), strict=True):
+        torch.testing.assert_close(p, a)
+    # selection used the averaged weights: the selected epoch's dev recall is recomputed from its checkpoint
+    best = max(h["val_recall"] for h in result.val_history)
+    dev = evaluate_tasks(load_aligner(result.checkpoint).model, tasks["dev"], fuse=True).values()
+    assert abs(np.mean([np.mean(list(r.values())) for r in dev]) - best) < 1e-3
+
+
 def test_sampling_probabilities_favour_the_worse_task():
     module = AlignmentModule(PREDICTOR, {"schedule": "sampled", "sample_floor": 0.0}, ["a", "b"])
     module.adapt_probabilities({"a": 90.0, "b": 60.0})

@@ -44,6 +44,7 @@ class TrainConfig:
     sample_floor: float = 0.5  # share of uniform probability kept by ``sampled``
     match_agd_steps: bool = False  # summed: T× the batches per epoch, so as many optimiser steps as AGD
     fuse_directions: bool = True  # rank (validate, test) by both directions' scores summed
+    ema_decay: float = 0.0  # >0: validate, select and save an exponential moving average of the weights
 
 
 @dataclass

@@ -140,6 +140,16 @@ class AlignmentModule(L.LightningModule):
         self.register_buffer("usage_counts", torch.zeros(max(experts, 1)))
         self.val_history: list[dict[str, float]] = []
         self.expert_usage: list[float] | None = None
+        # EMA of the weights (Polyak averaging): updated after every optimiser step; validation,
+        # epoch selection and checkpoints see the averaged weights, training continues from its own
+        self.ema: nn.Module | None = None
+        self._fast_weights: list[Tensor] | None = None
+        if self.cfg.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=False
+            )
 
     @property
     def is_predictor(self) -> bool:
@@ -200,6 +210,8 @@ class AlignmentModule(L.LightningModule):
                 group["weight_decay"] = wd
         opt.step()
         sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         tasks = self._tasks()
@@ -243,6 +255,23 @@ class AlignmentModule(L.LightningModule):
         uniform = torch.full_like(deficits, 1.0 / len(deficits))
         probs = self.cfg.sample_floor * uniform + (1 - self.cfg.sample_floor) * deficits / deficits.sum()
         self.task_probs.copy_(probs.to(self.task_probs))
+
+    def on_validation_epoch_start(self) -> None:
+        """With EMA: validate (and checkpoint after it) the averaged weights; the training ones are kept aside."""
+        if self.ema is not None and self.trainer.state.fn == "fit":
+            params = list(self.model.parameters())
+            self._fast_weights = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, a in zip(params, self.ema.module.parameters(), strict=True):
+                    p.copy_(a)
+
+    def on_train_epoch_start(self) -> None:
+        """With EMA: training resumes from its own weights, not the averaged ones validated last."""
+        if self._fast_weights is not None:
+            with torch.no_grad():
+                for p, w in zip(self.model.parameters(), self._fast_weights, strict=True):
+                    p.copy_(w)
+            self._fast_weights = None
 
     def on_train_epoch_end(self) -> None:
         if self.is_predictor and self.usage_counts.sum() > 0:
