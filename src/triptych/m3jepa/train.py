@@ -38,7 +38,7 @@ from triptych.m3jepa.aligner import KIND, build_model
 from triptych.m3jepa.config import TrainConfig
 from triptych.m3jepa.features import EncodedBatch
 from triptych.m3jepa.losses import M3JepaLoss, load_balancing
-from triptych.m3jepa.predictor import M3Predictor
+from triptych.m3jepa.predictor import M3Predictor, direction_key
 from triptych.m3jepa.tasks import Task
 
 __all__ = ["AlignmentModule", "TrainConfig", "TrainResult", "train_aligner"]
@@ -133,6 +133,7 @@ class AlignmentModule(L.LightningModule):
             self.cfg.learnable_temperature,
             self.cfg.regression,
             gather=True,
+            fused_weight=self.cfg.fused_contrastive,
         )
         self.task_names = list(task_names)
         self.register_buffer("task_probs", torch.full((len(task_names),), 1.0 / len(task_names)))
@@ -170,7 +171,9 @@ class AlignmentModule(L.LightningModule):
             return self.loss(q, k, *ids)
         out = self.model(task.src, task.tgt, src.tokens, src.mask)
         target = self.model.project_target(task.tgt, tgt.tokens, tgt.mask)
-        loss, logs = self.loss(out.contrastive, target, *ids, out.regression, tgt.pooled)
+        loss, logs = self.loss(
+            out.contrastive, target, *ids, out.regression, tgt.pooled, self._reverse(task, src, tgt)
+        )
         if out.routings:
             experts = self.model.config.experts
             for r in out.routings:
@@ -182,6 +185,24 @@ class AlignmentModule(L.LightningModule):
                 loss = loss + self.cfg.balance_weight * lb
                 logs["balance"] = lb.item()
         return loss, logs
+
+    def _reverse(self, task: Task, src: EncodedBatch, tgt: EncodedBatch) -> tuple[Tensor, Tensor] | None:
+        """The reverse direction's (query vectors of the targets, key vectors of the sources), for the fused loss.
+
+        Held fixed (no gradient): under AGD each direction's step moves its own score so that
+        the fused sum ranks well, and the reverse direction moves in its own step. Also cheaper:
+        one forward without backward. None when the fused term is off or there is no reverse.
+        """
+        if (
+            self.cfg.fused_contrastive <= 0
+            or direction_key(task.tgt, task.src) not in self.model.regression_head
+        ):
+            return None
+        with torch.no_grad():
+            return (
+                self.model.embed_query(task.tgt, task.src, tgt),
+                self.model.embed_key(task.src, src),
+            )
 
     # ---- AGD -------------------------------------------------------------------------------
     def steps_per_batch(self) -> int:
