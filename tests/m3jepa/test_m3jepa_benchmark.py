@@ -122,3 +122,20 @@ def test_benchmark_command_in_parallel_workers(tmp_path, invoke):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results["methods"]) == {"mlp", "clip_linear"} and results["protocol"]["parallel_jobs"] == 2
     assert len(results["methods"]["mlp"]["t2i"]["r5"]) == 2
+
+
+def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_old_value(tmp_path):
+    from triptych.m3jepa.benchmark import _finished
+
+    record = DEFAULTS.with_(ema_decay=0.0, fused_contrastive=0.0).as_dict()
+    del record["train"]["ema_decay"], record["train"]["fused_contrastive"]  # as written before they existed
+    folder = tmp_path / "m3jepa" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"benchmark_config": record, "metrics": {}}))
+    assert _finished(tmp_path, "m3jepa", 0, DEFAULTS.with_(ema_decay=0.0, fused_contrastive=0.0)) is not None
+    assert _finished(tmp_path, "m3jepa", 0, DEFAULTS.with_(ema_decay=0.99, fused_contrastive=0.0)) is None
+    assert _finished(tmp_path, "m3jepa", 0, DEFAULTS.with_(ema_decay=0.0, fused_contrastive=0.5)) is None
+    assert (
+        _finished(tmp_path, "m3jepa", 0, DEFAULTS.with_(ema_decay=0.0, fused_contrastive=0.0, hidden=64))
+        is None
+    )

@@ -6,8 +6,10 @@ import torch.nn.functional as F
 
 from triptych.core.errors import InputError
 from triptych.m3jepa.losses import (
+    M3JepaLoss,
     Temperature,
     alpha_mix,
+    fused_info_nce,
     info_nce,
     latent_regression,
     load_balancing,
@@ -120,3 +122,26 @@ def test_gathered_infonce_on_two_ranks_is_the_full_batch_loss(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         torch.testing.assert_close(got["loss"], full.detach())
         torch.testing.assert_close(got["grad"], q.grad[4 * rank : 4 * rank + 4])
+
+
+def test_fused_info_nce_is_infonce_on_the_ranked_sum_of_both_directions():
+    g = torch.Generator().manual_seed(0)
+    q, k, rq, rk = (torch.randn(6, 4, generator=g) for _ in range(4))
+    n = lambda x: F.normalize(x, dim=-1)  # noqa: E731
+    # the ranking's fused score of (source a, target b): q_{a->b}·k_b + q_{b->a}·k_a (evaluate_tasks)
+    fused = n(q) @ n(k).T + (n(rq) @ n(rk).T).T
+    want = 0.5 * (
+        F.cross_entropy(fused / 0.1, torch.arange(6)) + F.cross_entropy(fused.T / 0.1, torch.arange(6))
+    )
+    torch.testing.assert_close(fused_info_nce(q, k, rq, rk, 0.1), want)
+    # the loss module mixes it in only with a weight and the reverse vectors given
+    ids = torch.arange(6)
+    plain = M3JepaLoss(temperature=0.1, learnable_temperature=False)
+    mixed = M3JepaLoss(temperature=0.1, learnable_temperature=False, fused_weight=0.5)
+    base, _ = plain(q, k, ids, ids, reverse=(rq, rk))
+    torch.testing.assert_close(base, info_nce(q, k, 0.1))
+    loss, logs = mixed(q, k, ids, ids, reverse=(rq, rk))
+    torch.testing.assert_close(loss, 0.5 * info_nce(q, k, 0.1) + 0.5 * want)
+    assert "fused" in logs and not torch.isclose(loss, base)
+    with pytest.raises(InputError, match="fused_contrastive"):
+        M3JepaLoss(fused_weight=1.5)

@@ -67,6 +67,21 @@ def test_agd_training_learns_the_alignment_and_reloads(tasks, tmp_path):
     assert abs(np.mean([np.mean(list(r.values())) for r in dev]) - best) < 1e-3
 
 
+def test_fused_contrastive_changes_the_loss_and_trains(tasks, tmp_path):
+    torch.manual_seed(0)
+    plain = AlignmentModule(PREDICTOR, {}, ["image->text", "text->image"])
+    torch.manual_seed(0)
+    fused = AlignmentModule(PREDICTOR, {"fused_contrastive": 1.0}, ["image->text", "text->image"])
+    task, rows = tasks["train"][0], torch.from_numpy(tasks["train"][0].pairs[:30])
+    fused.eval(), plain.eval()  # no dropout: the same weights, only the loss differs
+    (a, logs_a), (b, logs_b) = plain.task_loss(task, rows), fused.task_loss(task, rows)
+    assert "fused" in logs_b and "fused" not in logs_a and not torch.isclose(a, b)
+    result = _train(tasks, tmp_path, fused_contrastive=1.0, max_epochs=4)
+    trained, _ = result.module.task_loss(task, rows)
+    assert trained < b - 0.5, (b, trained)  # the fused loss falls on the training pairs
+    assert max(h["val_recall"] for h in result.val_history) > 40
+
+
 def test_summed_and_sampled_schedules(tasks, tmp_path):
     summed = _train(tasks, tmp_path / "summed", schedule="summed", max_epochs=2)
     assert summed.module.trainer.global_step == 2 * 3  # one step per batch on the summed loss
@@ -79,6 +94,24 @@ def test_summed_and_sampled_schedules(tasks, tmp_path):
     assert torch.isclose(probs.sum(), torch.tensor(1.0)) and not torch.allclose(
         probs, torch.full_like(probs, 0.5)
     )
+
+
+def test_ema_selects_and_saves_the_averaged_weights(tasks, tmp_path):
+    result = _train(tasks, tmp_path, ema_decay=0.9, max_epochs=3, patience=10)
+    module = result.module
+    # training resumed each epoch from its own weights: they differ from the average kept beside them
+    module.on_train_epoch_start()
+    fast = [p.detach().clone() for p in module.model.parameters()]
+    averaged = [p.detach() for p in module.ema.module.parameters()]
+    assert any(not torch.allclose(f, a) for f, a in zip(fast, averaged, strict=True))
+    # the last checkpoint holds the average after the last step, and it is what the aligner loads
+    last = load_aligner(result.checkpoint.parent / "last.safetensors").model
+    for a, p in zip(averaged, last.parameters(), strict=True):
+        torch.testing.assert_close(p, a)
+    # selection used the averaged weights: the selected epoch's dev recall is recomputed from its checkpoint
+    best = max(h["val_recall"] for h in result.val_history)
+    dev = evaluate_tasks(load_aligner(result.checkpoint).model, tasks["dev"], fuse=True).values()
+    assert abs(np.mean([np.mean(list(r.values())) for r in dev]) - best) < 1e-3
 
 
 def test_sampling_probabilities_favour_the_worse_task():

@@ -29,6 +29,8 @@ from triptych.m3jepa.tasks import split_tasks
 from triptych.m3jepa.train import train_aligner
 
 __all__ = ["METHODS", "M3JepaConfig", "results_markdown", "run_benchmark", "run_one", "split_tasks"]
+# settings added after benchmark runs were recorded, with the value those runs used (the feature off)
+ADDED_SINCE: dict[str, dict[str, Any]] = {"train": {"ema_decay": 0.0, "fused_contrastive": 0.0}}
 METHOD_TITLES = {
     "m3jepa": "M3-JEPA (MMoE predictor, AGD)",
     "moe_summed": "MMoE predictor, summed losses (no AGD), as many optimiser steps",
@@ -93,7 +95,10 @@ def _finished(work: Path, method: str, seed: int, cfg: M3JepaConfig) -> dict[str
     if not file.is_file():
         return None
     result = json.loads(file.read_text())
-    return result if result.get("benchmark_config") == cfg.as_dict() else None
+    stored = result.get("benchmark_config") or {}
+    # a run recorded before a setting existed ran it at the value that reproduces the old behaviour
+    stored = {part: {**ADDED_SINCE.get(part, {}), **values} for part, values in stored.items()}
+    return result if stored == cfg.as_dict() else None
 
 
 def _run_one_from_disk(root: str, method: str, seed: int, cfg: M3JepaConfig, work: str) -> dict[str, Any]:

@@ -46,15 +46,39 @@ def info_nce(a: Tensor, b: Tensor, tau: Tensor | float, positives: Tensor | None
     ``positives`` (B×B bool, diagonal true) spreads the target over every positive; the
     default is the identity.
     """
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau
+    return symmetric_cross_entropy(F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / tau, positives)
+
+
+def symmetric_cross_entropy(logits: Tensor, positives: Tensor | None = None) -> Tensor:
+    """½[CE(logits) + CE(logitsᵀ)] of a B×B score matrix, the target spread over ``positives`` (default: the diagonal)."""
     if positives is None:
-        target = torch.arange(a.shape[0], device=a.device)
+        target = torch.arange(logits.shape[0], device=logits.device)
         return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     pos = positives.to(logits.dtype)
     return 0.5 * (
         F.cross_entropy(logits, pos / pos.sum(1, keepdim=True))
         + F.cross_entropy(logits.T, pos.T / pos.T.sum(1, keepdim=True))
     )
+
+
+def fused_info_nce(
+    query: Tensor,
+    key: Tensor,
+    reverse_query: Tensor,
+    reverse_key: Tensor,
+    tau: Tensor | float,
+    positives: Tensor | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE on the fused score the ranking uses: s(a, b) = q̂_{a→b}·k̂_b + q̂_{b→a}·k̂_a, over τ.
+
+    ``query``/``key``: this direction's query vectors of the B sources and key vectors of the B
+    targets; ``reverse_query``: the reverse direction's query vectors of the targets,
+    ``reverse_key``: its key vectors of the sources (all B×P, rows paired).
+    :func:`triptych.m3jepa.retrieval.evaluate_tasks` ranks by the same sum of cosines.
+    """
+    q, k, rq, rk = (F.normalize(x, dim=-1) for x in (query, key, reverse_query, reverse_key))
+    fused = q @ k.T + rk @ rq.T
+    return symmetric_cross_entropy(fused / tau, positives)
 
 
 def latent_regression(
@@ -116,11 +140,15 @@ class M3JepaLoss(nn.Module):
         learnable_temperature: bool = True,
         regression: Literal["smooth_l1", "mse"] = "smooth_l1",
         gather: bool = False,
+        fused_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if regression not in ("smooth_l1", "mse"):
             raise InputError(f"regression loss {regression!r}: use 'smooth_l1' or 'mse'")
+        if not 0.0 <= fused_weight <= 1.0:
+            raise InputError(f"fused_contrastive {fused_weight}: use a share in [0, 1]")
         self.alpha, self.regression, self.gather = float(alpha), regression, gather
+        self.fused_weight = float(fused_weight)
         self.temperature = Temperature(temperature, learnable_temperature)
 
     def forward(
@@ -131,13 +159,28 @@ class M3JepaLoss(nn.Module):
         key_ids: Tensor,
         predicted: Tensor | None = None,
         target: Tensor | None = None,
+        reverse: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        """(loss, its parts) for B pairs: contrastive query/key vectors, their item ids, optional regression pair."""
+        """(loss, its parts) for B pairs: contrastive query/key vectors, their item ids, optional regression pair.
+
+        ``reverse`` (the reverse direction's query vectors of the targets and key vectors of the
+        sources) with ``fused_weight`` w > 0 makes the contrastive term
+        (1 − w) · InfoNCE(q, k) + w · InfoNCE on the fused score (:func:`fused_info_nce`).
+        """
+        extra = list(reverse) if reverse is not None and self.fused_weight > 0 else []
         if self.gather:
-            query, key, query_ids, key_ids = gather_across_ranks(query, key, query_ids, key_ids)
-        contrastive = info_nce(query, key, self.temperature(), positives_from_ids(query_ids, key_ids))
+            query, key, query_ids, key_ids, *extra = gather_across_ranks(
+                query, key, query_ids, key_ids, *extra
+            )
+        tau, positives = self.temperature(), positives_from_ids(query_ids, key_ids)
+        contrastive = info_nce(query, key, tau, positives)
+        logs = {"contrastive": contrastive.item()}
+        if extra:
+            fused = fused_info_nce(query, key, *extra, tau, positives)
+            contrastive = (1.0 - self.fused_weight) * contrastive + self.fused_weight * fused
+            logs["fused"] = fused.item()
         if predicted is None or target is None:
-            return contrastive, {"contrastive": contrastive.item()}
+            return contrastive, logs
         regression = latent_regression(predicted, target, self.regression)
         loss = alpha_mix(contrastive, regression, self.alpha)
-        return loss, {"contrastive": contrastive.item(), "regression": regression.item()}
+        return loss, {**logs, "regression": regression.item()}

@@ -38,7 +38,7 @@ from triptych.m3jepa.aligner import KIND, build_model
 from triptych.m3jepa.config import TrainConfig
 from triptych.m3jepa.features import EncodedBatch
 from triptych.m3jepa.losses import M3JepaLoss, load_balancing
-from triptych.m3jepa.predictor import M3Predictor
+from triptych.m3jepa.predictor import M3Predictor, direction_key
 from triptych.m3jepa.tasks import Task
 
 __all__ = ["AlignmentModule", "TrainConfig", "TrainResult", "train_aligner"]
@@ -133,6 +133,7 @@ class AlignmentModule(L.LightningModule):
             self.cfg.learnable_temperature,
             self.cfg.regression,
             gather=True,
+            fused_weight=self.cfg.fused_contrastive,
         )
         self.task_names = list(task_names)
         self.register_buffer("task_probs", torch.full((len(task_names),), 1.0 / len(task_names)))
@@ -140,6 +141,16 @@ class AlignmentModule(L.LightningModule):
         self.register_buffer("usage_counts", torch.zeros(max(experts, 1)))
         self.val_history: list[dict[str, float]] = []
         self.expert_usage: list[float] | None = None
+        # EMA of the weights (Polyak averaging): updated after every optimiser step; validation,
+        # epoch selection and checkpoints see the averaged weights, training continues from its own
+        self.ema: nn.Module | None = None
+        self._fast_weights: list[Tensor] | None = None
+        if self.cfg.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay), use_buffers=False
+            )
 
     @property
     def is_predictor(self) -> bool:
@@ -160,7 +171,9 @@ class AlignmentModule(L.LightningModule):
             return self.loss(q, k, *ids)
         out = self.model(task.src, task.tgt, src.tokens, src.mask)
         target = self.model.project_target(task.tgt, tgt.tokens, tgt.mask)
-        loss, logs = self.loss(out.contrastive, target, *ids, out.regression, tgt.pooled)
+        loss, logs = self.loss(
+            out.contrastive, target, *ids, out.regression, tgt.pooled, self._reverse(task, src, tgt)
+        )
         if out.routings:
             experts = self.model.config.experts
             for r in out.routings:
@@ -172,6 +185,24 @@ class AlignmentModule(L.LightningModule):
                 loss = loss + self.cfg.balance_weight * lb
                 logs["balance"] = lb.item()
         return loss, logs
+
+    def _reverse(self, task: Task, src: EncodedBatch, tgt: EncodedBatch) -> tuple[Tensor, Tensor] | None:
+        """The reverse direction's (query vectors of the targets, key vectors of the sources), for the fused loss.
+
+        Held fixed (no gradient): under AGD each direction's step moves its own score so that
+        the fused sum ranks well, and the reverse direction moves in its own step. Also cheaper:
+        one forward without backward. None when the fused term is off or there is no reverse.
+        """
+        if (
+            self.cfg.fused_contrastive <= 0
+            or direction_key(task.tgt, task.src) not in self.model.regression_head
+        ):
+            return None
+        with torch.no_grad():
+            return (
+                self.model.embed_query(task.tgt, task.src, tgt),
+                self.model.embed_key(task.src, src),
+            )
 
     # ---- AGD -------------------------------------------------------------------------------
     def steps_per_batch(self) -> int:
@@ -200,6 +231,8 @@ class AlignmentModule(L.LightningModule):
                 group["weight_decay"] = wd
         opt.step()
         sched.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         tasks = self._tasks()
@@ -243,6 +276,23 @@ class AlignmentModule(L.LightningModule):
         uniform = torch.full_like(deficits, 1.0 / len(deficits))
         probs = self.cfg.sample_floor * uniform + (1 - self.cfg.sample_floor) * deficits / deficits.sum()
         self.task_probs.copy_(probs.to(self.task_probs))
+
+    def on_validation_epoch_start(self) -> None:
+        """With EMA: validate (and checkpoint after it) the averaged weights; the training ones are kept aside."""
+        if self.ema is not None and self.trainer.state.fn == "fit":
+            params = list(self.model.parameters())
+            self._fast_weights = [p.detach().clone() for p in params]
+            with torch.no_grad():
+                for p, a in zip(params, self.ema.module.parameters(), strict=True):
+                    p.copy_(a)
+
+    def on_train_epoch_start(self) -> None:
+        """With EMA: training resumes from its own weights, not the averaged ones validated last."""
+        if self._fast_weights is not None:
+            with torch.no_grad():
+                for p, w in zip(self.model.parameters(), self._fast_weights, strict=True):
+                    p.copy_(w)
+            self._fast_weights = None
 
     def on_train_epoch_end(self) -> None:
         if self.is_predictor and self.usage_counts.sum() > 0:
