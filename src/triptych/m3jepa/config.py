@@ -50,6 +50,7 @@ class TrainConfig:
     # w in [0, 1]: the contrastive term is (1 − w)·InfoNCE of the step's direction + w·InfoNCE of the fused score
     # (both directions' cosines summed, as ranked); the reverse direction's vectors are held fixed in each AGD step
     fused_contrastive: float = 0.0
+    fused_reverse_grad: bool = False  # the fused term also trains the reverse direction in each step
 
 
 @dataclass
