@@ -128,7 +128,8 @@ def test_a_run_recorded_before_a_setting_existed_is_reused_only_at_its_old_value
     from triptych.m3jepa.benchmark import _finished
 
     record = DEFAULTS.with_(ema_decay=0.0, fused_contrastive=0.0).as_dict()
-    del record["train"]["ema_decay"], record["train"]["fused_contrastive"]  # as written before they existed
+    for name in ("ema_decay", "fused_contrastive", "fused_reverse_grad"):
+        del record["train"][name]  # as written before these settings existed
     folder = tmp_path / "m3jepa" / "seed0"
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({"benchmark_config": record, "metrics": {}}))

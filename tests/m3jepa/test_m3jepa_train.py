@@ -76,6 +76,15 @@ def test_fused_contrastive_changes_the_loss_and_trains(tasks, tmp_path):
     fused.eval(), plain.eval()  # no dropout: the same weights, only the loss differs
     (a, logs_a), (b, logs_b) = plain.task_loss(task, rows), fused.task_loss(task, rows)
     assert "fused" in logs_b and "fused" not in logs_a and not torch.isclose(a, b)
+    # the reverse direction (text->image) is held fixed in the image->text step unless fused_reverse_grad
+    reverse_target = fused.model.target_projection["image"].weight
+    b.backward()
+    assert reverse_target.grad is None
+    both = AlignmentModule(
+        PREDICTOR, {"fused_contrastive": 1.0, "fused_reverse_grad": True}, ["image->text", "text->image"]
+    )
+    both.task_loss(task, rows)[0].backward()
+    assert both.model.target_projection["image"].weight.grad.abs().sum() > 0
     result = _train(tasks, tmp_path, fused_contrastive=1.0, max_epochs=4)
     trained, _ = result.module.task_loss(task, rows)
     assert trained < b - 0.5, (b, trained)  # the fused loss falls on the training pairs

@@ -30,7 +30,9 @@ from triptych.m3jepa.train import train_aligner
 
 __all__ = ["METHODS", "M3JepaConfig", "results_markdown", "run_benchmark", "run_one", "split_tasks"]
 # settings added after benchmark runs were recorded, with the value those runs used (the feature off)
-ADDED_SINCE: dict[str, dict[str, Any]] = {"train": {"ema_decay": 0.0, "fused_contrastive": 0.0}}
+ADDED_SINCE: dict[str, dict[str, Any]] = {
+    "train": {"ema_decay": 0.0, "fused_contrastive": 0.0, "fused_reverse_grad": False}
+}
 METHOD_TITLES = {
     "m3jepa": "M3-JEPA (MMoE predictor, AGD)",
     "moe_summed": "MMoE predictor, summed losses (no AGD), as many optimiser steps",

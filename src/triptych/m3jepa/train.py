@@ -189,16 +189,17 @@ class AlignmentModule(L.LightningModule):
     def _reverse(self, task: Task, src: EncodedBatch, tgt: EncodedBatch) -> tuple[Tensor, Tensor] | None:
         """The reverse direction's (query vectors of the targets, key vectors of the sources), for the fused loss.
 
-        Held fixed (no gradient): under AGD each direction's step moves its own score so that
-        the fused sum ranks well, and the reverse direction moves in its own step. Also cheaper:
-        one forward without backward. None when the fused term is off or there is no reverse.
+        Held fixed by default (no gradient): under AGD each direction's step moves its own score so
+        that the fused sum ranks well, and the reverse direction moves in its own step; cheaper too
+        (one forward without backward). ``fused_reverse_grad`` lets every step move both.
+        None when the fused term is off or there is no reverse.
         """
         if (
             self.cfg.fused_contrastive <= 0
             or direction_key(task.tgt, task.src) not in self.model.regression_head
         ):
             return None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.cfg.fused_reverse_grad):
             return (
                 self.model.embed_query(task.tgt, task.src, tgt),
                 self.model.embed_key(task.src, src),
